@@ -1,0 +1,168 @@
+"""Tests for the DDPM U-Net: parameter counts, contracts, init, embedding and padding details."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_core.config import PAPER_CIFAR10_UNET, UNetConfig
+from ddpm_core.layers import Downsample, ResBlock, timestep_embedding, variance_scaling_
+from ddpm_core.unet import UNet
+
+TINY = dict(
+    ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0, resolution=8
+)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def tiny(**kw: object) -> UNet:
+    torch.manual_seed(0)
+    return UNet(**{**TINY, **kw}).eval()  # type: ignore[arg-type]
+
+
+def test_param_count_cifar10() -> None:
+    assert n_params(UNet()) == 35_746_307
+
+
+def test_param_count_from_paper_preset() -> None:
+    assert n_params(UNet.from_config(PAPER_CIFAR10_UNET, channels=3, resolution=32)) == 35_746_307
+
+
+def test_param_count_256() -> None:
+    model = UNet(ch_mult=(1, 1, 2, 2, 4, 4), attn_resolutions=(16,), resolution=256)
+    assert n_params(model) == 113_673_219
+
+
+def test_shapes_and_dtype() -> None:
+    model = tiny(in_channels=1, out_channels=2)
+    x = torch.randn(3, 1, 8, 8)
+    y = model(x, torch.tensor([0, 5, 999]))
+    assert y.shape == (3, 2, 8, 8)
+    assert y.dtype == torch.float32
+    assert model(x.double().float(), torch.tensor([1, 2, 3], dtype=torch.int32)).shape == y.shape
+
+
+def test_from_config_uses_config_values() -> None:
+    cfg = UNetConfig(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.2)
+    model = UNet.from_config(cfg, channels=1, resolution=16)
+    assert (model.ch, model.ch_mult, model.num_res_blocks) == (8, (1, 2, 2), 1)
+    assert model.in_channels == model.out_channels == 1
+    assert model(torch.randn(2, 1, 16, 16), torch.tensor([0, 1])).shape == (2, 1, 16, 16)
+    attn_levels = [i for i, level in enumerate(model.down) if len(level.attn)]
+    assert attn_levels == [2]  # 16 -> 8 -> 4: attention only at 4x4
+
+
+def test_output_near_zero_at_init() -> None:
+    """conv_out has scale-1e-10 init (official), so eps_theta starts at ~0 for any input."""
+    model = tiny()
+    x, t = torch.randn(4, 3, 8, 8), torch.tensor([0, 10, 100, 999])
+    assert model(x, t).abs().max() < 1e-3
+    variance_scaling_(model.conv_out.weight, 1.0)  # an ordinary init gives O(1) outputs
+    assert model(x, t).abs().max() > 1e-2
+
+
+def test_resblock_is_identity_at_init_for_equal_widths() -> None:
+    torch.manual_seed(0)
+    block = ResBlock(16, 16, temb_ch=32, dropout=0.0, num_groups=8)
+    x = torch.randn(2, 16, 4, 4)
+    torch.testing.assert_close(block(x, torch.randn(2, 32)), x, atol=1e-3, rtol=0)
+
+
+def test_timestep_embedding_matches_formula() -> None:
+    t = torch.tensor([0, 1, 17, 999])
+    dim = 16
+    half = dim // 2
+    f = np.exp(-math.log(10000.0) * np.arange(half) / (half - 1))
+    args = t.numpy()[:, None].astype(np.float64) * f[None]
+    expected = np.concatenate([np.sin(args), np.cos(args)], axis=1)
+    got = timestep_embedding(t, dim).double().numpy()
+    np.testing.assert_allclose(got, expected, atol=2e-4)  # float32 args at t=999
+    assert timestep_embedding(t, 7).shape == (4, 7)
+
+
+def test_downsample_is_tf_same_padding() -> None:
+    """TF 'SAME', stride 2, k 3 on even H pads 0 before and 1 after (rows and columns)."""
+    torch.manual_seed(0)
+    down = Downsample(2)
+    x = torch.randn(1, 2, 6, 6)
+    y = down(x).detach().numpy()
+    assert y.shape == (1, 2, 3, 3)
+    xp = np.pad(x.numpy(), ((0, 0), (0, 0), (0, 1), (0, 1)))  # (1, 2, 7, 7)
+    w, b = down.conv.weight.detach().numpy(), down.conv.bias.detach().numpy()
+    for i in range(3):
+        for j in range(3):
+            patch = xp[0, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3]  # (2, 3, 3)
+            expected = (w * patch[None]).sum(axis=(1, 2, 3)) + b
+            np.testing.assert_allclose(y[0, :, i, j], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_variance_scaling_bound() -> None:
+    w = torch.empty(64, 32, 3, 3)
+    variance_scaling_(w, 1.0)
+    bound = math.sqrt(3.0 / ((32 * 9 + 64 * 9) / 2))
+    assert w.abs().max() <= bound
+    assert w.abs().max() > 0.9 * bound
+
+
+def test_channels_last_matches_contiguous() -> None:
+    model = tiny()
+    variance_scaling_(model.conv_out.weight, 1.0)
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 7])
+    ref = model(x, t)
+    model_cl = model.to(memory_format=torch.channels_last)
+    out = model_cl(x.to(memory_format=torch.channels_last), t)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_backward_reaches_every_parameter() -> None:
+    model = tiny()
+    model.train()
+    model(torch.randn(2, 3, 8, 8), torch.tensor([1, 2])).square().sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert missing == []
+
+
+def test_group_count_fallback_for_tiny_widths() -> None:
+    model = tiny()
+    assert model.norm_out.num_groups == 8
+    assert model.mid.block_1.norm1.num_groups == 16
+
+
+@pytest.mark.parametrize(
+    ("x", "t", "match"),
+    [
+        (torch.randn(2, 3, 16, 16), torch.tensor([0, 1]), "x: got shape"),
+        (torch.randn(2, 1, 8, 8), torch.tensor([0, 1]), "x: got shape"),
+        (torch.randn(3, 8, 8), torch.tensor([0]), "x: got shape"),
+        (torch.ones(2, 3, 8, 8, dtype=torch.long), torch.tensor([0, 1]), "x: got dtype"),
+        (torch.randn(2, 3, 8, 8), torch.tensor([0.0, 1.0]), "t: got dtype"),
+        (torch.randn(2, 3, 8, 8), torch.tensor([0, 1, 2]), "t: got shape"),
+        (torch.randn(2, 3, 8, 8), torch.tensor([[0], [1]]), "t: got shape"),
+        (torch.full((2, 3, 8, 8), float("nan")), torch.tensor([0, 1]), "NaN"),
+    ],
+)
+def test_bad_inputs(x: torch.Tensor, t: torch.Tensor, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        tiny()(x, t)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (dict(ch=7), "ch:"),
+        (dict(ch_mult=()), "ch_mult:"),
+        (dict(num_res_blocks=0), "num_res_blocks:"),
+        (dict(resolution=6, ch_mult=(1, 2, 2)), "resolution:"),
+        (dict(attn_resolutions=(5,)), "attn_resolutions:"),
+        (dict(ch=48), "GroupNorm"),
+    ],
+)
+def test_bad_architecture(kw: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        UNet(**{**TINY, **kw})  # type: ignore[arg-type]
