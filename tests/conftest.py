@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +84,72 @@ def make_params(tmp_path: Path) -> Callable[..., Params]:
         return build_params(tmp_path, overrides, tiny)
 
     return make
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RayHead:
+    """A real `ray start --head` on loopback with the dashboard (job server), for job tests.
+
+    It uses its own temp dir, and teardown kills only processes started under it, never other
+    Ray clusters on the machine (`ray stop` would kill them all).
+    """
+
+    def __init__(self, num_cpus: int = 2) -> None:
+        import tempfile
+
+        self.temp_dir = tempfile.mkdtemp(prefix="rayh_", dir="/tmp")  # short: socket paths
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.num_cpus = num_cpus
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.pop("RAY_ADDRESS", None)
+        # Any earlier ray.init() leaves ~/.ray/auth_token, which turns token auth on for a new
+        # head; this loopback test cluster and its clients run without it.
+        env["RAY_AUTH_MODE"] = "disabled"
+        return env
+
+    def start(self) -> RayHead:
+        cmd = [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            f"--port={self.port}",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={self.num_cpus}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--temp-dir={self.temp_dir}",
+            "--disable-usage-stats",
+        ]
+        subprocess.run(cmd, env=self.env(), check=True, capture_output=True, timeout=120)
+        return self
+
+    def stop(self) -> None:
+        import shutil
+        import signal
+        import time
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            subprocess.run(["pkill", f"-{sig.name[3:]}", "-f", self.temp_dir], check=False)
+            time.sleep(2.0)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[RayHead]:
+    head = RayHead().start()
+    try:
+        yield head
+    finally:
+        head.stop()

@@ -1,0 +1,143 @@
+"""Submitting the pipeline to a Ray cluster as a job, and the scheduled-retraining decision.
+
+A scheduler (cron, a Kubernetes CronJob) runs `python -m stages.retrain` in a checkout of the
+repository. It asks DVC whether data, code or params changed since the last `dvc.lock`; if so
+it submits `python -m stages.all` as a Ray job whose submission id is derived from the inputs'
+hash, so a later tick with the same inputs finds the job already there (pending, running or
+succeeded) and submits nothing: idempotent. A failed or stopped job is retried under
+`<id>-2`, `<id>-3`, ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+log = logging.getLogger(__name__)
+
+TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+# Never upload these with the working dir (.git and .venv are excluded by Ray already).
+EXCLUDES = ["data/", "models/", ".ray_storage/", "mlartifacts/", "mlflow.db", ".dvc/cache/"]
+# Environment forwarded from the submitter to every task of the job.
+FORWARD_ENV = ("MLFLOW_TRACKING_URI", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "DDPM_TRIGGER")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a retraining tick decided: whether inputs changed, and the job it maps to."""
+
+    changed: bool
+    reason: str
+    submission_id: str
+
+
+def dvc_executable() -> str:
+    """`dvc` on PATH, else the one installed beside this interpreter (a venv not on PATH)."""
+    return shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
+
+
+def dvc_status(root: Path) -> dict[str, Any]:
+    """`dvc status --json` in `root`: {} when every stage is up to date with `dvc.lock`."""
+    proc = subprocess.run(
+        [dvc_executable(), "status", "--json"], cwd=root, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"`dvc status` failed in {root}: {proc.stderr.strip()}")
+    out = proc.stdout.strip()
+    status: dict[str, Any] = json.loads(out) if out else {}
+    return status
+
+
+def inputs_hash(root: Path, params_file: str) -> str:
+    """Hash of the params file and dvc.lock: the same inputs map to the same job id."""
+    h = hashlib.sha256()
+    for name in (params_file, "dvc.lock"):
+        path = root / name
+        h.update(name.encode())
+        h.update(path.read_bytes() if path.exists() else b"<missing>")
+    return h.hexdigest()[:10]
+
+
+def decide(root: Path, params_file: str, force: bool = False) -> Decision:
+    """Retrain when DVC reports a changed stage (or `force`)."""
+    status = dvc_status(root)
+    changed = bool(status) or force
+    if status:
+        reason = "changed: " + ", ".join(sorted(status))
+    else:
+        reason = "forced" if force else "up to date with dvc.lock"
+    return Decision(changed, reason, submission_id=f"retrain-{inputs_hash(root, params_file)}")
+
+
+def runtime_env(working_dir: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
+    env.update(extra_env or {})
+    return {"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env}
+
+
+def existing_status(client: JobSubmissionClient, submission_id: str) -> JobStatus | None:
+    """The status of a job with this submission id, or None if the cluster has none."""
+    try:
+        return JobStatus(client.get_job_status(submission_id))
+    except RuntimeError as e:  # the client raises RuntimeError("... does not exist")
+        if "does not exist" in str(e):
+            return None
+        raise
+
+
+def next_submission_id(client: JobSubmissionClient, base: str) -> tuple[str, bool]:
+    """(id, submit?): the first of `base`, `base-2`, ... that is free or not failed/stopped."""
+    for attempt in range(1, 1000):
+        sid = base if attempt == 1 else f"{base}-{attempt}"
+        status = existing_status(client, sid)
+        if status is None:
+            return sid, True
+        if status not in (JobStatus.FAILED, JobStatus.STOPPED):
+            return sid, False  # pending, running or succeeded: nothing to do
+    raise RuntimeError(f"job {base}: 999 failed attempts; giving up")
+
+
+def submit(
+    address: str,
+    entrypoint: str,
+    base_id: str,
+    working_dir: Path,
+    extra_env: dict[str, str] | None = None,
+) -> tuple[JobSubmissionClient, str, bool]:
+    """Submit unless an equivalent job exists; returns (client, submission id, newly submitted)."""
+    client = JobSubmissionClient(address)
+    submission_id, new = next_submission_id(client, base_id)
+    if not new:
+        log.info("job %s already exists; not submitting again", submission_id)
+        return client, submission_id, False
+    client.submit_job(
+        entrypoint=entrypoint,
+        submission_id=submission_id,
+        runtime_env=runtime_env(working_dir, extra_env),
+        entrypoint_num_cpus=0,
+    )
+    log.info("submitted job %s: %s", submission_id, entrypoint)
+    return client, submission_id, True
+
+
+def wait(client: JobSubmissionClient, submission_id: str, timeout_s: float) -> JobStatus:
+    """Poll until the job ends (or `timeout_s` passes); log its output at the end."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = JobStatus(client.get_job_status(submission_id))
+        if status in TERMINAL or time.monotonic() > deadline:
+            break
+        time.sleep(2.0)
+    log.info("job %s: %s\n%s", submission_id, status, client.get_job_logs(submission_id)[-4000:])
+    return status
