@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import tarfile
@@ -184,19 +185,29 @@ def rank_share(
     return images, [e["file"] for e in mine]
 
 
-def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int) -> torch.Tensor:
-    """Indices (B,) of batch `step`: positions step*B .. step*B+B-1 of an endless sequence of
-    per-epoch permutations of range(n), epoch e shuffled by a generator seeded (seed, rank, e).
+def epoch_permutation(n: int, seed: int, rank: int, epoch: int) -> torch.Tensor:
+    """The order (n,) in which a rank visits its samples in `epoch`, seeded (seed, rank, epoch)."""
+    return torch.randperm(n, generator=_generator(seed, rank, epoch))
 
-    A batch may straddle two epochs; every sample appears once per epoch.
+
+def batch_indices(
+    n: int, batch_size: int, step: int, seed: int, rank: int, cache: dict[int, torch.Tensor]
+) -> torch.Tensor:
+    """Indices (B,) of batch `step`: positions step*B .. step*B+B-1 of the endless sequence
+    epoch_permutation(0), epoch_permutation(1), ...; a batch may straddle two epochs.
+
+    `cache` keeps the permutations of the current epochs between calls (older ones are dropped).
     """
     pos = torch.arange(step * batch_size, (step + 1) * batch_size)
     epochs, offsets = pos // n, pos % n
+    for old in [e for e in cache if e < int(epochs[0])]:
+        del cache[old]
     out = torch.empty(batch_size, dtype=torch.int64)
     for e in torch.unique(epochs).tolist():
-        perm = torch.randperm(n, generator=_generator(seed, rank, e))
+        if e not in cache:
+            cache[e] = epoch_permutation(n, seed, rank, e)
         sel = epochs == e
-        out[sel] = perm[offsets[sel]]
+        out[sel] = cache[e][offsets[sel]]
     return out
 
 
@@ -223,12 +234,10 @@ def train_batches(
     images, files = rank_share(Path(shards_dir), split, rank, world_size)
     logger.info("rank %d/%d: %d images from %s", rank, world_size, len(images), files)
     x_uint8 = torch.from_numpy(images)  # (n, C, H, W)
-    step = start_step
-    while True:
-        x0 = x_uint8[batch_indices(len(x_uint8), batch_size, step, seed, rank)].float()
-        x0 = x0 / 127.5 - 1.0  # [0, 255] -> [-1, 1]
+    cache: dict[int, torch.Tensor] = {}
+    for step in itertools.count(start_step):
+        x0 = x_uint8[batch_indices(len(x_uint8), batch_size, step, seed, rank, cache)]
         if random_flip:
             flip = torch.rand(batch_size, generator=_generator(seed, rank, step, 7)) < 0.5
-            x0[flip] = x0[flip].flip(-1)  # flip W
-        yield x0
-        step += 1
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)  # flip W
+        yield x0.float() / 127.5 - 1.0  # [0, 255] -> [-1, 1]
