@@ -314,7 +314,10 @@ def _image_folder(tree: _ImageTree, cfg: DataConfig, seed: int) -> Loaded:
         rel = {s: [n.split("/", 1)[1] for n in pools[s]] for s in pools}
         how = "train/ and test/ folders"
     else:
-        prefix = next((f"{s}/" for s in ("train", "test") if tops == {s}), "")
+        only = [
+            f"{s}/" for s in ("train", "test") if all(n.startswith(f"{s}/") for n in tree.names)
+        ]
+        prefix = only[0] if only else ""  # e.g. a zip holding only test/<class>/...
         pool = [n for n in tree.names if n.startswith(prefix)]
         train, test = split_indices(len(pool), cfg.test_fraction, seed)
         pools = {"train": [pool[i] for i in train], "test": [pool[i] for i in test]}
