@@ -1,0 +1,107 @@
+"""Per-image deterministic sampling (Algorithm 2): image i depends only on (seed, i)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import overload
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ddpm_core.diffusion import GaussianDiffusion, Model
+
+CPU = torch.device("cpu")
+
+
+def image_generator(seed: int, index: int) -> torch.Generator:
+    """CPU generator for image `index` of the run `seed` (a 63-bit SeedSequence draw)."""
+    for name, v in (("seed", seed), ("index", index)):
+        if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{name}: got {v!r}, expected an int >= 0")
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device="cpu").manual_seed(int(state) % 2**63)
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """[-1, 1] float -> uint8 [0, 255]: round((x + 1) * 127.5), clamped (official mapping)."""
+    if not x.is_floating_point():
+        raise ValueError(f"x: expected a float tensor in [-1, 1], got {x.dtype}")
+    return ((x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def from_uint8(x: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1]: x / 127.5 - 1 (the paper's data scaling)."""
+    if x.dtype != torch.uint8:
+        raise ValueError(f"x: expected uint8, got {x.dtype}")
+    return x.to(torch.float32) / 127.5 - 1.0
+
+
+def snapshot_timesteps(diffusion: GaussianDiffusion, x0_every: int) -> list[int]:
+    """Original timestep index of each x0_every snapshot, in generation order (decreasing)."""
+    steps = reversed(range(diffusion.num_timesteps))
+    return [int(diffusion.timesteps[i]) for i in steps if i % x0_every == 0]
+
+
+class _PerImageNoise:
+    """noise_fn drawing row n of every batch from image n's own CPU generator."""
+
+    def __init__(self, gens: list[torch.Generator], device: torch.device) -> None:
+        self.gens, self.device = gens, device
+
+    def __call__(self, shape: tuple[int, ...]) -> Tensor:
+        rows = [torch.randn(shape[1:], generator=g) for g in self.gens]  # N x (C, H, W)
+        return torch.stack(rows).to(self.device)  # (N, C, H, W)
+
+
+@overload
+def sample_indices(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    indices: Sequence[int],
+    seed: int,
+    shape: tuple[int, int, int],
+    device: torch.device = ...,
+    x0_every: None = ...,
+) -> Tensor: ...
+
+
+@overload
+def sample_indices(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    indices: Sequence[int],
+    seed: int,
+    shape: tuple[int, int, int],
+    device: torch.device = ...,
+    *,
+    x0_every: int,
+) -> tuple[Tensor, Tensor]: ...
+
+
+@torch.no_grad()
+def sample_indices(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    indices: Sequence[int],
+    seed: int,
+    shape: tuple[int, int, int],
+    device: torch.device = CPU,
+    x0_every: int | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Samples (N, C, H, W) uint8 for images `indices` of run `seed`, one batch.
+
+    x_T and every step's z of image i come from image_generator(seed, i), so image i does not
+    depend on the other indices in the batch. With x0_every = k also returns the predicted x0
+    frames (K, N, C, H, W) uint8 at `snapshot_timesteps(diffusion, k)`.
+    """
+    if len(indices) == 0:
+        raise ValueError("indices: expected at least one image index")
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape: expected (C, H, W) with positive sizes, got {shape}")
+    noise = _PerImageNoise([image_generator(seed, int(i)) for i in indices], torch.device(device))
+    full = (len(indices), *shape)
+    if x0_every is None:
+        return to_uint8(diffusion.p_sample_loop(model, full, noise_fn=noise))
+    x, snaps = diffusion.p_sample_loop(model, full, noise_fn=noise, x0_every=x0_every)
+    return to_uint8(x), to_uint8(torch.stack(snaps))

@@ -1,0 +1,91 @@
+"""Per-image deterministic sampling, uint8 conversion and progressive frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_core.diffusion import GaussianDiffusion
+from ddpm_core.sampling import (
+    _PerImageNoise,
+    from_uint8,
+    image_generator,
+    sample_indices,
+    snapshot_timesteps,
+    to_uint8,
+)
+from ddpm_core.schedule import make_betas
+from tests.ddpm_core.test_diffusion import TinyEps
+
+T = 12
+SHAPE = (2, 4, 4)
+
+
+def _diffusion() -> GaussianDiffusion:
+    return GaussianDiffusion(make_betas("linear", T, 1e-4, 0.1))
+
+
+def test_image_generator_seed_formula_and_independence() -> None:
+    state = np.random.SeedSequence([3, 7]).generate_state(1, dtype=np.uint64)[0]
+    want = torch.Generator().manual_seed(int(state) % 2**63)
+    assert image_generator(3, 7).initial_seed() == want.initial_seed()
+    a = torch.randn(4, generator=image_generator(3, 7))
+    assert torch.equal(a, torch.randn(4, generator=image_generator(3, 7)))
+    assert not torch.equal(a, torch.randn(4, generator=image_generator(3, 8)))
+    assert not torch.equal(a, torch.randn(4, generator=image_generator(4, 7)))
+    with pytest.raises(ValueError, match="seed"):
+        image_generator(-1, 0)
+    with pytest.raises(ValueError, match="index"):
+        image_generator(0, -2)
+
+
+def test_uint8_round_trip_and_clamp() -> None:
+    levels = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(to_uint8(from_uint8(levels)), levels)
+    assert to_uint8(torch.tensor([-3.0, 3.0, 0.0])).tolist() == [0, 255, 128]
+    with pytest.raises(ValueError, match="x"):
+        from_uint8(torch.zeros(2))
+    with pytest.raises(ValueError, match="x"):
+        to_uint8(levels)
+
+
+def test_batch_composition_invariance() -> None:
+    d, model = _diffusion(), TinyEps()
+    full = sample_indices(model, d, [0, 1, 2, 3], seed=11, shape=SHAPE)
+    assert full.dtype == torch.uint8 and full.shape == (4, *SHAPE)
+    assert torch.equal(full, sample_indices(model, d, [0, 1, 2, 3], seed=11, shape=SHAPE))
+
+    # float level: image i's sample is the same in any batch, up to batched-conv rounding
+    def floats(idx: list[int]) -> torch.Tensor:
+        noise = _PerImageNoise([image_generator(11, i) for i in idx], torch.device("cpu"))
+        return d.p_sample_loop(model, (len(idx), *SHAPE), noise_fn=noise)
+
+    f_all = floats([0, 1, 2, 3])
+    assert torch.allclose(floats([2]), f_all[2:3], atol=1e-5)
+    assert torch.allclose(floats([3, 1]), f_all[[3, 1]], atol=1e-5)
+    part = sample_indices(model, d, [3, 1], seed=11, shape=SHAPE)
+    assert (part.int() - full[[3, 1]].int()).abs().max() <= 1
+    other = sample_indices(model, d, [0, 1, 2, 3], seed=12, shape=SHAPE)
+    assert not torch.equal(full, other)
+
+
+def test_progressive_frames_end_at_the_sample() -> None:
+    d, model = _diffusion(), TinyEps()
+    x, frames = sample_indices(model, d, [5, 6], seed=0, shape=SHAPE, x0_every=4)
+    labels = snapshot_timesteps(d, 4)
+    assert labels == [8, 4, 0] and frames.shape == (3, 2, *SHAPE) and frames.dtype == torch.uint8
+    assert torch.equal(frames[-1], x)  # at t = 0 the mean is x0_pred and no noise is added
+    assert torch.equal(x, sample_indices(model, d, [5, 6], seed=0, shape=SHAPE))
+    r = d.respaced(3)
+    assert snapshot_timesteps(r, 2) == [6, 0]
+
+
+def test_bad_input() -> None:
+    d, model = _diffusion(), TinyEps()
+    with pytest.raises(ValueError, match="indices"):
+        sample_indices(model, d, [], seed=0, shape=SHAPE)
+    with pytest.raises(ValueError, match="shape"):
+        sample_indices(model, d, [0], seed=0, shape=(2, 4))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="x0_every"):
+        sample_indices(model, d, [0], seed=0, shape=SHAPE, x0_every=0)
