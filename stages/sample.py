@@ -1,0 +1,38 @@
+"""DVC stage `sample`: EMA model -> N images (Algorithm 2 on a Ray actor pool), figures, metrics.
+
+Rerunning after a crash resumes: shards already complete and verified are kept. `dvc repro`
+deletes the stage's outputs first, so there a rerun starts over (see README, Sampling).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pipelines.sample_ray import run_sample_stage
+from pipelines.tracking import repo_root, stage_run
+from stages.common import load_params, parser, print_config, write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__doc__ or "").parse_args(argv)
+    params = load_params(args.params)
+    if args.dry_run:
+        print_config(params)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    root = repo_root()
+    with stage_run(params, "sample", root=root) as tracker:  # child of the train run
+        metrics = run_sample_stage(params, root=root, tracker=tracker)
+        metrics_path = root / params.paths.metrics / "sample.json"
+        write_json(metrics_path, metrics)
+        tracker.log_artifact(metrics_path, "sample")
+    print(
+        f"{params.paths.samples}: {metrics['num_images']} images ({metrics['sampler']}), "
+        f"{metrics['new_images']} new at {metrics['images_per_s']:.2f} images/s, "
+        f"ordered_hash {metrics['ordered_hash'][:16]} (MLflow run {tracker.run_id})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
