@@ -1,0 +1,33 @@
+"""DVC stage `train`: Algorithm 1 on Ray Train -> EMA weights, resolved config, metrics."""
+
+from __future__ import annotations
+
+import logging
+
+from pipelines.tracking import repo_root
+from pipelines.train_outputs import export_outputs
+from pipelines.train_ray import run_training
+from stages.common import load_params, parser, print_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__doc__ or "").parse_args(argv)
+    params = load_params(args.params)
+    if args.dry_run:
+        print_config(params)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    root = repo_root()
+    result = run_training(params, root=root)
+    metrics = export_outputs(params, result, root)
+    print(
+        f"{params.paths.model}: EMA weights at step {metrics['steps']}, final loss "
+        f"{metrics['final_loss']:.4f}, {metrics['images_per_s']:.0f} img/s "
+        f"(Ray run {result.run_name}, MLflow run {result.tracker.run_id}, "
+        f"resumed from step {metrics['resumed_from']})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
