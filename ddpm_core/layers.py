@@ -76,6 +76,11 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return emb
 
 
+def swish(x: torch.Tensor) -> torch.Tensor:
+    """x * sigmoid(x); in place when no gradient is recorded (sampling), where it is safe."""
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
 class ResBlock(nn.Module):
     """Official `resnet_block`: GN-swish-conv (+dense(swish(temb))) -> GN-swish-dropout-conv."""
 
@@ -94,11 +99,11 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
         """x: (B, c_in, H, W), temb_act = swish(temb): (B, temb_ch) -> (B, c_out, H, W)."""
-        h: torch.Tensor = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb_proj(temb_act)[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h: torch.Tensor = self.conv1(swish(self.norm1(x)))
+        h += self.temb_proj(temb_act)[:, :, None, None]  # in place: conv backward keeps no output
+        h = self.conv2(self.dropout(swish(self.norm2(h))))
         skip: torch.Tensor = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return skip + h
+        return h.add_(skip)
 
 
 class AttnBlock(nn.Module):

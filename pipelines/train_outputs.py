@@ -11,7 +11,8 @@ from typing import Any
 from ddpm_core.checkpoint import load_training_state, save_weights
 from ddpm_core.config import Params, to_dict
 from pipelines.tracking import write_run_file
-from pipelines.train_ray import TrainResult, resolve
+from pipelines.train_inputs import resolve
+from pipelines.train_ray import TrainResult
 from pipelines.train_step import STATE_FILE
 from stages.common import atomic_path, write_json
 
@@ -26,9 +27,20 @@ LOSS_CSV = "train_loss.csv"
 def export_outputs(params: Params, result: TrainResult, root: Path) -> dict[str, Any]:
     """EMA weights + resolved config into `paths.model`, metrics and the loss history CSV.
 
-    Ends the MLflow run FINISHED (after logging the weights) and writes `runs/train.json`.
-    Returns the metrics dict written to `<paths.metrics>/train.json`.
+    Ends the MLflow run FINISHED (after logging the weights; FAILED if writing fails) and
+    writes `runs/train.json`. Returns the metrics dict written to `<paths.metrics>/train.json`.
     """
+    try:
+        metrics = _write(params, result, root)
+    except BaseException:
+        result.tracker.finish("FAILED")
+        raise
+    result.tracker.finish("FINISHED")
+    write_run_file(params, "train", result.tracker, root)
+    return metrics
+
+
+def _write(params: Params, result: TrainResult, root: Path) -> dict[str, Any]:
     state = load_training_state(result.checkpoint / STATE_FILE)
     model_dir = resolve(root, params.paths.model)
     config_json = json.dumps(to_dict(params), sort_keys=True)
@@ -57,8 +69,6 @@ def export_outputs(params: Params, result: TrainResult, root: Path) -> dict[str,
     )
     result.tracker.log_artifact(weights, "model")
     result.tracker.log_artifact(model_dir / CONFIG_FILE, "model")
-    result.tracker.finish("FINISHED")
-    write_run_file(params, "train", result.tracker, root)
     log.info("wrote %s (EMA at step %d) and %s", weights, metrics["steps"], METRICS_FILE)
     return metrics
 

@@ -31,10 +31,11 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from ddpm_core.config import Params, from_dict, to_dict
 from ddpm_core.sampling import sample_indices
-from pipelines.data import MANIFEST, read_manifest, train_batches
+from pipelines.data import MANIFEST, train_batches
 from pipelines.figures import save_grid
 from pipelines.ray_utils import check_fits, init_ray
 from pipelines.tracking import Tracker, open_run, repo_root
+from pipelines.train_inputs import resolve, run_key, validate_inputs
 from pipelines.train_step import (
     SEED_DROPOUT,
     NonFiniteLossError,
@@ -52,6 +53,7 @@ from pipelines.train_step import (
 log = logging.getLogger(__name__)
 
 NONFINITE_FILE = "nonfinite.json"  # written by rank 0 when the loss becomes NaN/inf
+SESSION_FILE = "session.json"  # written by rank 0: the step the latest attempt resumed from
 GRID_MAX_STEPS = 100  # the MLflow sample grid uses a respaced chain of at most this many steps
 GRID_MAX_IMAGES = 16
 
@@ -85,6 +87,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.manual_seed(mixed_seed(params.seed, world, rank, SEED_DROPOUT))
         state = make_state(params, device, rank, world)
         resumed_from, last_ckpt = _restore(state, rank)
+        if rank == 0:  # the driver reports where the last attempt started (train.json)
+            (Path(spec.run_dir) / SESSION_FILE).write_text(
+                json.dumps({"resumed_from": resumed_from})
+            )
         state.model = _wrap(state, params, device)
         if rank == 0 and tracker is not None and resumed_from:
             tracker.log_metrics({"resumed_from": resumed_from}, step=resumed_from)
@@ -277,16 +283,6 @@ def _hms(seconds: float) -> str:
 
 SIDECAR = "mlflow_run_id"  # <run_dir>/mlflow_run_id: the MLflow run a resumed run reattaches to
 CONTROLLER_FAILURE_LIMIT = 2  # Ray's default (-1) retries an unschedulable group forever
-# train.* keys that cannot change the weights: editing them keeps the run key (and resumes).
-RESUME_NEUTRAL = (
-    "log_every",
-    "sample_every",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "max_failures",
-    "cpus_per_worker",
-    "gpus_per_worker",
-)
 
 
 @dataclass(frozen=True)
@@ -300,61 +296,6 @@ class TrainResult:
     metrics: dict[str, Any]  # rank 0's metrics of that checkpoint
     tracker: Tracker
     wall_time_s: float
-
-
-def resolve(root: Path, path: str) -> Path:
-    """`path` from params, absolute (relative ones are under the repo root)."""
-    return (root / path).resolve()
-
-
-def validate_inputs(params: Params, root: Path) -> dict[str, Any]:
-    """Shards, manifest and GPU options, checked before Ray starts; returns the manifest."""
-    shards = resolve(root, params.paths.shards)
-    if not (shards / MANIFEST).is_file():
-        raise FileNotFoundError(
-            f"{shards / MANIFEST}: shard manifest not found (paths.shards={params.paths.shards}); "
-            "run `dvc repro shard` (or `python -m stages.shard --params params.yaml`) first"
-        )
-    manifest = read_manifest(shards)
-    want = [params.data.channels, params.data.resolution, params.data.resolution]
-    if list(manifest["image_shape"]) != want:
-        raise ValueError(
-            f"{shards / MANIFEST}: image_shape {manifest['image_shape']} does not match "
-            f"data.channels={params.data.channels}, data.resolution={params.data.resolution} "
-            f"(expected {want}); rerun `dvc repro shard` after changing data.*"
-        )
-    n_train = int(manifest["splits"].get("train", {}).get("num_images", 0))
-    if n_train < params.train.num_workers:
-        raise ValueError(
-            f"{shards / MANIFEST}: split 'train' has {n_train} images, fewer than "
-            f"train.num_workers={params.train.num_workers}"
-        )
-    cfg = params.train
-    if cfg.use_gpu and cfg.gpus_per_worker <= 0:
-        raise ValueError(
-            f"train.gpus_per_worker: got {cfg.gpus_per_worker}, expected > 0 with train.use_gpu"
-        )
-    if not cfg.use_gpu and cfg.gpus_per_worker > 0:
-        raise ValueError(
-            f"train.gpus_per_worker: got {cfg.gpus_per_worker} with train.use_gpu: false "
-            "(set use_gpu: true or gpus_per_worker: 0)"
-        )
-    return manifest
-
-
-def run_key(params: Params, manifest_sha1: str) -> str:
-    """12 hex digits of sha1(data, diffusion, unet, train params, seed, manifest hash)."""
-    train = {k: v for k, v in asdict(params.train).items() if k not in RESUME_NEUTRAL}
-    key = {
-        "data": asdict(params.data),
-        "diffusion": asdict(params.diffusion),
-        "unet": asdict(params.unet),
-        "train": train,
-        "seed": params.seed,
-        "manifest": manifest_sha1,
-    }
-    blob = json.dumps(key, sort_keys=True, default=list).encode()
-    return hashlib.sha1(blob).hexdigest()[:12]
 
 
 def trainer_for(
@@ -429,7 +370,8 @@ def run_training(
     run_dir = storage / name
     tracker = open_tracking(params, run_dir, name, root)
     log.info("Ray run %s (storage %s), MLflow run %s", name, storage, tracker.run_id)
-    (run_dir / NONFINITE_FILE).unlink(missing_ok=True)
+    for stale in (NONFINITE_FILE, SESSION_FILE):
+        (run_dir / stale).unlink(missing_ok=True)
     config = {
         "params": to_dict(params),
         "run": asdict(RunSpec(run_name=name, run_dir=str(run_dir), shards=str(shards))),
@@ -449,10 +391,17 @@ def run_training(
         run_name=name,
         run_dir=run_dir,
         checkpoint=Path(result.checkpoint.path),
-        metrics=dict(result.metrics or {}),
+        metrics={**(result.metrics or {}), **_session(run_dir)},
         tracker=tracker,
         wall_time_s=time.perf_counter() - start,
     )
+
+
+def _session(run_dir: Path) -> dict[str, Any]:
+    """What rank 0 wrote at the start of the latest attempt (a rerun of a finished run trains
+    nothing and reports nothing, so the checkpoint's metrics alone would be stale)."""
+    path = run_dir / SESSION_FILE
+    return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
 def _raise_if_nonfinite(run_dir: Path) -> None:

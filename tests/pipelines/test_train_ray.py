@@ -26,6 +26,7 @@ from ddpm_core.checkpoint import load_weights
 from ddpm_core.config import Params, replace_path, to_dict
 from ddpm_core.unet import UNet
 from pipelines.tracking import tracking_uri
+from pipelines.train_inputs import validate_inputs
 from pipelines.train_outputs import (
     CONFIG_FILE,
     LOSS_CSV,
@@ -38,7 +39,6 @@ from pipelines.train_ray import (
     TrainResult,
     run_training,
     train_loop_per_worker,
-    validate_inputs,
 )
 from pipelines.train_step import (
     NonFiniteLossError,
@@ -226,7 +226,7 @@ def test_two_workers_compute_the_single_worker_update(
 @dataclasses.dataclass(frozen=True)
 class KillAfterReport:
     """Test-only loop wrapper: rank `rank` dies (os._exit) right after reporting step `step`,
-    once (a marker file records it). It sleeps first so the controller commits that report.
+    once (a marker file records it), as soon as the controller has committed that checkpoint.
     """
 
     step: int
@@ -235,6 +235,11 @@ class KillAfterReport:
 
     def __call__(self, config: dict[str, Any]) -> None:
         real = ray.train.report
+        snapshot = Path(config["run"]["run_dir"]) / "checkpoint_manager_snapshot.json"
+
+        def committed() -> bool:
+            text = snapshot.read_text() if snapshot.is_file() else ""
+            return f'"step_{self.step:08d}"' in text
 
         def report(metrics: dict[str, Any], *args: Any, **kwargs: Any) -> None:
             real(metrics, *args, **kwargs)
@@ -242,7 +247,9 @@ class KillAfterReport:
             mine = metrics["step"] == self.step and rank == self.rank
             if mine and not os.path.exists(self.marker):
                 Path(self.marker).touch()
-                time.sleep(3.0)  # > RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (0.5 in conftest)
+                deadline = time.monotonic() + 60
+                while not committed() and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 os._exit(1)
 
         ray.train.report = report

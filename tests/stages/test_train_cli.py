@@ -1,0 +1,93 @@
+"""`python -m stages.train`: dry run, bad params, a real run on local Ray and its rerun."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from ddpm_core.config import ConfigError, to_dict
+from stages import shard, train
+from tests.conftest import build_params
+
+
+@pytest.fixture
+def no_ray_left() -> Iterator[None]:
+    """The stage starts its own local Ray cluster; stop it after the test."""
+    yield
+    ray.shutdown()
+
+
+def _write_params(root: Path, overrides: dict[str, Any] | None = None) -> Path:
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(to_dict(build_params(root, overrides))))
+    return path
+
+
+def test_dry_run_prints_the_resolved_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write_params(tmp_path)
+    assert train.main(["--params", str(path), "--dry-run"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["train"]["steps"] == 4 and printed["unet"]["ch"] == 8
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("batch_size", 7, ["train.batch_size", "divisible by train.num_workers=2"]),
+        ("attn_resolutions", [2], ["unet.attn_resolutions", "[8, 4]"]),
+        ("precision", "fp16", ["train.precision", "bf16"]),
+    ],
+)
+def test_bad_params_fail_naming_the_key(
+    tmp_path: Path, key: str, value: Any, words: list[str]
+) -> None:
+    path = _write_params(tmp_path, {"train.num_workers": 2})
+    raw = yaml.safe_load(path.read_text())
+    section = "unet" if key == "attn_resolutions" else "train"
+    raw[section][key] = value
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as info:
+        train.main(["--params", str(path)])
+    assert str(path) in str(info.value)
+    assert all(w in str(info.value) for w in words), str(info.value)
+    assert not ray.is_initialized()
+
+
+def test_missing_shards_say_run_the_shard_stage(tmp_path: Path) -> None:
+    path = _write_params(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"manifest.json.*dvc repro shard"):
+        train.main(["--params", str(path)])
+    assert not ray.is_initialized()  # failed before Ray started
+
+
+@pytest.mark.ray
+def test_stage_trains_then_rerun_resumes_the_same_run(tmp_path: Path, no_ray_left: None) -> None:
+    path = _write_params(tmp_path, {"train.steps": 3})
+    params = build_params(tmp_path, {"train.steps": 3})
+    assert shard.main(["--params", str(path)]) == 0
+    assert train.main(["--params", str(path)]) == 0
+    model = Path(params.paths.model)
+    assert sorted(p.name for p in model.iterdir()) == ["config.json", "ema.safetensors"]
+    metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
+    assert metrics["steps"] == 3 and metrics["resumed_from"] == 0
+    csv_rows = (Path(params.paths.plots) / "train_loss.csv").read_text().splitlines()
+    assert csv_rows[0] == "step,loss" and len(csv_rows) == 4
+    first = json.loads((Path(params.paths.runs) / "train.json").read_text())
+    # Rerun: the same run key resumes at the final checkpoint and reattaches the MLflow run.
+    assert train.main(["--params", str(path)]) == 0
+    again = json.loads((Path(params.paths.runs) / "train.json").read_text())
+    assert again["run_id"] == first["run_id"]
+    metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
+    assert metrics["steps"] == 3 and metrics["resumed_from"] == 3
+    run = MlflowClient(first["uri"]).get_run(first["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["train.steps"] == "3"
