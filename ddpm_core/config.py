@@ -199,6 +199,15 @@ class EvaluateConfig:
     cpus_per_worker: float
     use_gpu: bool
 
+    def __post_init__(self) -> None:
+        _check(self.fid_images >= 2, "evaluate.fid_images", self.fid_images, "an int >= 2")
+        refs = self.fid_reference_images
+        _check(refs is None or refs >= 2, "evaluate.fid_reference_images", refs, "null or >= 2")
+        _check(self.isc_splits >= 1, "evaluate.isc_splits", self.isc_splits, "an int >= 1")
+        _check(self.nll_images >= 1, "evaluate.nll_images", self.nll_images, "an int >= 1")
+        _check(self.nll_batch_size >= 1, "evaluate.nll_batch_size", self.nll_batch_size, ">= 1")
+        _check(self.num_workers >= 1, "evaluate.num_workers", self.num_workers, "an int >= 1")
+
 
 @dataclass(frozen=True)
 class RayConfig:
@@ -241,6 +250,12 @@ class Params:
             list(self.unet.attn_resolutions),
             f"resolutions among the U-Net levels {list(levels)} for data.resolution="
             f"{self.data.resolution}",
+        )
+        _check(
+            self.evaluate.fid_images <= self.sample.num_images,
+            "evaluate.fid_images",
+            self.evaluate.fid_images,
+            f"<= sample.num_images={self.sample.num_images} (FID uses generated samples)",
         )
         _check(
             self.data.resolution % 2 ** (len(self.unet.ch_mult) - 1) == 0,

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch_fidelity.metric_isc import isc_features_to_metric
 
+from ddpm_core.config import Params
 from ddpm_core.metrics import frechet_distance
 from pipelines.data import load_split, read_manifest
-from pipelines.inception import InceptionWeights, load_extractor
+from pipelines.inception import InceptionWeights, default_cache_dir, load_extractor, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,33 @@ def reference_stats(
     stats = feature_stats(feats, f"reference {split} split ({shards_dir})")
     save_stats(path, stats, meta)
     return stats, {**meta, "path": str(path), "cached": False}
+
+
+def reference_splits(params: Params, root: Path) -> list[str]:
+    """`evaluate.fid_reference` first (the headline FID), then the other split when it exists."""
+    have = read_manifest(root / params.paths.shards)["splits"]
+    first = params.evaluate.fid_reference
+    other = "test" if first == "train" else "train"
+    if first not in have:
+        raise ValueError(
+            f"evaluate.fid_reference: split {first!r} is not in {root / params.paths.shards} "
+            f"(it has {sorted(have)})"
+        )
+    return [first] + ([other] if other in have else [])
+
+
+def compute_reference_stats(
+    params: Params, root: Path, weights: InceptionWeights | None = None
+) -> dict[str, tuple[FidStats, dict[str, Any]]]:
+    """Reference statistics of every split FID uses, computed once and cached in `fid_stats`."""
+    cfg = params.evaluate
+    weights = weights or resolve_weights(cfg, default_cache_dir())
+    extract = ray_extractor(cfg.num_workers, cfg.cpus_per_worker)
+    shards, stats_dir = root / params.paths.shards, root / params.paths.fid_stats
+    return {
+        split: reference_stats(shards, stats_dir, split, cfg.fid_reference_images, weights, extract)
+        for split in reference_splits(params, root)
+    }
 
 
 # ----------------------------------------------------------------------------------------------

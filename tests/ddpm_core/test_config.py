@@ -33,6 +33,8 @@ def test_params_yaml_round_trips() -> None:
         ("unet.attn_resolutions", [3], "unet.attn_resolutions: got [3], expected resolutions"),
         ("data.channels", 2, "data.channels: got 2, expected 1 or 3"),
         ("train.use_gpu", 1, "train.use_gpu: got 1, expected bool"),
+        ("evaluate.fid_images", 257, "evaluate.fid_images: got 257, expected <= sample.num_images"),
+        ("evaluate.nll_images", 0, "evaluate.nll_images: got 0, expected an int >= 1"),
     ],
 )
 def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:

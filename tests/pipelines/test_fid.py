@@ -15,11 +15,10 @@ from ddpm_core.metrics import frechet_distance
 from pipelines import fid
 from pipelines.inception import LABEL_CONVERTED, InceptionWeights
 from pipelines.shards import build_shards
-from tests.pipelines.test_inception import converted_path  # noqa: F401  (session fixture)
 
 
 @pytest.fixture
-def weights(converted_path: Path) -> InceptionWeights:  # noqa: F811
+def weights(converted_path: Path) -> InceptionWeights:
     return InceptionWeights(converted_path, LABEL_CONVERTED, has_logits=False)
 
 

