@@ -21,7 +21,9 @@ def init_ray(cfg: RayConfig) -> None:
     """Connect once per process; a no-op when Ray is already initialised (tests, jobs).
 
     Locally we pass `address="local"` explicitly: a stale `ray_current_cluster` file left by any
-    `ray start` would otherwise make a bare `ray.init()` attach to a dead cluster.
+    `ray start` would otherwise make a bare `ray.init()` attach to a dead cluster. The local
+    cluster has the dashboard (on loopback): Ray Train's placement-group cleaner queries the
+    state API it serves, and users watch jobs there.
     """
     if ray.is_initialized():
         return
@@ -33,7 +35,8 @@ def init_ray(cfg: RayConfig) -> None:
     ray.init(
         address="local",
         num_cpus=cfg.num_cpus or os.cpu_count(),
-        include_dashboard=False,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
         log_to_driver=True,
     )
 

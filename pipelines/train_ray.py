@@ -77,6 +77,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     spec = RunSpec(**config["run"])
     tracker: Tracker | None = config["tracker"]
     _worker_logging()
+    torch.set_num_threads(max(1, int(params.train.cpus_per_worker)))  # intra-op CPU threads
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -364,11 +365,13 @@ def run_training(
     cfg = params.train
     check_fits(cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker * cfg.use_gpu, "train")
     shards = resolve(root, params.paths.shards)
-    key = run_key(params, hashlib.sha1((shards / MANIFEST).read_bytes()).hexdigest())
+    manifest_sha1 = hashlib.sha1((shards / MANIFEST).read_bytes()).hexdigest()
+    key = run_key(params, manifest_sha1)
     storage = resolve(root, params.paths.ray_storage)
     name = f"ddpm-train-{key}"
     run_dir = storage / name
     tracker = open_tracking(params, run_dir, name, root)
+    tracker.set_tags({"data.manifest_sha1": manifest_sha1, "ray.run_name": name})
     log.info("Ray run %s (storage %s), MLflow run %s", name, storage, tracker.run_id)
     for stale in (NONFINITE_FILE, SESSION_FILE):
         (run_dir / stale).unlink(missing_ok=True)
