@@ -12,6 +12,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+# A model folder (the train stage's output): EMA weights + the resolved params they were made with.
+WEIGHTS_FILE = "ema.safetensors"
+CONFIG_FILE = "config.json"
+
 logger = logging.getLogger(__name__)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import ray
 import torch
 
-from ddpm_core.checkpoint import load_weights
+from ddpm_core.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_weights
 from ddpm_core.config import ConfigError, Params, UNetConfig, from_dict, to_dict
 from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.sampling import sample_indices, snapshot_timesteps
@@ -42,8 +42,6 @@ from pipelines.tracking import Tracker, repo_root
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "ema.safetensors"
-CONFIG_FILE = "config.json"
 # Keys the trained weights depend on; var_type is a sampling choice (sigma^2 = beta or beta~).
 TRAINED_DIFFUSION_KEYS = ("T", "beta_schedule", "beta_start", "beta_end", "mean_type")
 

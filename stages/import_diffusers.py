@@ -1,0 +1,35 @@
+"""Use released weights instead of training: a diffusers UNet2DModel folder -> `paths.model`.
+
+For the paper's CIFAR-10 model, download google/ddpm-cifar10-32 (config.json and
+diffusion_pytorch_model.safetensors) and run, with the paper profile as params.yaml:
+    python -m stages.import_diffusers --params params.yaml --checkpoint ddpm-cifar10-32/
+then `dvc commit -f train` (record the weights as the train stage's output) and
+`dvc repro evaluate`, which samples and evaluates without training.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipelines.tracking import repo_root
+from pipelines.train_outputs import import_diffusers
+from stages.common import load_params, parser, print_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser((__doc__ or "").splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, required=True, help="a diffusers model folder")
+    args = p.parse_args(argv)
+    params = load_params(args.params)
+    if args.dry_run:
+        print_config(params)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    weights = import_diffusers(params, args.checkpoint, repo_root())
+    print(f"{weights}: released weights from {args.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""`stages.import_diffusers`: a real diffusers model folder -> the train stage outputs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from ddpm_core.config import ConfigError, Params
+from pipelines.sample_ray import load_ema_model
+from pipelines.tracking import tracking_uri
+from stages import import_diffusers
+from tests.ddpm_core.test_convert import CIFAR10_CONFIG, random_diffusers
+from tests.stages.test_sample_cli import params_file
+
+diffusers = pytest.importorskip("diffusers")
+MakeParams = Callable[..., Params]
+# The released CIFAR-10 layout, scaled down: 32 and 64 channels, attention at 4x4, 8x8 grey.
+SMALL = {
+    **CIFAR10_CONFIG,
+    "block_out_channels": [32, 64],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+}
+MATCHING = {"unet.ch": 32, "unet.ch_mult": [1, 2], "unet.attn_resolutions": [4]}
+
+
+def test_released_weights_become_the_model_folder(
+    tmp_path: Path, make_params: MakeParams, capsys: pytest.CaptureFixture[str]
+) -> None:
+    released = random_diffusers(SMALL)
+    released.save_pretrained(tmp_path / "released")  # config.json + .safetensors, as on the hub
+    params = make_params(MATCHING)
+    path = str(params_file(params, tmp_path / "p.yaml"))
+    assert (
+        import_diffusers.main(["--params", path, "--checkpoint", str(tmp_path / "released")]) == 0
+    )
+    assert "released weights from" in capsys.readouterr().out
+
+    model = load_ema_model(params, Path(params.paths.model))  # what sample/evaluate load
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 17])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t), released(x, t).sample, rtol=1e-5, atol=1e-5)
+    metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
+    assert metrics["steps"] == 0 and metrics["weights"].startswith("released: ")
+    run_id = json.loads((Path(params.paths.runs) / "train.json").read_text())["run_id"]
+    run = MlflowClient(tracking_uri(params.mlflow)).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["weights"] == metrics["weights"]
+
+
+def test_architecture_mismatch_and_missing_files_are_named(
+    tmp_path: Path, make_params: MakeParams
+) -> None:
+    random_diffusers(SMALL).save_pretrained(tmp_path / "released")
+    path = str(params_file(make_params({**MATCHING, "unet.ch": 16}), tmp_path / "p.yaml"))
+    with pytest.raises(ConfigError, match=r"released/config.json: the released model has ch=32"):
+        import_diffusers.main(["--params", path, "--checkpoint", str(tmp_path / "released")])
+    with pytest.raises(FileNotFoundError, match=r"nowhere/config.json: not found"):
+        import_diffusers.main(["--params", path, "--checkpoint", str(tmp_path / "nowhere")])
+    assert not Path(make_params().paths.model).exists()
