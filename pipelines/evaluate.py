@@ -28,7 +28,13 @@ from pipelines.fid import (
     ray_extractor,
 )
 from pipelines.figures import save_line_plot
-from pipelines.inception import LABEL_FULL, InceptionWeights, default_cache_dir, resolve_weights
+from pipelines.inception import (
+    LABEL_FULL,
+    InceptionWeights,
+    default_cache_dir,
+    hub_weights_path,
+    resolve_weights,
+)
 from pipelines.nll_ray import BpdResult, EmaModelLoader, evaluate_bpd
 from pipelines.ray_utils import init_ray
 from pipelines.sample_io import load_samples
@@ -110,9 +116,9 @@ def isc_metrics(
         return {"isc_status": "off (evaluate.isc: false)"}
     if logits is None:
         return {
-            "isc_status": f"unavailable: {weights.label} has no logits layer; set "
-            "evaluate.inception_weights to full torch-fidelity weights or "
-            "evaluate.allow_download: true"
+            "isc_status": f"unavailable: {weights.label} has no logits layer; put "
+            f"torch-fidelity's full weights at {hub_weights_path()} or name them in "
+            "evaluate.inception_weights"
         }
     mean, std = inception_score(logits, params.evaluate.isc_splits)
     return {"isc_status": "ok", "isc_mean": mean, "isc_std": std}

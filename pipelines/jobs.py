@@ -60,9 +60,10 @@ def dvc_status(root: Path) -> dict[str, Any]:
 
 
 def inputs_hash(root: Path, params_file: str) -> str:
-    """Hash of the params file and dvc.lock: the same inputs map to the same job id."""
+    """Hash of the job's params file, DVC's params.yaml and dvc.lock: the same inputs map to the
+    same job id."""
     h = hashlib.sha256()
-    for name in (params_file, "dvc.lock"):
+    for name in sorted({params_file, "params.yaml", "dvc.lock"}):
         path = root / name
         h.update(name.encode())
         h.update(path.read_bytes() if path.exists() else b"<missing>")

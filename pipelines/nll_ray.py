@@ -45,7 +45,7 @@ class BpdResult:
             "nll_bpd_sem": sem,
             "prior_bpd": float(self.prior_bpd.mean()),
             "decoder_bpd": float(self.terms_bpd[:, 0].mean()),  # L_0
-            "nll_images": float(n),
+            "nll_images": n,
         }
 
     def rate_distortion(self) -> dict[str, np.ndarray]:

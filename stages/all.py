@@ -12,12 +12,12 @@ import logging
 
 from stages.common import load_params, parser, print_config
 
-STAGES = ("shard", "train", "sample", "evaluate")
+STAGES = ("shard", "train", "sample", "fid_stats", "evaluate")
 log = logging.getLogger("stages.all")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser("Run the DDPM pipeline stages in order (shard, train, sample, evaluate).")
+    p = parser("Run the DDPM pipeline stages in order (shard, train, sample, fid_stats, evaluate).")
     p.add_argument(
         "--stages",
         nargs="+",

@@ -24,7 +24,12 @@ log = logging.getLogger("stages.retrain")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument(
+        "--params",
+        default="params.yaml",
+        help="the params file the job runs with (default params.yaml); on a cluster, a copy whose "
+        "paths point at shared storage. DVC decides on the repository's params.yaml and dvc.lock",
+    )
     p.add_argument(
         "--address",
         default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"),

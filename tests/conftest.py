@@ -156,6 +156,62 @@ class RayHead:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
+class MlflowServer:
+    """A real `mlflow server` on loopback (sqlite backend, proxied artifacts)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 90.0) -> MlflowServer:
+        import time
+        import urllib.request
+
+        cmd = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            f"--backend-store-uri=sqlite:///{self.root / 'mlflow.db'}",
+            f"--artifacts-destination={self.root / 'mlartifacts'}",
+            "--host=127.0.0.1",
+            f"--port={self.port}",
+            "--workers=1",
+        ]
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        log = (self.root / "server.log").open("wb")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited: {(self.root / 'server.log').read_text()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"mlflow server at {self.url} not healthy after {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def ray_head() -> Iterator[RayHead]:
     head = RayHead().start()

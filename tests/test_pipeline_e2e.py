@@ -1,0 +1,188 @@
+"""The real `dvc repro` on the micro profile, tracked by a real `mlflow server` on loopback.
+
+A copy of this repository (its tracked and new files) becomes a fresh git + DVC repo in a temp
+folder; every stage runs as DVC runs it, each starting its own local Ray cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO, MlflowServer, RayHead
+
+pytestmark = pytest.mark.ray
+BIN = Path(sys.executable).parent
+STAGES = ("shard", "train", "sample", "fid_stats", "evaluate")
+
+
+def copy_repo(dst: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-6000:]}"
+    return out
+
+
+class Pipeline:
+    def __init__(self, root: Path, env: dict[str, str], server: MlflowServer, first: str) -> None:
+        self.root, self.env, self.server, self.first = root, env, server, first
+
+    def dvc(self, *args: str) -> str:
+        return run([str(BIN / "dvc"), *args], self.root, self.env)
+
+    def json(self, rel: str) -> dict[str, object]:
+        data: dict[str, object] = json.loads((self.root / rel).read_text())
+        return data
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer, converted_path: Path
+) -> Iterator[Pipeline]:
+    root = tmp_path_factory.mktemp("e2e") / "repo"
+    copy_repo(root)
+    raw = yaml.safe_load((root / "profiles" / "micro.yaml").read_text())
+    raw["evaluate"]["inception_weights"] = str(converted_path)  # converted once per session
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (root / "dvc.lock").unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "RAY_ADDRESS"))}
+    env |= {
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": mlflow_server.url,
+        "GIT_AUTHOR_NAME": "e2e",
+        "GIT_AUTHOR_EMAIL": "e2e@example.invalid",
+        "GIT_COMMITTER_NAME": "e2e",
+        "GIT_COMMITTER_EMAIL": "e2e@example.invalid",
+    }
+    run(["git", "init", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "micro profile"], root, env)
+    first = run([str(BIN / "dvc"), "repro"], root, env)
+    yield Pipeline(root, env, mlflow_server, first)
+
+
+def test_repro_runs_every_stage_and_writes_the_outputs(pipeline: Pipeline) -> None:
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in pipeline.first
+    root = pipeline.root
+    for rel in (
+        "data/shards/manifest.json",
+        "models/ema.safetensors",
+        "models/config.json",
+        "data/samples/manifest.json",
+        "plots/sample_grid.png",
+        "plots/progressive_generation.png",
+        "plots/rate_distortion.png",
+        "plots/rate_distortion.csv",
+        "plots/train_loss.csv",
+        "dvc.lock",
+    ):
+        assert (root / rel).is_file(), rel
+    assert pipeline.json("metrics/train.json")["steps"] == 20
+    assert pipeline.json("metrics/sample.json")["num_images"] == 16
+    metrics = pipeline.json("metrics/eval.json")
+    assert float(metrics["fid"]) > 0 and float(metrics["nll_bpd"]) > 0  # type: ignore[arg-type]
+    assert str(metrics["comparability"]).startswith("NOT comparable")
+    shown = pipeline.dvc("metrics", "show", "--json")
+    assert '"nll_bpd"' in shown and '"fid_train"' in shown
+
+
+def test_second_repro_does_nothing(pipeline: Pipeline) -> None:
+    out = pipeline.dvc("repro")
+    assert "Running stage" not in out
+    assert all(f"Stage '{s}' didn't change, skipping" in out for s in STAGES)
+
+
+def test_exp_run_reruns_from_train_and_runs_compare_in_mlflow(pipeline: Pipeline) -> None:
+    out = pipeline.dvc("exp", "run", "-n", "lr-x2", "-S", "train.lr=0.002")
+    assert "Stage 'shard' didn't change, skipping" in out
+    assert "Stage 'fid_stats' didn't change, skipping" in out
+    assert all(f"Running stage '{s}'" in out for s in ("train", "sample", "evaluate"))
+
+    client = MlflowClient(pipeline.server.url)
+    exp = client.get_experiment_by_name("ddpm")
+    assert exp is not None
+    trains = client.search_runs(
+        [exp.experiment_id], "tags.`dvc.stage` = 'train'", order_by=["params.`train.lr` ASC"]
+    )
+    assert [r.data.params["train.lr"] for r in trains] == ["0.001", "0.002"]
+    assert trains[1].data.tags.get("dvc.exp") == "lr-x2" and "dvc.exp" not in trains[0].data.tags
+    fids = []
+    for train in trains:
+        assert train.info.status == "FINISHED"
+        assert len(train.data.tags["data.manifest_sha1"]) == 40
+        assert train.data.tags["git.commit"] != "unknown"
+        children = client.search_runs(
+            [exp.experiment_id], f"tags.mlflow.parentRunId = '{train.info.run_id}'"
+        )
+        by_stage = {c.data.tags["dvc.stage"]: c for c in children}
+        assert set(by_stage) == {"sample", "evaluate"}
+        evaluated = by_stage["evaluate"]
+        assert {"fid", "fid_test", "nll_bpd", "nll_bpd_sem"} <= set(evaluated.data.metrics)
+        assert evaluated.data.tags["fid.comparability"].startswith("NOT comparable")
+        fids.append(evaluated.data.metrics["fid"])
+        artifacts = {a.path for a in client.list_artifacts(train.info.run_id, "model")}
+        assert "model/ema.safetensors" in artifacts
+        shown = {a.path for a in client.list_artifacts(evaluated.info.run_id, "evaluate")}
+        assert "evaluate/rate_distortion.png" in shown
+    assert fids[0] != fids[1]  # different weights, different samples, different FID
+
+
+def test_scheduled_retrain_runs_the_pipeline_as_a_ray_job(
+    tmp_path: Path, ray_head: RayHead, converted_path: Path
+) -> None:
+    """`stages.retrain` on a real `ray start --head`: DVC says changed, the job runs every stage
+    with outputs on "shared storage" (absolute paths), and a second tick submits nothing."""
+    root, shared = tmp_path / "checkout", tmp_path / "shared"
+    copy_repo(root)
+    raw = yaml.safe_load((root / "profiles" / "micro.yaml").read_text())
+    raw["evaluate"]["inception_weights"] = str(converted_path)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # what DVC checks
+    raw["paths"] = {k: str(shared / v) for k, v in raw["paths"].items()}
+    (root / "cluster.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # what the job uses
+    env = ray_head.env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env |= {k: "e2e" for k in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME")}
+    env |= {k: "e2e@example.invalid" for k in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL")}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "micro"]):
+        run(cmd, root, env)
+    retrain = [str(BIN / "python"), "-m", "stages.retrain", "--params", "cluster.yaml"]
+    retrain += ["--address", ray_head.address, "--wait", "--timeout", "900"]
+
+    out = run(retrain, root, env)
+    assert "retrain: changed: " in out and "ended SUCCEEDED" in out
+    job_id = out.split("retrain: submitted ")[1].split()[0]
+    assert job_id.startswith("retrain-")
+    metrics = json.loads((shared / "metrics" / "eval.json").read_text())
+    assert float(metrics["nll_bpd"]) > 0 and (shared / "plots" / "rate_distortion.png").is_file()
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("ddpm")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], "tags.trigger = 'schedule'")
+    assert sorted(r.data.tags["dvc.stage"] for r in runs) == ["evaluate", "sample", "train"]
+
+    again = run(retrain, root, env)  # same inputs: the same job id, already succeeded
+    assert f"retrain: already submitted {job_id}" in again
