@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from stages.common import load_params, parser, print_config
+from stages.common import parser, start
 
 STAGES = ("shard", "train", "sample", "fid_stats", "evaluate")
 log = logging.getLogger("stages.all")
@@ -25,12 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         default=list(STAGES),
         help="which stages to run, in pipeline order (default: all)",
     )
-    args = p.parse_args(argv)
-    params = load_params(args.params)  # fail before any stage starts
-    if args.dry_run:
-        print_config(params)
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    started = start(p, argv)  # a bad params file fails before any stage starts
+    if started is None:
+        return 0  # --dry-run printed the resolved config
+    _, args = started
     for name in (s for s in STAGES if s in args.stages):
         log.info("stage %s", name)
         code: int = importlib.import_module(f"stages.{name}").main(["--params", args.params])

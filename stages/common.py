@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -44,6 +45,22 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def print_config(params: Params) -> None:
     print(json.dumps(to_dict(params), indent=2))
+
+
+def start(
+    p: argparse.ArgumentParser, argv: list[str] | None
+) -> tuple[Params, argparse.Namespace] | None:
+    """Parse the arguments and load params strictly; with --dry-run print them and return None.
+
+    Otherwise set up INFO logging to stderr and return (params, the parsed arguments).
+    """
+    args = p.parse_args(argv)
+    params = load_params(args.params)
+    if args.dry_run:
+        print_config(params)
+        return None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return params, args
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-
 from pipelines.evaluate import run_evaluate_stage
 from pipelines.tracking import repo_root, stage_run
-from stages.common import load_params, parser, print_config, write_json
+from stages.common import parser, start, write_json
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser(__doc__ or "").parse_args(argv)
-    params = load_params(args.params)
-    if args.dry_run:
-        print_config(params)
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    started = start(parser(__doc__ or ""), argv)
+    if started is None:
+        return 0  # --dry-run printed the resolved config
+    params, _ = started
     root = repo_root()
     with stage_run(params, "evaluate", root=root) as tracker:  # child of the train run
         metrics = run_evaluate_stage(params, root=root, tracker=tracker)

@@ -5,21 +5,17 @@ Its output folder is a DVC output, so `evaluate` reruns (new samples, new model)
 
 from __future__ import annotations
 
-import logging
-
 from pipelines.fid import compute_reference_stats
 from pipelines.ray_utils import init_ray
 from pipelines.tracking import repo_root
-from stages.common import load_params, parser, print_config
+from stages.common import parser, start
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser(__doc__ or "").parse_args(argv)
-    params = load_params(args.params)
-    if args.dry_run:
-        print_config(params)
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    started = start(parser(__doc__ or ""), argv)
+    if started is None:
+        return 0  # --dry-run printed the resolved config
+    params, _ = started
     init_ray(params.ray)
     for split, (_, meta) in compute_reference_stats(params, repo_root()).items():
         state = "reused" if meta["cached"] else "computed"

@@ -9,23 +9,20 @@ then `dvc commit -f train` (record the weights as the train stage's output) and
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from pipelines.tracking import repo_root
 from pipelines.train_outputs import import_diffusers
-from stages.common import load_params, parser, print_config
+from stages.common import parser, start
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser((__doc__ or "").splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="a diffusers model folder")
-    args = p.parse_args(argv)
-    params = load_params(args.params)
-    if args.dry_run:
-        print_config(params)
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    started = start(p, argv)
+    if started is None:
+        return 0  # --dry-run printed the resolved config
+    params, args = started
     weights = import_diffusers(params, args.checkpoint, repo_root())
     print(f"{weights}: released weights from {args.checkpoint}")
     return 0

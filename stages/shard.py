@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.shards import build_shards
-from stages.common import atomic_path, load_params, parser, print_config
+from stages.common import atomic_path, parser, start
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser(__doc__ or "").parse_args(argv)
-    params = load_params(args.params)
-    if args.dry_run:
-        print_config(params)
-        return 0
+    started = start(parser(__doc__ or ""), argv)
+    if started is None:
+        return 0  # --dry-run printed the resolved config
+    params, _ = started
     out = Path(params.paths.shards)
     with atomic_path(out) as tmp:  # a failure leaves the previous shard set untouched
         manifest = build_shards(params.data, params.seed, tmp)

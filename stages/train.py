@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import logging
-
 from pipelines.tracking import repo_root
 from pipelines.train_outputs import export_outputs
 from pipelines.train_ray import run_training
-from stages.common import load_params, parser, print_config
+from stages.common import parser, start
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser(__doc__ or "").parse_args(argv)
-    params = load_params(args.params)
-    if args.dry_run:
-        print_config(params)
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    started = start(parser(__doc__ or ""), argv)
+    if started is None:
+        return 0  # --dry-run printed the resolved config
+    params, _ = started
     root = repo_root()
     result = run_training(params, root=root)
     metrics = export_outputs(params, result, root)
