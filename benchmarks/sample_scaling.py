@@ -26,6 +26,7 @@ import ray
 import torch
 import yaml
 
+from benchmarks.report import load_average, write_result
 from ddpm_core.checkpoint import save_weights
 from ddpm_core.config import Params, from_dict, to_dict
 from ddpm_core.sampling import sample_indices
@@ -164,11 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    load = load_average()
     rows = run(args.images, args.batch_size, args.steps, args.repeats)
     text = to_markdown(rows, args, load)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_result(args.out, text)
     print(text)
     return 0
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.report import write_result
 from ddpm_core.config import DataConfig
 from pipelines.data import load_split, train_batches
 from pipelines.shards import write_shards
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(args.zip, args.images, args.batch_size, args.batches)
     text = markdown(rows, args.zip, args.images)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_result(args.out, text)
     print(text)
     return 0
 

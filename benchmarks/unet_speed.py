@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks.report import write_result
 from ddpm_core.unet import UNet
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for case in CASES for row in run_case(case, args.repeats)]
     table = to_markdown(rows, args.threads, time.perf_counter() - start, load)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
+    write_result(args.out, table)
     print(table)
     return 0
 
