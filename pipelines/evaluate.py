@@ -162,16 +162,16 @@ def write_rate_distortion(result: BpdResult, plots: Path) -> list[Path]:
             w.writerow([int(step), f"{rate:.6g}", f"{dist:.6g}"])
     os.replace(tmp, csv_path)
     png = save_line_plot(
-        rd["rate_bpd"],
-        {"distortion": rd["distortion_rmse"]},
+        rd["rate_bpd"].tolist(),
+        {"distortion": rd["distortion_rmse"].tolist()},
         plots / RD_PNG,
         xlabel="rate (bits/dim)",
         ylabel="distortion (RMSE on [0, 255])",
         title=f"progressive coding, {len(result.total_bpd)} test images (Fig. 5)",
     )
     terms = save_line_plot(
-        np.arange(len(rd["reverse_step"])),
-        {"L_t (bits/dim)": result.terms_bpd.mean(axis=0)},
+        list(range(len(rd["reverse_step"]))),
+        {"L_t (bits/dim)": result.terms_bpd.mean(axis=0).tolist()},
         plots / NLL_TERMS_PNG,
         xlabel="t (0-based; t=0 is the decoder term L_0)",
         ylabel="bits/dim",

@@ -63,7 +63,7 @@ def _write(params: Params, result: TrainResult, root: Path) -> dict[str, Any]:
     }
     write_json(resolve(root, params.paths.metrics) / METRICS_FILE, metrics)
     result.tracker.log_metrics(
-        {f"final_{k}": float(v) for k, v in metrics.items()}, metrics["steps"]
+        {f"final_{k}": float(v) for k, v in metrics.items()}, int(metrics["steps"])
     )
     result.tracker.log_artifact(weights, "model")
     result.tracker.log_artifact(model_dir / CONFIG_FILE, "model")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from pipelines.evaluate import run_evaluate_stage
-from pipelines.tracking import repo_root, stage_run
-from stages.common import parser, start, write_json
+from stages.common import parser, run_child_stage, start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -12,12 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     if started is None:
         return 0  # --dry-run printed the resolved config
     params, _ = started
-    root = repo_root()
-    with stage_run(params, "evaluate", root=root) as tracker:  # child of the train run
-        metrics = run_evaluate_stage(params, root=root, tracker=tracker)
-        metrics_path = root / params.paths.metrics / "eval.json"
-        write_json(metrics_path, metrics)
-        tracker.log_artifact(metrics_path, "evaluate")
+    metrics, run_id = run_child_stage(params, "evaluate", "eval.json", run_evaluate_stage)
     isc = (
         f"IS {metrics['isc_mean']:.2f} +- {metrics['isc_std']:.2f}"
         if "isc_mean" in metrics
@@ -27,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         f"FID {metrics['fid']:.3f} vs {metrics['fid_reference']} ({metrics['fid_images']} samples,"
         f" {metrics['inception_weights']}); {isc}; NLL {metrics['nll_bpd']:.4f} "
         f"+- {metrics['nll_bpd_sem']:.4f} bits/dim on {metrics['nll_images']:.0f} "
-        f"{metrics['nll_split']} images\n{metrics['comparability']} (MLflow run {tracker.run_id})"
+        f"{metrics['nll_split']} images\n{metrics['comparability']} (MLflow run {run_id})"
     )
     return 0
 

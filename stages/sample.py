@@ -7,8 +7,7 @@ deletes the stage's outputs first, so there a rerun starts over (see README, Sam
 from __future__ import annotations
 
 from pipelines.sample_ray import run_sample_stage
-from pipelines.tracking import repo_root, stage_run
-from stages.common import parser, start, write_json
+from stages.common import parser, run_child_stage, start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,16 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     if started is None:
         return 0  # --dry-run printed the resolved config
     params, _ = started
-    root = repo_root()
-    with stage_run(params, "sample", root=root) as tracker:  # child of the train run
-        metrics = run_sample_stage(params, root=root, tracker=tracker)
-        metrics_path = root / params.paths.metrics / "sample.json"
-        write_json(metrics_path, metrics)
-        tracker.log_artifact(metrics_path, "sample")
+    metrics, run_id = run_child_stage(params, "sample", "sample.json", run_sample_stage)
     print(
         f"{params.paths.samples}: {metrics['num_images']} images ({metrics['sampler']}), "
         f"{metrics['new_images']} new at {metrics['images_per_s']:.2f} images/s, "
-        f"ordered_hash {metrics['ordered_hash'][:16]} (MLflow run {tracker.run_id})"
+        f"ordered_hash {metrics['ordered_hash'][:16]} (MLflow run {run_id})"
     )
     return 0
 

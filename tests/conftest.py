@@ -86,6 +86,19 @@ def make_params(tmp_path: Path) -> Callable[..., Params]:
     return make
 
 
+@pytest.fixture(scope="module")
+def shards_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Digits 8x8 shards of the tiny params (64 train images in 4 shards), by the shard stage."""
+    from ddpm_core.config import to_dict
+    from stages import shard
+
+    root = tmp_path_factory.mktemp("shards")
+    params = build_params(root)
+    (root / "params.yaml").write_text(yaml.safe_dump(to_dict(params)))
+    assert shard.main(["--params", str(root / "params.yaml")]) == 0
+    return Path(params.paths.shards)
+
+
 @pytest.fixture(scope="session")
 def converted_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """fid-helper's pool3 weights converted once per test session into a temporary cache."""

@@ -26,15 +26,12 @@ from ray.cluster_utils import Cluster
 
 from ddpm_core.config import Params
 from pipelines.train_ray import SIDECAR, TrainResult, train_loop_per_worker
-from stages import shard
-from tests.conftest import build_params
 from tests.pipelines.test_train_ray import (
     REF,
     _ema,
     _history,
     _params,
     _train,
-    _yaml,
 )
 
 pytestmark = pytest.mark.ray
@@ -96,16 +93,6 @@ class HoldForNodeLoss:
             train_loop_per_worker(config)
         finally:
             ray.train.report = real
-
-
-@pytest.fixture(scope="module")
-def shards_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Digits 8x8 shards written by the shard stage (as in `test_train_ray.py`)."""
-    root = tmp_path_factory.mktemp("shards")
-    params = build_params(root)
-    (root / "params.yaml").write_text(_yaml(params))
-    assert shard.main(["--params", str(root / "params.yaml")]) == 0
-    return Path(params.paths.shards)
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 
 from ddpm_core.checkpoint import load_weights
@@ -48,7 +47,6 @@ from pipelines.train_step import (
     train_step,
     warmup_lr,
 )
-from stages import shard
 from tests.conftest import build_params
 
 pytestmark = pytest.mark.ray
@@ -64,20 +62,6 @@ def ray_cluster() -> Iterator[None]:
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def shards_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Digits 8x8 shards (64 train images in 4 shards), written by the shard stage."""
-    root = tmp_path_factory.mktemp("shards")
-    params = build_params(root)
-    (root / "params.yaml").write_text(_yaml(params))
-    assert shard.main(["--params", str(root / "params.yaml")]) == 0
-    return Path(params.paths.shards)
-
-
-def _yaml(params: Params) -> str:
-    return yaml.safe_dump(to_dict(params))
 
 
 def _params(root: Path, shards: Path, overrides: dict[str, Any] | None = None) -> Params:
