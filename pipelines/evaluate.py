@@ -147,7 +147,13 @@ def nll_metrics(params: Params, root: Path) -> tuple[dict[str, Any], BpdResult]:
     return out, result
 
 
-def write_rate_distortion(result: BpdResult, plots: Path) -> list[Path]:
+def data_label(params: Params) -> str:
+    """Which images a figure is about, e.g. 'digits' or 'image_folder (cifar10-test-jpeg.zip)'."""
+    root = f" ({Path(params.data.root).name})" if params.data.root else ""
+    return f"{params.data.source}{root}"
+
+
+def write_rate_distortion(result: BpdResult, plots: Path, data: str) -> list[Path]:
     """`rate_distortion.csv` (a DVC plot) and the paper's Fig. 5 panels as a PNG."""
     rd = result.rate_distortion()
     csv_path = plots / RD_CSV
@@ -167,7 +173,7 @@ def write_rate_distortion(result: BpdResult, plots: Path) -> list[Path]:
         plots / RD_PNG,
         xlabel="rate (bits/dim)",
         ylabel="distortion (RMSE on [0, 255])",
-        title=f"progressive coding, {len(result.total_bpd)} test images (Fig. 5)",
+        title=f"progressive coding (Fig. 5): {len(result.total_bpd)} {data} images",
     )
     terms = save_line_plot(
         list(range(len(rd["reverse_step"]))),
@@ -175,7 +181,7 @@ def write_rate_distortion(result: BpdResult, plots: Path) -> list[Path]:
         plots / NLL_TERMS_PNG,
         xlabel="t (0-based; t=0 is the decoder term L_0)",
         ylabel="bits/dim",
-        title="variational bound terms",
+        title=f"variational bound terms: {data}",
         logy=True,
     )
     return [csv_path, png, terms]
@@ -187,7 +193,7 @@ def table4(result: BpdResult) -> dict[str, float]:
     T = len(rd["reverse_step"])
     out: dict[str, float] = {}
     for k in range(10, 0, -1):
-        step = T * k // 10
+        step = max(1, T * k // 10)  # T < 10: the rows repeat, never step 0
         i = T - step  # rd arrays run from reverse step T down to 1
         out[f"rd_rate_bpd_step{step}"] = float(rd["rate_bpd"][i])
         out[f"rd_rmse_step{step}"] = float(rd["distortion_rmse"][i])
@@ -205,7 +211,7 @@ def run_evaluate_stage(
     nll, bpd = nll_metrics(params, root)
     metrics.update(nll)
     metrics.update(table4(bpd))
-    figures = write_rate_distortion(bpd, root / params.paths.plots)
+    figures = write_rate_distortion(bpd, root / params.paths.plots, data_label(params))
     metrics["wall_time_s"] = time.perf_counter() - t0
     log.info(
         "FID %.3f (%s); NLL %.4f bits/dim",

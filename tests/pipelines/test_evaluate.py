@@ -80,10 +80,12 @@ def test_table4_rows_are_every_tenth_of_the_reverse_process() -> None:
         result.prior_bpd.mean() + result.terms_bpd[:, 1:].mean(0).sum()
     )
     assert rows["rd_rmse_step2"] == rd["distortion_rmse"][18]
+    short = evaluate.table4(_bpd(T=4))  # fewer steps than rows: repeated rows, no step 0
+    assert min(int(k.rsplit("step", 1)[1]) for k in short) == 1
 
 
 def test_rate_distortion_csv_is_a_monotone_curve(tmp_path: Path) -> None:
-    paths = evaluate.write_rate_distortion(_bpd(), tmp_path / "plots")
+    paths = evaluate.write_rate_distortion(_bpd(), tmp_path / "plots", "digits")
     assert [p.name for p in paths] == [evaluate.RD_CSV, evaluate.RD_PNG, evaluate.NLL_TERMS_PNG]
     assert all(p.is_file() for p in paths)
     with paths[0].open() as f:
