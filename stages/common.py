@@ -9,14 +9,13 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ddpm_core.config import ConfigError, Params, from_dict, to_dict
-from pipelines.tracking import Tracker, repo_root, stage_run
 
 
 def load_params(path: str | os.PathLike[str]) -> Params:
@@ -62,23 +61,6 @@ def start(
         return None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     return params, args
-
-
-def run_child_stage(
-    params: Params,
-    stage: str,
-    metrics_file: str,
-    body: Callable[[Params, Path, Tracker], dict[str, Any]],
-) -> tuple[dict[str, Any], str]:
-    """`body(params, root, tracker)` in an MLflow child run of the train run; its metrics go to
-    `<paths.metrics>/<metrics_file>` and to the run as an artifact. Returns (metrics, run id)."""
-    root = repo_root()
-    with stage_run(params, stage, root=root) as tracker:
-        metrics = body(params, root, tracker)
-        path = root / params.paths.metrics / metrics_file
-        write_json(path, metrics)
-        tracker.log_artifact(path, stage)
-    return metrics, tracker.run_id
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pipelines.evaluate import run_evaluate_stage
-from stages.common import parser, run_child_stage, start
+from stages.common import parser, start
+from stages.tracked import run_child_stage
 
 
 def main(argv: list[str] | None = None) -> int:

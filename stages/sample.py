@@ -7,7 +7,8 @@ deletes the stage's outputs first, so there a rerun starts over (see README, Sam
 from __future__ import annotations
 
 from pipelines.sample_ray import run_sample_stage
-from stages.common import parser, run_child_stage, start
+from stages.common import parser, start
+from stages.tracked import run_child_stage
 
 
 def main(argv: list[str] | None = None) -> int:
