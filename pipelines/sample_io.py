@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipelines.files import write_json
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -185,12 +187,6 @@ def ordered_hash(shard_hashes: list[str]) -> str:
     return sha256("".join(h + "\n" for h in shard_hashes).encode())
 
 
-def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def read_manifest(samples_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(samples_dir) / MANIFEST
     if not path.is_file():
@@ -215,7 +211,7 @@ def prepare_dir(out_dir: Path, plan: dict[str, Any], specs: list[ShardSpec]) -> 
         if old != plan or tar.name not in wanted:
             tar.unlink()
     (out_dir / MANIFEST).unlink(missing_ok=True)  # rewritten only when every shard is done
-    write_json_atomic(plan_path, plan)
+    write_json(plan_path, plan)
 
 
 def load_samples(

@@ -25,6 +25,7 @@ from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.sampling import sample_indices, snapshot_timesteps
 from ddpm_core.unet import UNet
 from pipelines.figures import save_grid, save_progressive
+from pipelines.files import write_json
 from pipelines.ray_utils import check_fits, init_ray
 from pipelines.sample_io import (
     MANIFEST,
@@ -35,7 +36,6 @@ from pipelines.sample_io import (
     prepare_dir,
     sha256,
     verify_shard,
-    write_json_atomic,
     write_shard,
 )
 from pipelines.tracking import Tracker, repo_root
@@ -283,7 +283,7 @@ def sample_to_shards(
         "shards": shards,
         "ordered_hash": ordered_hash([s["sha256"] for s in shards]),
     }
-    write_json_atomic(out_dir / MANIFEST, manifest)
+    write_json(out_dir / MANIFEST, manifest)
     log.info(
         "sample: %d images in %d shards, ordered_hash %s",
         manifest["num_images"],

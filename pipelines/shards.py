@@ -94,7 +94,7 @@ def write_shards(
 def build_shards(cfg: DataConfig, seed: int, out_dir: Path) -> dict[str, Any]:
     """Read `cfg.source` and write its shards + manifest into the new folder `out_dir`.
 
-    Callers write into a temporary folder and rename it into place (`stages.common.atomic_path`).
+    Callers write into a temporary folder and rename it into place (`pipelines.files.atomic_path`).
     """
     data = load_source(cfg, seed)
     return write_shards(

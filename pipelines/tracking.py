@@ -23,6 +23,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from ddpm_core.config import MlflowConfig, Params, flatten, to_dict
+from pipelines.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +179,7 @@ def run_file(params: Params, stage: str, root: Path | None = None) -> Path:
 def write_run_file(params: Params, stage: str, tracker: Tracker, root: Path | None = None) -> None:
     run = tracker.client.get_run(tracker.run_id)
     info = {"run_id": tracker.run_id, "experiment_id": run.info.experiment_id, "uri": tracker.uri}
-    path = run_file(params, stage, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json(run_file(params, stage, root), info)
 
 
 def read_run_file(params: Params, stage: str, root: Path | None = None) -> dict[str, str] | None:

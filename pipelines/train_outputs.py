@@ -14,11 +14,11 @@ from ddpm_core.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_training_state,
 from ddpm_core.config import ConfigError, Params, to_dict
 from ddpm_core.convert import state_dict_from_diffusers, unet_config_from_diffusers
 from ddpm_core.unet import UNet
+from pipelines.files import atomic_path, write_json
 from pipelines.tracking import open_run, write_run_file
 from pipelines.train_inputs import resolve
 from pipelines.train_ray import TrainResult
 from pipelines.train_step import STATE_FILE
-from stages.common import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
