@@ -53,8 +53,7 @@ def comparability(params: Params, weights: InceptionWeights, samples: int, ref: 
     """'comparable with published figures' or 'NOT comparable with published figures: <why>'."""
     why = []
     if params.data.source != "cifar10":
-        root = f" ({params.data.root})" if params.data.root else ""
-        why.append(f"data.source={params.data.source}{root}, not lossless CIFAR-10")
+        why.append(f"data.source={data_label(params)}, not lossless CIFAR-10")
     if weights.label != LABEL_FULL:
         why.append(f"Inception weights: {weights.label}")
     if samples < PAPER_IMAGES:

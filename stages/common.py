@@ -11,9 +11,6 @@ from pathlib import Path
 import yaml
 
 from ddpm_core.config import ConfigError, Params, from_dict, to_dict
-from pipelines.files import atomic_path, write_json
-
-__all__ = ["atomic_path", "load_params", "parser", "print_config", "start", "write_json"]
 
 
 def load_params(path: str | os.PathLike[str]) -> Params:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipelines.files import atomic_path
 from pipelines.shards import build_shards
-from stages.common import atomic_path, parser, start
+from stages.common import parser, start
 
 
 def main(argv: list[str] | None = None) -> int:

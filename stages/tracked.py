@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_core.config import Params
+from pipelines.files import write_json
 from pipelines.tracking import Tracker, repo_root, stage_run
-from stages.common import write_json
 
 
 def run_child_stage(
