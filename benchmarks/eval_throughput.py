@@ -34,8 +34,9 @@ import torch
 import yaml
 
 from benchmarks.report import load_average, write_result
-from ddpm_core.config import Params, UNetConfig, from_dict
+from ddpm_core.config import UNetConfig
 from ddpm_core.unet import UNet
+from pipelines.config import Params, from_dict
 from pipelines.data import load_split
 from pipelines.fid import ray_extractor
 from pipelines.inception import InceptionWeights, default_cache_dir, resolve_weights

@@ -28,10 +28,10 @@ import yaml
 
 from benchmarks.report import load_average, write_result
 from ddpm_core.checkpoint import save_weights
-from ddpm_core.config import Params, from_dict, to_dict
 from ddpm_core.sampling import sample_indices
 from ddpm_core.unet import UNet
 from pipelines import sample_ray
+from pipelines.config import Params, from_dict, to_dict
 from pipelines.ray_utils import init_ray
 from pipelines.sample_io import plan_shards
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import write_result
-from ddpm_core.config import DataConfig
+from pipelines.config import DataConfig
 from pipelines.data import load_split, train_batches
 from pipelines.shards import write_shards
 from pipelines.sources import load_source

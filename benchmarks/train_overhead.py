@@ -32,7 +32,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from benchmarks.report import load_average, write_result
-from ddpm_core.config import Params, from_dict
+from pipelines.config import Params, from_dict
 from pipelines.data import train_batches
 from pipelines.shards import build_shards
 from pipelines.train_ray import TrainResult, run_training

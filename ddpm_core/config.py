@@ -1,83 +1,29 @@
-"""Typed, frozen configuration for every stage, parsed strictly from a plain dict.
+"""Typed, frozen configs of the model: the diffusion process and the U-Net.
 
-`params.yaml` is read by `stages.common.load_params` (YAML lives outside `ddpm_core`); this module
-turns the resulting dict into `Params`, rejecting unknown keys, missing keys and wrong types with
-an error that names the dotted key (e.g. ``train.batch_size``) and what was expected.
+The pipeline's own settings (paths, data, training, sampling, evaluation, Ray, MLflow) and the
+strict `params.yaml` loader live in `pipelines.config`; this module holds only what the math and
+the network need, so editing the pipeline's config never touches `ddpm_core`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from dataclasses import dataclass
+from typing import Literal
 
 BetaSchedule = Literal["linear", "quad", "cosine", "const"]
 MeanType = Literal["eps", "x0", "mean"]
 VarType = Literal["fixedlarge", "fixedsmall"]
 LossType = Literal["mse", "kl"]
-Source = Literal["digits", "mnist", "fashion_mnist", "cifar10", "image_folder"]
-ResizeMode = Literal["pad", "resize"]
-Precision = Literal["fp32", "bf16"]
-FidReference = Literal["train", "test"]
 
 
 class ConfigError(ValueError):
     """A params value or key that does not fit the schema; the message names the dotted key."""
 
 
-def _check(ok: bool, key: str, value: object, expected: str) -> None:
+def check(ok: bool, key: str, value: object, expected: str) -> None:
+    """Raise `ConfigError` naming the dotted `key`, the value and what was expected, unless ok."""
     if not ok:
         raise ConfigError(f"{key}: got {value!r}, expected {expected}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Sections
-
-
-@dataclass(frozen=True)
-class PathsConfig:
-    """Where each stage reads and writes, relative to the repository root (or absolute)."""
-
-    shards: str  # shard stage output: WebDataset tars + manifest.json
-    model: str  # train stage output: EMA weights, resolved config
-    samples: str  # sample stage output: sample shards
-    metrics: str  # JSON metrics for `dvc metrics`
-    plots: str  # DVC plot data and PNG figures
-    runs: str  # MLflow run-id hand-off files between stages
-    ray_storage: str  # Ray Train checkpoints: outside DVC outputs so a rerun resumes
-    fid_stats: str  # cached reference statistics of the real data
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Dataset source and preprocessing for the shard stage and the readers."""
-
-    source: Source
-    root: str | None  # local folder of the source (torchvision layout or image folder)
-    download: bool  # torchvision download when no local files; needs network
-    resolution: int  # target H = W
-    channels: int  # 1 (grayscale) or 3 (RGB)
-    resize: ResizeMode  # pad (centre, zero) or resize (bilinear) to `resolution`
-    max_images: int | None  # cap per split for quick runs
-    shard_size: int  # images per tar shard
-    test_fraction: float  # for sources without a test split (digits, unsplit folders)
-    random_flip: bool  # paper: horizontal flip for CIFAR-10; off for digits
-
-    def __post_init__(self) -> None:
-        _check(self.channels in (1, 3), "data.channels", self.channels, "1 or 3")
-        _check(self.resolution >= 4, "data.resolution", self.resolution, "an int >= 4")
-        _check(self.shard_size >= 1, "data.shard_size", self.shard_size, "an int >= 1")
-        _check(
-            0.0 <= self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "0 <= f < 1"
-        )
-        _check(
-            self.max_images is None or self.max_images >= 1,
-            "data.max_images",
-            self.max_images,
-            "null or an int >= 1",
-        )
 
 
 @dataclass(frozen=True)
@@ -93,8 +39,8 @@ class DiffusionConfig:
     loss_type: LossType
 
     def __post_init__(self) -> None:
-        _check(self.T >= 1, "diffusion.T", self.T, "an int >= 1")
-        _check(
+        check(self.T >= 1, "diffusion.T", self.T, "an int >= 1")
+        check(
             0.0 < self.beta_start <= self.beta_end < 1.0,
             "diffusion.beta_start/beta_end",
             (self.beta_start, self.beta_end),
@@ -113,264 +59,11 @@ class UNetConfig:
     dropout: float
 
     def __post_init__(self) -> None:
-        _check(self.ch >= 1 and self.ch % 2 == 0, "unet.ch", self.ch, "an even int >= 2")
-        _check(len(self.ch_mult) >= 1, "unet.ch_mult", self.ch_mult, "a non-empty list of ints")
-        _check(self.num_res_blocks >= 1, "unet.num_res_blocks", self.num_res_blocks, "an int >= 1")
-        _check(0.0 <= self.dropout < 1.0, "unet.dropout", self.dropout, "0 <= p < 1")
+        check(self.ch >= 1 and self.ch % 2 == 0, "unet.ch", self.ch, "an even int >= 2")
+        check(len(self.ch_mult) >= 1, "unet.ch_mult", self.ch_mult, "a non-empty list of ints")
+        check(self.num_res_blocks >= 1, "unet.num_res_blocks", self.num_res_blocks, "an int >= 1")
+        check(0.0 <= self.dropout < 1.0, "unet.dropout", self.dropout, "0 <= p < 1")
 
     def level_resolutions(self, resolution: int) -> tuple[int, ...]:
         """Feature-map resolution at each U-Net level, e.g. (32, 16, 8, 4) for CIFAR-10."""
         return tuple(resolution // 2**i for i in range(len(self.ch_mult)))
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Algorithm 1 with the official optimisation recipe (Appendix B, run_cifar.py)."""
-
-    steps: int
-    batch_size: int  # global batch; per worker = batch_size / num_workers
-    lr: float
-    warmup_steps: int
-    grad_clip: float
-    ema_decay: float
-    log_every: int
-    checkpoint_every: int
-    sample_every: int  # EMA sample grid to MLflow every K steps (0 = only at the end)
-    keep_checkpoints: int
-    num_workers: int
-    use_gpu: bool
-    cpus_per_worker: float
-    gpus_per_worker: float
-    precision: Precision  # bf16 autocast on GPU; fp32 on CPU
-    channels_last: bool
-    compile: bool
-    max_failures: int
-
-    def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
-            _check(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "an int >= 1")
-        _check(self.num_workers >= 1, "train.num_workers", self.num_workers, "an int >= 1")
-        _check(
-            self.batch_size % self.num_workers == 0,
-            "train.batch_size",
-            self.batch_size,
-            f"divisible by train.num_workers={self.num_workers}",
-        )
-        _check(self.lr > 0, "train.lr", self.lr, "a float > 0")
-        _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", self.ema_decay, "0 <= d < 1")
-        _check(self.max_failures >= 0, "train.max_failures", self.max_failures, "an int >= 0")
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    """Algorithm 2 over a Ray actor pool; image i depends only on (seed, i)."""
-
-    num_images: int
-    batch_size: int  # images per work unit (a fixed index range)
-    num_workers: int
-    use_gpu: bool
-    cpus_per_worker: float
-    stride: int  # 1 = all T steps (paper); k > 1 = strided timesteps (fast, not paper)
-    progressive_every: int  # predicted x0 every k steps for the progressive-generation figure
-    progressive_images: int
-    grid_images: int
-
-    def __post_init__(self) -> None:
-        _check(self.num_images >= 1, "sample.num_images", self.num_images, "an int >= 1")
-        _check(self.batch_size >= 1, "sample.batch_size", self.batch_size, "an int >= 1")
-        _check(self.num_workers >= 1, "sample.num_workers", self.num_workers, "an int >= 1")
-        _check(self.stride >= 1, "sample.stride", self.stride, "an int >= 1")
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """FID / IS through torch-fidelity, NLL (bits/dim) through calc_bpd_loop."""
-
-    fid_images: int  # generated images used for FID/IS (<= sample.num_images)
-    fid_reference: FidReference  # paper: train split
-    fid_reference_images: int | None  # cap on real images for reference statistics
-    inception_weights: str | None  # explicit path to torch-fidelity Inception weights
-    allow_download: bool  # download Inception weights when no local file (needs network)
-    isc: bool
-    isc_splits: int
-    nll_images: int
-    nll_batch_size: int
-    num_workers: int
-    cpus_per_worker: float
-    use_gpu: bool
-
-    def __post_init__(self) -> None:
-        _check(self.fid_images >= 2, "evaluate.fid_images", self.fid_images, "an int >= 2")
-        refs = self.fid_reference_images
-        _check(refs is None or refs >= 2, "evaluate.fid_reference_images", refs, "null or >= 2")
-        _check(self.isc_splits >= 1, "evaluate.isc_splits", self.isc_splits, "an int >= 1")
-        _check(self.nll_images >= 1, "evaluate.nll_images", self.nll_images, "an int >= 1")
-        _check(self.nll_batch_size >= 1, "evaluate.nll_batch_size", self.nll_batch_size, ">= 1")
-        _check(self.num_workers >= 1, "evaluate.num_workers", self.num_workers, "an int >= 1")
-
-
-@dataclass(frozen=True)
-class RayConfig:
-    """Which Ray cluster: null = `RAY_ADDRESS` if set, else a local one with `num_cpus`."""
-
-    address: str | None
-    num_cpus: int | None
-
-
-@dataclass(frozen=True)
-class MlflowConfig:
-    """Tracking store: null = `MLFLOW_TRACKING_URI` if set, else `sqlite:///<repo>/mlflow.db`."""
-
-    tracking_uri: str | None
-    experiment: str
-
-
-@dataclass(frozen=True)
-class Params:
-    """Everything in `params.yaml`, one section per concern."""
-
-    profile: str  # a label for humans and MLflow tags ("default", "cifar10-paper", ...)
-    seed: int
-    paths: PathsConfig
-    data: DataConfig
-    diffusion: DiffusionConfig
-    unet: UNetConfig
-    train: TrainConfig
-    sample: SampleConfig
-    evaluate: EvaluateConfig
-    ray: RayConfig
-    mlflow: MlflowConfig
-
-    def __post_init__(self) -> None:
-        levels = self.unet.level_resolutions(self.data.resolution)
-        bad = [r for r in self.unet.attn_resolutions if r not in levels]
-        _check(
-            not bad,
-            "unet.attn_resolutions",
-            list(self.unet.attn_resolutions),
-            f"resolutions among the U-Net levels {list(levels)} for data.resolution="
-            f"{self.data.resolution}",
-        )
-        _check(
-            self.evaluate.fid_images <= self.sample.num_images,
-            "evaluate.fid_images",
-            self.evaluate.fid_images,
-            f"<= sample.num_images={self.sample.num_images} (FID uses generated samples)",
-        )
-        _check(
-            self.data.resolution % 2 ** (len(self.unet.ch_mult) - 1) == 0,
-            "data.resolution",
-            self.data.resolution,
-            f"divisible by 2**(len(unet.ch_mult)-1)={2 ** (len(self.unet.ch_mult) - 1)}",
-        )
-
-
-# The paper's CIFAR-10 values (Appendix B; hojonathanho/diffusion scripts/run_cifar.py).
-PAPER_CIFAR10_DIFFUSION = DiffusionConfig(
-    T=1000,
-    beta_schedule="linear",
-    beta_start=1e-4,
-    beta_end=0.02,
-    mean_type="eps",
-    var_type="fixedlarge",
-    loss_type="mse",
-)
-PAPER_CIFAR10_UNET = UNetConfig(
-    ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1
-)
-
-
-# ----------------------------------------------------------------------------------------------
-# Strict parsing
-
-T_co = TypeVar("T_co")
-
-
-def from_dict(cls: type[T_co], data: object, prefix: str = "") -> T_co:
-    """Build dataclass `cls` from `data`, rejecting unknown, missing and mistyped keys.
-
-    Nested dataclasses, `Literal`, `X | None`, `tuple[int, ...]`, bool/int/float/str are supported.
-    Lists become tuples. Ints are accepted where a float is expected.
-    """
-    where = prefix.rstrip(".") or "params"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    assert dataclasses.is_dataclass(cls)
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {[prefix + k for k in unknown]}; allowed: {sorted(fields)}"
-        )
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name not in data:
-            if f.default is not dataclasses.MISSING:
-                continue
-            raise ConfigError(f"{prefix}{name}: missing key (expected {_type_name(hints[name])})")
-        kwargs[name] = _coerce(hints[name], data[name], prefix + name)
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: object, key: str) -> Any:
-    origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key + ".")  # type: ignore[arg-type]
-    if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{key}: got {value!r}, expected one of {list(get_args(tp))}")
-        return value
-    if origin is tuple:
-        (item, _) = get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: got {value!r}, expected a list of {_type_name(item)}")
-        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (bool, int, float, str):
-        if type(value) is not tp:
-            raise ConfigError(f"{key}: got {value!r}, expected {tp.__name__}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - schema bug
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp)
-
-
-def to_dict(params: object) -> dict[str, Any]:
-    """The inverse of `from_dict`: plain JSON/YAML-ready values (tuples become lists)."""
-    assert dataclasses.is_dataclass(params) and not isinstance(params, type)
-    out: dict[str, Any] = _lists(asdict(params))
-    return out
-
-
-def _lists(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _lists(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_lists(v) for v in value]
-    return value
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}, for MLflow params and DVC-style keys."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def replace_path(params: Params, **paths: str) -> Params:
-    """A copy of `params` with some `paths` entries replaced (used by tests and tools)."""
-    return dataclasses.replace(params, paths=dataclasses.replace(params.paths, **paths))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.config import Params
+from pipelines.config import Params
 from pipelines.data import load_split, read_manifest
 from pipelines.fid import (
     check_compatible,

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch_fidelity.metric_isc import isc_features_to_metric
 
-from ddpm_core.config import Params
 from ddpm_core.metrics import frechet_distance
+from pipelines.config import Params
 from pipelines.data import load_split, read_manifest
 from pipelines.inception import InceptionWeights, default_cache_dir, load_extractor, resolve_weights
 

@@ -32,7 +32,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     FeatureExtractorInceptionV3,
 )
 
-from ddpm_core.config import EvaluateConfig
+from pipelines.config import EvaluateConfig
 
 log = logging.getLogger(__name__)
 

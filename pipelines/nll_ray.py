@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_core.config import DiffusionConfig, Params
+from ddpm_core.config import DiffusionConfig
 from ddpm_core.diffusion import GaussianDiffusion, Model
 from ddpm_core.metrics import rate_distortion
+from pipelines.config import Params
 
 log = logging.getLogger(__name__)
 

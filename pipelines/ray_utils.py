@@ -7,7 +7,7 @@ import os
 
 import ray
 
-from ddpm_core.config import RayConfig
+from pipelines.config import RayConfig
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,11 @@ import ray
 import torch
 
 from ddpm_core.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_weights
-from ddpm_core.config import ConfigError, Params, UNetConfig, from_dict, to_dict
+from ddpm_core.config import ConfigError, UNetConfig
 from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.sampling import sample_indices, snapshot_timesteps
 from ddpm_core.unet import UNet
+from pipelines.config import Params, from_dict, to_dict
 from pipelines.figures import save_grid, save_progressive
 from pipelines.files import write_json
 from pipelines.ray_utils import check_fits, init_ray

@@ -12,7 +12,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from ddpm_core.config import DataConfig, to_dict
+from pipelines.config import DataConfig, to_dict
 from pipelines.data import MANIFEST, read_manifest, sha256_file, shard_entries, verified_path
 from pipelines.sources import SourceData, Split, load_source
 

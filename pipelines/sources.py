@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddpm_core.config import ConfigError, DataConfig
+from ddpm_core.config import ConfigError
+from pipelines.config import DataConfig
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from ddpm_core.config import MlflowConfig, Params, flatten, to_dict
+from pipelines.config import MlflowConfig, Params, flatten, to_dict
 from pipelines.files import write_json
 
 log = logging.getLogger(__name__)

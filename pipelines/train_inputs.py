@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ddpm_core.config import Params
+from pipelines.config import Params
 from pipelines.data import MANIFEST, read_manifest
 
 # train.* keys that cannot change the weights: editing them keeps the run key (and resumes).

@@ -11,9 +11,10 @@ from typing import Any
 import torch
 
 from ddpm_core.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_training_state, save_weights
-from ddpm_core.config import ConfigError, Params, to_dict
+from ddpm_core.config import ConfigError
 from ddpm_core.convert import state_dict_from_diffusers, unet_config_from_diffusers
 from ddpm_core.unet import UNet
+from pipelines.config import Params, to_dict
 from pipelines.files import atomic_path, write_json
 from pipelines.tracking import open_run, write_run_file
 from pipelines.train_inputs import resolve

@@ -29,8 +29,8 @@ import torch.distributed as dist
 from mlflow.exceptions import MlflowException
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from ddpm_core.config import Params, from_dict, to_dict
 from ddpm_core.sampling import sample_indices
+from pipelines.config import Params, from_dict, to_dict
 from pipelines.data import MANIFEST, train_batches
 from pipelines.figures import save_grid
 from pipelines.ray_utils import check_fits, init_ray

@@ -21,10 +21,10 @@ import torch.distributed as dist
 from torch import nn
 
 from ddpm_core.checkpoint import load_training_state, save_training_state
-from ddpm_core.config import Params, TrainConfig
 from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.ema import EMA
 from ddpm_core.unet import UNet
+from pipelines.config import Params, TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,31 +1,12 @@
-"""Shared CLI plumbing for the DVC stages: strict params loading, paths, atomic writes."""
+"""Shared CLI plumbing for the DVC stages: --params, --dry-run, logging."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
-from pathlib import Path
 
-import yaml
-
-from ddpm_core.config import ConfigError, Params, from_dict, to_dict
-
-
-def load_params(path: str | os.PathLike[str]) -> Params:
-    """Read `params.yaml` strictly into `Params`; errors name the file and the dotted key."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    try:
-        return from_dict(Params, raw)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+from pipelines.config import Params, load_params, to_dict
 
 
 def parser(description: str) -> argparse.ArgumentParser:

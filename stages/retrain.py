@@ -16,8 +16,8 @@ import os
 import shlex
 from pathlib import Path
 
+from pipelines.config import load_params
 from pipelines.jobs import TERMINAL, decide, submit, wait
-from stages.common import load_params
 
 log = logging.getLogger("stages.retrain")
 

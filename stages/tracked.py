@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ddpm_core.config import Params
+from pipelines.config import Params
 from pipelines.files import write_json
 from pipelines.tracking import Tracker, repo_root, stage_run
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from ddpm_core.config import Params, from_dict
+from pipelines.config import Params, from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -89,7 +89,7 @@ def make_params(tmp_path: Path) -> Callable[..., Params]:
 @pytest.fixture(scope="module")
 def shards_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Digits 8x8 shards of the tiny params (64 train images in 4 shards), by the shard stage."""
-    from ddpm_core.config import to_dict
+    from pipelines.config import to_dict
     from stages import shard
 
     root = tmp_path_factory.mktemp("shards")

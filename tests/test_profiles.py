@@ -6,12 +6,25 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_core.config import PAPER_CIFAR10_DIFFUSION, PAPER_CIFAR10_UNET
+from ddpm_core.config import DiffusionConfig, UNetConfig
 from ddpm_core.unet import UNet
-from stages.common import load_params
+from pipelines.config import load_params
 from tests.conftest import REPO
 
 PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
+# Ho et al. 2020, Appendix B (hojonathanho/diffusion scripts/run_cifar.py).
+PAPER_DIFFUSION = DiffusionConfig(
+    T=1000,
+    beta_schedule="linear",
+    beta_start=1e-4,
+    beta_end=0.02,
+    mean_type="eps",
+    var_type="fixedlarge",
+    loss_type="mse",
+)
+PAPER_UNET = UNetConfig(
+    ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1
+)
 
 
 def test_there_are_the_documented_profiles() -> None:
@@ -29,7 +42,7 @@ def test_profile_loads_strictly_and_names_itself(path: Path) -> None:
 
 def test_paper_profile_is_the_official_cifar10_run() -> None:
     p = load_params(REPO / "profiles" / "cifar10-paper.yaml")
-    assert p.diffusion == PAPER_CIFAR10_DIFFUSION and p.unet == PAPER_CIFAR10_UNET
+    assert p.diffusion == PAPER_DIFFUSION and p.unet == PAPER_UNET
     assert (p.data.source, p.data.channels, p.data.resolution, p.data.random_flip) == (
         "cifar10", 3, 32, True,
     )  # fmt: skip

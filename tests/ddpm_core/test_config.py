@@ -1,80 +1,47 @@
-from __future__ import annotations
+"""The model configs check their own values and name the dotted key."""
 
-import copy
-from pathlib import Path
+from __future__ import annotations
 
 import pytest
 
-from ddpm_core.config import (
-    PAPER_CIFAR10_UNET,
-    ConfigError,
-    Params,
-    flatten,
-    from_dict,
-    to_dict,
+from ddpm_core.config import ConfigError, DiffusionConfig, UNetConfig
+
+DIFFUSION = dict(
+    T=1000,
+    beta_schedule="linear",
+    beta_start=1e-4,
+    beta_end=0.02,
+    mean_type="eps",
+    var_type="fixedlarge",
+    loss_type="mse",
 )
-from tests.conftest import default_params_dict, set_dotted
-
-
-def test_params_yaml_round_trips() -> None:
-    raw = default_params_dict()
-    params = from_dict(Params, raw)
-    assert to_dict(params) == raw
-    assert isinstance(params.unet.ch_mult, tuple)
+UNET = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1)
 
 
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("train.batch_size", "64", "train.batch_size: got '64', expected int"),
-        ("diffusion.mean_type", "v", "diffusion.mean_type: got 'v', expected one of"),
-        ("unet.ch_mult", 2, "unet.ch_mult: got 2, expected a list of int"),
-        ("train.num_workers", 3, "train.batch_size: got 64, expected divisible by"),
-        ("unet.attn_resolutions", [3], "unet.attn_resolutions: got [3], expected resolutions"),
-        ("data.channels", 2, "data.channels: got 2, expected 1 or 3"),
-        ("train.use_gpu", 1, "train.use_gpu: got 1, expected bool"),
-        ("evaluate.fid_images", 257, "evaluate.fid_images: got 257, expected <= sample.num_images"),
-        ("evaluate.nll_images", 0, "evaluate.nll_images: got 0, expected an int >= 1"),
+        ("T", 0, "diffusion.T: got 0, expected an int >= 1"),
+        ("beta_end", 1.0, "diffusion.beta_start/beta_end: got (0.0001, 1.0)"),
     ],
 )
-def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:
-    raw = copy.deepcopy(default_params_dict())
-    set_dotted(raw, key, value)
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        from_dict(Params, raw)
+def test_diffusion_config_names_the_key(key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        DiffusionConfig(**{**DIFFUSION, key: value})  # type: ignore[arg-type]
 
 
-def test_unknown_and_missing_keys_are_errors() -> None:
-    raw = copy.deepcopy(default_params_dict())
-    raw["train"]["learning_rate"] = 1e-3
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['train.learning_rate'\]"):
-        from_dict(Params, raw)
-    raw = copy.deepcopy(default_params_dict())
-    del raw["unet"]["dropout"]
-    with pytest.raises(ConfigError, match="unet.dropout: missing key"):
-        from_dict(Params, raw)
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("ch", 7, "unet.ch: got 7, expected an even int >= 2"),
+        ("ch_mult", (), "unet.ch_mult: got (), expected a non-empty list"),
+        ("dropout", 1.0, "unet.dropout: got 1.0, expected 0 <= p < 1"),
+    ],
+)
+def test_unet_config_names_the_key(key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        UNetConfig(**{**UNET, key: value})  # type: ignore[arg-type]
 
 
-def test_int_accepted_for_float_and_null_for_optional() -> None:
-    raw = copy.deepcopy(default_params_dict())
-    raw["train"]["lr"] = 1
-    raw["data"]["max_images"] = None
-    params = from_dict(Params, raw)
-    assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
-
-
-def test_paper_unet_preset_and_flatten() -> None:
-    assert PAPER_CIFAR10_UNET.ch_mult == (1, 2, 2, 2)
-    assert PAPER_CIFAR10_UNET.level_resolutions(32) == (32, 16, 8, 4)
-    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
-
-
-def test_load_params_names_the_file(tmp_path: Path) -> None:
-    from stages.common import load_params
-
-    bad = tmp_path / "p.yaml"
-    bad.write_text("seed: 0\n")
-    with pytest.raises(ConfigError, match=f"{bad}: params: unknown|{bad}: profile: missing"):
-        load_params(bad)
-    with pytest.raises(ConfigError, match="params file not found"):
-        load_params(tmp_path / "nope.yaml")
+def test_level_resolutions() -> None:
+    assert UNetConfig(**UNET).level_resolutions(32) == (32, 16, 8, 4)  # type: ignore[arg-type]

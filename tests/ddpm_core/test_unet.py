@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_core.config import PAPER_CIFAR10_UNET, UNetConfig
+from ddpm_core.config import UNetConfig
 from ddpm_core.layers import Downsample, ResBlock, timestep_embedding, variance_scaling_
 from ddpm_core.unet import UNet
 
@@ -28,10 +28,6 @@ def tiny(**kw: object) -> UNet:
 
 def test_param_count_cifar10() -> None:
     assert n_params(UNet()) == 35_746_307
-
-
-def test_param_count_from_paper_preset() -> None:
-    assert n_params(UNet.from_config(PAPER_CIFAR10_UNET, channels=3, resolution=32)) == 35_746_307
 
 
 def test_param_count_256() -> None:

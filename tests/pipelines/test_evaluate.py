@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddpm_core.config import Params
 from pipelines import evaluate
+from pipelines.config import Params
 from pipelines.inception import LABEL_CONVERTED, LABEL_FULL, InceptionWeights
 from pipelines.nll_ray import BpdResult
 from pipelines.sample_io import MANIFEST

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch_fidelity.metric_fid import fid_statistics_to_metric
 
-from ddpm_core.config import Params
 from ddpm_core.metrics import frechet_distance
 from pipelines import fid
+from pipelines.config import Params
 from pipelines.inception import LABEL_CONVERTED, InceptionWeights
 from pipelines.shards import build_shards
 

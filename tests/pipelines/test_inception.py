@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_core.config import Params
 from pipelines import inception
+from pipelines.config import Params
 from pipelines.inception import InceptionWeights
 
 needs_fid_helper = pytest.mark.skipif(

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_core.config import DiffusionConfig, Params
+from ddpm_core.config import DiffusionConfig
 from ddpm_core.diffusion import GaussianDiffusion
 from pipelines import nll_ray
+from pipelines.config import Params
 
 
 class EmpiricalBayesEps(torch.nn.Module):

@@ -18,9 +18,10 @@ import ray
 import torch
 
 from ddpm_core.checkpoint import save_weights
-from ddpm_core.config import ConfigError, Params, to_dict
+from ddpm_core.config import ConfigError
 from ddpm_core.sampling import sample_indices
 from ddpm_core.unet import UNet
+from pipelines.config import Params, to_dict
 from pipelines.sample_io import (
     load_samples,
     plan_shards,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from ddpm_core.config import DataConfig
+from pipelines.config import DataConfig
 from pipelines.data import load_split, read_manifest
 from pipelines.shards import build_shards, pixel_stats, verify_shards
 from pipelines.sources import load_source

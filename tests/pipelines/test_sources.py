@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from ddpm_core.config import ConfigError, DataConfig
+from ddpm_core.config import ConfigError
+from pipelines.config import DataConfig
 from pipelines.sources import load_source, split_indices
 from tests.conftest import SHARED_DATA
 from tests.fixtures import (

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ddpm_core.config import MlflowConfig, Params
+from pipelines.config import MlflowConfig, Params
 from pipelines.tracking import open_run, read_run_file, stage_run, tracking_uri
 
 

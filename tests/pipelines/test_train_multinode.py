@@ -24,7 +24,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
-from ddpm_core.config import Params
+from pipelines.config import Params
 from pipelines.train_ray import SIDECAR, TrainResult, train_loop_per_worker
 from tests.pipelines.test_train_ray import (
     REF,

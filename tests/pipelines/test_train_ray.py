@@ -22,8 +22,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ddpm_core.checkpoint import load_weights
-from ddpm_core.config import Params, replace_path, to_dict
 from ddpm_core.unet import UNet
+from pipelines.config import Params, replace_path, to_dict
 from pipelines.tracking import tracking_uri
 from pipelines.train_inputs import validate_inputs
 from pipelines.train_outputs import (
@@ -147,7 +147,7 @@ def _ddp_loop(config: dict[str, Any]) -> None:
     """Two train_steps on rank r's half of fixed (x0, t, noise); rank 0 saves the weights."""
     import tempfile
 
-    from ddpm_core.config import Params, from_dict
+    from pipelines.config import Params, from_dict
 
     params = from_dict(Params, config["params"])
     ctx = ray.train.get_context()

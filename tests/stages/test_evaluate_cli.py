@@ -11,7 +11,7 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from ddpm_core.config import Params
+from pipelines.config import Params
 from pipelines.sample_ray import sample_to_shards
 from pipelines.shards import build_shards
 from pipelines.tracking import open_run, tracking_uri, write_run_file

@@ -10,7 +10,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ddpm_core.config import ConfigError, Params
+from ddpm_core.config import ConfigError
+from pipelines.config import Params
 from pipelines.sample_ray import load_ema_model
 from pipelines.tracking import tracking_uri
 from stages import import_diffusers

@@ -11,7 +11,7 @@ import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ddpm_core.config import Params, to_dict
+from pipelines.config import Params, to_dict
 from pipelines.sample_io import load_samples
 from pipelines.tracking import open_run, tracking_uri, write_run_file
 from stages import sample

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ddpm_core.config import Params, to_dict
+from pipelines.config import Params, to_dict
 from pipelines.data import load_split
 from stages import shard
 from tests.fixtures import write_png

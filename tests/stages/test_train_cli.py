@@ -12,7 +12,8 @@ import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ddpm_core.config import ConfigError, to_dict
+from ddpm_core.config import ConfigError
+from pipelines.config import to_dict
 from stages import shard, train
 from tests.conftest import build_params
 

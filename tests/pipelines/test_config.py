@@ -1,0 +1,72 @@
+"""The strict params loader: round trip, errors naming the dotted key, the file."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from ddpm_core.config import ConfigError
+from pipelines.config import Params, flatten, from_dict, load_params, to_dict
+from tests.conftest import default_params_dict, set_dotted
+
+
+def test_params_yaml_round_trips() -> None:
+    raw = default_params_dict()
+    params = from_dict(Params, raw)
+    assert to_dict(params) == raw
+    assert isinstance(params.unet.ch_mult, tuple)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("train.batch_size", "64", "train.batch_size: got '64', expected int"),
+        ("diffusion.mean_type", "v", "diffusion.mean_type: got 'v', expected one of"),
+        ("unet.ch_mult", 2, "unet.ch_mult: got 2, expected a list of int"),
+        ("train.num_workers", 3, "train.batch_size: got 64, expected divisible by"),
+        ("unet.attn_resolutions", [3], "unet.attn_resolutions: got [3], expected resolutions"),
+        ("data.channels", 2, "data.channels: got 2, expected 1 or 3"),
+        ("train.use_gpu", 1, "train.use_gpu: got 1, expected bool"),
+        ("evaluate.fid_images", 257, "evaluate.fid_images: got 257, expected <= sample.num_images"),
+        ("evaluate.nll_images", 0, "evaluate.nll_images: got 0, expected an int >= 1"),
+    ],
+)
+def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:
+    raw = copy.deepcopy(default_params_dict())
+    set_dotted(raw, key, value)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        from_dict(Params, raw)
+
+
+def test_unknown_and_missing_keys_are_errors() -> None:
+    raw = copy.deepcopy(default_params_dict())
+    raw["train"]["learning_rate"] = 1e-3
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['train.learning_rate'\]"):
+        from_dict(Params, raw)
+    raw = copy.deepcopy(default_params_dict())
+    del raw["unet"]["dropout"]
+    with pytest.raises(ConfigError, match="unet.dropout: missing key"):
+        from_dict(Params, raw)
+
+
+def test_int_accepted_for_float_and_null_for_optional() -> None:
+    raw = copy.deepcopy(default_params_dict())
+    raw["train"]["lr"] = 1
+    raw["data"]["max_images"] = None
+    params = from_dict(Params, raw)
+    assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
+
+
+def test_flatten() -> None:
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_load_params_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "p.yaml"
+    bad.write_text("seed: 0\n")
+    with pytest.raises(ConfigError, match=f"{bad}: params: unknown|{bad}: profile: missing"):
+        load_params(bad)
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
