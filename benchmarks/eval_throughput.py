@@ -36,12 +36,12 @@ import yaml
 from benchmarks.report import load_average, write_result
 from ddpm_core.config import UNetConfig
 from ddpm_core.unet import UNet
+from pipelines.artifacts.shards import build_shards
 from pipelines.config import Params, from_dict
-from pipelines.data import load_split
-from pipelines.fid import ray_extractor
-from pipelines.inception import InceptionWeights, default_cache_dir, resolve_weights
-from pipelines.nll_ray import evaluate_bpd
-from pipelines.shards import build_shards
+from pipelines.data.stream import load_split
+from pipelines.evaluate.fid import ray_extractor
+from pipelines.evaluate.inception import InceptionWeights, default_cache_dir, resolve_weights
+from pipelines.evaluate.nll import evaluate_bpd
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "eval_throughput.md"

@@ -27,13 +27,13 @@ import torch
 import yaml
 
 from benchmarks.report import load_average, write_result
-from ddpm_core.checkpoint import save_weights
 from ddpm_core.sampling import sample_indices
 from ddpm_core.unet import UNet
-from pipelines import sample_ray
+from pipelines.artifacts.samples import plan_shards
 from pipelines.config import Params, from_dict, to_dict
-from pipelines.ray_utils import init_ray
-from pipelines.sample_io import plan_shards
+from pipelines.infra.ray import init_ray
+from pipelines.sample import pool as sample_ray
+from pipelines.train.checkpoint import save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "sample_scaling.md"

@@ -32,11 +32,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from benchmarks.report import load_average, write_result
+from pipelines.artifacts.shards import build_shards
 from pipelines.config import Params, from_dict
-from pipelines.data import train_batches
-from pipelines.shards import build_shards
-from pipelines.train_ray import TrainResult, run_training
-from pipelines.train_step import (
+from pipelines.data.stream import train_batches
+from pipelines.train.step import (
     SEED_DROPOUT,
     StepOutput,
     TrainState,
@@ -45,6 +44,7 @@ from pipelines.train_step import (
     mixed_seed,
     train_step,
 )
+from pipelines.train.worker import TrainResult, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train_overhead.md"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.evaluate import run_evaluate_stage
+from pipelines.evaluate.stage import run_evaluate_stage
 from stages.common import parser, start
 from stages.tracked import run_child_stage
 

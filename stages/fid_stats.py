@@ -5,9 +5,9 @@ Its output folder is a DVC output, so `evaluate` reruns (new samples, new model)
 
 from __future__ import annotations
 
-from pipelines.fid import compute_reference_stats
-from pipelines.ray_utils import init_ray
-from pipelines.tracking import repo_root
+from pipelines.evaluate.fid import compute_reference_stats
+from pipelines.infra.ray import init_ray
+from pipelines.infra.tracking import repo_root
 from stages.common import parser, start
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.tracking import repo_root
-from pipelines.train_outputs import import_diffusers
+from pipelines.infra.tracking import repo_root
+from pipelines.train.export import import_diffusers
 from stages.common import parser, start
 
 

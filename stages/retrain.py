@@ -17,7 +17,7 @@ import shlex
 from pathlib import Path
 
 from pipelines.config import load_params
-from pipelines.jobs import TERMINAL, decide, submit, wait
+from pipelines.infra.jobs import TERMINAL, decide, submit, wait
 
 log = logging.getLogger("stages.retrain")
 

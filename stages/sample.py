@@ -6,7 +6,7 @@ deletes the stage's outputs first, so there a rerun starts over (see README, Sam
 
 from __future__ import annotations
 
-from pipelines.sample_ray import run_sample_stage
+from pipelines.sample.pool import run_sample_stage
 from stages.common import parser, start
 from stages.tracked import run_child_stage
 

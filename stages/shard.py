@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.files import atomic_path
-from pipelines.shards import build_shards
+from pipelines.artifacts.shards import build_shards
+from pipelines.infra.files import atomic_path
 from stages.common import parser, start
 
 

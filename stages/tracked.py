@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import Params
-from pipelines.files import write_json
-from pipelines.tracking import Tracker, repo_root, stage_run
+from pipelines.infra.files import write_json
+from pipelines.infra.tracking import Tracker, repo_root, stage_run
 
 
 def run_child_stage(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pipelines.tracking import repo_root
-from pipelines.train_outputs import export_outputs
-from pipelines.train_ray import run_training
+from pipelines.infra.tracking import repo_root
+from pipelines.train.export import export_outputs
+from pipelines.train.worker import run_training
 from stages.common import parser, start
 
 

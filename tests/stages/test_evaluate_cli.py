@@ -11,12 +11,12 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
+from pipelines.artifacts.shards import build_shards
 from pipelines.config import Params
-from pipelines.sample_ray import sample_to_shards
-from pipelines.shards import build_shards
-from pipelines.tracking import open_run, tracking_uri, write_run_file
+from pipelines.infra.tracking import open_run, tracking_uri, write_run_file
+from pipelines.sample.pool import sample_to_shards
 from stages import evaluate, fid_stats
-from tests.pipelines.test_sample_ray import make_model_dir
+from tests.pipelines.sample.test_pool import make_model_dir
 from tests.stages.test_sample_cli import params_file
 
 MakeParams = Callable[..., Params]

@@ -12,8 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from ddpm_core.config import ConfigError
 from pipelines.config import Params
-from pipelines.sample_ray import load_ema_model
-from pipelines.tracking import tracking_uri
+from pipelines.infra.tracking import tracking_uri
+from pipelines.sample.pool import load_ema_model
 from stages import import_diffusers
 from tests.ddpm_core.test_convert import CIFAR10_CONFIG, random_diffusers
 from tests.stages.test_sample_cli import params_file

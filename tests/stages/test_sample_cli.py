@@ -11,11 +11,11 @@ import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipelines.artifacts.samples import load_samples
 from pipelines.config import Params, to_dict
-from pipelines.sample_io import load_samples
-from pipelines.tracking import open_run, tracking_uri, write_run_file
+from pipelines.infra.tracking import open_run, tracking_uri, write_run_file
 from stages import sample
-from tests.pipelines.test_sample_ray import make_model_dir
+from tests.pipelines.sample.test_pool import make_model_dir
 
 MakeParams = Callable[..., Params]
 

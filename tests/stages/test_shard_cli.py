@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipelines.config import Params, to_dict
-from pipelines.data import load_split
+from pipelines.data.stream import load_split
 from stages import shard
 from tests.fixtures import write_png
 

@@ -1,0 +1,1 @@
+"""Dataset sources (for the shard stage) and the training workers' batch stream."""

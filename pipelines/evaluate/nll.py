@@ -1,0 +1,158 @@
+"""The variational bound in bits/dim (Ho et al. 2020, eq. 5 / Table 1 NLL) over Ray actors.
+
+`calc_bpd_loop` costs T forward passes per image, so the test images are cut into fixed chunks
+of `chunk_size` and spread over a pool of actors, each of which builds the (EMA) model once. Chunk
+k draws its noise from a `torch.Generator` seeded from (seed, k) only, so the result is the same
+for any number of workers. Also the rate-distortion curve (paper Sec. 4.3, Fig. 5, Table 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpm_core.config import DiffusionConfig
+from ddpm_core.diffusion import GaussianDiffusion, Model
+from ddpm_core.metrics import rate_distortion
+from pipelines.config import Params
+
+log = logging.getLogger(__name__)
+
+ModelFn = Callable[[], torch.nn.Module]  # picklable factory, called once per actor
+KEYS = ("total_bpd", "prior_bpd", "terms_bpd", "mse")
+
+
+@dataclass(frozen=True)
+class BpdResult:
+    """Per-image bound: total_bpd (N,), prior_bpd (N,), terms_bpd (N, T), mse (N, T), float64."""
+
+    total_bpd: np.ndarray
+    prior_bpd: np.ndarray
+    terms_bpd: np.ndarray
+    mse: np.ndarray
+
+    def summary(self) -> dict[str, float]:
+        """Mean bits/dim and its standard error over images (NaN SEM for a single image)."""
+        n = len(self.total_bpd)
+        sem = float(self.total_bpd.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+        return {
+            "nll_bpd": float(self.total_bpd.mean()),
+            "nll_bpd_sem": sem,
+            "prior_bpd": float(self.prior_bpd.mean()),
+            "decoder_bpd": float(self.terms_bpd[:, 0].mean()),  # L_0
+            "nll_images": n,
+        }
+
+    def rate_distortion(self) -> dict[str, np.ndarray]:
+        """reverse_step (T,), rate_bpd (T,), distortion_rmse (T,) over the dataset means."""
+        rd = rate_distortion(self.terms_bpd, self.prior_bpd, self.mse)
+        T = self.terms_bpd.shape[1]
+        return {
+            "reverse_step": np.arange(T, 0, -1),  # index t (0-based) = paper t+1 -> T - t
+            "rate_bpd": np.asarray(rd["rate"], dtype=np.float64),
+            "distortion_rmse": np.asarray(rd["distortion_rmse"], dtype=np.float64),
+        }
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    """A 63-bit generator seed that depends only on (seed, chunk index)."""
+    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] (B, C, H, W) -> float32 [-1, 1], the data scaling of the paper."""
+    if images.dtype != torch.uint8:
+        raise ValueError(f"images: expected uint8 (B, C, H, W), got {images.dtype}")
+    return images.to(torch.float32) / 127.5 - 1.0
+
+
+@torch.no_grad()
+def bpd_chunk(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    images: torch.Tensor,
+    seed: int,
+    index: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, np.ndarray]:
+    """`calc_bpd_loop` (clip_denoised=True, as the official code) on one chunk of uint8 images."""
+    generator = torch.Generator(device=device).manual_seed(chunk_seed(seed, index))
+    x0 = to_model_range(images).to(device)  # (B, C, H, W)
+    out = diffusion.calc_bpd_loop(model, x0, clip_denoised=True, generator=generator)
+    return {k: out[k].to(torch.float64).cpu().numpy() for k in KEYS}
+
+
+class BpdWorker:
+    """Holds one model copy; `run(chunk)` evaluates the bound on a chunk of images."""
+
+    def __init__(self, model_fn: ModelFn, diffusion: DiffusionConfig, threads: int, gpu: bool):
+        torch.set_num_threads(max(1, threads))
+        self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+        self.model = model_fn().to(self.device).eval()
+        self.diffusion = GaussianDiffusion.from_config(diffusion)
+
+    def run(self, images: torch.Tensor, seed: int, index: int) -> tuple[int, dict[str, np.ndarray]]:
+        return index, bpd_chunk(self.model, self.diffusion, images, seed, index, self.device)
+
+
+def _gather(parts: dict[int, dict[str, np.ndarray]]) -> BpdResult:
+    ordered = [parts[i] for i in sorted(parts)]
+    return BpdResult(**{k: np.concatenate([p[k] for p in ordered]) for k in KEYS})
+
+
+def evaluate_bpd(
+    images: torch.Tensor,
+    model_fn: ModelFn,
+    diffusion: DiffusionConfig,
+    *,
+    seed: int,
+    chunk_size: int,
+    num_workers: int,
+    cpus_per_worker: float = 1.0,
+    use_gpu: bool = False,
+) -> BpdResult:
+    """The bound on uint8 (N, C, H, W) images over `num_workers` Ray actors (order preserved).
+
+    Chunk k = images[k*chunk_size : (k+1)*chunk_size] with noise seeded by (seed, k).
+    """
+    import ray
+    from ray.util import ActorPool
+
+    if len(images) == 0:
+        raise ValueError("evaluate.nll_images: no test images to evaluate")
+    if chunk_size < 1 or num_workers < 1:
+        raise ValueError(f"chunk_size={chunk_size}, num_workers={num_workers}: expected >= 1")
+    chunks = list(torch.split(images, chunk_size))  # (<=chunk_size, C, H, W) each
+    workers = min(num_workers, len(chunks))
+    actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=1 if use_gpu else 0)(BpdWorker)
+    threads = max(1, int(cpus_per_worker))
+    actors = [actor_cls.remote(model_fn, diffusion, threads, use_gpu) for _ in range(workers)]
+    pool = ActorPool(actors)
+    jobs = [(c, i) for i, c in enumerate(chunks)]
+    parts: dict[int, dict[str, np.ndarray]] = {}
+    for index, part in pool.map_unordered(lambda a, job: a.run.remote(job[0], seed, job[1]), jobs):
+        parts[index] = part
+        log.info("bpd chunk %d/%d done", len(parts), len(chunks))
+    for actor in actors:
+        ray.kill(actor)
+    return _gather(parts)
+
+
+@dataclass(frozen=True)
+class EmaModelLoader:
+    """Picklable `ModelFn`: the EMA U-Net of a train-stage output folder, checked against params."""
+
+    params: Params
+    model_dir: str
+
+    def __call__(self) -> torch.nn.Module:
+        from pipelines.sample.pool import load_ema_model
+
+        return load_ema_model(self.params, Path(self.model_dir))

@@ -1,0 +1,1 @@
+"""Plumbing every stage shares: atomic files, the Ray connection, MLflow tracking, figures, jobs."""

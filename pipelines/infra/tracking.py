@@ -1,0 +1,213 @@
+"""MLflow tracking for the pipeline: one run per training run, sample/evaluate as its children.
+
+Runs are created in the driver (never in Ray workers, which would make one run per retry) and
+handed between DVC stages through small JSON files `runs/<stage>.json` (run_id, experiment_id).
+`Tracker` is a picklable handle (tracking URI + run id) that rank 0 of a Ray Train run or a Ray
+actor can use to log metrics to the driver's run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from pipelines.config import MlflowConfig, Params, flatten, to_dict
+from pipelines.infra.files import write_json
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+
+
+def repo_root() -> Path:
+    """The DVC/git root: `DVC_ROOT` when run by DVC, else the current directory."""
+    return Path(os.environ.get("DVC_ROOT", os.getcwd())).resolve()
+
+
+def tracking_uri(cfg: MlflowConfig, root: Path | None = None) -> str:
+    """params `mlflow.tracking_uri` > `MLFLOW_TRACKING_URI` > `sqlite:///<root>/mlflow.db`.
+
+    Relative sqlite paths are made absolute: Ray workers `chdir` into per-run folders, where a
+    relative URI would silently create a second database.
+    """
+    root = root or repo_root()
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str((root / uri[len(prefix) :]).resolve())
+    return uri
+
+
+def _artifact_location(uri: str, root: Path) -> str | None:
+    """Local stores keep artifacts in `<root>/mlartifacts`; a server decides for itself."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return (root / "mlartifacts").resolve().as_uri()
+
+
+def experiment_id(client: MlflowClient, name: str, uri: str, root: Path) -> str:
+    """Get or create the experiment `name` (tolerating a concurrent creation)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    try:
+        return str(client.create_experiment(name, artifact_location=_artifact_location(uri, root)))
+    except Exception:  # another process created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
+
+
+def git_commit(root: Path) -> str:
+    """HEAD's commit, with `-dirty` when the tree has changes; `unknown` outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def run_tags(params: Params, stage: str, root: Path) -> dict[str, str]:
+    """Lineage tags: git commit, DVC stage and experiment, profile."""
+    tags = {
+        "git.commit": git_commit(root),
+        "dvc.stage": stage,
+        "profile": params.profile,
+        "data.source": params.data.source,
+    }
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DDPM_TRIGGER"):
+        tags["trigger"] = os.environ["DDPM_TRIGGER"]
+    return tags
+
+
+@dataclass
+class Tracker:
+    """A picklable handle on one MLflow run: safe to send to Ray workers and actors."""
+
+    uri: str
+    run_id: str
+    _client: MlflowClient | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"uri": self.uri, "run_id": self.run_id, "_client": None}
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params not yet on the run (a resumed run keeps its original values)."""
+        have = self.client.get_run(self.run_id).data.params
+        new = [Param(k, str(v)) for k, v in params.items() if k not in have]
+        for i in range(0, len(new), MAX_PARAM_BATCH):
+            self.client.log_batch(self.run_id, params=new[i : i + MAX_PARAM_BATCH])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, v)
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+def open_run(
+    params: Params,
+    stage: str,
+    *,
+    root: Path | None = None,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
+    run_name: str | None = None,
+) -> Tracker:
+    """Create a run (or reattach to `resume_run_id`), tag it and log all resolved params."""
+    root = root or repo_root()
+    uri = tracking_uri(params.mlflow, root)
+    client = MlflowClient(uri)
+    if resume_run_id is not None:
+        client.update_run(resume_run_id, status="RUNNING")
+        tracker = Tracker(uri, resume_run_id)
+    else:
+        exp = experiment_id(client, params.mlflow.experiment, uri, root)
+        tags = run_tags(params, stage, root)
+        if parent_run_id is not None:
+            tags["mlflow.parentRunId"] = parent_run_id
+            tags["upstream.train"] = parent_run_id
+        run = client.create_run(exp, tags=tags, run_name=run_name or stage)
+        tracker = Tracker(uri, run.info.run_id)
+    tracker.log_params(flatten(to_dict(params)))
+    return tracker
+
+
+def run_file(params: Params, stage: str, root: Path | None = None) -> Path:
+    """`<paths.runs>/<stage>.json`: the run-id hand-off between DVC stages."""
+    return (root or repo_root()) / params.paths.runs / f"{stage}.json"
+
+
+def write_run_file(params: Params, stage: str, tracker: Tracker, root: Path | None = None) -> None:
+    run = tracker.client.get_run(tracker.run_id)
+    info = {"run_id": tracker.run_id, "experiment_id": run.info.experiment_id, "uri": tracker.uri}
+    write_json(run_file(params, stage, root), info)
+
+
+def read_run_file(params: Params, stage: str, root: Path | None = None) -> dict[str, str] | None:
+    path = run_file(params, stage, root)
+    if not path.exists():
+        return None
+    info: dict[str, str] = json.loads(path.read_text())
+    return info
+
+
+@contextlib.contextmanager
+def stage_run(
+    params: Params, stage: str, *, root: Path | None = None, parent_stage: str | None = "train"
+) -> Iterator[Tracker]:
+    """A child run of the upstream stage's run (when its run file exists) for one DVC stage.
+
+    The run ends FINISHED, or FAILED if the body raises; `runs/<stage>.json` is written on success.
+    """
+    upstream = read_run_file(params, parent_stage, root) if parent_stage else None
+    if upstream is not None and upstream.get("uri") != tracking_uri(params.mlflow, root):
+        log.warning("upstream run %s is in another tracking store; not nesting", upstream)
+        upstream = None
+    parent = upstream["run_id"] if upstream else None
+    tracker = open_run(params, stage, root=root, parent_run_id=parent)
+    try:
+        yield tracker
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
+    write_run_file(params, stage, tracker, root)

@@ -1,0 +1,418 @@
+"""Ray Train (V2) training of the DDPM U-Net: `TorchTrainer` driver and the per-worker loop.
+
+The driver (`run_training`) validates params and shards, connects to Ray, opens or reattaches
+the MLflow run and calls `TorchTrainer.fit()`. A run is named after `run_key` (a hash of
+everything that determines the weights), so rerunning the same command resumes from the latest
+checkpoint in `paths.ray_storage`. Each worker (`train_loop_per_worker`) streams its share of
+the shards, steps `pipelines.train_step.train_step` under DDP and reports a checkpoint every
+`train.checkpoint_every` steps from all ranks (rank 0 writes the files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from mlflow.exceptions import MlflowException
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from ddpm_core.sampling import sample_indices
+from pipelines.config import Params, from_dict, to_dict
+from pipelines.data.stream import MANIFEST, train_batches
+from pipelines.infra.figures import save_grid
+from pipelines.infra.ray import check_fits, init_ray
+from pipelines.infra.tracking import Tracker, open_run, repo_root
+from pipelines.train.run import resolve, run_key, validate_inputs
+from pipelines.train.step import (
+    SEED_DROPOUT,
+    NonFiniteLossError,
+    StepOutput,
+    TrainState,
+    draw_t_noise,
+    gather_rng_states,
+    load_checkpoint,
+    make_state,
+    mixed_seed,
+    save_checkpoint,
+    train_step,
+)
+
+log = logging.getLogger(__name__)
+
+NONFINITE_FILE = "nonfinite.json"  # written by rank 0 when the loss becomes NaN/inf
+SESSION_FILE = "session.json"  # written by rank 0: the step the latest attempt resumed from
+GRID_MAX_STEPS = 100  # the MLflow sample grid uses a respaced chain of at most this many steps
+GRID_MAX_IMAGES = 16
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Absolute locations the workers need (they `chdir` into Ray's per-run folder)."""
+
+    run_name: str
+    run_dir: str  # <ray_storage>/<run_name>: checkpoints, MLflow sidecar
+    shards: str
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker side
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Algorithm 1 on one Ray Train worker; `config` = {"params", "run", "tracker"}."""
+    params = from_dict(Params, config["params"])
+    spec = RunSpec(**config["run"])
+    tracker: Tracker | None = config["tracker"]
+    _worker_logging()
+    torch.set_num_threads(max(1, int(params.train.cpus_per_worker)))  # intra-op CPU threads
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    # Dropout draws from torch's global generator (nn.Dropout takes none): seed it per rank
+    # inside fork_rng so this process's global state is restored afterwards.
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(mixed_seed(params.seed, world, rank, SEED_DROPOUT))
+        state = make_state(params, device, rank, world)
+        resumed_from, last_ckpt = _restore(state, rank)
+        if rank == 0:  # the driver reports where the last attempt started (train.json)
+            (Path(spec.run_dir) / SESSION_FILE).write_text(
+                json.dumps({"resumed_from": resumed_from})
+            )
+        state.model = _wrap(state, params, device)
+        if rank == 0 and tracker is not None and resumed_from:
+            tracker.log_metrics({"resumed_from": resumed_from}, step=resumed_from)
+        loop = _Loop(params, spec, tracker, state, rank, world, device)
+        loop.run(resumed_from, last_ckpt)
+
+
+def _worker_logging() -> None:
+    """Show this package's INFO lines (progress) in the worker's stderr, which Ray forwards."""
+    pkg = logging.getLogger("pipelines")
+    pkg.setLevel(logging.INFO)
+    if not (pkg.handlers or logging.getLogger().handlers):
+        pkg.addHandler(logging.StreamHandler())
+
+
+def _restore(state: TrainState, rank: int) -> tuple[int, str | None]:
+    """Load the latest committed checkpoint, if any: (step resumed from, its path)."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return 0, None
+    with ckpt.as_directory() as folder:
+        load_checkpoint(folder, state, rank)
+    if rank == 0:
+        log.info("resumed from %s at step %d", ckpt.path, state.step)
+    return state.step, str(ckpt.path)
+
+
+def _wrap(state: TrainState, params: Params, device: torch.device) -> torch.nn.Module:
+    """channels_last / DDP (world > 1) / torch.compile, each only when params say so."""
+    raw = state.raw
+    if params.train.channels_last:
+        raw = raw.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(raw, move_to_device=device)
+    if params.train.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+    return model
+
+
+def autocast_for(params: Params, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on GPU when `train.precision: bf16`; fp32 otherwise (with a warning on CPU)."""
+    if params.train.precision != "bf16":
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        log.warning("train.precision: bf16 is a GPU option; training in fp32 on %s", device)
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+class _Loop:
+    """The step loop of one worker: batches, steps, logging, sample grids, checkpoints."""
+
+    def __init__(
+        self,
+        params: Params,
+        spec: RunSpec,
+        tracker: Tracker | None,
+        state: TrainState,
+        rank: int,
+        world: int,
+        device: torch.device,
+    ) -> None:
+        self.params, self.cfg, self.spec, self.tracker = params, params.train, spec, tracker
+        self.state, self.rank, self.world, self.device = state, rank, world, device
+        self.autocast = autocast_for(params, device)
+        self.window: list[StepOutput] = []
+        self.window_start = time.perf_counter()
+        self.last_loss = float("nan")
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        return train_batches(
+            self.spec.shards,
+            "train",
+            self.cfg.batch_size // self.world,
+            self.rank,
+            self.world,
+            self.params.seed,
+            self.params.data.random_flip,
+            start_step=self.state.step,
+        )
+
+    def run(self, resumed_from: int, last_ckpt: str | None) -> None:
+        cfg, state = self.cfg, self.state
+        session_start, session_steps = time.perf_counter(), 0
+        batches = self.batches()
+        while state.step < cfg.steps:
+            x0 = next(batches).to(self.device)  # (B/world, C, H, W)
+            if cfg.channels_last:
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+            t, noise = draw_t_noise(
+                state.generator, tuple(x0.shape), state.diffusion.num_timesteps, self.device
+            )
+            try:
+                out = train_step(state, x0, t, noise, cfg, self.autocast)
+            except NonFiniteLossError as e:
+                self.stop_nonfinite(e, last_ckpt)
+                return
+            self.window.append(out)
+            session_steps += 1
+            step = state.step
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                self.log_window()
+            if self.rank == 0 and cfg.sample_every and step % cfg.sample_every == 0:
+                self.log_sample_grid()
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                seconds = time.perf_counter() - session_start
+                last_ckpt = self.checkpoint(
+                    {
+                        "step": step,
+                        "loss": self.last_loss,
+                        "lr": out.lr,
+                        "images_per_s": session_steps * cfg.batch_size / max(seconds, 1e-9),
+                        "session_seconds": seconds,
+                        "resumed_from": resumed_from,
+                    }
+                )
+        sampled_last = cfg.sample_every > 0 and cfg.steps % cfg.sample_every == 0
+        if self.rank == 0 and session_steps and not sampled_last:
+            self.log_sample_grid()  # the end-of-training grid
+
+    def log_window(self) -> None:
+        """Mean loss over ranks and steps since the last log; rank 0 prints and logs it."""
+        outs, self.window = self.window, []
+        total = torch.tensor([sum(o.loss for o in outs), len(outs)], dtype=torch.float64)
+        if self.world > 1:
+            total = total.to(self.device)
+            dist.all_reduce(total)  # sums over ranks
+        loss = float(total[0] / total[1])
+        self.last_loss = loss
+        now = time.perf_counter()
+        seconds, self.window_start = now - self.window_start, now
+        if self.rank != 0:
+            return
+        step, steps = self.state.step, self.cfg.steps
+        img_s = len(outs) * self.cfg.batch_size / max(seconds, 1e-9)
+        eta = (steps - step) * seconds / len(outs)
+        log.info(
+            "step %d/%d  loss %.4f  grad %.3f  lr %.2e  %.0f img/s  ETA %s",
+            step, steps, loss, outs[-1].grad_norm, outs[-1].lr, img_s, _hms(eta),
+        )  # fmt: skip
+        self.state.history.append((step, loss))
+        if self.tracker is not None:
+            metrics = {"loss": loss, "grad_norm": outs[-1].grad_norm, "lr": outs[-1].lr}
+            self.tracker.log_metrics({**metrics, "images_per_s": img_s}, step=step)
+
+    def log_sample_grid(self) -> None:
+        """EMA samples from a respaced (strided) chain to MLflow: a progress check, not FID."""
+        if self.tracker is None:
+            return
+        diffusion = self.state.diffusion
+        stride = max(1, -(-diffusion.num_timesteps // GRID_MAX_STEPS))  # ceil(T / max steps)
+        chain = diffusion.respaced(stride)
+        n = min(self.params.sample.grid_images, GRID_MAX_IMAGES)
+        c, r = self.params.data.channels, self.params.data.resolution
+        model = self.state.ema.model.eval()
+        images = sample_indices(model, chain, range(n), self.params.seed, (c, r, r), self.device)
+        name = f"ema_step{self.state.step:08d}_{chain.num_timesteps}steps_stride{stride}.png"
+        with tempfile.TemporaryDirectory() as tmp:
+            save_grid(images, Path(tmp) / name, scale=max(1, 64 // r))
+            self.tracker.log_artifact(Path(tmp) / name, "samples")
+
+    def checkpoint(self, metrics: dict[str, Any]) -> str:
+        """Report `metrics` with a checkpoint from all ranks (rank 0 writes the files)."""
+        rngs = gather_rng_states(self.state.generator)  # collective: every rank's streams
+        name = f"step_{self.state.step:08d}"
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if self.rank == 0:
+                save_checkpoint(tmp, self.state, rngs)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
+        return str(Path(self.spec.run_dir) / name)
+
+    def stop_nonfinite(self, error: NonFiniteLossError, last_ckpt: str | None) -> None:
+        """All ranks stop together; rank 0 leaves a note for the driver (no pointless retries)."""
+        if self.rank != 0:
+            return
+        note = {"error": str(error), "step": self.state.step + 1, "last_checkpoint": last_ckpt}
+        path = Path(self.spec.run_dir) / NONFINITE_FILE
+        path.write_text(json.dumps(note, indent=2) + "\n")
+        log.error("%s; last good checkpoint: %s", error, last_ckpt)
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver side
+
+SIDECAR = "mlflow_run_id"  # <run_dir>/mlflow_run_id: the MLflow run a resumed run reattaches to
+CONTROLLER_FAILURE_LIMIT = 2  # Ray's default (-1) retries an unschedulable group forever
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What `run_training` hands to the output writer (`pipelines.train_outputs`)."""
+
+    run_key: str
+    run_name: str
+    run_dir: Path
+    checkpoint: Path  # the latest committed checkpoint folder
+    metrics: dict[str, Any]  # rank 0's metrics of that checkpoint
+    tracker: Tracker
+    wall_time_s: float
+
+
+def trainer_for(
+    params: Params,
+    config: dict[str, Any],
+    storage: Path,
+    run_name: str,
+    loop_fn: Callable[[dict[str, Any]], None],
+    callbacks: Sequence[ray.train.UserCallback],
+) -> TorchTrainer:
+    cfg = params.train
+    resources = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = cfg.gpus_per_worker
+    return TorchTrainer(
+        loop_fn,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(
+                max_failures=cfg.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT
+            ),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def open_tracking(params: Params, run_dir: Path, run_name: str, root: Path) -> Tracker:
+    """The MLflow run of this Ray run: reattach to the sidecar's id, else create one."""
+    sidecar = run_dir / SIDECAR
+    if sidecar.is_file():
+        run_id = sidecar.read_text().strip()
+        try:
+            tracker = open_run(params, "train", root=root, resume_run_id=run_id)
+            log.info("reattached to MLflow run %s", run_id)
+            return tracker
+        except MlflowException as e:
+            log.warning("MLflow run %s from %s not usable (%s); new run", run_id, sidecar, e)
+    tracker = open_run(params, "train", root=root, run_name=run_name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sidecar.write_text(tracker.run_id + "\n")
+    return tracker
+
+
+def run_training(
+    params: Params,
+    *,
+    root: Path | None = None,
+    loop_fn: Callable[[dict[str, Any]], None] = train_loop_per_worker,
+    callbacks: Sequence[ray.train.UserCallback] = (),
+) -> TrainResult:
+    """Validate, connect to Ray, `fit()` (resuming a run of the same key) and return its result.
+
+    The MLflow run stays open (the caller writes outputs, then `finish()`es it); on failure it is
+    ended FAILED here. `loop_fn` and `callbacks` exist for tests (fault injection).
+    """
+    root = (root or repo_root()).resolve()
+    validate_inputs(params, root)
+    init_ray(params.ray)
+    cfg = params.train
+    check_fits(cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker * cfg.use_gpu, "train")
+    shards = resolve(root, params.paths.shards)
+    manifest_sha1 = hashlib.sha1((shards / MANIFEST).read_bytes()).hexdigest()
+    key = run_key(params, manifest_sha1)
+    storage = resolve(root, params.paths.ray_storage)
+    name = f"ddpm-train-{key}"
+    run_dir = storage / name
+    tracker = open_tracking(params, run_dir, name, root)
+    tracker.set_tags({"data.manifest_sha1": manifest_sha1, "ray.run_name": name})
+    log.info("Ray run %s (storage %s), MLflow run %s", name, storage, tracker.run_id)
+    for stale in (NONFINITE_FILE, SESSION_FILE):
+        (run_dir / stale).unlink(missing_ok=True)
+    config = {
+        "params": to_dict(params),
+        "run": asdict(RunSpec(run_name=name, run_dir=str(run_dir), shards=str(shards))),
+        "tracker": tracker,
+    }
+    start = time.perf_counter()
+    try:
+        result = trainer_for(params, config, storage, name, loop_fn, callbacks).fit()
+        _raise_if_nonfinite(run_dir)
+        if result.checkpoint is None:
+            raise RuntimeError(f"{run_dir}: training reported no checkpoint")
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    return TrainResult(
+        run_key=key,
+        run_name=name,
+        run_dir=run_dir,
+        checkpoint=Path(result.checkpoint.path),
+        metrics={**(result.metrics or {}), **_session(run_dir)},
+        tracker=tracker,
+        wall_time_s=time.perf_counter() - start,
+    )
+
+
+def _session(run_dir: Path) -> dict[str, Any]:
+    """What rank 0 wrote at the start of the latest attempt (a rerun of a finished run trains
+    nothing and reports nothing, so the checkpoint's metrics alone would be stale)."""
+    path = run_dir / SESSION_FILE
+    return dict(json.loads(path.read_text())) if path.is_file() else {}
+
+
+def _raise_if_nonfinite(run_dir: Path) -> None:
+    note_path = run_dir / NONFINITE_FILE
+    if not note_path.is_file():
+        return
+    note = json.loads(note_path.read_text())
+    raise NonFiniteLossError(
+        f"training stopped: {note['error']}; last good checkpoint: "
+        f"{note['last_checkpoint'] or 'none (no checkpoint yet)'}"
+    )

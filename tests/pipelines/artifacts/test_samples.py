@@ -1,0 +1,130 @@
+"""Sample shard I/O: byte-stable tars, detection of partial/corrupt shards, ordered loading."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.artifacts.samples import (
+    MANIFEST,
+    ShardError,
+    ShardSpec,
+    load_samples,
+    ordered_hash,
+    plan_shards,
+    prepare_dir,
+    verify_shard,
+    write_shard,
+)
+
+SHAPE = (3, 4, 4)
+
+
+def _images(n: int, seed: int = 0, c: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, c, 4, 4), generator=g, dtype=torch.uint8)
+
+
+def test_plan_shards_fixed_ranges() -> None:
+    specs = plan_shards(10, 4)
+    assert [(s.index, s.start, s.stop) for s in specs] == [(0, 0, 4), (1, 4, 8), (2, 8, 10)]
+    assert specs[2].name == "samples-000002.tar"
+    assert specs[2].member_names() == ["00000008.png", "00000009.png"]
+    with pytest.raises(ValueError, match="num_images"):
+        plan_shards(0, 4)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_write_shard_is_byte_stable_lossless_webdataset_layout(
+    tmp_path: Path, channels: int
+) -> None:
+    spec = ShardSpec(1, 4, 7)
+    images = _images(3, c=channels)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    h1 = write_shard(images, spec, tmp_path / "a")
+    h2 = write_shard(images.clone(), spec, tmp_path / "b")
+    assert h1 == h2  # same pixels -> same bytes (mtime 0, fixed owner)
+    with tarfile.open(tmp_path / "a" / spec.name) as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == ["00000004.png", "00000005.png", "00000006.png"]
+    assert {m.mtime for m in members} == {0}
+    assert verify_shard(tmp_path / "a" / spec.name, spec, (channels, 4, 4)) == h1
+    assert not list((tmp_path / "a").glob(".*tmp"))
+
+
+def test_verify_rejects_truncated_corrupt_foreign_and_wrong_range(tmp_path: Path) -> None:
+    spec = ShardSpec(0, 0, 3)
+    write_shard(_images(3), spec, tmp_path)
+    path = tmp_path / spec.name
+    good = path.read_bytes()
+    assert verify_shard(path, spec, SHAPE) is not None
+    assert verify_shard(path, ShardSpec(0, 0, 2), SHAPE) is None  # range differs
+    assert verify_shard(path, spec, (1, 4, 4)) is None  # shape differs
+    for bad in (good[: len(good) // 2], good[:700], b"", good[:600] + b"\0" * 10 + good[610:]):
+        path.write_bytes(bad)
+        assert verify_shard(path, spec, SHAPE) is None
+    path.unlink()
+    assert verify_shard(path, spec, SHAPE) is None
+
+
+def test_prepare_dir_keeps_same_plan_and_drops_other_plans(tmp_path: Path) -> None:
+    specs = plan_shards(8, 4)
+    (tmp_path / "samples-000000.tar").write_bytes(b"no plan: unknown origin")
+    prepare_dir(tmp_path, {"seed": 0}, specs)
+    assert not list(tmp_path.glob("samples-*.tar"))
+    for s in specs:
+        write_shard(_images(4), s, tmp_path)
+    (tmp_path / ".samples-000000.tar.abc.tmp").write_bytes(b"partial")
+    (tmp_path / "samples-000009.tar").write_bytes(b"stale")
+    (tmp_path / MANIFEST).write_text("{}")
+    prepare_dir(tmp_path, {"seed": 0}, specs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "plan.json",
+        "samples-000000.tar",
+        "samples-000001.tar",
+    ]
+    prepare_dir(tmp_path, {"seed": 0}, specs)  # same plan: shards kept
+    assert len(list(tmp_path.glob("samples-*.tar"))) == 2
+    prepare_dir(tmp_path, {"seed": 1}, specs)  # new plan: shards dropped
+    assert not list(tmp_path.glob("samples-*.tar"))
+
+
+def _write_manifest(root: Path, specs: list[ShardSpec], images: torch.Tensor) -> None:
+    entries = []
+    for s in specs:
+        h = write_shard(images[s.start : s.stop], s, root)
+        entries.append(
+            {"index": s.index, "file": s.name, "start": s.start, "stop": s.stop, "sha256": h}
+        )
+    manifest = {
+        "num_images": len(images),
+        "shards": entries,
+        "ordered_hash": ordered_hash([e["sha256"] for e in entries]),
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_load_samples_in_order_with_max_and_hash_check(tmp_path: Path) -> None:
+    images = _images(10)
+    specs = plan_shards(10, 4)
+    _write_manifest(tmp_path, specs, images)
+    assert torch.equal(load_samples(tmp_path), images)
+    assert torch.equal(load_samples(tmp_path, max_images=5), images[:5])
+    write_shard(_images(4, seed=9), specs[1], tmp_path)  # valid tar, different content
+    with pytest.raises(ShardError, match="samples-000001.tar: sha256 differs"):
+        load_samples(tmp_path)
+    assert torch.equal(load_samples(tmp_path, max_images=4), images[:4])  # shard 1 not needed
+
+
+def test_load_samples_missing_manifest(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        load_samples(tmp_path)
+
+
+def test_ordered_hash_depends_on_order() -> None:
+    assert ordered_hash(["a", "b"]) != ordered_hash(["b", "a"])

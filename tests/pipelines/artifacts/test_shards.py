@@ -1,0 +1,95 @@
+"""Shard writing: round trip, byte-identical reruns, WebDataset layout, verification."""
+
+from __future__ import annotations
+
+import dataclasses
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from pipelines.artifacts.shards import build_shards, pixel_stats, verify_shards
+from pipelines.config import DataConfig
+from pipelines.data.sources import load_source
+from pipelines.data.stream import load_split, read_manifest
+
+CFG = DataConfig(
+    source="digits",
+    root=None,
+    download=False,
+    resolution=12,
+    channels=3,
+    resize="resize",
+    max_images=40,
+    shard_size=16,
+    test_fraction=0.25,
+    random_flip=False,
+)
+
+
+def test_round_trip_images_and_labels(tmp_path: Path) -> None:
+    manifest = build_shards(CFG, 3, tmp_path / "s")
+    source = load_source(CFG, 3)
+    for split in ("train", "test"):
+        images, labels = load_split(tmp_path / "s", split)
+        assert images.dtype.is_floating_point is False and images.shape == (40, 3, 12, 12)
+        np.testing.assert_array_equal(images.numpy(), source.splits[split].images)
+        np.testing.assert_array_equal(labels.numpy(), source.splits[split].labels)
+        shards = manifest["splits"][split]["shards"]
+        assert [s["num_images"] for s in shards] == [16, 16, 8]
+    assert manifest["image_shape"] == [3, 12, 12] and manifest["source"] == "digits"
+    mean, std = pixel_stats(source.splits["train"].images)
+    assert manifest["pixel_mean"] == mean and len(std) == 3 and 0 < std[0] < 128
+    assert manifest["params"]["seed"] == 3 and manifest["params"]["data"]["max_images"] == 40
+    assert read_manifest(tmp_path / "s") == manifest
+
+
+def test_reruns_are_byte_identical(tmp_path: Path) -> None:
+    build_shards(CFG, 0, tmp_path / "a")
+    build_shards(CFG, 0, tmp_path / "b")
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert "train-000002.tar" in files and "manifest.json" in files
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    build_shards(dataclasses.replace(CFG, max_images=41), 0, tmp_path / "c")
+    assert (tmp_path / "c/manifest.json").read_bytes() != (
+        tmp_path / "a/manifest.json"
+    ).read_bytes()
+
+
+def test_webdataset_layout_is_readable_by_webdataset(tmp_path: Path) -> None:
+    build_shards(CFG, 0, tmp_path)
+    with tarfile.open(tmp_path / "test-000001.tar") as tar:
+        infos = tar.getmembers()
+    assert [i.name for i in infos[:2]] == ["test-00000016.cls", "test-00000016.png"]
+    assert {i.mtime for i in infos} == {0}
+    urls = [str(tmp_path / f"test-{i:06d}.tar") for i in range(3)]
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("rgb8")
+    samples = list(ds.to_tuple("__key__", "png", "cls"))
+    images, labels = load_split(tmp_path, "test")
+    assert [s[0] for s in samples] == [f"test-{i:08d}" for i in range(40)]
+    np.testing.assert_array_equal(np.stack([s[1] for s in samples]), images.permute(0, 2, 3, 1))
+    assert [s[2] for s in samples] == labels.tolist()
+
+
+def test_build_refuses_a_non_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "old.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="empty folder"):
+        build_shards(CFG, 0, tmp_path)
+
+
+def test_verify_names_a_changed_or_missing_shard(tmp_path: Path) -> None:
+    build_shards(CFG, 0, tmp_path)
+    assert verify_shards(tmp_path)["source"] == "digits"
+    shard = tmp_path / "train-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"train-000001\.tar: sha256 .* does not match"):
+        verify_shards(tmp_path)
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match=r"train-000001\.tar: shard listed"):
+        verify_shards(tmp_path)

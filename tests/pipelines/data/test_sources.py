@@ -1,0 +1,219 @@
+"""Sources on small real data and fixture files in the real on-disk formats."""
+
+from __future__ import annotations
+
+import dataclasses
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from ddpm_core.config import ConfigError
+from pipelines.config import DataConfig
+from pipelines.data.sources import load_source, split_indices
+from tests.conftest import SHARED_DATA
+from tests.fixtures import (
+    write_cifar10_batches,
+    write_image_folder,
+    write_mnist_raw,
+    write_png,
+)
+
+
+def cfg(**kw: object) -> DataConfig:
+    base = DataConfig(
+        source="digits",
+        root=None,
+        download=False,
+        resolution=8,
+        channels=1,
+        resize="pad",
+        max_images=None,
+        shard_size=16,
+        test_fraction=0.1,
+        random_flip=False,
+    )
+    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------------
+# digits
+
+
+def test_digits_values_labels_and_split() -> None:
+    data = load_source(cfg(), seed=0)
+    train, test = data.splits["train"], data.splits["test"]
+    assert train.images.shape == (1617, 1, 8, 8) and test.images.shape == (180, 1, 8, 8)
+    assert train.images.dtype == np.uint8 and train.labels.dtype == np.int64
+    bunch = load_digits()
+    tr, te = split_indices(1797, 0.1, 0)
+    assert not set(tr) & set(te) and len(tr) + len(te) == 1797
+    expected = np.rint(bunch.images[te] * 255 / 16).astype(np.uint8)  # 0..16 -> 0..255
+    np.testing.assert_array_equal(test.images[:, 0], expected)
+    np.testing.assert_array_equal(test.labels, bunch.target[te])
+    assert train.images.max() == 255 and data.classes == [str(d) for d in range(10)]
+
+
+def test_split_depends_on_seed_only() -> None:
+    a, b, c = split_indices(100, 0.2, 0), split_indices(100, 0.2, 0), split_indices(100, 0.2, 1)
+    np.testing.assert_array_equal(a[1], b[1])
+    assert len(a[1]) == 20 and not np.array_equal(a[1], c[1])
+
+
+def test_digits_pad_centres_with_zeros() -> None:
+    padded = load_source(cfg(resolution=12, max_images=20), seed=0).splits["train"].images
+    plain = load_source(cfg(resolution=8, max_images=20), seed=0).splits["train"].images
+    assert padded.shape == (20, 1, 12, 12)
+    np.testing.assert_array_equal(padded[:, :, 2:10, 2:10], plain)
+    assert padded[:, :, :2].max() == 0 and padded[:, :, :, 10:].max() == 0
+
+
+def test_digits_resize_and_rgb() -> None:
+    data = load_source(cfg(resolution=16, resize="resize", channels=3, max_images=10), seed=0)
+    x = data.splits["train"].images
+    assert x.shape == (10, 3, 16, 16)
+    np.testing.assert_array_equal(x[:, 0], x[:, 2])  # grey -> RGB keeps R = G = B
+    assert x.std() > 0
+
+
+def test_max_images_caps_each_split_with_mixed_classes() -> None:
+    data = load_source(cfg(max_images=30), seed=0)
+    assert len(data.splits["train"].labels) == 30 and len(data.splits["test"].labels) == 30
+    assert len(set(data.splits["train"].labels.tolist())) > 5
+
+
+# ----------------------------------------------------------------------------------------------
+# torchvision layouts
+
+
+@pytest.mark.parametrize(
+    ("source", "folder", "gz"),
+    [("mnist", "MNIST", False), ("mnist", "MNIST", True), ("fashion_mnist", "FashionMNIST", True)],
+)
+def test_mnist_like_fixture(tmp_path: Path, source: str, folder: str, gz: bool) -> None:
+    truth = write_mnist_raw(tmp_path, folder, n_train=7, n_test=3, gz=gz)
+    data = load_source(cfg(source=source, root=str(tmp_path), resolution=28), seed=0)
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(data.splits[split].images[:, 0], truth[split][0])
+        np.testing.assert_array_equal(data.splits[split].labels, truth[split][1])
+    assert len(data.classes) == 10
+
+
+def test_cifar10_fixture(tmp_path: Path) -> None:
+    truth = write_cifar10_batches(tmp_path, per_batch=2)
+    data = load_source(cfg(source="cifar10", root=str(tmp_path), resolution=32, channels=3), 0)
+    assert data.splits["train"].images.shape == (10, 3, 32, 32)
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(data.splits[split].images, truth[split][0])
+        np.testing.assert_array_equal(data.splits[split].labels, truth[split][1])
+    assert data.classes[0] == "airplane"
+
+
+def test_missing_torchvision_files_name_the_layout(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
+        load_source(cfg(source="cifar10", root=str(tmp_path), resolution=32), 0)
+    with pytest.raises(FileNotFoundError, match="MNIST/raw"):
+        load_source(cfg(source="mnist", root=str(tmp_path), resolution=28), 0)
+    with pytest.raises(ConfigError, match="data.root"):
+        load_source(cfg(source="mnist", resolution=28), 0)
+
+
+def test_corrupt_torchvision_files_named(tmp_path: Path) -> None:
+    write_mnist_raw(tmp_path, "MNIST", n_train=4, n_test=2)
+    bad = tmp_path / "MNIST/raw/t10k-images-idx3-ubyte"
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.*truncated"):
+        load_source(cfg(source="mnist", root=str(tmp_path), resolution=28), 0)
+    write_cifar10_batches(tmp_path / "c", per_batch=1)
+    (tmp_path / "c/cifar-10-batches-py/test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="test_batch"):
+        load_source(cfg(source="cifar10", root=str(tmp_path / "c"), resolution=32), 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# image folders
+
+
+def test_image_folder_with_split_and_class_folders(tmp_path: Path) -> None:
+    train = write_image_folder(tmp_path, {"cat": 2, "dog": 3}, split="train")
+    test = write_image_folder(tmp_path, {"cat": 1, "dog": 1}, split="test", seed=1)
+    data = load_source(cfg(source="image_folder", root=str(tmp_path), resize="pad"), 0)
+    assert data.classes == ["cat", "dog"]
+    got = data.splits["train"]
+    np.testing.assert_array_equal(got.labels, [0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(got.images[:, 0, 1:7, 1:7], np.stack(list(train.values())))
+    np.testing.assert_array_equal(
+        data.splits["test"].images[:, 0, 1:7, 1:7], np.stack(list(test.values()))
+    )
+
+
+def test_image_folder_unsplit_and_zip_read_in_place(tmp_path: Path) -> None:
+    files = write_image_folder(tmp_path / "d", {"a": 5, "b": 5}, size=8)
+    archive = tmp_path / "imgs.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for rel in files:
+            zf.write(tmp_path / "d" / rel, rel)
+    c = cfg(source="image_folder", test_fraction=0.2)
+    from_dir = load_source(dataclasses.replace(c, root=str(tmp_path / "d")), 0)
+    from_zip = load_source(dataclasses.replace(c, root=str(archive)), 0)
+    assert len(from_dir.splits["train"].labels) == 8 and len(from_dir.splits["test"].labels) == 2
+    for s in ("train", "test"):
+        np.testing.assert_array_equal(from_dir.splits[s].images, from_zip.splits[s].images)
+        np.testing.assert_array_equal(from_dir.splits[s].labels, from_zip.splits[s].labels)
+
+
+def test_image_folder_bad_inputs_name_the_file(tmp_path: Path) -> None:
+    write_png(tmp_path / "x/a.png", np.zeros((6, 6), np.uint8))
+    write_png(tmp_path / "x/b.png", np.zeros((5, 6), np.uint8))
+    c = cfg(source="image_folder", root=str(tmp_path / "x"), test_fraction=0.0)
+    with pytest.raises(ValueError, match=r"b\.png: image size 6x5 differs"):
+        load_source(c, 0)
+    assert load_source(dataclasses.replace(c, resize="resize"), 0).splits["train"].images.shape == (
+        2,
+        1,
+        8,
+        8,
+    )
+    with pytest.raises(ValueError, match=r"a\.png: image size 6x6 is larger"):
+        load_source(dataclasses.replace(c, resolution=4), 0)
+    (tmp_path / "x/b.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(ValueError, match=r"b\.png: cannot read image"):
+        load_source(dataclasses.replace(c, resize="resize"), 0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty: no image files"):
+        load_source(dataclasses.replace(c, root=str(tmp_path / "empty")), 0)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_source(dataclasses.replace(c, root=str(tmp_path / "nowhere")), 0)
+    (tmp_path / "bad.zip").write_bytes(b"PK not really")
+    with pytest.raises(ValueError, match="bad.zip"):
+        load_source(dataclasses.replace(c, root=str(tmp_path / "bad.zip")), 0)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist-png.zip").is_file(), reason="no shared data")
+def test_shared_mnist_png_zip() -> None:
+    c = cfg(
+        source="image_folder", root=str(SHARED_DATA / "mnist-png.zip"), resolution=32, max_images=50
+    )
+    data = load_source(c, 0)
+    assert data.classes == [str(d) for d in range(10)]
+    x = data.splits["train"].images
+    assert x.shape == (50, 1, 32, 32) and len(data.splits["test"].labels) == 50
+    assert x[:, :, :2].max() == 0 and 10 < x.mean() < 60  # zero pad; MNIST mean ~33 at 28x28
+    assert len(set(data.splits["train"].labels.tolist())) > 5
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar10-test-jpeg.zip").is_file(), reason="no shared data")
+def test_shared_cifar10_jpeg_zip_test_only_is_split() -> None:
+    c = cfg(
+        source="image_folder",
+        root=str(SHARED_DATA / "cifar10-test-jpeg.zip"),
+        resolution=32,
+        channels=3,
+        max_images=50,
+    )
+    data = load_source(c, 0)
+    assert data.classes[:2] == ["airplane", "automobile"] and len(data.classes) == 10
+    assert data.splits["train"].images.shape == (50, 3, 32, 32)
+    assert "split by data.test_fraction" in data.description

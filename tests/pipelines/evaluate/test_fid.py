@@ -1,0 +1,112 @@
+"""FID/IS feature extraction, statistics, the Frechet distance and cached reference statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+from ddpm_core.metrics import frechet_distance
+from pipelines.artifacts.shards import build_shards
+from pipelines.config import Params
+from pipelines.evaluate import fid
+from pipelines.evaluate.inception import LABEL_CONVERTED, InceptionWeights
+
+
+@pytest.fixture
+def weights(converted_path: Path) -> InceptionWeights:
+    return InceptionWeights(converted_path, LABEL_CONVERTED, has_logits=False)
+
+
+@pytest.fixture
+def shards(make_params: Callable[..., Params], tmp_path: Path) -> Path:
+    """Real shards of the tiny default params: digits at 8x8, 1 channel."""
+    params = make_params()
+    build_shards(params.data, params.seed, tmp_path / "shards")
+    return tmp_path / "shards"
+
+
+def _digits(n: int, offset: int) -> torch.Tensor:
+    from sklearn.datasets import load_digits
+
+    x = load_digits().images[offset : offset + n]  # (n, 8, 8) in 0..16
+    return torch.from_numpy((x * 255 / 16).round().astype(np.uint8))[:, None]  # (n, 1, 8, 8)
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_of_another_set_positive(
+    weights: InceptionWeights,
+) -> None:
+    a, b = _digits(8, 0), _digits(8, 100)
+    fa = fid.extract_features(torch.cat([a, b]), weights)["2048"]  # (16, 2048) float64
+    assert fa.shape == (16, 2048) and fa.dtype == np.float64
+    sa, sb = fid.feature_stats(fa[:8]), fid.feature_stats(fa[8:])
+    same, different = fid.fid(sa, sa), fid.fid(sa, sb)
+    assert abs(same) < 1e-6 * different
+    assert different > 1.0
+
+
+def test_grayscale_is_replicated_to_rgb(weights: InceptionWeights) -> None:
+    gray = _digits(2, 0)
+    ours = fid.extract_features(gray, weights)["2048"]
+    rgb = fid.extract_features(gray.repeat(1, 3, 1, 1), weights)["2048"]
+    np.testing.assert_array_equal(ours, rgb)
+
+
+def test_frechet_distance_equals_torch_fidelity_float64() -> None:
+    g = np.random.default_rng(0)
+    x, y = g.normal(size=(300, 64)), g.normal(0.3, 1.5, size=(200, 64)) @ g.normal(size=(64, 64))
+    sx, sy = fid.feature_stats(x), fid.feature_stats(y)
+    theirs = fid_statistics_to_metric(
+        {"mu": sx.mu, "sigma": sx.sigma}, {"mu": sy.mu, "sigma": sy.sigma}, verbose=False
+    )["frechet_inception_distance"]
+    assert fid.fid(sx, sy) == pytest.approx(theirs, rel=1e-9)
+    assert sx.mu.dtype == sx.sigma.dtype == np.float64
+
+
+def test_low_rank_reduction_is_exact() -> None:
+    """Fewer images than dims: the projected computation equals the full-dimension ones."""
+    g = np.random.default_rng(1)
+    x, y = g.normal(size=(40, 256)), g.normal(0.2, 1.3, size=(30, 256))
+    sx, sy = fid.feature_stats(x), fid.feature_stats(y)
+    full = frechet_distance(sx.mu, sx.sigma, sy.mu, sy.sigma)
+    theirs = fid_statistics_to_metric(
+        {"mu": sx.mu, "sigma": sx.sigma}, {"mu": sy.mu, "sigma": sy.sigma}, verbose=False
+    )["frechet_inception_distance"]
+    assert fid.fid(sx, sy) == pytest.approx(full, rel=1e-6)
+    assert fid.fid(sx, sy) == pytest.approx(theirs, rel=1e-6)
+    assert abs(fid.fid(sx, sx)) < 1e-9 * float(np.trace(sx.sigma)) * 100
+
+
+def test_inception_score_bounds() -> None:
+    uniform = np.zeros((20, 10))
+    assert fid.inception_score(uniform, splits=2) == pytest.approx((1.0, 0.0))
+    confident = np.eye(10)[np.arange(20) % 10] * 50.0  # each class equally often, certain
+    mean, std = fid.inception_score(confident, splits=2)
+    assert mean == pytest.approx(10.0, rel=1e-6) and std == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bad_inputs_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="evaluate.isc_splits"):
+        fid.inception_score(np.zeros((3, 10)), splits=10)
+    with pytest.raises(ValueError, match=">= 2 images"):
+        fid.feature_stats(np.zeros((1, 2048)))
+    with pytest.raises(ValueError, match="uint8"):
+        fid.as_rgb_uint8(torch.zeros(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"\(1, 8, 8\).*\(3, 32, 32\)"):
+        fid.check_compatible(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), (3, 32, 32), "FID")
+
+
+def test_reference_stats_are_cached_and_keyed(shards: Path, weights: InceptionWeights) -> None:
+    stats_dir = shards.parent / "fid_stats"
+    s1, m1 = fid.reference_stats(shards, stats_dir, "train", 6, weights)
+    assert not m1["cached"] and m1["count"] == 6 and m1["image_shape"] == [1, 8, 8]
+    s2, m2 = fid.reference_stats(shards, stats_dir, "train", 6, weights)
+    assert m2["cached"] and m2["path"] == m1["path"]
+    np.testing.assert_array_equal(s1.sigma, s2.sigma)
+    _, m3 = fid.reference_stats(shards, stats_dir, "train", 5, weights)  # another count
+    assert not m3["cached"] and m3["key"] != m1["key"]
+    assert len(list(stats_dir.glob("*.npz"))) == 2

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from ray.job_submission import JobStatus
+
+from pipelines.infra.jobs import decide, inputs_hash, submit, wait
+from tests.conftest import RayHead
+
+DVC = str(Path(sys.executable).parent / "dvc")
+
+
+def run(cmd: list[str], cwd: Path) -> None:
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def dvc_repo(tmp_path: Path) -> Path:
+    """A real git + DVC repo with one stage that copies in.txt to out.txt."""
+    run(["git", "init", "-q"], tmp_path)
+    run([DVC, "init", "-q"], tmp_path)
+    (tmp_path / "in.txt").write_text("1\n")
+    (tmp_path / "params.yaml").write_text("x: 1\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  copy:\n    cmd: cp in.txt out.txt\n    deps: [in.txt]\n"
+        "    params: [x]\n    outs: [out.txt]\n"
+    )
+    run([DVC, "repro", "-q"], tmp_path)
+    return tmp_path
+
+
+def test_decide_follows_dvc_status(dvc_repo: Path) -> None:
+    clean = decide(dvc_repo, "params.yaml")
+    assert not clean.changed and clean.reason == "up to date with dvc.lock"
+    assert decide(dvc_repo, "params.yaml", force=True).changed
+    (dvc_repo / "params.yaml").write_text("x: 2\n")
+    changed = decide(dvc_repo, "params.yaml")
+    assert changed.changed and changed.reason == "changed: copy"
+    assert changed.submission_id == f"retrain-{inputs_hash(dvc_repo, 'params.yaml')}"
+    assert changed.submission_id != clean.submission_id
+
+
+def test_decide_outside_dvc_names_the_folder(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=f"`dvc status` failed in {tmp_path}"):
+        decide(tmp_path, "params.yaml")
+
+
+@pytest.mark.ray
+def test_submission_is_idempotent_and_retries_failures(
+    ray_head: RayHead, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", ray_head.env()["PATH"])
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    (tmp_path / "job.py").write_text(
+        "import os, sys\nprint('trigger', os.environ.get('DDPM_TRIGGER'))\n"
+        "sys.exit(int(sys.argv[1]))\n"
+    )
+    base = f"t-{uuid.uuid4().hex[:8]}"
+    client, sid, new = submit(
+        ray_head.address, "python job.py 0", base, tmp_path, {"DDPM_TRIGGER": "x"}
+    )
+    assert (sid, new) == (base, True)
+    assert wait(client, sid, timeout_s=120) == JobStatus.SUCCEEDED
+    assert "trigger x" in client.get_job_logs(sid)
+    assert submit(ray_head.address, "python job.py 0", base, tmp_path)[1:] == (base, False)
+
+    failing = f"f-{uuid.uuid4().hex[:8]}"
+    client, sid, _ = submit(ray_head.address, "python job.py 3", failing, tmp_path)
+    assert wait(client, sid, timeout_s=120) == JobStatus.FAILED
+    _, retry, new = submit(ray_head.address, "python job.py 0", failing, tmp_path)
+    assert (retry, new) == (f"{failing}-2", True)

@@ -1,0 +1,324 @@
+"""Ray Train training on a real local Ray cluster: 1/2 workers, DDP equivalence, resume, faults."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from mlflow.tracking import MlflowClient
+
+from ddpm_core.unet import UNet
+from pipelines.config import Params, replace_path, to_dict
+from pipelines.infra.tracking import tracking_uri
+from pipelines.train.checkpoint import load_weights
+from pipelines.train.export import CONFIG_FILE, LOSS_CSV, METRICS_FILE, WEIGHTS_FILE, export_outputs
+from pipelines.train.run import validate_inputs
+from pipelines.train.step import (
+    NonFiniteLossError,
+    draw_t_noise,
+    make_state,
+    mixed_seed,
+    train_step,
+    warmup_lr,
+)
+from pipelines.train.worker import SIDECAR, TrainResult, run_training, train_loop_per_worker
+from tests.conftest import build_params
+
+pytestmark = pytest.mark.ray
+
+# The fault-injecting loop wrappers below must reach the workers by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+REF = {"train.steps": 6, "train.num_workers": 2, "train.checkpoint_every": 2}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def _params(root: Path, shards: Path, overrides: dict[str, Any] | None = None) -> Params:
+    """Tiny params under `root`, reading the module's shards, one MLflow db per module (next to
+    the shards) so the schema is created once."""
+    params = replace_path(build_params(root, overrides), shards=str(shards))
+    uri = f"sqlite:///{shards.parents[1] / 'mlflow.db'}"
+    return dataclasses.replace(params, mlflow=dataclasses.replace(params.mlflow, tracking_uri=uri))
+
+
+def _train(params: Params, root: Path, **kwargs: Any) -> tuple[TrainResult, dict[str, Any]]:
+    result = run_training(params, root=root, **kwargs)
+    return result, export_outputs(params, result, root)
+
+
+def _ema(params: Params) -> dict[str, torch.Tensor]:
+    return load_weights(Path(params.paths.model) / WEIGHTS_FILE)[0]
+
+
+def _history(params: Params) -> list[tuple[int, float]]:
+    with (Path(params.paths.plots) / LOSS_CSV).open() as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def reference(
+    ray_cluster: None, shards_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Params, TrainResult, dict[str, Any]]:
+    """An uninterrupted 2-worker run of 6 steps: the yardstick for the fault tests."""
+    root = tmp_path_factory.mktemp("reference")
+    params = _params(root, shards_dir, REF)
+    result, metrics = _train(params, root)
+    return params, result, metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# 2 workers, outputs, MLflow
+
+
+def test_two_workers_train_export_and_log(
+    reference: tuple[Params, TrainResult, dict[str, Any]],
+) -> None:
+    params, result, metrics = reference
+    assert metrics["steps"] == 6 and metrics["resumed_from"] == 0
+    assert metrics["images_per_s"] > 0 and metrics["final_loss"] > 0
+    # Checkpoints at steps 2, 4, 6; train.keep_checkpoints = 2 are kept.
+    kept = sorted(p.name for p in result.run_dir.glob("step_*"))
+    assert kept == ["step_00000004", "step_00000006"]
+    assert (result.run_dir / SIDECAR).read_text().strip() == result.tracker.run_id
+    model = UNet.from_config(params.unet, params.data.channels, params.data.resolution)
+    weights, meta = load_weights(Path(params.paths.model) / WEIGHTS_FILE)
+    model.load_state_dict(weights)  # the EMA weights fit the configured U-Net
+    assert meta["step"] == "6" and json.loads(meta["config"]) == to_dict(params)
+    assert json.loads((Path(params.paths.model) / CONFIG_FILE).read_text()) == to_dict(params)
+    written = json.loads((Path(params.paths.metrics) / METRICS_FILE).read_text())
+    assert written == metrics
+    history = _history(params)
+    assert [s for s, _ in history] == [1, 2, 3, 4, 5, 6]
+    assert all(0 < v < 10 for _, v in history)
+    client = MlflowClient(result.tracker.uri)
+    run_id = result.tracker.run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+    logged = client.get_metric_history(run_id, "loss")
+    assert [m.step for m in logged] == [s for s, _ in history]
+    assert [m.value for m in logged] == pytest.approx([v for _, v in history], rel=1e-5)
+    lrs = [m.value for m in client.get_metric_history(run_id, "lr")]
+    assert lrs == pytest.approx([warmup_lr(s, params.train.lr, 2) for s in range(1, 7)])
+    samples = [a.path for a in client.list_artifacts(run_id, "samples")]
+    assert samples == ["samples/ema_step00000006_20steps_stride1.png"]
+    assert {a.path for a in client.list_artifacts(run_id, "model")} == {
+        "model/config.json",
+        "model/ema.safetensors",
+    }
+    run_file = json.loads((Path(params.paths.runs) / "train.json").read_text())
+    assert run_file["run_id"] == run_id
+
+
+# ----------------------------------------------------------------------------------------------
+# DDP equivalence: 2 workers on halves == 1 worker on the concatenated global batch
+
+
+def _ddp_loop(config: dict[str, Any]) -> None:
+    """Two train_steps on rank r's half of fixed (x0, t, noise); rank 0 saves the weights."""
+    import tempfile
+
+    from pipelines.config import Params, from_dict
+
+    params = from_dict(Params, config["params"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    state = make_state(params, torch.device("cpu"), rank, world)
+    state.model = ray.train.torch.prepare_model(state.raw)
+    half = len(config["x0"][0]) // world
+    for x0, t, noise in zip(config["x0"], config["t"], config["noise"], strict=True):
+        part = slice(rank * half, (rank + 1) * half)
+        train_step(state, x0[part], t[part], noise[part], params.train)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            torch.save(state.raw.state_dict(), Path(tmp) / "model.pt")
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({"step": state.step}, checkpoint=ckpt)
+
+
+def test_two_workers_compute_the_single_worker_update(
+    ray_cluster: None, shards_dir: Path, tmp_path: Path
+) -> None:
+    params = _params(tmp_path, shards_dir, {"train.warmup_steps": 1, "train.lr": 1e-4})
+    cpu = torch.device("cpu")
+    gen = torch.Generator().manual_seed(mixed_seed(1, 2, 3))
+    batches = [torch.rand(8, 1, 8, 8, generator=gen) * 2 - 1 for _ in range(2)]  # 2 steps
+    draws = [draw_t_noise(gen, (8, 1, 8, 8), params.diffusion.T, cpu) for _ in batches]
+    config = {
+        "params": to_dict(params),
+        "x0": batches,
+        "t": [t for t, _ in draws],
+        "noise": [n for _, n in draws],
+    }
+    trainer = ray.train.torch.TorchTrainer(
+        _ddp_loop,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+        run_config=ray.train.RunConfig(name="ddp-equivalence", storage_path=str(tmp_path)),
+    )
+    result = trainer.fit()
+    assert result.checkpoint is not None
+    two = torch.load(Path(result.checkpoint.path) / "model.pt", weights_only=True)
+
+    def one_worker(part: slice) -> dict[str, torch.Tensor]:
+        """No process group, world 1: the update on rows `part` of each global batch."""
+        state = make_state(params, cpu, 0, 1)
+        for x0, (t, noise) in zip(batches, draws, strict=True):
+            train_step(state, x0[part], t[part], noise[part], params.train)
+        return state.raw.state_dict()
+
+    torch.testing.assert_close(two, one_worker(slice(0, 8)), rtol=0, atol=1e-5)
+    # The check can fail: rank 0's half alone gives a clearly different update.
+    half = one_worker(slice(0, 4))
+    assert max((two[k] - half[k]).abs().max().item() for k in half) > 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# Faults: crash + rerun (job-level resume), worker killed inside a run, NaN loss
+
+
+@dataclasses.dataclass(frozen=True)
+class KillAfterReport:
+    """Test-only loop wrapper: rank `rank` dies (os._exit) right after reporting step `step`,
+    once (a marker file records it), as soon as the controller has committed that checkpoint.
+    """
+
+    step: int
+    rank: int
+    marker: str
+
+    def __call__(self, config: dict[str, Any]) -> None:
+        real = ray.train.report
+        snapshot = Path(config["run"]["run_dir"]) / "checkpoint_manager_snapshot.json"
+
+        def committed() -> bool:
+            text = snapshot.read_text() if snapshot.is_file() else ""
+            return f'"step_{self.step:08d}"' in text
+
+        def report(metrics: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            real(metrics, *args, **kwargs)
+            rank = ray.train.get_context().get_world_rank()
+            mine = metrics["step"] == self.step and rank == self.rank
+            if mine and not os.path.exists(self.marker):
+                Path(self.marker).touch()
+                deadline = time.monotonic() + 60
+                while not committed() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                os._exit(1)
+
+        ray.train.report = report
+        try:
+            train_loop_per_worker(config)
+        finally:
+            ray.train.report = real
+
+
+def test_crash_rerun_resumes_and_lost_worker_restarts(
+    reference: tuple[Params, TrainResult, dict[str, Any]], tmp_path: Path
+) -> None:
+    ref_params, ref_result, _ = reference
+    shards = Path(ref_params.paths.shards)
+    # 1) max_failures=0: rank 1 dies after the step-2 checkpoint -> the run fails.
+    params = _params(tmp_path, shards, {**REF, "train.max_failures": 0})
+    crash = KillAfterReport(2, 1, str(tmp_path / "crash1"))
+    with pytest.raises(ray.train.TrainingFailedError):
+        run_training(params, root=tmp_path, loop_fn=crash)
+    run_dir = Path(params.paths.ray_storage) / ref_result.run_name
+    run_id = (run_dir / SIDECAR).read_text().strip()
+    client = MlflowClient(ref_result.tracker.uri)
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert not (Path(params.paths.model) / WEIGHTS_FILE).exists()
+    # 2) The same command (max_failures does not change the run key) resumes at step 2; a
+    #    worker killed after step 4 is restarted inside the run from the step-4 checkpoint.
+    params = _params(tmp_path, shards, {**REF, "train.max_failures": 1})
+    kill = KillAfterReport(4, 1, str(tmp_path / "crash2"))
+    result, metrics = _train(params, tmp_path, loop_fn=kill)
+    assert (tmp_path / "crash2").exists()  # the kill did happen
+    assert result.run_name == ref_result.run_name and result.tracker.run_id == run_id
+    assert metrics["steps"] == 6 and metrics["resumed_from"] == 4
+    resumed = client.get_metric_history(run_id, "resumed_from")
+    assert [(m.step, m.value) for m in resumed] == [(2, 2.0), (4, 4.0)]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    # Right step, lr and data order: the loss curve and the weights equal the uninterrupted run.
+    history, ref_history = _history(params), _history(ref_params)
+    assert [s for s, _ in history] == [s for s, _ in ref_history]
+    assert [v for _, v in history] == pytest.approx([v for _, v in ref_history], rel=1e-5)
+    torch.testing.assert_close(_ema(params), _ema(ref_params), rtol=0, atol=1e-6)
+    lr = {m.step: m.value for m in client.get_metric_history(run_id, "lr")}
+    assert lr[3] == pytest.approx(params.train.lr)
+
+
+def test_nonfinite_loss_stops_naming_step_and_checkpoint(
+    ray_cluster: None, shards_dir: Path, tmp_path: Path
+) -> None:
+    """lr 1e36: the first update blows the weights up, the next loss is not finite."""
+    over = {"train.lr": 1e36, "train.checkpoint_every": 1, "train.max_failures": 1}
+    params = _params(tmp_path, shards_dir, over)
+    with pytest.raises(NonFiniteLossError) as info:
+        run_training(params, root=tmp_path)
+    match = re.search(r"at step (\d+); last good checkpoint: (\S+)", str(info.value))
+    assert match is not None, str(info.value)
+    step, ckpt = int(match.group(1)), Path(match.group(2))
+    assert step >= 2 and ckpt.name == f"step_{step - 1:08d}" and ckpt.is_dir()
+    run_id = (ckpt.parent / SIDECAR).read_text().strip()
+    client = MlflowClient(tracking_uri(params.mlflow))
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert not Path(params.paths.model).exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad inputs: clear errors before any worker starts
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "words"),
+    [
+        (
+            {"data.resolution": 16, "unet.attn_resolutions": [8]},
+            ValueError,
+            ["image_shape", "data.resolution=16"],
+        ),
+        ({"train.use_gpu": True, "train.gpus_per_worker": 1.0}, ValueError, ["GPUs requested"]),
+        ({"train.num_workers": 4, "train.cpus_per_worker": 1.0}, ValueError, ["CPUs requested"]),
+        ({"train.gpus_per_worker": 1.0}, ValueError, ["train.gpus_per_worker", "use_gpu"]),
+    ],
+)
+def test_bad_inputs_fail_before_training(
+    ray_cluster: None,
+    shards_dir: Path,
+    tmp_path: Path,
+    overrides: dict[str, Any],
+    error: type[Exception],
+    words: list[str],
+) -> None:
+    params = _params(tmp_path, shards_dir, overrides)
+    with pytest.raises(error) as info:
+        run_training(params, root=tmp_path)
+    assert all(w in str(info.value) for w in words), str(info.value)
+    assert not Path(params.paths.ray_storage).exists()  # no Ray run, no MLflow run
+
+
+def test_missing_shards_name_the_path_and_the_fix(tmp_path: Path) -> None:
+    params = build_params(tmp_path)
+    with pytest.raises(FileNotFoundError, match="dvc repro shard") as info:
+        validate_inputs(params, tmp_path)
+    assert str(Path(params.paths.shards) / "manifest.json") in str(info.value)
