@@ -4,14 +4,15 @@
         [--T 1000] [--repeats 1]
 
 Real digits images as the shard stage writes them (params.yaml's data section: 8x8 resized to
-16x16x1). (a) FID features: `pipelines.fid.ray_extractor` on the train split with the Inception
-weights `pipelines.inception.resolve_weights` finds (grayscale replicated to RGB, resized to
-299x299 inside torch-fidelity); 1 worker runs in this process with 2 threads, 2 workers are two
-Ray tasks of 1 CPU each. Each timed call follows a small warm-up call (Ray worker processes and
-imports), and loads the weights once per task as the evaluate stage does. (b) Bits/dim:
-`pipelines.nll_ray.evaluate_bpd` (T U-Net forwards per image, `calc_bpd_loop`) on the test split
-with the default-profile U-Net (random weights: the cost does not depend on training), actors of
-2 CPUs (1 worker) or 1 CPU (2 workers); its wall time includes actor start-up and model build.
+16x16x1). (a) FID features: `pipelines.evaluate.fid.ray_extractor` on the train split with the
+Inception weights `pipelines.evaluate.inception.resolve_weights` finds (grayscale replicated to
+RGB, resized to 299x299 inside torch-fidelity); 1 worker runs in this process with 2 threads, 2
+workers are two Ray tasks of 1 CPU each. Each timed call follows a small warm-up call (Ray worker
+processes and imports), and loads the weights once per task as the evaluate stage does.
+(b) Bits/dim: `pipelines.evaluate.nll.evaluate_bpd` (T U-Net forwards per image,
+`calc_bpd_loop`) on the test split with the default-profile U-Net (random weights: the cost does
+not depend on training), actors of 2 CPUs (1 worker) or 1 CPU (2 workers); its wall time
+includes actor start-up and model build.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ import yaml
 from benchmarks.report import load_average, write_result
 from ddpm_core.config import UNetConfig
 from ddpm_core.unet import UNet
-from pipelines.artifacts.shards import build_shards
+from pipelines.artifacts.shards import load_split
 from pipelines.config import Params, from_dict
-from pipelines.data.stream import load_split
+from pipelines.data.stage import build_shards
 from pipelines.evaluate.fid import ray_extractor
 from pipelines.evaluate.inception import InceptionWeights, default_cache_dir, resolve_weights
 from pipelines.evaluate.nll import evaluate_bpd

@@ -1,10 +1,11 @@
-"""Shared by the benchmarks: the load average for a table header and the atomic write."""
+"""Shared by the benchmarks: the load average for a table header and the results writer."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+
+from pipelines.infra.files import write_text
 
 
 def load_average() -> str:
@@ -13,12 +14,5 @@ def load_average() -> str:
 
 
 def write_result(path: Path, text: str) -> None:
-    """Write a results table atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """Write a results table atomically (`pipelines.infra.files`)."""
+    write_text(path, text)

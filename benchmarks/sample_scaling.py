@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import os
 import platform
 import tempfile
@@ -29,11 +28,12 @@ import yaml
 from benchmarks.report import load_average, write_result
 from ddpm_core.sampling import sample_indices
 from ddpm_core.unet import UNet
+from pipelines.artifacts.model_dir import load_ema_model, write_model_dir
 from pipelines.artifacts.samples import plan_shards
-from pipelines.config import Params, from_dict, to_dict
+from pipelines.config import Params, from_dict
 from pipelines.infra.ray import init_ray
-from pipelines.sample import pool as sample_ray
-from pipelines.train.checkpoint import save_weights
+from pipelines.sample.actor import build_diffusion, image_shape
+from pipelines.sample.stage import run_pool
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "sample_scaling.md"
@@ -59,18 +59,14 @@ def bench_params(root: Path, images: int, batch_size: int, steps: int, workers: 
 def write_model(params: Params) -> None:
     torch.manual_seed(0)
     model = UNet.from_config(params.unet, params.data.channels, params.data.resolution)
-    model_dir = Path(params.paths.model)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    config = json.dumps(to_dict(params), sort_keys=True)
-    save_weights(model_dir / sample_ray.WEIGHTS_FILE, model.state_dict(), {"config": config})
-    (model_dir / sample_ray.CONFIG_FILE).write_text(config)
+    write_model_dir(params, model.state_dict(), {}, Path(params.paths.model))
 
 
 def plain_loop(params: Params) -> tuple[float, str]:
     """The same shards in one process, one after another, one thread."""
     torch.set_num_threads(1)
-    model = sample_ray.load_ema_model(params, Path(params.paths.model))
-    diffusion, shape = sample_ray.build_diffusion(params), sample_ray.image_shape(params)
+    model = load_ema_model(params, Path(params.paths.model))
+    diffusion, shape = build_diffusion(params), image_shape(params)
     t0 = time.perf_counter()
     out = [
         sample_indices(model, diffusion, range(s.start, s.stop), params.seed, shape)
@@ -83,9 +79,7 @@ def ray_pool(params: Params, root: Path) -> dict[str, float]:
     t0 = time.perf_counter()
     specs = plan_shards(params.sample.num_images, params.sample.batch_size)
     Path(params.paths.samples).mkdir(parents=True, exist_ok=True)
-    rows, _ = sample_ray.run_pool(
-        params, specs, Path(params.paths.model), Path(params.paths.samples)
-    )
+    rows, _ = run_pool(params, specs, Path(params.paths.model), Path(params.paths.samples))
     wall = time.perf_counter() - t0
     busy = sum(float(r["seconds"]) for r in rows) / params.sample.num_workers
     return {"wall": wall, "steady": busy}

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import write_result
-from pipelines.artifacts.shards import write_shards
+from pipelines.artifacts.shards import load_split, write_shards
 from pipelines.config import DataConfig
 from pipelines.data.sources import load_source
-from pipelines.data.stream import load_split, train_batches
+from pipelines.data.stream import train_batches
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ZIP = REPO.parent / "shared" / "data" / "mnist-png.zip"

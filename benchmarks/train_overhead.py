@@ -5,7 +5,7 @@
 Digits shards (params.yaml's data section: 16x16x1) and the default-profile U-Net (ch 32). The
 plain loop runs in this process, without Ray: `make_state`, `train_batches`, `draw_t_noise` and
 `train_step` (Adam, clipping, EMA) exactly as a worker's `_Loop.run`, with `--threads` torch
-threads. The Ray rows call `pipelines.train_ray.run_training` (TorchTrainer, MLflow logging, a
+threads. The Ray rows call `pipelines.train.stage.run_train` (TorchTrainer, MLflow logging, a
 checkpoint at the last step) on a fresh local Ray cluster per run: 1 worker with `--threads` CPUs,
 or 2 workers with 1 CPU each (DDP over gloo), same global batch. "Steady" images/s leave out the
 first `--log-every` steps (start-up, shard read, allocator warm-up): for Ray from rank 0's logged
@@ -32,19 +32,21 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from benchmarks.report import load_average, write_result
-from pipelines.artifacts.shards import build_shards
+from ddpm_core.rng import mix_seed
 from pipelines.config import Params, from_dict
+from pipelines.data.stage import build_shards
 from pipelines.data.stream import train_batches
+from pipelines.infra.tracking import Tracker, run_tracked
+from pipelines.train.run import open_train_run
+from pipelines.train.stage import run_train
 from pipelines.train.step import (
     SEED_DROPOUT,
     StepOutput,
     TrainState,
     draw_t_noise,
     make_state,
-    mixed_seed,
     train_step,
 )
-from pipelines.train.worker import TrainResult, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train_overhead.md"
@@ -139,7 +141,7 @@ def plain_loop(setup: Setup) -> Measurement:
     torch.set_num_threads(setup.threads)
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # dropout seeded per rank, as in the worker
-        torch.manual_seed(mixed_seed(params.seed, 1, 0, SEED_DROPOUT))
+        torch.manual_seed(mix_seed(params.seed, 1, 0, SEED_DROPOUT))
         state = make_state(params, torch.device("cpu"), 0, 1)
         session_start = time.perf_counter()
         batches = train_batches(
@@ -152,9 +154,9 @@ def plain_loop(setup: Setup) -> Measurement:
     return Measurement(PLAIN, 1, setup.threads, steady or session, session, wall, steady is None)
 
 
-def window_rate(result: TrainResult, batch_size: int, skip: int) -> float | None:
+def window_rate(tracker: Tracker, batch_size: int, skip: int) -> float | None:
     """Images/s over rank 0's logged windows after step `skip` (MLflow `images_per_s`)."""
-    history = result.tracker.client.get_metric_history(result.tracker.run_id, "images_per_s")
+    history = tracker.client.get_metric_history(tracker.run_id, "images_per_s")
     points = sorted((m.step, m.value) for m in history)
     images = seconds = 0.0
     prev = 0
@@ -167,19 +169,19 @@ def window_rate(result: TrainResult, batch_size: int, skip: int) -> float | None
 
 
 def ray_train(setup: Setup, workers: int, storage: str) -> Measurement:
-    """`run_training` on a fresh local cluster; wall time includes `ray.init`."""
+    """The train stage (`run_train`) on a fresh local cluster; wall time includes `ray.init`."""
     threads = setup.threads if workers == 1 else 1
     params = bench_params(setup, workers, float(threads), storage)
     start = time.perf_counter()
     ray.init(address="local", num_cpus=max(2, setup.threads), include_dashboard=False)
     try:
-        result = run_training(params, root=setup.root)
+        tracker = open_train_run(params, setup.root)
+        result = run_tracked(params, setup.root, "train", tracker, run_train)
         wall = time.perf_counter() - start
     finally:
         ray.shutdown()
-    result.tracker.finish()
-    session = float(result.metrics["images_per_s"])
-    steady = window_rate(result, setup.batch_size, setup.log_every)
+    session = result.images_per_s
+    steady = window_rate(tracker, setup.batch_size, setup.log_every)
     return Measurement(RAY, workers, threads, steady or session, session, wall, steady is None)
 
 
@@ -254,8 +256,8 @@ def to_markdown(rows: list[Measurement], args: argparse.Namespace, load: str) ->
         "",
         f"Steady = steps {args.log_every + 1}..{args.steps} (Ray: rank 0's logged window rates, "
         "which include its MLflow metric writes; plain: the loop's step clock). Session = all "
-        "steps incl. the shard read and warm-up (Ray: `TrainResult.metrics['images_per_s']`). "
-        "Wall s: plain = state + steps; Ray = `ray.init` + `run_training` (validation, MLflow "
+        "steps incl. the shard read and warm-up (Ray: `TrainResult.images_per_s`). "
+        "Wall s: plain = state + steps; Ray = `ray.init` + `run_train` (validation, MLflow "
         "run, worker start-up, DDP set-up, the final checkpoint and the end-of-training sample "
         "grid of 16 images). 2 workers: 1 CPU and 1 thread each, global batch split in halves. "
         "Ray starts its worker processes at nice 15 (`RAY_worker_niceness`), the plain loop runs "

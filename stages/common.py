@@ -1,12 +1,31 @@
-"""Shared CLI plumbing for the DVC stages: --params, --dry-run, logging."""
+"""Shared CLI plumbing for the DVC stages: --params, --dry-run, the repository root, the summary.
+
+Every stage CLI is `main_for(description, argv, run)`: parse the arguments, load the params
+strictly, find the root once (`repo_root`), call the stage and print its summary.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
 
 from pipelines.config import Params, load_params, to_dict
+
+
+class StageResult(Protocol):
+    """What a stage returns: a typed record that can say what it made in a few lines."""
+
+    def summary(self) -> str: ...
+
+
+def repo_root() -> Path:
+    """The DVC/git root: `DVC_ROOT` when run by DVC, else the current directory (absolute)."""
+    return Path(os.environ.get("DVC_ROOT", os.getcwd())).resolve()
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -37,3 +56,24 @@ def start(
         return None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     return params, args
+
+
+Run = Callable[[Params, Path, argparse.Namespace], StageResult]
+
+
+def main_for(
+    description: str,
+    argv: list[str] | None,
+    run: Run,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """A stage's `main`: `run(params, repo_root(), args)`, then its summary on stdout."""
+    p = parser(description.splitlines()[0] if description else "")
+    if add_arguments is not None:
+        add_arguments(p)
+    started = start(p, argv)
+    if started is None:
+        return 0  # --dry-run printed the resolved config
+    params, args = started
+    print(run(params, repo_root(), args).summary())
+    return 0

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-from pipelines.evaluate.stage import run_evaluate_stage
-from stages.common import parser, start
-from stages.tracked import run_child_stage
+import argparse
+from pathlib import Path
+
+from pipelines.config import Params
+from pipelines.evaluate.stage import EvaluateResult, run_evaluate
+from pipelines.infra.tracking import open_child_run, run_tracked
+from stages.common import main_for
+
+
+def run(params: Params, root: Path, _: argparse.Namespace) -> EvaluateResult:
+    tracker = open_child_run(params, "evaluate", root)
+    return run_tracked(params, root, "evaluate", tracker, run_evaluate)
 
 
 def main(argv: list[str] | None = None) -> int:
-    started = start(parser(__doc__ or ""), argv)
-    if started is None:
-        return 0  # --dry-run printed the resolved config
-    params, _ = started
-    metrics, run_id = run_child_stage(params, "evaluate", "eval.json", run_evaluate_stage)
-    isc = (
-        f"IS {metrics['isc_mean']:.2f} +- {metrics['isc_std']:.2f}"
-        if "isc_mean" in metrics
-        else f"IS {metrics['isc_status']}"
-    )
-    print(
-        f"FID {metrics['fid']:.3f} vs {metrics['fid_reference']} ({metrics['fid_images']} samples,"
-        f" {metrics['inception_weights']}); {isc}; NLL {metrics['nll_bpd']:.4f} "
-        f"+- {metrics['nll_bpd_sem']:.4f} bits/dim on {metrics['nll_images']:.0f} "
-        f"{metrics['nll_split']} images\n{metrics['comparability']} (MLflow run {run_id})"
-    )
-    return 0
+    return main_for(__doc__ or "", argv, run)
 
 
 if __name__ == "__main__":

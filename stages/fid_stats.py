@@ -5,22 +5,12 @@ Its output folder is a DVC output, so `evaluate` reruns (new samples, new model)
 
 from __future__ import annotations
 
-from pipelines.evaluate.fid import compute_reference_stats
-from pipelines.infra.ray import init_ray
-from pipelines.infra.tracking import repo_root
-from stages.common import parser, start
+from pipelines.evaluate.reference import run_fid_stats
+from stages.common import main_for
 
 
 def main(argv: list[str] | None = None) -> int:
-    started = start(parser(__doc__ or ""), argv)
-    if started is None:
-        return 0  # --dry-run printed the resolved config
-    params, _ = started
-    init_ray(params.ray)
-    for split, (_, meta) in compute_reference_stats(params, repo_root()).items():
-        state = "reused" if meta["cached"] else "computed"
-        print(f"{meta['path']}: {split} split, {meta['count']} images, {meta['weights']} ({state})")
-    return 0
+    return main_for(__doc__ or "", argv, lambda params, root, _: run_fid_stats(params, root))
 
 
 if __name__ == "__main__":

@@ -9,23 +9,29 @@ then `dvc commit -f train` (record the weights as the train stage's output) and
 
 from __future__ import annotations
 
+import argparse
+import functools
 from pathlib import Path
 
-from pipelines.infra.tracking import repo_root
-from pipelines.train.export import import_diffusers
-from stages.common import parser, start
+from pipelines.config import Params
+from pipelines.infra.tracking import open_run, run_tracked
+from pipelines.train.released import ReleasedResult, check_released, import_released
+from stages.common import main_for
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, required=True, help="a diffusers model folder")
+
+
+def run(params: Params, root: Path, args: argparse.Namespace) -> ReleasedResult:
+    check_released(params, args.checkpoint)  # before an MLflow run is opened
+    tracker = open_run(params, "train", root, run_name="released-weights")
+    body = functools.partial(import_released, checkpoint=args.checkpoint)
+    return run_tracked(params, root, "train", tracker, body)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser((__doc__ or "").splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, required=True, help="a diffusers model folder")
-    started = start(p, argv)
-    if started is None:
-        return 0  # --dry-run printed the resolved config
-    params, args = started
-    weights = import_diffusers(params, args.checkpoint, repo_root())
-    print(f"{weights}: released weights from {args.checkpoint}")
-    return 0
+    return main_for(__doc__ or "", argv, run, add_arguments)
 
 
 if __name__ == "__main__":

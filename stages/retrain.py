@@ -14,12 +14,10 @@ import argparse
 import logging
 import os
 import shlex
-from pathlib import Path
 
 from pipelines.config import load_params
 from pipelines.infra.jobs import TERMINAL, decide, submit, wait
-
-log = logging.getLogger("stages.retrain")
+from stages.common import repo_root
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    root = Path.cwd()
+    root = repo_root()
     load_params(root / args.params)  # a broken params file fails here, not on the cluster
     decision = decide(root, args.params, args.force)
     print(f"retrain: {decision.reason}; job id {decision.submission_id}")

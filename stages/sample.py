@@ -6,23 +6,22 @@ deletes the stage's outputs first, so there a rerun starts over (see README, Sam
 
 from __future__ import annotations
 
-from pipelines.sample.pool import run_sample_stage
-from stages.common import parser, start
-from stages.tracked import run_child_stage
+import argparse
+from pathlib import Path
+
+from pipelines.config import Params
+from pipelines.infra.tracking import open_child_run, run_tracked
+from pipelines.sample.stage import SampleResult, run_sample
+from stages.common import main_for
+
+
+def run(params: Params, root: Path, _: argparse.Namespace) -> SampleResult:
+    tracker = open_child_run(params, "sample", root)
+    return run_tracked(params, root, "sample", tracker, run_sample)
 
 
 def main(argv: list[str] | None = None) -> int:
-    started = start(parser(__doc__ or ""), argv)
-    if started is None:
-        return 0  # --dry-run printed the resolved config
-    params, _ = started
-    metrics, run_id = run_child_stage(params, "sample", "sample.json", run_sample_stage)
-    print(
-        f"{params.paths.samples}: {metrics['num_images']} images ({metrics['sampler']}), "
-        f"{metrics['new_images']} new at {metrics['images_per_s']:.2f} images/s, "
-        f"ordered_hash {metrics['ordered_hash'][:16]} (MLflow run {run_id})"
-    )
-    return 0
+    return main_for(__doc__ or "", argv, run)
 
 
 if __name__ == "__main__":

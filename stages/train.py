@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-from pipelines.infra.tracking import repo_root
-from pipelines.train.export import export_outputs
-from pipelines.train.worker import run_training
-from stages.common import parser, start
+import argparse
+from pathlib import Path
+
+from pipelines.config import Params
+from pipelines.infra.tracking import run_tracked
+from pipelines.train.run import open_train_run
+from pipelines.train.stage import TrainResult, run_train
+from stages.common import main_for
+
+
+def run(params: Params, root: Path, _: argparse.Namespace) -> TrainResult:
+    tracker = open_train_run(params, root)  # inputs and cluster checked first; resumes a run
+    return run_tracked(params, root, "train", tracker, run_train)
 
 
 def main(argv: list[str] | None = None) -> int:
-    started = start(parser(__doc__ or ""), argv)
-    if started is None:
-        return 0  # --dry-run printed the resolved config
-    params, _ = started
-    root = repo_root()
-    result = run_training(params, root=root)
-    metrics = export_outputs(params, result, root)
-    print(
-        f"{params.paths.model}: EMA weights at step {metrics['steps']}, final loss "
-        f"{metrics['final_loss']:.4f}, {metrics['images_per_s']:.0f} img/s "
-        f"(Ray run {result.run_name}, MLflow run {result.tracker.run_id}, "
-        f"resumed from step {metrics['resumed_from']})"
-    )
-    return 0
+    return main_for(__doc__ or "", argv, run)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, MlflowServer, RayHead
+from tests.helpers import REPO, MlflowServer, RayHead
 
 pytestmark = pytest.mark.ray
 BIN = Path(sys.executable).parent
@@ -61,8 +62,12 @@ class Pipeline:
 
 @pytest.fixture(scope="module")
 def pipeline(
-    tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer, converted_path: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    mlflow_server: MlflowServer,
+    converted_path: Path,
+    ray_session: Any,
 ) -> Iterator[Pipeline]:
+    ray_session.down()  # every stage starts its own local cluster, as under `dvc repro`
     root = tmp_path_factory.mktemp("e2e") / "repo"
     copy_repo(root)
     raw = yaml.safe_load((root / "profiles" / "micro.yaml").read_text())

@@ -6,25 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_core.config import DiffusionConfig, UNetConfig
 from ddpm_core.unet import UNet
 from pipelines.config import load_params
-from tests.conftest import REPO
+from tests.helpers import PAPER_DIFFUSION, PAPER_UNET, REPO
 
 PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
-# Ho et al. 2020, Appendix B (hojonathanho/diffusion scripts/run_cifar.py).
-PAPER_DIFFUSION = DiffusionConfig(
-    T=1000,
-    beta_schedule="linear",
-    beta_start=1e-4,
-    beta_end=0.02,
-    mean_type="eps",
-    var_type="fixedlarge",
-    loss_type="mse",
-)
-PAPER_UNET = UNetConfig(
-    ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1
-)
 
 
 def test_there_are_the_documented_profiles() -> None:

@@ -1,40 +1,41 @@
-"""Sample shards on disk: one tar of lossless PNGs per fixed index range, verified on reuse.
+"""The sample stage's output: one tar of lossless PNGs per fixed index range, and a manifest.
 
-A shard `samples-{b:06d}.tar` holds images [start, stop) as members `{i:08d}.png` (WebDataset
-layout: key `{i:08d}`, extension `png`). Tars are written byte-stably (mtime 0, fixed owner and
-mode, members in index order) to a temporary file that is renamed into place, so a shard either
-exists completely or not at all. `manifest.json` lists every shard with its sha256 and an
-`ordered_hash` over those hashes, which equals across runs with any number of workers.
+A shard `samples-{b:06d}.tar` holds images [start, stop) as samples `{i:08d}` with one `.png`
+member each (`artifacts.tars`, the data shards' format), written byte-stably and atomically, so
+a shard either exists completely or not at all. `plan.json` records what the pixels depend on
+(seed, weights, stride, batch size...); `manifest.json`, written last, lists every shard with
+its sha256 and an `ordered_hash` over those hashes, which equals across runs with any number of
+workers. `load_samples` is the verified reader.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import os
-import tarfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from pipelines.infra.files import write_json
+from pipelines.artifacts.tars import ShardError, decode_png, encode_png, read_tar, tar_bytes
+from pipelines.config import Params, to_dict
+from pipelines.infra.files import (
+    bytes_digest,
+    file_digest,
+    remove_temporaries,
+    write_bytes,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 SHARD_GLOB = "samples-*.tar"
-
-
-class ShardError(ValueError):
-    """A shard file that is not exactly what `write_shard` produces for its index range."""
+OWNER = ""  # the tar member owner (empty, as when the format was fixed)
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,8 @@ class ShardSpec:
     def count(self) -> int:
         return self.stop - self.start
 
-    def member_names(self) -> list[str]:
-        return [f"{i:08d}.png" for i in range(self.start, self.stop)]
+    def keys(self) -> list[str]:
+        return [f"{i:08d}" for i in range(self.start, self.stop)]
 
 
 def plan_shards(num_images: int, batch_size: int) -> list[ShardSpec]:
@@ -70,90 +71,49 @@ def plan_shards(num_images: int, batch_size: int) -> list[ShardSpec]:
 
 
 # ----------------------------------------------------------------------------------------------
-# PNG and tar encoding
+# Shards
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """(C, H, W) uint8 with C in {1, 3} -> lossless PNG bytes (L or RGB)."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(
-            f"encode_png: expected (C,H,W) uint8, C in 1|3, got {image.dtype} {image.shape}"
-        )
-    hwc = np.ascontiguousarray(image.transpose(1, 2, 0))  # (H, W, C)
-    buf = io.BytesIO()
-    Image.fromarray(hwc[..., 0] if hwc.shape[-1] == 1 else hwc).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """PNG bytes (L or RGB) -> (C, H, W) uint8."""
-    with Image.open(io.BytesIO(data)) as img:
-        if img.mode not in ("L", "RGB"):
-            raise ValueError(f"decode_png: expected an L or RGB PNG, got mode {img.mode}")
-        arr = np.asarray(img)
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
-
-
-def tar_bytes(images: np.ndarray, spec: ShardSpec) -> bytes:
+def shard_bytes(images: np.ndarray, spec: ShardSpec) -> bytes:
     """The exact shard bytes for `images`: (n, C, H, W) uint8 with n = spec.count."""
     if images.shape[0] != spec.count:
         raise ValueError(
             f"{spec.name}: {images.shape[0]} images for range [{spec.start}, {spec.stop})"
         )
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, image in zip(spec.member_names(), images, strict=True):
-            data = encode_png(image)
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o444  # mtime 0: byte-stable shards
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    samples = (
+        (key, {"png": encode_png(image)}) for key, image in zip(spec.keys(), images, strict=True)
+    )
+    return tar_bytes(samples, OWNER)
 
 
 def write_shard(images: torch.Tensor, spec: ShardSpec, out_dir: Path) -> str:
-    """Write shard `spec` atomically (temp file + os.replace); returns its sha256.
+    """Write shard `spec` atomically; returns its sha256.
 
     Args:
         images: (n, C, H, W) uint8, image k is index spec.start + k.
     """
-    data = tar_bytes(images.cpu().numpy(), spec)
-    final = out_dir / spec.name
-    tmp = out_dir / f".{spec.name}.{uuid.uuid4().hex[:8]}.tmp"  # unique: retries may overlap
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    return sha256(data)
+    data = shard_bytes(images.cpu().numpy(), spec)
+    write_bytes(out_dir / spec.name, data)
+    return bytes_digest(data)
 
 
-def read_tar_images(data: bytes, spec: ShardSpec, where: str) -> np.ndarray:
-    """Decode a shard's bytes into (n, C, H, W) uint8; ShardError if members are not the range."""
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            members = tar.getmembers()
-            names = [m.name for m in members]
-            if names != spec.member_names():
-                raise ShardError(
-                    f"{where}: members {names[:3]}... (n={len(names)}), expected "
-                    f"{spec.count} images {spec.member_names()[:1]}.."
-                )
-            images = []
-            for m in members:
-                f = tar.extractfile(m)
-                if f is None:
-                    raise ShardError(f"{where}: member {m.name} is not a file")
-                images.append(decode_png(f.read()))
-    except (tarfile.TarError, OSError, ValueError) as e:
-        if isinstance(e, ShardError):
-            raise
-        raise ShardError(f"{where}: unreadable shard ({e})") from e
+def read_shard_images(data: bytes, spec: ShardSpec, where: str) -> np.ndarray:
+    """Decode a shard's bytes into (n, C, H, W) uint8; ShardError if samples are not the range."""
+    samples = read_tar(data, where)
+    keys = [key for key, _ in samples]
+    if keys != spec.keys():
+        raise ShardError(
+            f"{where}: samples {keys[:3]}... (n={len(keys)}), expected "
+            f"{spec.count} images {spec.keys()[:1]}.."
+        )
+    images = []
+    for key, members in samples:
+        if set(members) != {"png"}:
+            raise ShardError(f"{where}: sample {key} has members {sorted(members)}, expected png")
+        try:
+            images.append(decode_png(members["png"]))
+        except (OSError, ValueError) as e:
+            raise ShardError(f"{where}: sample {key}: cannot decode ({e})") from e
     return np.stack(images)
 
 
@@ -167,43 +127,47 @@ def verify_shard(path: Path, spec: ShardSpec, shape: tuple[int, int, int]) -> st
         return None
     data = path.read_bytes()
     try:
-        images = read_tar_images(data, spec, str(path))
+        images = read_shard_images(data, spec, str(path))
         if images.shape[1:] != shape:
             raise ShardError(f"{path}: image shape {images.shape[1:]}, expected {shape}")
-        if tar_bytes(images, spec) != data:
+        if shard_bytes(images, spec) != data:
             raise ShardError(f"{path}: bytes differ from a clean re-encoding")
     except ShardError as e:
         log.warning("redoing shard: %s", e)
         return None
-    return sha256(data)
+    return bytes_digest(data)
 
 
 # ----------------------------------------------------------------------------------------------
-# Manifest and plan
+# Plan and manifest
 
 
 def ordered_hash(shard_hashes: list[str]) -> str:
     """sha256 over the per-shard sha256 hex strings in index order (one per line)."""
-    return sha256("".join(h + "\n" for h in shard_hashes).encode())
+    return bytes_digest("".join(h + "\n" for h in shard_hashes).encode())
 
 
-def read_manifest(samples_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(samples_dir) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no sample manifest (run the sample stage first)")
-    manifest: dict[str, Any] = json.loads(path.read_text())
-    return manifest
+def sampling_plan(params: Params, weights: Path) -> dict[str, Any]:
+    """What the shards' pixels depend on; a change invalidates existing shards."""
+    c, r = params.data.channels, params.data.resolution
+    return {
+        "seed": params.seed,
+        "batch_size": params.sample.batch_size,
+        "stride": params.sample.stride,
+        "image_shape": [c, r, r],
+        "diffusion": to_dict(params.diffusion),
+        "weights_sha256": file_digest(weights),
+    }
 
 
 def prepare_dir(out_dir: Path, plan: dict[str, Any], specs: list[ShardSpec]) -> None:
     """Make `out_dir` ready for (re)sampling under `plan`.
 
-    Removes temp files of crashed writers, tars from a different plan (seed, weights, stride,
+    Removes temporaries of crashed writers, tars from a different plan (seed, weights, stride,
     batch size...) and tars outside the current ranges; keeps the rest for verification.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    for tmp in out_dir.glob(".samples-*.tmp"):
-        tmp.unlink(missing_ok=True)
+    remove_temporaries(out_dir, "samples-*")
     plan_path = out_dir / PLAN
     old = json.loads(plan_path.read_text()) if plan_path.is_file() else None
     wanted = {s.name for s in specs}
@@ -212,6 +176,39 @@ def prepare_dir(out_dir: Path, plan: dict[str, Any], specs: list[ShardSpec]) -> 
             tar.unlink()
     (out_dir / MANIFEST).unlink(missing_ok=True)  # rewritten only when every shard is done
     write_json(plan_path, plan)
+
+
+def write_manifest(
+    out_dir: Path, plan: dict[str, Any], specs: list[ShardSpec], hashes: list[str]
+) -> dict[str, Any]:
+    """`manifest.json` (byte-stable: no timings) once every shard is written; returns it.
+
+    The driver re-checks each shard against the hash its actor reported before listing it.
+    """
+    for spec, digest in zip(specs, hashes, strict=True):
+        if file_digest(out_dir / spec.name) != digest:
+            raise RuntimeError(f"{out_dir / spec.name}: changed after its actor reported it")
+    shards = [
+        {"index": s.index, "file": s.name, "start": s.start, "stop": s.stop, "sha256": h}
+        for s, h in zip(specs, hashes, strict=True)
+    ]
+    manifest = {
+        **{k: plan[k] for k in ("seed", "batch_size", "stride", "image_shape", "weights_sha256")},
+        "num_images": specs[-1].stop,
+        "shards": shards,
+        "ordered_hash": ordered_hash(hashes),
+    }
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(samples_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """`<samples_dir>/manifest.json`; FileNotFoundError naming the sample stage when missing."""
+    path = Path(samples_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no sample manifest (run the sample stage first)")
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    return manifest
 
 
 def load_samples(
@@ -233,10 +230,10 @@ def load_samples(
         if not path.is_file():
             raise FileNotFoundError(f"{path}: listed in {root / MANIFEST} but missing")
         data = path.read_bytes()
-        if sha256(data) != entry["sha256"]:
+        if bytes_digest(data) != entry["sha256"]:
             raise ShardError(f"{path}: sha256 differs from {root / MANIFEST}")
         spec = ShardSpec(int(entry["index"]), int(entry["start"]), int(entry["stop"]))
-        chunks.append(read_tar_images(data, spec, str(path)))
+        chunks.append(read_shard_images(data, spec, str(path)))
     if not chunks:
         raise ValueError(f"load_samples: {root / MANIFEST} lists no shards")
     return torch.from_numpy(np.concatenate(chunks)[:n])

@@ -1,36 +1,56 @@
-"""Write a source's splits as byte-reproducible WebDataset shards plus `manifest.json`."""
+"""The shard stage's output: WebDataset shards of every split plus `manifest.json`.
+
+Writer and verified reader of one format. A shard `<split>-<k:06d>.tar` holds samples
+`<split>-<i:08d>` as a lossless `.png` and its label as `.cls` (text), written byte-stably
+(`artifacts.tars`), so unchanged data gives identical files. `manifest.json` lists every split's
+shards with their image counts and sha256, the image shape, pixel statistics and the params
+used; every reader checks a shard's sha256 against it before reading the shard.
+"""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import webdataset as wds
-from PIL import Image
+import torch
 
-from pipelines.config import DataConfig, to_dict
-from pipelines.data.sources import SourceData, Split, load_source
-from pipelines.data.stream import MANIFEST, read_manifest, sha256_file, shard_entries, verified_path
+from pipelines.artifacts.tars import ShardError, decode_png, encode_png, read_tar, write_tar
+from pipelines.infra.files import bytes_digest, file_digest, write_json
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "ddpm-shards/1"
+MANIFEST = "manifest.json"
+OWNER = "bigdata"  # the tar member owner (webdataset's default when the format was fixed)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split after preprocessing: images (N, C, H, W) uint8 and labels (N,) int64."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """Every split of a source, with class names (label i is `classes[i]`)."""
+
+    splits: dict[str, Split]
+    classes: list[str]
+    description: str
+
+
+# ----------------------------------------------------------------------------------------------
+# Writer
 
 
 def sample_key(split: str, index: int) -> str:
     return f"{split}-{index:08d}"
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """(C, H, W) uint8 -> lossless PNG bytes (deterministic: fixed PIL settings)."""
-    arr = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)  # (C,H,W) -> (H,W[,C])
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
 
 
 def write_split(out_dir: Path, name: str, split: Split, shard_size: int) -> list[dict[str, Any]]:
@@ -39,17 +59,17 @@ def write_split(out_dir: Path, name: str, split: Split, shard_size: int) -> list
     for shard, start in enumerate(range(0, len(split.images), shard_size)):
         path = out_dir / f"{name}-{shard:06d}.tar"
         stop = min(start + shard_size, len(split.images))
-        # mtime=0 and fixed owner/mode: identical bytes on every rerun (DVC sees no change).
-        with wds.TarWriter(str(path), encoder=False, mtime=0) as tar:
-            for i in range(start, stop):
-                tar.write(
-                    {
-                        "__key__": sample_key(name, i),
-                        "png": encode_png(split.images[i]),
-                        "cls": str(int(split.labels[i])).encode(),
-                    }
-                )
-        entries.append({"file": path.name, "num_images": stop - start, "sha256": sha256_file(path)})
+        samples = (
+            (
+                sample_key(name, i),
+                {"png": encode_png(split.images[i]), "cls": str(int(split.labels[i])).encode()},
+            )
+            for i in range(start, stop)
+        )
+        data = write_tar(path, samples, OWNER)
+        entries.append(
+            {"file": path.name, "num_images": stop - start, "sha256": bytes_digest(data)}
+        )
     return entries
 
 
@@ -64,7 +84,10 @@ def pixel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 def write_shards(
     data: SourceData, out_dir: Path, shard_size: int, params: dict[str, Any], source: str
 ) -> dict[str, Any]:
-    """Write every split and `manifest.json` into the (new, empty) folder `out_dir`."""
+    """Write every split and `manifest.json` into the (new, empty) folder `out_dir`.
+
+    Callers write into a temporary folder and rename it into place (`infra.files.atomic_path`).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: expected a new empty folder for the shards")
@@ -87,19 +110,124 @@ def write_shards(
         entries = write_split(out_dir, name, split, shard_size)
         manifest["splits"][name] = {"num_images": len(split.images), "shards": entries}
         logger.info("%s: %d images in %d shards", name, len(split.images), len(entries))
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_json(out_dir / MANIFEST, manifest)
     return manifest
 
 
-def build_shards(cfg: DataConfig, seed: int, out_dir: Path) -> dict[str, Any]:
-    """Read `cfg.source` and write its shards + manifest into the new folder `out_dir`.
+# ----------------------------------------------------------------------------------------------
+# Verified reader
 
-    Callers write into a temporary folder and rename it into place (`pipelines.files.atomic_path`).
+
+def read_manifest(shards_dir: str | Path) -> dict[str, Any]:
+    """`<shards_dir>/manifest.json` as a dict; a clear error when missing or malformed."""
+    path = Path(shards_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: run the shard stage first (python -m stages.shard --params ...)"
+        )
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable JSON manifest: {e}") from None
+    for key in ("splits", "image_shape"):
+        if key not in manifest:
+            raise ValueError(f"{path}: missing key {key!r}; rerun the shard stage")
+    return manifest
+
+
+def image_shape(manifest: dict[str, Any]) -> tuple[int, int, int]:
+    """(C, H, W) of every image in the shard set."""
+    c, h, w = (int(d) for d in manifest["image_shape"])
+    return c, h, w
+
+
+def shard_entries(manifest: dict[str, Any], split: str, where: Path) -> list[dict[str, Any]]:
+    """The manifest's shard list for `split` ([{file, num_images, sha256}, ...])."""
+    splits = manifest["splits"]
+    if split not in splits:
+        raise ValueError(f"{where / MANIFEST}: no split {split!r}; available: {sorted(splits)}")
+    entries: list[dict[str, Any]] = splits[split]["shards"]
+    return entries
+
+
+def verified_path(shards_dir: Path, entry: dict[str, Any]) -> Path:
+    """The shard file of a manifest entry, after checking it exists and its sha256 matches."""
+    path: Path = shards_dir / str(entry["file"])
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: shard listed in {MANIFEST} is missing")
+    digest = file_digest(path)
+    if digest != entry["sha256"]:
+        raise ValueError(
+            f"{path}: sha256 {digest[:12]}... does not match {MANIFEST} "
+            f"({entry['sha256'][:12]}...); the shard changed after the shard stage wrote it "
+            "(rerun the shard stage)"
+        )
+    return path
+
+
+def read_shard(path: Path, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """All samples of one tar in stored order: images (n, C, H, W) uint8, labels (n,) int64."""
+    try:
+        samples = read_tar(path.read_bytes(), str(path))
+    except (ShardError, OSError) as e:
+        raise ValueError(str(e)) from None
+    images = np.zeros((len(samples), *shape), dtype=np.uint8)
+    labels = np.zeros(len(samples), dtype=np.int64)
+    for i, (key, sample) in enumerate(samples):
+        images[i], labels[i] = _decode_sample(path, key, sample, shape)
+    return images, labels
+
+
+def _decode_sample(
+    path: Path, key: str, sample: dict[str, bytes], shape: tuple[int, int, int]
+) -> tuple[np.ndarray, int]:
+    where = f"{path}: member {key}"
+    if "png" not in sample or "cls" not in sample:
+        raise ValueError(f"{where}: expected .png and .cls members, found {sorted(sample)}")
+    try:
+        arr = decode_png(sample["png"])
+        label = int(sample["cls"].decode())
+    except Exception as e:  # PIL/int raise many types on corrupt bytes
+        raise ValueError(f"{where}: cannot decode: {e}") from None
+    if arr.shape != shape:
+        raise ValueError(f"{where}.png: shape {arr.shape}, manifest says {shape}")
+    return arr, label
+
+
+def read_entries(
+    shards_dir: Path, entries: list[dict[str, Any]], shape: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The verified shards of `entries`, concatenated: images (n, C, H, W), labels (n,)."""
+    parts = [read_shard(verified_path(shards_dir, e), shape) for e in entries]
+    for entry, (images, _) in zip(entries, parts, strict=True):
+        if len(images) != entry["num_images"]:
+            raise ValueError(
+                f"{shards_dir / entry['file']}: {len(images)} samples, manifest says "
+                f"{entry['num_images']}"
+            )
+    if not parts:
+        return np.zeros((0, *shape), dtype=np.uint8), np.zeros(0, dtype=np.int64)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def load_split(
+    shards_dir: str | Path, split: str, max_images: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole split in stored order: images (N, C, H, W) uint8 and labels (N,) int64.
+
+    Every shard's sha256 is checked against the manifest before it is read. With `max_images`
+    only the first shards needed are read and the result is cut to `max_images`.
     """
-    data = load_source(cfg, seed)
-    return write_shards(
-        data, out_dir, cfg.shard_size, {"data": to_dict(cfg), "seed": seed}, cfg.source
-    )
+    shards_dir = Path(shards_dir)
+    manifest = read_manifest(shards_dir)
+    entries = shard_entries(manifest, split, shards_dir)
+    if max_images is not None:
+        counts = np.cumsum([e["num_images"] for e in entries])
+        entries = entries[: int(np.searchsorted(counts, max_images)) + 1]
+    images, labels = read_entries(shards_dir, entries, image_shape(manifest))
+    if max_images is not None:
+        images, labels = images[:max_images], labels[:max_images]
+    return torch.from_numpy(images), torch.from_numpy(labels)
 
 
 def verify_shards(shards_dir: str | Path) -> dict[str, Any]:

@@ -11,13 +11,13 @@ import pickle
 import struct
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ddpm_core.config import ConfigError
+from pipelines.artifacts.shards import SourceData, Split
 from pipelines.config import DataConfig
 
 logger = logging.getLogger(__name__)
@@ -27,23 +27,6 @@ CIFAR10_CLASSES = (  # batches.meta order
     ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 )
 MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split after preprocessing: images (N, C, H, W) uint8 and labels (N,) int64."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-
-@dataclass(frozen=True)
-class SourceData:
-    """Every split of a source, with class names (label i is `classes[i]`)."""
-
-    splits: dict[str, Split]
-    classes: list[str]
-    description: str
 
 
 # A raw split: named images (PIL) in a fixed order, read lazily, plus labels.

@@ -1,52 +1,28 @@
-"""FID and Inception Score through torch-fidelity's Inception-v3, with cached reference statistics.
+"""FID and Inception Score through torch-fidelity's Inception-v3: features, statistics, distances.
 
 Images are uint8 (N, C, H, W); grayscale is replicated to 3 channels and torch-fidelity resizes
-to 299x299 exactly as TF1 did. Statistics (mu, sigma) are float64. Reference statistics of the
-real data are written once under `paths.fid_stats`, keyed by the split's shard hashes, the image
-count and the Inception weights, so later runs reuse them.
+to 299x299 exactly as TF1 did. Statistics (mu, sigma) are float64 (`artifacts.fid_stats`).
+Features are extracted in-process or split over Ray tasks (`ray_extractor`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch_fidelity.metric_isc import isc_features_to_metric
 
 from ddpm_core.metrics import frechet_distance
-from pipelines.config import Params
-from pipelines.data.stream import load_split, read_manifest
-from pipelines.evaluate.inception import (
-    InceptionWeights,
-    default_cache_dir,
-    load_extractor,
-    resolve_weights,
-)
+from pipelines.artifacts.fid_stats import FidStats
+from pipelines.evaluate.inception import POOL3, InceptionWeights, load_extractor
+from pipelines.infra.files import file_digest
 
 log = logging.getLogger(__name__)
 
-FID_DIMS = 2048
-
 # (images uint8 (N, C, H, W), weights, feature names) -> {name: (N, D) float64}
 ExtractFn = Callable[[torch.Tensor, InceptionWeights, Sequence[str]], dict[str, np.ndarray]]
-
-
-@dataclass(frozen=True)
-class FidStats:
-    """Gaussian fit of pool3 features: mu (2048,) and sigma (2048, 2048), float64."""
-
-    mu: np.ndarray
-    sigma: np.ndarray
-    count: int
 
 
 def as_rgb_uint8(images: torch.Tensor, name: str = "images") -> torch.Tensor:
@@ -72,7 +48,7 @@ def check_compatible(samples: torch.Tensor, reference_shape: Sequence[int], what
 def extract_features(
     images: torch.Tensor,
     weights: InceptionWeights,
-    features: Sequence[str] = ("2048",),
+    features: Sequence[str] = (POOL3,),
     batch_size: int = 32,
 ) -> dict[str, np.ndarray]:
     """Inception features of uint8 (N, C, H, W) images: {name: (N, D) float64} in input order."""
@@ -136,108 +112,9 @@ def inception_score(logits: np.ndarray, splits: int) -> tuple[float, float]:
     return float(out["inception_score_mean"]), float(out["inception_score_std"])
 
 
-# ----------------------------------------------------------------------------------------------
-# Cached reference statistics
-
-
 def weights_id(weights: InceptionWeights) -> str:
     """A short content id of the weights file (first 12 hex of its sha1)."""
-    h = hashlib.sha1()
-    with weights.path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
-
-
-def reference_key(manifest: dict[str, Any], split: str, count: int, weights: str) -> str:
-    """Cache key: the split's shard sha256 list + image count + weights id (hex, 16 chars)."""
-    shards = [e["sha256"] for e in manifest["splits"][split]["shards"]]
-    blob = json.dumps({"shards": shards, "count": count, "weights": weights}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def stats_path(stats_dir: Path, split: str, count: int, key: str) -> Path:
-    return stats_dir / f"{split}-{count}-{key}.npz"
-
-
-def save_stats(path: Path, stats: FidStats, meta: dict[str, Any]) -> None:
-    """Write mu/sigma (float64) + JSON metadata atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, mu=stats.mu, sigma=stats.sigma, count=stats.count, meta=json.dumps(meta))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def load_stats(path: Path) -> FidStats:
-    with np.load(path) as z:
-        return FidStats(z["mu"].astype(np.float64), z["sigma"].astype(np.float64), int(z["count"]))
-
-
-def reference_stats(
-    shards_dir: Path,
-    stats_dir: Path,
-    split: str,
-    max_images: int | None,
-    weights: InceptionWeights,
-    extract: ExtractFn | None = None,
-) -> tuple[FidStats, dict[str, Any]]:
-    """Statistics of the real `split` (first `max_images` images), computed once and cached.
-
-    Returns (stats, meta); meta has `path`, `cached` (True when reused), `count`, `key`, and the
-    image shape (C, H, W) of the reference, for the compatibility check with the samples.
-    """
-    manifest = read_manifest(shards_dir)
-    available = int(manifest["splits"][split]["num_images"]) if split in manifest["splits"] else 0
-    count = min(available, max_images) if max_images is not None else available
-    key = reference_key(manifest, split, count, weights_id(weights))
-    path = stats_path(stats_dir, split, count, key)
-    meta = {
-        "split": split,
-        "count": count,
-        "key": key,
-        "weights": weights.label,
-        "source": manifest.get("source"),
-        "image_shape": list(manifest["image_shape"]),
-    }
-    if path.is_file():
-        log.info("reusing reference statistics %s", path)
-        return load_stats(path), {**meta, "path": str(path), "cached": True}
-    images, _ = load_split(shards_dir, split, max_images=count)  # (count, C, H, W) uint8
-    feats = (extract or extract_features)(images, weights, ("2048",))["2048"]
-    stats = feature_stats(feats, f"reference {split} split ({shards_dir})")
-    save_stats(path, stats, meta)
-    return stats, {**meta, "path": str(path), "cached": False}
-
-
-def reference_splits(params: Params, root: Path) -> list[str]:
-    """`evaluate.fid_reference` first (the headline FID), then the other split when it exists."""
-    have = read_manifest(root / params.paths.shards)["splits"]
-    first = params.evaluate.fid_reference
-    other = "test" if first == "train" else "train"
-    if first not in have:
-        raise ValueError(
-            f"evaluate.fid_reference: split {first!r} is not in {root / params.paths.shards} "
-            f"(it has {sorted(have)})"
-        )
-    return [first] + ([other] if other in have else [])
-
-
-def compute_reference_stats(
-    params: Params, root: Path, weights: InceptionWeights | None = None
-) -> dict[str, tuple[FidStats, dict[str, Any]]]:
-    """Reference statistics of every split FID uses, computed once and cached in `fid_stats`."""
-    cfg = params.evaluate
-    weights = weights or resolve_weights(cfg, default_cache_dir())
-    extract = ray_extractor(cfg.num_workers, cfg.cpus_per_worker)
-    shards, stats_dir = root / params.paths.shards, root / params.paths.fid_stats
-    return {
-        split: reference_stats(shards, stats_dir, split, cfg.fid_reference_images, weights, extract)
-        for split in reference_splits(params, root)
-    }
+    return file_digest(weights.path, "sha1")[:12]
 
 
 # ----------------------------------------------------------------------------------------------

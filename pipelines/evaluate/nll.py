@@ -2,8 +2,9 @@
 
 `calc_bpd_loop` costs T forward passes per image, so the test images are cut into fixed chunks
 of `chunk_size` and spread over a pool of actors, each of which builds the (EMA) model once. Chunk
-k draws its noise from a `torch.Generator` seeded from (seed, k) only, so the result is the same
-for any number of workers. Also the rate-distortion curve (paper Sec. 4.3, Fig. 5, Table 4).
+k draws its noise from a `torch.Generator` seeded from (seed, k) only (`ddpm_core.rng`), so the
+result is the same for any number of workers. Also the rate-distortion curve (paper Sec. 4.3,
+Fig. 5, Table 4).
 """
 
 from __future__ import annotations
@@ -20,12 +21,35 @@ import torch
 from ddpm_core.config import DiffusionConfig
 from ddpm_core.diffusion import GaussianDiffusion, Model
 from ddpm_core.metrics import rate_distortion
+from ddpm_core.rng import seeded_generator
+from ddpm_core.sampling import from_uint8
+from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.config import Params
 
 log = logging.getLogger(__name__)
 
 ModelFn = Callable[[], torch.nn.Module]  # picklable factory, called once per actor
 KEYS = ("total_bpd", "prior_bpd", "terms_bpd", "mse")
+
+
+@dataclass(frozen=True)
+class NllSummary:
+    """The bound over a set of images: mean bits/dim, its standard error and two of its terms."""
+
+    bpd: float  # mean total bits/dim (L_T + sum L_{t-1} + L_0)
+    sem: float  # standard error of that mean
+    prior_bpd: float  # mean L_T
+    decoder_bpd: float  # mean L_0
+    images: int
+
+    def metrics(self) -> dict[str, float | int]:
+        return {
+            "nll_bpd": self.bpd,
+            "nll_bpd_sem": self.sem,
+            "prior_bpd": self.prior_bpd,
+            "decoder_bpd": self.decoder_bpd,
+            "nll_images": self.images,
+        }
 
 
 @dataclass(frozen=True)
@@ -37,17 +61,17 @@ class BpdResult:
     terms_bpd: np.ndarray
     mse: np.ndarray
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> NllSummary:
         """Mean bits/dim and its standard error over images (NaN SEM for a single image)."""
         n = len(self.total_bpd)
         sem = float(self.total_bpd.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-        return {
-            "nll_bpd": float(self.total_bpd.mean()),
-            "nll_bpd_sem": sem,
-            "prior_bpd": float(self.prior_bpd.mean()),
-            "decoder_bpd": float(self.terms_bpd[:, 0].mean()),  # L_0
-            "nll_images": n,
-        }
+        return NllSummary(
+            bpd=float(self.total_bpd.mean()),
+            sem=sem,
+            prior_bpd=float(self.prior_bpd.mean()),
+            decoder_bpd=float(self.terms_bpd[:, 0].mean()),  # L_0
+            images=n,
+        )
 
     def rate_distortion(self) -> dict[str, np.ndarray]:
         """reverse_step (T,), rate_bpd (T,), distortion_rmse (T,) over the dataset means."""
@@ -60,19 +84,6 @@ class BpdResult:
         }
 
 
-def chunk_seed(seed: int, index: int) -> int:
-    """A 63-bit generator seed that depends only on (seed, chunk index)."""
-    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
-    return int(state[0]) << 31 | int(state[1]) >> 1
-
-
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] (B, C, H, W) -> float32 [-1, 1], the data scaling of the paper."""
-    if images.dtype != torch.uint8:
-        raise ValueError(f"images: expected uint8 (B, C, H, W), got {images.dtype}")
-    return images.to(torch.float32) / 127.5 - 1.0
-
-
 @torch.no_grad()
 def bpd_chunk(
     model: Model,
@@ -83,8 +94,8 @@ def bpd_chunk(
     device: torch.device | str = "cpu",
 ) -> dict[str, np.ndarray]:
     """`calc_bpd_loop` (clip_denoised=True, as the official code) on one chunk of uint8 images."""
-    generator = torch.Generator(device=device).manual_seed(chunk_seed(seed, index))
-    x0 = to_model_range(images).to(device)  # (B, C, H, W)
+    generator = seeded_generator(seed, index, device=device)
+    x0 = from_uint8(images).to(device)  # (B, C, H, W) in [-1, 1]
     out = diffusion.calc_bpd_loop(model, x0, clip_denoised=True, generator=generator)
     return {k: out[k].to(torch.float64).cpu().numpy() for k in KEYS}
 
@@ -102,7 +113,7 @@ class BpdWorker:
         return index, bpd_chunk(self.model, self.diffusion, images, seed, index, self.device)
 
 
-def _gather(parts: dict[int, dict[str, np.ndarray]]) -> BpdResult:
+def gather_chunks(parts: dict[int, dict[str, np.ndarray]]) -> BpdResult:
     ordered = [parts[i] for i in sorted(parts)]
     return BpdResult(**{k: np.concatenate([p[k] for p in ordered]) for k in KEYS})
 
@@ -142,7 +153,7 @@ def evaluate_bpd(
         log.info("bpd chunk %d/%d done", len(parts), len(chunks))
     for actor in actors:
         ray.kill(actor)
-    return _gather(parts)
+    return gather_chunks(parts)
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,4 @@ class EmaModelLoader:
     model_dir: str
 
     def __call__(self) -> torch.nn.Module:
-        from pipelines.sample.pool import load_ema_model
-
         return load_ema_model(self.params, Path(self.model_dir))

@@ -1,75 +1,164 @@
 """The evaluate stage: FID / IS of the samples, NLL (bits/dim) and rate-distortion on test images.
 
-Paper protocol (Ho et al. 2020, App. B): FID of 50,000 samples against the training set (the test
-set as a second figure), IS over 10 splits, the variational bound on the test set with the EMA
-weights. Any departure (other data, other Inception weights, fewer images, a strided sampler) is
-written next to the numbers as `comparability`, so a figure is never shown without its caveats.
+Inputs are checked before Ray starts (the samples exist and are enough, the Inception weights
+resolve); then FID against the cached reference statistics (`evaluate.reference`), IS when the
+weights have logits, the bound on the first `evaluate.nll_images` test images over Ray actors,
+and the paper's Table 4 rows and Fig. 5. `EvaluateResult` is the typed record of all of it.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from pipelines.artifacts.samples import load_samples
-from pipelines.artifacts.samples import read_manifest as read_samples_manifest
+from pipelines.artifacts import samples, shards
 from pipelines.config import Params
-from pipelines.data.stream import load_split, read_manifest
 from pipelines.evaluate.fid import (
     check_compatible,
-    compute_reference_stats,
     feature_stats,
     fid,
     inception_score,
     ray_extractor,
 )
 from pipelines.evaluate.inception import (
-    LABEL_FULL,
+    LOGITS,
+    POOL3,
     InceptionWeights,
     default_cache_dir,
     hub_weights_path,
     resolve_weights,
 )
-from pipelines.evaluate.nll import BpdResult, EmaModelLoader, evaluate_bpd
-from pipelines.infra.figures import save_line_plot
+from pipelines.evaluate.nll import BpdResult, EmaModelLoader, NllSummary, evaluate_bpd
+from pipelines.evaluate.reference import compute_reference_stats
+from pipelines.evaluate.report import (
+    Table4Row,
+    comparability,
+    data_label,
+    table4,
+    table4_metrics,
+    write_rate_distortion,
+)
 from pipelines.infra.ray import init_ray
-from pipelines.infra.tracking import Tracker, repo_root
+from pipelines.infra.tracking import Tracker, numeric
 
 log = logging.getLogger(__name__)
 
-PAPER_IMAGES = 50_000  # samples and reference images behind the published FID / IS
-RD_CSV = "rate_distortion.csv"
-RD_PNG = "rate_distortion.png"
-NLL_TERMS_PNG = "nll_terms.png"
+
+@dataclass(frozen=True)
+class SplitFid:
+    """FID of the samples against one real split."""
+
+    split: str
+    fid: float
+    reference_images: int
 
 
-def comparability(params: Params, weights: InceptionWeights, samples: int, ref: int) -> str:
-    """'comparable with published figures' or 'NOT comparable with published figures: <why>'."""
-    why = []
-    if params.data.source != "cifar10":
-        why.append(f"data.source={data_label(params)}, not lossless CIFAR-10")
-    if weights.label != LABEL_FULL:
-        why.append(f"Inception weights: {weights.label}")
-    if samples < PAPER_IMAGES:
-        why.append(f"{samples} samples, not {PAPER_IMAGES}")
-    if ref < PAPER_IMAGES and params.evaluate.fid_reference == "train":
-        why.append(f"{ref} reference images, not the {PAPER_IMAGES} of the training set")
-    if params.sample.stride != 1:
-        why.append(f"strided sampler (sample.stride={params.sample.stride})")
-    if not why:
-        return "comparable with published figures"
-    return "NOT comparable with published figures: " + "; ".join(why)
+@dataclass(frozen=True)
+class FidResult:
+    """FID against every reference split; `reference` is the headline one."""
+
+    images: int  # generated images behind the figures
+    images_per_s: float  # Inception throughput on them
+    reference: str
+    splits: tuple[SplitFid, ...]
+    inception_weights: str
+    comparability: str
+
+    @property
+    def headline(self) -> SplitFid:
+        return next(s for s in self.splits if s.split == self.reference)
+
+    def metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "fid_images": self.images,
+            "inception_images_per_s": self.images_per_s,
+        }
+        for s in self.splits:
+            out[f"fid_{s.split}"] = s.fid
+            out[f"fid_{s.split}_reference_images"] = s.reference_images
+        out |= {
+            "fid": self.headline.fid,
+            "fid_reference": self.reference,
+            "inception_weights": self.inception_weights,
+            "comparability": self.comparability,
+        }
+        return out
+
+
+@dataclass(frozen=True)
+class IscResult:
+    """Inception Score mean and std over `evaluate.isc_splits`, or why there is none."""
+
+    status: str  # "ok", "off (...)" or "unavailable: <why>"
+    mean: float | None = None
+    std: float | None = None
+
+    def metrics(self) -> dict[str, Any]:
+        if self.mean is None:
+            return {"isc_status": self.status}
+        return {"isc_status": self.status, "isc_mean": self.mean, "isc_std": self.std}
+
+    def summary(self) -> str:
+        return f"{self.mean:.2f} +- {self.std:.2f}" if self.mean is not None else self.status
+
+
+@dataclass(frozen=True)
+class NllResult:
+    """The bound on real images of `split`, and how fast it was computed."""
+
+    bound: NllSummary
+    split: str
+    images_per_s: float
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            **self.bound.metrics(),
+            "nll_split": self.split,
+            "nll_images_per_s": self.images_per_s,
+        }
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    """Everything the evaluate stage measured; `metrics()` is `metrics/eval.json`."""
+
+    metrics_file: ClassVar[str] = "eval.json"
+
+    fid: FidResult
+    isc: IscResult
+    nll: NllResult
+    rate_distortion: tuple[Table4Row, ...]
+    figures: tuple[Path, ...]
+    wall_time_s: float
+    run_id: str  # the MLflow run
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            **self.fid.metrics(),
+            **self.isc.metrics(),
+            **self.nll.metrics(),
+            **table4_metrics(self.rate_distortion),
+            "wall_time_s": self.wall_time_s,
+        }
+
+    def summary(self) -> str:
+        f, n = self.fid, self.nll.bound
+        return (
+            f"FID {f.headline.fid:.3f} vs {f.reference} ({f.images} samples, "
+            f"{f.inception_weights}); IS {self.isc.summary()}; NLL {n.bpd:.4f} +- {n.sem:.4f} "
+            f"bits/dim on {n.images} {self.nll.split} images\n{f.comparability} "
+            f"(MLflow run {self.run_id})"
+        )
 
 
 def check_counts(params: Params, samples_dir: Path) -> int:
     """The number of samples FID/IS use; a clear error when the sample stage made too few."""
-    have = int(read_samples_manifest(samples_dir)["num_images"])
+    have = int(samples.read_manifest(samples_dir)["num_images"])
     want = params.evaluate.fid_images
     if have < want:
         raise ValueError(
@@ -79,58 +168,49 @@ def check_counts(params: Params, samples_dir: Path) -> int:
     return want
 
 
-def fid_metrics(params: Params, root: Path) -> dict[str, Any]:
+def isc_result(params: Params, weights: InceptionWeights, logits: np.ndarray | None) -> IscResult:
+    """IS mean/std over `isc_splits`, or the reason it is unavailable."""
+    if not params.evaluate.isc:
+        return IscResult("off (evaluate.isc: false)")
+    if logits is None:
+        return IscResult(
+            f"unavailable: {weights.label} has no logits layer; put torch-fidelity's full "
+            f"weights at {hub_weights_path()} or name them in evaluate.inception_weights"
+        )
+    mean, std = inception_score(logits, params.evaluate.isc_splits)
+    return IscResult("ok", mean, std)
+
+
+def fid_and_isc(
+    params: Params, root: Path, weights: InceptionWeights, n: int
+) -> tuple[FidResult, IscResult]:
     """FID against the reference split (and the other split), IS when the weights allow it."""
     cfg = params.evaluate
     samples_dir = root / params.paths.samples
-    n = check_counts(params, samples_dir)
-    weights = resolve_weights(cfg, default_cache_dir())
-    images = load_samples(samples_dir, n)  # (n, C, H, W) uint8
-    want = ("2048", "logits_unbiased") if cfg.isc and weights.has_logits else ("2048",)
+    images = samples.load_samples(samples_dir, n)  # (n, C, H, W) uint8
+    want = (POOL3, LOGITS) if cfg.isc and weights.has_logits else (POOL3,)
     t0 = time.perf_counter()
     feats = ray_extractor(cfg.num_workers, cfg.cpus_per_worker)(images, weights, want)
-    out: dict[str, Any] = {
-        "fid_images": n,
-        "inception_images_per_s": n / (time.perf_counter() - t0),
-    }
-    ours = feature_stats(feats["2048"], f"{n} samples in {samples_dir}")
-    for split, (stats, meta) in compute_reference_stats(params, root, weights).items():
-        check_compatible(images, meta["image_shape"], f"FID vs the {split} split")
-        out[f"fid_{split}"] = fid(ours, stats)
-        out[f"fid_{split}_reference_images"] = meta["count"]
-    out["fid"] = out[f"fid_{cfg.fid_reference}"]
-    out["fid_reference"] = cfg.fid_reference
-    out["inception_weights"] = weights.label
-    ref_count = int(out[f"fid_{cfg.fid_reference}_reference_images"])
-    out["comparability"] = comparability(params, weights, n, ref_count)
-    out.update(isc_metrics(params, weights, feats.get("logits_unbiased")))
-    return out
+    rate = n / (time.perf_counter() - t0)
+    ours = feature_stats(feats[POOL3], f"{n} samples in {samples_dir}")
+    splits = []
+    for ref in compute_reference_stats(params, root, weights):
+        check_compatible(images, ref.image_shape, f"FID vs the {ref.split} split")
+        splits.append(SplitFid(ref.split, fid(ours, ref.stats), ref.count))
+    headline = next(s for s in splits if s.split == cfg.fid_reference)
+    label = comparability(params, weights, n, headline.reference_images)
+    result = FidResult(n, rate, cfg.fid_reference, tuple(splits), weights.label, label)
+    return result, isc_result(params, weights, feats.get(LOGITS))
 
 
-def isc_metrics(
-    params: Params, weights: InceptionWeights, logits: np.ndarray | None
-) -> dict[str, Any]:
-    """IS mean/std over `isc_splits`, or the reason it is unavailable."""
-    if not params.evaluate.isc:
-        return {"isc_status": "off (evaluate.isc: false)"}
-    if logits is None:
-        return {
-            "isc_status": f"unavailable: {weights.label} has no logits layer; put "
-            f"torch-fidelity's full weights at {hub_weights_path()} or name them in "
-            "evaluate.inception_weights"
-        }
-    mean, std = inception_score(logits, params.evaluate.isc_splits)
-    return {"isc_status": "ok", "isc_mean": mean, "isc_std": std}
-
-
-def nll_metrics(params: Params, root: Path) -> tuple[dict[str, Any], BpdResult]:
+def nll_result(params: Params, root: Path) -> tuple[NllResult, BpdResult]:
     """The bound (L_T + sum L_{t-1} + L_0, eq. 5) on the first `nll_images` test images."""
     cfg = params.evaluate
-    shards = root / params.paths.shards
-    split = "test" if "test" in read_manifest(shards)["splits"] else "train"
-    images, _ = load_split(shards, split, max_images=cfg.nll_images)  # (N, C, H, W) uint8
+    shards_dir = root / params.paths.shards
+    split = "test" if "test" in shards.read_manifest(shards_dir)["splits"] else "train"
+    images, _ = shards.load_split(shards_dir, split, max_images=cfg.nll_images)  # (N, C, H, W)
     t0 = time.perf_counter()
-    result = evaluate_bpd(
+    bpd = evaluate_bpd(
         images,
         EmaModelLoader(params, str(root / params.paths.model)),
         params.diffusion,
@@ -140,94 +220,42 @@ def nll_metrics(params: Params, root: Path) -> tuple[dict[str, Any], BpdResult]:
         cpus_per_worker=cfg.cpus_per_worker,
         use_gpu=cfg.use_gpu,
     )
-    elapsed = time.perf_counter() - t0
-    out: dict[str, Any] = {**result.summary(), "nll_split": split}
-    out["nll_images_per_s"] = len(images) / elapsed
-    return out, result
+    rate = len(images) / (time.perf_counter() - t0)
+    return NllResult(bpd.summary(), split, rate), bpd
 
 
-def data_label(params: Params) -> str:
-    """Which images a figure is about, e.g. 'digits' or 'image_folder (cifar10-test-jpeg.zip)'."""
-    root = f" ({Path(params.data.root).name})" if params.data.root else ""
-    return f"{params.data.source}{root}"
-
-
-def write_rate_distortion(result: BpdResult, plots: Path, data: str) -> list[Path]:
-    """`rate_distortion.csv` (a DVC plot) and the paper's Fig. 5 panels as a PNG."""
-    rd = result.rate_distortion()
-    csv_path = plots / RD_CSV
-    plots.mkdir(parents=True, exist_ok=True)
-    tmp = csv_path.with_name(f".{RD_CSV}.tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["reverse_step", "rate_bpd", "distortion_rmse"])
-        for step, rate, dist in zip(
-            rd["reverse_step"], rd["rate_bpd"], rd["distortion_rmse"], strict=True
-        ):
-            w.writerow([int(step), f"{rate:.6g}", f"{dist:.6g}"])
-    os.replace(tmp, csv_path)
-    png = save_line_plot(
-        rd["rate_bpd"].tolist(),
-        {"distortion": rd["distortion_rmse"].tolist()},
-        plots / RD_PNG,
-        xlabel="rate (bits/dim)",
-        ylabel="distortion (RMSE on [0, 255])",
-        title=f"progressive coding (Fig. 5): {len(result.total_bpd)} {data} images",
-    )
-    terms = save_line_plot(
-        list(range(len(rd["reverse_step"]))),
-        {"L_t (bits/dim)": result.terms_bpd.mean(axis=0).tolist()},
-        plots / NLL_TERMS_PNG,
-        xlabel="t (0-based; t=0 is the decoder term L_0)",
-        ylabel="bits/dim",
-        title=f"variational bound terms: {data}",
-        logy=True,
-    )
-    return [csv_path, png, terms]
-
-
-def table4(result: BpdResult) -> dict[str, float]:
-    """Rate and distortion at every 10th of the reverse process (the rows of paper Table 4)."""
-    rd = result.rate_distortion()
-    T = len(rd["reverse_step"])
-    out: dict[str, float] = {}
-    for k in range(10, 0, -1):
-        step = max(1, T * k // 10)  # T < 10: the rows repeat, never step 0
-        i = T - step  # rd arrays run from reverse step T down to 1
-        out[f"rd_rate_bpd_step{step}"] = float(rd["rate_bpd"][i])
-        out[f"rd_rmse_step{step}"] = float(rd["distortion_rmse"][i])
-    return out
-
-
-def run_evaluate_stage(
-    params: Params, root: Path | None = None, tracker: Tracker | None = None
-) -> dict[str, Any]:
-    """FID/IS + NLL + rate-distortion; returns the metrics written to `metrics/eval.json`."""
-    root = root or repo_root()
+def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult:
+    """FID/IS + NLL + rate-distortion, logged to `tracker`; the samples are checked first."""
+    n = check_counts(params, root / params.paths.samples)  # before Ray starts
+    weights = resolve_weights(params.evaluate, default_cache_dir())
     init_ray(params.ray)
     t0 = time.perf_counter()
-    metrics = fid_metrics(params, root)
-    nll, bpd = nll_metrics(params, root)
-    metrics.update(nll)
-    metrics.update(table4(bpd))
+    fid_res, isc_res = fid_and_isc(params, root, weights, n)
+    nll_res, bpd = nll_result(params, root)
     figures = write_rate_distortion(bpd, root / params.paths.plots, data_label(params))
-    metrics["wall_time_s"] = time.perf_counter() - t0
+    result = EvaluateResult(
+        fid_res,
+        isc_res,
+        nll_res,
+        table4(bpd),
+        tuple(figures),
+        time.perf_counter() - t0,
+        tracker.run_id,
+    )
     log.info(
         "FID %.3f (%s); NLL %.4f bits/dim",
-        metrics["fid"],
-        metrics["comparability"],
-        metrics["nll_bpd"],
+        fid_res.headline.fid,
+        fid_res.comparability,
+        nll_res.bound.bpd,
     )
-    if tracker is not None:
-        numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-        tracker.log_metrics(numeric, step=params.train.steps)
-        tracker.set_tags(
-            {
-                "fid.comparability": metrics["comparability"],
-                "fid.inception_weights": metrics["inception_weights"],
-                "isc.status": metrics["isc_status"],
-            }
-        )
-        for path in figures:
-            tracker.log_artifact(path, "evaluate")
-    return metrics
+    tracker.log_metrics(numeric(result.metrics()), step=params.train.steps)
+    tracker.set_tags(
+        {
+            "fid.comparability": fid_res.comparability,
+            "fid.inception_weights": fid_res.inception_weights,
+            "isc.status": isc_res.status,
+        }
+    )
+    for path in figures:
+        tracker.log_artifact(path, "evaluate")
+    return result

@@ -12,6 +12,8 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 from PIL import Image
 
+from pipelines.infra.files import atomic_path
+
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
@@ -71,13 +73,10 @@ def save_grid(
     img = _to_pil(make_grid(images, nrow))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
     log.info("wrote %s (%d images)", path, images.shape[0])
-    return path
+    return Path(path)
 
 
 def save_progressive(
@@ -137,10 +136,7 @@ def save_line_plot(
 
 
 def _save_fig(fig: Figure, path: PathLike, dpi: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, metadata={"Software": None})  # no version string: stable bytes
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # no version string: stable bytes
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
     log.info("wrote %s", path)
-    return path
+    return Path(path)

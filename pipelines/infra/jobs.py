@@ -27,8 +27,9 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 log = logging.getLogger(__name__)
 
 TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-# Never upload these with the working dir (.git and .venv are excluded by Ray already).
-EXCLUDES = ["data/", "models/", ".ray_storage/", "mlartifacts/", "mlflow.db", ".dvc/cache/"]
+# Never upload these with the working dir (.git and .venv are excluded by Ray already); anchored
+# at its root ("/data/"): a bare "data/" would also drop the package pipelines/data/.
+EXCLUDES = ["/data/", "/models/", "/.ray_storage/", "/mlartifacts/", "/mlflow.db", "/.dvc/cache/"]
 # Environment forwarded from the submitter to every task of the job.
 FORWARD_ENV = ("MLFLOW_TRACKING_URI", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "DDPM_TRIGGER")
 

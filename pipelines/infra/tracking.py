@@ -3,21 +3,22 @@
 Runs are created in the driver (never in Ray workers, which would make one run per retry) and
 handed between DVC stages through small JSON files `runs/<stage>.json` (run_id, experiment_id).
 `Tracker` is a picklable handle (tracking URI + run id) that rank 0 of a Ray Train run or a Ray
-actor can use to log metrics to the driver's run.
+actor can use to log metrics to the driver's run. `run_tracked` is how every tracked stage runs:
+the stage's body in its MLflow run, its metrics file written and logged, the run ended FINISHED
+(and handed on in `runs/<stage>.json`) or FAILED.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -30,18 +31,12 @@ log = logging.getLogger(__name__)
 MAX_PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 
 
-def repo_root() -> Path:
-    """The DVC/git root: `DVC_ROOT` when run by DVC, else the current directory."""
-    return Path(os.environ.get("DVC_ROOT", os.getcwd())).resolve()
-
-
-def tracking_uri(cfg: MlflowConfig, root: Path | None = None) -> str:
+def tracking_uri(cfg: MlflowConfig, root: Path) -> str:
     """params `mlflow.tracking_uri` > `MLFLOW_TRACKING_URI` > `sqlite:///<root>/mlflow.db`.
 
     Relative sqlite paths are made absolute: Ray workers `chdir` into per-run folders, where a
     relative URI would silently create a second database.
     """
-    root = root or repo_root()
     uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
@@ -146,14 +141,13 @@ class Tracker:
 def open_run(
     params: Params,
     stage: str,
+    root: Path,
     *,
-    root: Path | None = None,
     parent_run_id: str | None = None,
     resume_run_id: str | None = None,
     run_name: str | None = None,
 ) -> Tracker:
     """Create a run (or reattach to `resume_run_id`), tag it and log all resolved params."""
-    root = root or repo_root()
     uri = tracking_uri(params.mlflow, root)
     client = MlflowClient(uri)
     if resume_run_id is not None:
@@ -171,18 +165,18 @@ def open_run(
     return tracker
 
 
-def run_file(params: Params, stage: str, root: Path | None = None) -> Path:
+def run_file(params: Params, stage: str, root: Path) -> Path:
     """`<paths.runs>/<stage>.json`: the run-id hand-off between DVC stages."""
-    return (root or repo_root()) / params.paths.runs / f"{stage}.json"
+    return root / params.paths.runs / f"{stage}.json"
 
 
-def write_run_file(params: Params, stage: str, tracker: Tracker, root: Path | None = None) -> None:
+def write_run_file(params: Params, stage: str, tracker: Tracker, root: Path) -> None:
     run = tracker.client.get_run(tracker.run_id)
     info = {"run_id": tracker.run_id, "experiment_id": run.info.experiment_id, "uri": tracker.uri}
     write_json(run_file(params, stage, root), info)
 
 
-def read_run_file(params: Params, stage: str, root: Path | None = None) -> dict[str, str] | None:
+def read_run_file(params: Params, stage: str, root: Path) -> dict[str, str] | None:
     path = run_file(params, stage, root)
     if not path.exists():
         return None
@@ -190,24 +184,51 @@ def read_run_file(params: Params, stage: str, root: Path | None = None) -> dict[
     return info
 
 
-@contextlib.contextmanager
-def stage_run(
-    params: Params, stage: str, *, root: Path | None = None, parent_stage: str | None = "train"
-) -> Iterator[Tracker]:
-    """A child run of the upstream stage's run (when its run file exists) for one DVC stage.
-
-    The run ends FINISHED, or FAILED if the body raises; `runs/<stage>.json` is written on success.
-    """
-    upstream = read_run_file(params, parent_stage, root) if parent_stage else None
+def open_child_run(params: Params, stage: str, root: Path, parent_stage: str = "train") -> Tracker:
+    """A run for `stage`, a child of the upstream stage's run when its run file exists."""
+    upstream = read_run_file(params, parent_stage, root)
     if upstream is not None and upstream.get("uri") != tracking_uri(params.mlflow, root):
         log.warning("upstream run %s is in another tracking store; not nesting", upstream)
         upstream = None
     parent = upstream["run_id"] if upstream else None
-    tracker = open_run(params, stage, root=root, parent_run_id=parent)
+    return open_run(params, stage, root, parent_run_id=parent)
+
+
+class TrackedResult(Protocol):
+    """What a tracked stage returns: the name of its metrics file and the metrics in it."""
+
+    metrics_file: ClassVar[str]
+
+    def metrics(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=TrackedResult)
+
+
+def run_tracked(
+    params: Params,
+    root: Path,
+    stage: str,
+    tracker: Tracker,
+    run: Callable[[Params, Path, Tracker], R],
+) -> R:
+    """`run(params, root, tracker)` inside the MLflow run `tracker`, the one place that writes
+    a stage's metrics file (`<paths.metrics>/<result.metrics_file>`, also logged to the run).
+
+    The run ends FINISHED and `runs/<stage>.json` hands it on, or FAILED if anything raises.
+    """
     try:
-        yield tracker
+        result = run(params, root, tracker)
+        path = write_json(root / params.paths.metrics / result.metrics_file, result.metrics())
+        tracker.log_artifact(path, stage)
     except BaseException:
         tracker.finish("FAILED")
         raise
     tracker.finish("FINISHED")
     write_run_file(params, stage, tracker, root)
+    return result
+
+
+def numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers among `metrics` (bools as 0/1), for `Tracker.log_metrics`; strings left out."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}

@@ -1,15 +1,33 @@
-"""Checks and the run key of a training run, computed in the driver before Ray starts."""
+"""The lifecycle of a training run: its inputs, its identity, its folder and its MLflow run.
+
+Before Ray starts, the driver checks the inputs (`validate_inputs`) and names the run after
+`run_key`, a hash of everything that determines the weights, so rerunning the same command finds
+the same Ray run folder and resumes. `plan_run` is that check plus the cluster's fit; the run
+folder (`RunFolder`) holds Ray's checkpoints and the two notes the run keeps for its driver: the
+MLflow run to reattach to, and what the latest attempt did (the step it resumed from, a
+non-finite loss). `open_train_run` opens or reattaches the MLflow run; `infra.tracking.
+run_tracked` ends it FINISHED or FAILED, like every stage's run.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+
+from pipelines.artifacts.shards import MANIFEST, read_manifest
 from pipelines.config import Params
-from pipelines.data.stream import MANIFEST, read_manifest
+from pipelines.infra.files import file_digest, write_json
+from pipelines.infra.ray import check_fits, init_ray
+from pipelines.infra.tracking import Tracker, open_run
+from pipelines.train.step import NonFiniteLossError
+
+log = logging.getLogger(__name__)
 
 # train.* keys that cannot change the weights: editing them keeps the run key (and resumes).
 RESUME_NEUTRAL = (
@@ -76,3 +94,109 @@ def run_key(params: Params, manifest_sha1: str) -> str:
     }
     blob = json.dumps(key, sort_keys=True, default=list).encode()
     return hashlib.sha1(blob).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------------------------
+# The run folder and its notes
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """`<paths.ray_storage>/ddpm-train-<run key>/`: Ray's checkpoints and the run's own notes.
+
+    `mlflow_run_id` is written by the driver and read when a rerun reattaches; `attempt.json` is
+    written by rank 0 (where the attempt resumed from; a non-finite loss) and read by the driver
+    after `fit()`.
+    """
+
+    path: Path
+
+    SIDECAR = "mlflow_run_id"
+    ATTEMPT = "attempt.json"
+
+    def mlflow_run_id(self) -> str | None:
+        sidecar = self.path / self.SIDECAR
+        return sidecar.read_text().strip() if sidecar.is_file() else None
+
+    def remember_mlflow_run(self, run_id: str) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / self.SIDECAR).write_text(run_id + "\n")
+
+    def attempt(self) -> dict[str, Any]:
+        """The latest attempt's note: `resumed_from`, and `nonfinite` when it stopped on one."""
+        note = self.path / self.ATTEMPT
+        return dict(json.loads(note.read_text())) if note.is_file() else {}
+
+    def begin_attempt(self, resumed_from: int) -> None:
+        """Rank 0, as an attempt starts: the step it resumed from (0 when fresh)."""
+        write_json(self.path / self.ATTEMPT, {"resumed_from": resumed_from})
+
+    def note_nonfinite(self, error: str, step: int, last_checkpoint: str | None) -> None:
+        """Rank 0, when the loss became NaN/inf: all ranks stop, the driver raises (no retries)."""
+        note = {"error": error, "step": step, "last_checkpoint": last_checkpoint}
+        write_json(self.path / self.ATTEMPT, {**self.attempt(), "nonfinite": note})
+
+    def clear_attempt(self) -> None:
+        (self.path / self.ATTEMPT).unlink(missing_ok=True)
+
+    def raise_if_nonfinite(self) -> None:
+        note = self.attempt().get("nonfinite")
+        if note is not None:
+            raise NonFiniteLossError(
+                f"training stopped: {note['error']}; last good checkpoint: "
+                f"{note['last_checkpoint'] or 'none (no checkpoint yet)'}"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning and opening a run
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Where and under which name a training run lives; every path absolute."""
+
+    key: str  # run_key(params, manifest hash)
+    name: str  # ddpm-train-<key>: the Ray run's name and folder
+    storage: Path  # paths.ray_storage
+    shards: Path  # paths.shards
+    manifest_sha1: str
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.storage / self.name)
+
+
+def plan_run(params: Params, root: Path) -> TrainPlan:
+    """Check the inputs, connect to Ray and check the cluster fits, name the run.
+
+    Every failure here comes before a Ray worker starts or an MLflow run is opened.
+    """
+    validate_inputs(params, root)
+    init_ray(params.ray)
+    cfg = params.train
+    check_fits(cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker * cfg.use_gpu, "train")
+    shards = resolve(root, params.paths.shards)
+    manifest_sha1 = file_digest(shards / MANIFEST, "sha1")
+    key = run_key(params, manifest_sha1)
+    storage = resolve(root, params.paths.ray_storage)
+    return TrainPlan(key, f"ddpm-train-{key}", storage, shards, manifest_sha1)
+
+
+def open_train_run(params: Params, root: Path) -> Tracker:
+    """The MLflow run of this training run: reattach to the folder's run id, else create one."""
+    plan = plan_run(params, root)
+    folder = plan.folder
+    tracker = None
+    run_id = folder.mlflow_run_id()
+    if run_id is not None:
+        try:
+            tracker = open_run(params, "train", root, resume_run_id=run_id)
+            log.info("reattached to MLflow run %s", run_id)
+        except MlflowException as e:
+            log.warning("MLflow run %s of %s not usable (%s); new run", run_id, folder.path, e)
+    if tracker is None:
+        tracker = open_run(params, "train", root, run_name=plan.name)
+        folder.remember_mlflow_run(tracker.run_id)
+    tracker.set_tags({"data.manifest_sha1": plan.manifest_sha1, "ray.run_name": plan.name})
+    return tracker

@@ -1,6 +1,6 @@
 """One optimisation step of Algorithm 1 (Ho et al. 2020) and the per-rank state it updates.
 
-Nothing here imports Ray: the Ray Train loop (`pipelines.train_ray`), the no-Ray benchmark and
+Nothing here imports Ray: the Ray Train loop (`pipelines.train.worker`), the no-Ray benchmark and
 the tests drive the same `TrainState` / `train_step`. The official recipe (Appendix B,
 `run_cifar.py`): Adam(lr, betas (0.9, 0.999), eps 1e-8), linear lr warm-up, global-norm
 gradient clipping, an EMA of the weights updated after every step.
@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.ema import EMA
+from ddpm_core.rng import mix_seed
 from ddpm_core.unet import UNet
 from pipelines.config import Params, TrainConfig
 from pipelines.train.checkpoint import load_training_state, save_training_state
@@ -37,12 +37,6 @@ SEED_T_NOISE, SEED_DROPOUT = 1, 2
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient norm became NaN/inf; the message names the step."""
-
-
-def mixed_seed(*ints: int) -> int:
-    """A well-mixed 63-bit seed from a tuple of ints, e.g. (seed, world_size, rank, purpose)."""
-    state = np.random.SeedSequence([abs(i) for i in ints]).generate_state(1, dtype=np.uint64)
-    return int(state[0]) % 2**63
 
 
 def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
@@ -90,7 +84,7 @@ def make_state(
         optimizer=torch.optim.Adam(raw.parameters(), lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS),
         diffusion=GaussianDiffusion.from_config(params.diffusion),
         generator=torch.Generator().manual_seed(
-            mixed_seed(params.seed, world_size, rank, SEED_T_NOISE)
+            mix_seed(params.seed, world_size, rank, SEED_T_NOISE)
         ),
     )
 
@@ -192,7 +186,7 @@ def save_checkpoint(
 ) -> Path:
     """Write model, EMA, optimizer, step, per-rank RNG states and data position into `folder`.
 
-    The data position equals the step: `pipelines.data.train_batches(start_step=step)`
+    The data position equals the step: `pipelines.data.stream.train_batches(start_step=step)`
     continues the exact batch sequence.
     """
     path = Path(folder) / STATE_FILE

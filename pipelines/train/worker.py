@@ -1,23 +1,20 @@
-"""Ray Train (V2) training of the DDPM U-Net: `TorchTrainer` driver and the per-worker loop.
+"""The per-worker loop of Ray Train (V2) training: Algorithm 1 on one rank.
 
-The driver (`run_training`) validates params and shards, connects to Ray, opens or reattaches
-the MLflow run and calls `TorchTrainer.fit()`. A run is named after `run_key` (a hash of
-everything that determines the weights), so rerunning the same command resumes from the latest
-checkpoint in `paths.ray_storage`. Each worker (`train_loop_per_worker`) streams its share of
-the shards, steps `pipelines.train_step.train_step` under DDP and reports a checkpoint every
-`train.checkpoint_every` steps from all ranks (rank 0 writes the files).
+Each worker (`train_loop_per_worker`) restores the latest checkpoint of its run, streams its
+share of the shards (`data.stream`), steps `train.step.train_step` under DDP and reports a
+checkpoint every `train.checkpoint_every` steps from all ranks (rank 0 writes the files). Rank 0
+leaves its notes for the driver in the run folder (`train.run.RunFolder`). The driver that
+starts the workers is `train.stage`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +23,14 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from mlflow.exceptions import MlflowException
-from ray.train.torch import TorchConfig, TorchTrainer
 
+from ddpm_core.rng import mix_seed
 from ddpm_core.sampling import sample_indices
-from pipelines.config import Params, from_dict, to_dict
-from pipelines.data.stream import MANIFEST, train_batches
+from pipelines.config import Params, from_dict
+from pipelines.data.stream import train_batches
 from pipelines.infra.figures import save_grid
-from pipelines.infra.ray import check_fits, init_ray
-from pipelines.infra.tracking import Tracker, open_run, repo_root
-from pipelines.train.run import resolve, run_key, validate_inputs
+from pipelines.infra.tracking import Tracker
+from pipelines.train.run import RunFolder
 from pipelines.train.step import (
     SEED_DROPOUT,
     NonFiniteLossError,
@@ -45,15 +40,12 @@ from pipelines.train.step import (
     gather_rng_states,
     load_checkpoint,
     make_state,
-    mixed_seed,
     save_checkpoint,
     train_step,
 )
 
 log = logging.getLogger(__name__)
 
-NONFINITE_FILE = "nonfinite.json"  # written by rank 0 when the loss becomes NaN/inf
-SESSION_FILE = "session.json"  # written by rank 0: the step the latest attempt resumed from
 GRID_MAX_STEPS = 100  # the MLflow sample grid uses a respaced chain of at most this many steps
 GRID_MAX_IMAGES = 16
 
@@ -85,13 +77,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # Dropout draws from torch's global generator (nn.Dropout takes none): seed it per rank
     # inside fork_rng so this process's global state is restored afterwards.
     with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(mixed_seed(params.seed, world, rank, SEED_DROPOUT))
+        torch.manual_seed(mix_seed(params.seed, world, rank, SEED_DROPOUT))
         state = make_state(params, device, rank, world)
         resumed_from, last_ckpt = _restore(state, rank)
         if rank == 0:  # the driver reports where the last attempt started (train.json)
-            (Path(spec.run_dir) / SESSION_FILE).write_text(
-                json.dumps({"resumed_from": resumed_from})
-            )
+            RunFolder(Path(spec.run_dir)).begin_attempt(resumed_from)
         state.model = _wrap(state, params, device)
         if rank == 0 and tracker is not None and resumed_from:
             tracker.log_metrics({"resumed_from": resumed_from}, step=resumed_from)
@@ -268,151 +258,12 @@ class _Loop:
         """All ranks stop together; rank 0 leaves a note for the driver (no pointless retries)."""
         if self.rank != 0:
             return
-        note = {"error": str(error), "step": self.state.step + 1, "last_checkpoint": last_ckpt}
-        path = Path(self.spec.run_dir) / NONFINITE_FILE
-        path.write_text(json.dumps(note, indent=2) + "\n")
+        RunFolder(Path(self.spec.run_dir)).note_nonfinite(
+            str(error), self.state.step + 1, last_ckpt
+        )
         log.error("%s; last good checkpoint: %s", error, last_ckpt)
 
 
 def _hms(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-# ----------------------------------------------------------------------------------------------
-# Driver side
-
-SIDECAR = "mlflow_run_id"  # <run_dir>/mlflow_run_id: the MLflow run a resumed run reattaches to
-CONTROLLER_FAILURE_LIMIT = 2  # Ray's default (-1) retries an unschedulable group forever
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What `run_training` hands to the output writer (`pipelines.train_outputs`)."""
-
-    run_key: str
-    run_name: str
-    run_dir: Path
-    checkpoint: Path  # the latest committed checkpoint folder
-    metrics: dict[str, Any]  # rank 0's metrics of that checkpoint
-    tracker: Tracker
-    wall_time_s: float
-
-
-def trainer_for(
-    params: Params,
-    config: dict[str, Any],
-    storage: Path,
-    run_name: str,
-    loop_fn: Callable[[dict[str, Any]], None],
-    callbacks: Sequence[ray.train.UserCallback],
-) -> TorchTrainer:
-    cfg = params.train
-    resources = {"CPU": cfg.cpus_per_worker}
-    if cfg.use_gpu:
-        resources["GPU"] = cfg.gpus_per_worker
-    return TorchTrainer(
-        loop_fn,
-        train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
-        ),
-        run_config=ray.train.RunConfig(
-            name=run_name,
-            storage_path=str(storage),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(
-                max_failures=cfg.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT
-            ),
-            callbacks=list(callbacks),
-        ),
-    )
-
-
-def open_tracking(params: Params, run_dir: Path, run_name: str, root: Path) -> Tracker:
-    """The MLflow run of this Ray run: reattach to the sidecar's id, else create one."""
-    sidecar = run_dir / SIDECAR
-    if sidecar.is_file():
-        run_id = sidecar.read_text().strip()
-        try:
-            tracker = open_run(params, "train", root=root, resume_run_id=run_id)
-            log.info("reattached to MLflow run %s", run_id)
-            return tracker
-        except MlflowException as e:
-            log.warning("MLflow run %s from %s not usable (%s); new run", run_id, sidecar, e)
-    tracker = open_run(params, "train", root=root, run_name=run_name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    sidecar.write_text(tracker.run_id + "\n")
-    return tracker
-
-
-def run_training(
-    params: Params,
-    *,
-    root: Path | None = None,
-    loop_fn: Callable[[dict[str, Any]], None] = train_loop_per_worker,
-    callbacks: Sequence[ray.train.UserCallback] = (),
-) -> TrainResult:
-    """Validate, connect to Ray, `fit()` (resuming a run of the same key) and return its result.
-
-    The MLflow run stays open (the caller writes outputs, then `finish()`es it); on failure it is
-    ended FAILED here. `loop_fn` and `callbacks` exist for tests (fault injection).
-    """
-    root = (root or repo_root()).resolve()
-    validate_inputs(params, root)
-    init_ray(params.ray)
-    cfg = params.train
-    check_fits(cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker * cfg.use_gpu, "train")
-    shards = resolve(root, params.paths.shards)
-    manifest_sha1 = hashlib.sha1((shards / MANIFEST).read_bytes()).hexdigest()
-    key = run_key(params, manifest_sha1)
-    storage = resolve(root, params.paths.ray_storage)
-    name = f"ddpm-train-{key}"
-    run_dir = storage / name
-    tracker = open_tracking(params, run_dir, name, root)
-    tracker.set_tags({"data.manifest_sha1": manifest_sha1, "ray.run_name": name})
-    log.info("Ray run %s (storage %s), MLflow run %s", name, storage, tracker.run_id)
-    for stale in (NONFINITE_FILE, SESSION_FILE):
-        (run_dir / stale).unlink(missing_ok=True)
-    config = {
-        "params": to_dict(params),
-        "run": asdict(RunSpec(run_name=name, run_dir=str(run_dir), shards=str(shards))),
-        "tracker": tracker,
-    }
-    start = time.perf_counter()
-    try:
-        result = trainer_for(params, config, storage, name, loop_fn, callbacks).fit()
-        _raise_if_nonfinite(run_dir)
-        if result.checkpoint is None:
-            raise RuntimeError(f"{run_dir}: training reported no checkpoint")
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    return TrainResult(
-        run_key=key,
-        run_name=name,
-        run_dir=run_dir,
-        checkpoint=Path(result.checkpoint.path),
-        metrics={**(result.metrics or {}), **_session(run_dir)},
-        tracker=tracker,
-        wall_time_s=time.perf_counter() - start,
-    )
-
-
-def _session(run_dir: Path) -> dict[str, Any]:
-    """What rank 0 wrote at the start of the latest attempt (a rerun of a finished run trains
-    nothing and reports nothing, so the checkpoint's metrics alone would be stale)."""
-    path = run_dir / SESSION_FILE
-    return dict(json.loads(path.read_text())) if path.is_file() else {}
-
-
-def _raise_if_nonfinite(run_dir: Path) -> None:
-    note_path = run_dir / NONFINITE_FILE
-    if not note_path.is_file():
-        return
-    note = json.loads(note_path.read_text())
-    raise NonFiniteLossError(
-        f"training stopped: {note['error']}; last good checkpoint: "
-        f"{note['last_checkpoint'] or 'none (no checkpoint yet)'}"
-    )

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ddpm_core.config import ConfigError, DiffusionConfig, UNetConfig
+from tests.helpers import PAPER_DIFFUSION, PAPER_UNET
 
-DIFFUSION = dict(
-    T=1000,
-    beta_schedule="linear",
-    beta_start=1e-4,
-    beta_end=0.02,
-    mean_type="eps",
-    var_type="fixedlarge",
-    loss_type="mse",
-)
-UNET = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1)
+DIFFUSION = dataclasses.asdict(PAPER_DIFFUSION)
+UNET = dataclasses.asdict(PAPER_UNET)
 
 
 @pytest.mark.parametrize(

@@ -9,28 +9,9 @@ import torch
 
 from ddpm_core.convert import state_dict_from_diffusers, unet_config_from_diffusers
 from ddpm_core.unet import UNet
+from tests.helpers import CIFAR10_CONFIG, random_diffusers
 
 diffusers = pytest.importorskip("diffusers")
-
-# google/ddpm-cifar10-32 config.json (the paper's released CIFAR-10 model, converted by diffusers).
-CIFAR10_CONFIG: dict[str, Any] = {
-    "act_fn": "silu",
-    "attention_head_dim": None,
-    "block_out_channels": [128, 256, 256, 256],
-    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
-    "downsample_padding": 0,
-    "flip_sin_to_cos": False,
-    "freq_shift": 1,
-    "in_channels": 3,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-06,
-    "norm_num_groups": 32,
-    "out_channels": 3,
-    "sample_size": 32,
-    "time_embedding_type": "positional",
-    "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
-}
 
 
 def tiny_config(levels: int) -> dict[str, Any]:
@@ -48,16 +29,6 @@ def tiny_config(levels: int) -> dict[str, Any]:
         "in_channels": 2,
         "out_channels": 2,
     }
-
-
-def random_diffusers(config: dict[str, Any], seed: int = 0) -> Any:
-    """A diffusers UNet2DModel whose every parameter (GN affine too) is random."""
-    torch.manual_seed(seed)
-    model = diffusers.UNet2DModel(**config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.1)
-    return model
 
 
 @pytest.mark.parametrize("levels", [2, 3])

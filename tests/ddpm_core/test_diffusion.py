@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ddpm_core.config import DiffusionConfig
 from ddpm_core.diffusion import GaussianDiffusion, extract
 from ddpm_core.schedule import make_betas
+from tests.helpers import TinyEps
 
 T = 20
 LN2 = math.log(2.0)
@@ -21,23 +22,6 @@ def _ab(betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """alpha_bar and alpha_bar_prev by an explicit product (independent of the class)."""
     ab = np.array([math.prod(1.0 - b for b in betas[: i + 1]) for i in range(len(betas))])
     return ab, np.concatenate([[1.0], ab[:-1]])
-
-
-class TinyEps(nn.Module):
-    """A small time-conditioned conv net standing in for the U-Net."""
-
-    def __init__(self, channels: int = 2, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(1)
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1, dtype=dtype)
-        with torch.no_grad():
-            self.conv.weight.copy_(0.2 * torch.randn(self.conv.weight.shape, generator=g))
-            self.conv.bias.copy_(0.1 * torch.randn(self.conv.bias.shape, generator=g))
-        self.calls: list[Tensor] = []
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        self.calls.append(t.clone())
-        return torch.tanh(self.conv(x) + (t.to(x.dtype) / 1000.0).reshape(-1, 1, 1, 1))
 
 
 class OracleEps:

@@ -16,7 +16,7 @@ from ddpm_core.sampling import (
     to_uint8,
 )
 from ddpm_core.schedule import make_betas
-from tests.ddpm_core.test_diffusion import TinyEps
+from tests.helpers import TinyEps
 
 T = 12
 SHAPE = (2, 4, 4)

@@ -9,7 +9,7 @@ import pytest
 
 from ddpm_core.config import ConfigError
 from pipelines.config import Params, flatten, from_dict, load_params, to_dict
-from tests.conftest import default_params_dict, set_dotted
+from tests.helpers import default_params_dict, set_dotted
 
 
 def test_params_yaml_round_trips() -> None:

@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from pipelines.artifacts.shards import build_shards
 from pipelines.config import Params
+from pipelines.data.stage import build_shards
 from pipelines.infra.tracking import open_run, tracking_uri, write_run_file
-from pipelines.sample.pool import sample_to_shards
+from pipelines.sample.stage import sample_to_shards
 from stages import evaluate, fid_stats
-from tests.pipelines.sample.test_pool import make_model_dir
-from tests.stages.test_sample_cli import params_file
+from tests.helpers import make_model_dir, params_file
 
 MakeParams = Callable[..., Params]
-
-
-@pytest.fixture
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture
@@ -34,23 +26,24 @@ def params(make_params: MakeParams, converted_path: Path) -> Params:
     return make_params({"evaluate.inception_weights": str(converted_path)})
 
 
-def test_missing_samples_fail_naming_the_stage(
-    tmp_path: Path, params: Params, local_ray: None
+def test_missing_samples_fail_before_ray_naming_the_stage(
+    tmp_path: Path, params: Params, no_ray: object
 ) -> None:
     build_shards(params.data, params.seed, Path(params.paths.shards))
     with pytest.raises(FileNotFoundError, match="samples/manifest.json.*run the sample stage"):
         evaluate.main(["--params", str(params_file(params, tmp_path / "p.yaml"))])
+    assert not ray.is_initialized()
 
 
 @pytest.mark.ray
 def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
-    tmp_path: Path, params: Params, local_ray: None, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, params: Params, local_ray: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
     build_shards(params.data, params.seed, Path(params.paths.shards))
     make_model_dir(params)
-    sample_to_shards(params)
-    train = open_run(params, "train")
-    write_run_file(params, "train", train)
+    sample_to_shards(params, tmp_path)
+    train = open_run(params, "train", tmp_path)
+    write_run_file(params, "train", train, tmp_path)
     path = str(params_file(params, tmp_path / "p.yaml"))
 
     assert fid_stats.main(["--params", path]) == 0
@@ -76,7 +69,7 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
         assert len(list(csv.DictReader(f))) == params.diffusion.T
 
     run_info = json.loads((Path(params.paths.runs) / "evaluate.json").read_text())
-    client = MlflowClient(tracking_uri(params.mlflow))
+    client = MlflowClient(tracking_uri(params.mlflow, tmp_path))
     run = client.get_run(run_info["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == train.run_id

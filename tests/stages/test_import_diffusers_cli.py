@@ -11,12 +11,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ddpm_core.config import ConfigError
+from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.config import Params
 from pipelines.infra.tracking import tracking_uri
-from pipelines.sample.pool import load_ema_model
 from stages import import_diffusers
-from tests.ddpm_core.test_convert import CIFAR10_CONFIG, random_diffusers
-from tests.stages.test_sample_cli import params_file
+from tests.helpers import CIFAR10_CONFIG, params_file, random_diffusers
 
 diffusers = pytest.importorskip("diffusers")
 MakeParams = Callable[..., Params]
@@ -53,7 +52,7 @@ def test_released_weights_become_the_model_folder(
     metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
     assert metrics["steps"] == 0 and metrics["weights"].startswith("released: ")
     run_id = json.loads((Path(params.paths.runs) / "train.json").read_text())["run_id"]
-    run = MlflowClient(tracking_uri(params.mlflow)).get_run(run_id)
+    run = MlflowClient(tracking_uri(params.mlflow, tmp_path)).get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["weights"] == metrics["weights"]
 
 

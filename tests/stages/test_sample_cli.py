@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,14 +15,9 @@ from pipelines.artifacts.samples import load_samples
 from pipelines.config import Params, to_dict
 from pipelines.infra.tracking import open_run, tracking_uri, write_run_file
 from stages import sample
-from tests.pipelines.sample.test_pool import make_model_dir
+from tests.helpers import make_model_dir, params_file
 
 MakeParams = Callable[..., Params]
-
-
-def params_file(params: Params, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(to_dict(params)))
-    return path
 
 
 def test_dry_run_prints_config_and_writes_nothing(
@@ -48,7 +43,7 @@ def test_num_images_zero_is_rejected_naming_the_key(
 
 
 def test_missing_model_fails_before_ray_and_names_the_file(
-    tmp_path: Path, make_params: MakeParams
+    tmp_path: Path, make_params: MakeParams, no_ray: object
 ) -> None:
     params = make_params()
     with pytest.raises(FileNotFoundError, match="models/config.json"):
@@ -56,21 +51,14 @@ def test_missing_model_fails_before_ray_and_names_the_file(
     assert not ray.is_initialized()
 
 
-@pytest.fixture
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.ray
 def test_run_logs_to_a_child_of_the_train_run(
-    tmp_path: Path, make_params: MakeParams, local_ray: None, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, make_params: MakeParams, local_ray: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
     params = make_params()
     make_model_dir(params)
-    train = open_run(params, "train")  # what the train stage leaves: a run and runs/train.json
-    write_run_file(params, "train", train)
+    train = open_run(params, "train", tmp_path)  # what the train stage leaves: a run + its file
+    write_run_file(params, "train", train, tmp_path)
     assert sample.main(["--params", str(params_file(params, tmp_path / "p.yaml"))]) == 0
     assert "8 images (ancestral, all 20 steps" in capsys.readouterr().out
 
@@ -78,7 +66,7 @@ def test_run_logs_to_a_child_of_the_train_run(
     assert metrics["paper_sampler"] is True and metrics["num_images"] == 8
     assert load_samples(params.paths.samples).shape == (8, 1, 8, 8)
     run_info = json.loads((Path(params.paths.runs) / "sample.json").read_text())
-    client = MlflowClient(tracking_uri(params.mlflow))
+    client = MlflowClient(tracking_uri(params.mlflow, tmp_path))
     run = client.get_run(run_info["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == train.run_id

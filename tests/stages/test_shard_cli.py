@@ -9,17 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 
-from pipelines.config import Params, to_dict
-from pipelines.data.stream import load_split
+from pipelines.artifacts.shards import load_split
+from pipelines.config import Params
 from stages import shard
 from tests.fixtures import write_png
-
-
-def params_file(params: Params, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(to_dict(params)))
-    return path
+from tests.helpers import params_file
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

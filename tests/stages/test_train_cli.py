@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,7 @@ from mlflow.tracking import MlflowClient
 from ddpm_core.config import ConfigError
 from pipelines.config import to_dict
 from stages import shard, train
-from tests.conftest import build_params
-
-
-@pytest.fixture
-def no_ray_left() -> Iterator[None]:
-    """The stage starts its own local Ray cluster; stop it after the test."""
-    yield
-    ray.shutdown()
+from tests.helpers import build_params
 
 
 def _write_params(root: Path, overrides: dict[str, Any] | None = None) -> Path:
@@ -32,7 +24,7 @@ def _write_params(root: Path, overrides: dict[str, Any] | None = None) -> Path:
 
 
 def test_dry_run_prints_the_resolved_config(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: object
 ) -> None:
     path = _write_params(tmp_path)
     assert train.main(["--params", str(path), "--dry-run"]) == 0
@@ -50,7 +42,7 @@ def test_dry_run_prints_the_resolved_config(
     ],
 )
 def test_bad_params_fail_naming_the_key(
-    tmp_path: Path, key: str, value: Any, words: list[str]
+    tmp_path: Path, key: str, value: Any, words: list[str], no_ray: object
 ) -> None:
     path = _write_params(tmp_path, {"train.num_workers": 2})
     raw = yaml.safe_load(path.read_text())
@@ -64,7 +56,7 @@ def test_bad_params_fail_naming_the_key(
     assert not ray.is_initialized()
 
 
-def test_missing_shards_say_run_the_shard_stage(tmp_path: Path) -> None:
+def test_missing_shards_say_run_the_shard_stage(tmp_path: Path, no_ray: object) -> None:
     path = _write_params(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"manifest.json.*dvc repro shard"):
         train.main(["--params", str(path)])
@@ -72,7 +64,7 @@ def test_missing_shards_say_run_the_shard_stage(tmp_path: Path) -> None:
 
 
 @pytest.mark.ray
-def test_stage_trains_then_rerun_resumes_the_same_run(tmp_path: Path, no_ray_left: None) -> None:
+def test_stage_trains_then_rerun_resumes_the_same_run(tmp_path: Path, local_ray: object) -> None:
     path = _write_params(tmp_path, {"train.steps": 3})
     params = build_params(tmp_path, {"train.steps": 3})
     assert shard.main(["--params", str(path)]) == 0

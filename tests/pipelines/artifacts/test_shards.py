@@ -1,19 +1,31 @@
-"""Shard writing: round trip, byte-identical reruns, WebDataset layout, verification."""
+"""Data shards: round trip, byte-identical reruns, WebDataset layout, the verified reader."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 
-from pipelines.artifacts.shards import build_shards, pixel_stats, verify_shards
+from pipelines.artifacts.shards import (
+    MANIFEST,
+    encode_png,
+    load_split,
+    pixel_stats,
+    read_manifest,
+    verify_shards,
+)
 from pipelines.config import DataConfig
 from pipelines.data.sources import load_source
-from pipelines.data.stream import load_split, read_manifest
+from pipelines.data.stage import build_shards
+from pipelines.infra.files import file_digest
+from tests.helpers import W, id_images, write_ids
 
 CFG = DataConfig(
     source="digits",
@@ -93,3 +105,55 @@ def test_verify_names_a_changed_or_missing_shard(tmp_path: Path) -> None:
     shard.unlink()
     with pytest.raises(FileNotFoundError, match=r"train-000001\.tar: shard listed"):
         verify_shards(tmp_path)
+
+
+def test_read_manifest_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="manifest.json not found: run the shard stage"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST).write_text("{not json")
+    with pytest.raises(ValueError, match="manifest.json: not a readable JSON"):
+        read_manifest(tmp_path)
+
+
+def test_load_split_max_images_and_unknown_split(tmp_path: Path) -> None:
+    write_ids(tmp_path, 20, 8)
+    images, labels = load_split(tmp_path, "train", max_images=10)
+    assert images.shape == (10, 1, 4, W) and images.dtype == torch.uint8
+    assert images[:, 0, 0, 0].tolist() == list(range(10))
+    assert labels.tolist() == [i % 3 for i in range(10)]
+    with pytest.raises(ValueError, match=r"no split 'test'; available: \['train'\]"):
+        load_split(tmp_path, "test")
+
+
+def test_load_split_checks_sha256_first(tmp_path: Path) -> None:
+    write_ids(tmp_path, 20, 8)
+    shard = tmp_path / "train-000002.tar"
+    data = bytearray(shard.read_bytes())
+    data[600] ^= 0xFF  # same size, one byte of the first member changed
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"train-000002\.tar: sha256 .* does not match"):
+        load_split(tmp_path, "train")
+
+
+def test_corrupt_member_is_named_even_with_matching_sha(tmp_path: Path) -> None:
+    write_ids(tmp_path, 4, 8)
+    shard = tmp_path / "train-000000.tar"
+    with tarfile.open(shard, "w") as tar:  # a valid tar whose second png is garbage
+        for i in range(4):
+            for ext, payload in (("cls", b"0"), ("png", b"garbage" if i == 1 else None)):
+                if payload is None:
+                    payload = _png_of(tmp_path, i)
+                info = tarfile.TarInfo(f"train-{i:08d}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    manifest["splits"]["train"]["shards"][0]["sha256"] = file_digest(shard)
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(
+        ValueError, match=r"train-000000\.tar: member train-00000001: cannot decode"
+    ):
+        load_split(tmp_path, "train")
+
+
+def _png_of(tmp_path: Path, i: int) -> bytes:
+    return encode_png(id_images(4)[i])

@@ -13,13 +13,13 @@ from sklearn.datasets import load_digits
 from ddpm_core.config import ConfigError
 from pipelines.config import DataConfig
 from pipelines.data.sources import load_source, split_indices
-from tests.conftest import SHARED_DATA
 from tests.fixtures import (
     write_cifar10_batches,
     write_image_folder,
     write_mnist_raw,
     write_png,
 )
+from tests.helpers import SHARED_DATA
 
 
 def cfg(**kw: object) -> DataConfig:

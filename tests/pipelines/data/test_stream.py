@@ -1,37 +1,15 @@
-"""Readers: manifest, verified in-process split, and the per-rank training stream."""
+"""The per-rank training stream: disjoint shares, exact resume, epochs, flips."""
 
 from __future__ import annotations
 
-import io
 import itertools
-import json
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from pipelines.artifacts.shards import write_shards
-from pipelines.data.sources import SourceData, Split
-from pipelines.data.stream import MANIFEST, load_split, rank_share, read_manifest, train_batches
-from pipelines.data.stream import sha256_file as sha
-
-W = 6  # image width; row 0 carries the sample id at one end and a 255 marker at the other
-
-
-def id_images(n: int) -> np.ndarray:
-    """(n, 1, 4, W) uint8: image i has id i at [0, 0, 0] and 255 at [0, 0, W-1]."""
-    x = np.full((n, 1, 4, W), 100, dtype=np.uint8)
-    x[:, 0, 0, 0] = np.arange(n)
-    x[:, 0, 0, -1] = 255
-    return x
-
-
-def write_ids(root: Path, n: int, shard_size: int) -> Path:
-    data = SourceData({"train": Split(id_images(n), np.arange(n) % 3)}, ["a", "b", "c"], "ids")
-    write_shards(data, root, shard_size, {}, "ids")
-    return root
+from pipelines.data.stream import rank_share, train_batches
+from tests.helpers import W, write_ids
 
 
 def ids_of(batch: torch.Tensor) -> tuple[list[int], list[bool]]:
@@ -44,60 +22,6 @@ def ids_of(batch: torch.Tensor) -> tuple[list[int], list[bool]]:
 
 def take(it: object, k: int) -> list[torch.Tensor]:
     return list(itertools.islice(it, k))  # type: ignore[call-overload]
-
-
-def test_read_manifest_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="manifest.json not found: run the shard stage"):
-        read_manifest(tmp_path)
-    (tmp_path / MANIFEST).write_text("{not json")
-    with pytest.raises(ValueError, match="manifest.json: not a readable JSON"):
-        read_manifest(tmp_path)
-
-
-def test_load_split_max_images_and_unknown_split(tmp_path: Path) -> None:
-    write_ids(tmp_path, 20, 8)
-    images, labels = load_split(tmp_path, "train", max_images=10)
-    assert images.shape == (10, 1, 4, W) and images.dtype == torch.uint8
-    assert images[:, 0, 0, 0].tolist() == list(range(10))
-    assert labels.tolist() == [i % 3 for i in range(10)]
-    with pytest.raises(ValueError, match=r"no split 'test'; available: \['train'\]"):
-        load_split(tmp_path, "test")
-
-
-def test_load_split_checks_sha256_first(tmp_path: Path) -> None:
-    write_ids(tmp_path, 20, 8)
-    shard = tmp_path / "train-000002.tar"
-    data = bytearray(shard.read_bytes())
-    data[600] ^= 0xFF  # same size, one byte of the first member changed
-    shard.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=r"train-000002\.tar: sha256 .* does not match"):
-        load_split(tmp_path, "train")
-
-
-def test_corrupt_member_is_named_even_with_matching_sha(tmp_path: Path) -> None:
-    write_ids(tmp_path, 4, 8)
-    shard = tmp_path / "train-000000.tar"
-    with tarfile.open(shard, "w") as tar:  # a valid tar whose second png is garbage
-        for i in range(4):
-            for ext, payload in (("cls", b"0"), ("png", b"garbage" if i == 1 else None)):
-                if payload is None:
-                    payload = _png_of(tmp_path, i)
-                info = tarfile.TarInfo(f"train-{i:08d}.{ext}")
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-    manifest = json.loads((tmp_path / MANIFEST).read_text())
-    manifest["splits"]["train"]["shards"][0]["sha256"] = sha(shard)
-    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(
-        ValueError, match=r"train-000000\.tar: member train-00000001: cannot decode"
-    ):
-        load_split(tmp_path, "train")
-
-
-def _png_of(tmp_path: Path, i: int) -> bytes:
-    from pipelines.artifacts.shards import encode_png
-
-    return encode_png(id_images(4)[i])
 
 
 def test_batches_scale_cover_an_epoch_and_resume_exactly(tmp_path: Path) -> None:

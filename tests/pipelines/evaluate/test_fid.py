@@ -1,8 +1,7 @@
-"""FID/IS feature extraction, statistics, the Frechet distance and cached reference statistics."""
+"""FID/IS feature extraction, statistics and the Frechet distance."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,6 @@ import torch
 from torch_fidelity.metric_fid import fid_statistics_to_metric
 
 from ddpm_core.metrics import frechet_distance
-from pipelines.artifacts.shards import build_shards
-from pipelines.config import Params
 from pipelines.evaluate import fid
 from pipelines.evaluate.inception import LABEL_CONVERTED, InceptionWeights
 
@@ -20,14 +17,6 @@ from pipelines.evaluate.inception import LABEL_CONVERTED, InceptionWeights
 @pytest.fixture
 def weights(converted_path: Path) -> InceptionWeights:
     return InceptionWeights(converted_path, LABEL_CONVERTED, has_logits=False)
-
-
-@pytest.fixture
-def shards(make_params: Callable[..., Params], tmp_path: Path) -> Path:
-    """Real shards of the tiny default params: digits at 8x8, 1 channel."""
-    params = make_params()
-    build_shards(params.data, params.seed, tmp_path / "shards")
-    return tmp_path / "shards"
 
 
 def _digits(n: int, offset: int) -> torch.Tensor:
@@ -98,15 +87,3 @@ def test_bad_inputs_are_clear_errors() -> None:
         fid.as_rgb_uint8(torch.zeros(2, 3, 8, 8))
     with pytest.raises(ValueError, match=r"\(1, 8, 8\).*\(3, 32, 32\)"):
         fid.check_compatible(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), (3, 32, 32), "FID")
-
-
-def test_reference_stats_are_cached_and_keyed(shards: Path, weights: InceptionWeights) -> None:
-    stats_dir = shards.parent / "fid_stats"
-    s1, m1 = fid.reference_stats(shards, stats_dir, "train", 6, weights)
-    assert not m1["cached"] and m1["count"] == 6 and m1["image_shape"] == [1, 8, 8]
-    s2, m2 = fid.reference_stats(shards, stats_dir, "train", 6, weights)
-    assert m2["cached"] and m2["path"] == m1["path"]
-    np.testing.assert_array_equal(s1.sigma, s2.sigma)
-    _, m3 = fid.reference_stats(shards, stats_dir, "train", 5, weights)  # another count
-    assert not m3["cached"] and m3["key"] != m1["key"]
-    assert len(list(stats_dir.glob("*.npz"))) == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -12,8 +12,9 @@ import torch
 
 from ddpm_core.config import DiffusionConfig
 from ddpm_core.diffusion import GaussianDiffusion
+from ddpm_core.sampling import from_uint8
 from pipelines.config import Params
-from pipelines.evaluate import nll as nll_ray
+from pipelines.evaluate import nll
 
 
 class EmpiricalBayesEps(torch.nn.Module):
@@ -25,7 +26,7 @@ class EmpiricalBayesEps(torch.nn.Module):
 
     def __init__(self, images: torch.Tensor, cfg: DiffusionConfig) -> None:
         super().__init__()
-        self.register_buffer("data", nll_ray.to_model_range(images).flatten(1))  # (K, D)
+        self.register_buffer("data", from_uint8(images).flatten(1))  # (K, D)
         abar = GaussianDiffusion.from_config(cfg).alphas_cumprod
         self.register_buffer("abar", torch.as_tensor(abar, dtype=torch.float32))  # (T,)
 
@@ -53,22 +54,13 @@ def setup(make_params: Callable[..., Params]) -> tuple[torch.Tensor, DiffusionCo
     return images, params.diffusion
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _local(images: torch.Tensor, cfg: DiffusionConfig, chunk: int, model: torch.nn.Module):
     diffusion = GaussianDiffusion.from_config(cfg)
     parts = {
-        i: nll_ray.bpd_chunk(model, diffusion, c, seed=3, index=i)
+        i: nll.bpd_chunk(model, diffusion, c, seed=3, index=i)
         for i, c in enumerate(torch.split(images, chunk))
     }
-    return nll_ray._gather(parts)
+    return nll.gather_chunks(parts)
 
 
 def test_oracle_bound_beats_a_null_model(setup: tuple[torch.Tensor, DiffusionConfig]) -> None:
@@ -83,8 +75,9 @@ def test_oracle_bound_beats_a_null_model(setup: tuple[torch.Tensor, DiffusionCon
     assert oracle.total_bpd.mean() < null.total_bpd.mean() - 1.0  # bits/dim
     assert oracle.mse[:, 0].max() < 1e-6  # x_1 identifies the image: x0_hat exact
     s = oracle.summary()
-    assert s["nll_bpd"] == pytest.approx(oracle.total_bpd.mean())
-    assert s["nll_bpd_sem"] == pytest.approx(oracle.total_bpd.std(ddof=1) / math.sqrt(6))
+    assert s.bpd == pytest.approx(oracle.total_bpd.mean()) and s.images == 6
+    assert s.sem == pytest.approx(oracle.total_bpd.std(ddof=1) / math.sqrt(6))
+    assert s.metrics()["nll_bpd"] == s.bpd
 
 
 class _ZeroEps(torch.nn.Module):
@@ -107,21 +100,16 @@ def test_rate_distortion_is_monotone(setup: tuple[torch.Tensor, DiffusionConfig]
 
 @pytest.mark.ray
 def test_bpd_over_ray_independent_of_worker_count(
-    setup: tuple[torch.Tensor, DiffusionConfig], ray_cluster: None
+    setup: tuple[torch.Tensor, DiffusionConfig], local_ray: object
 ) -> None:
     images, cfg = setup
     model_fn = functools.partial(EmpiricalBayesEps, images, cfg)
     run = functools.partial(
-        nll_ray.evaluate_bpd, images, model_fn, cfg, seed=3, chunk_size=2, cpus_per_worker=0.5
+        nll.evaluate_bpd, images, model_fn, cfg, seed=3, chunk_size=2, cpus_per_worker=0.5
     )
     one, two = run(num_workers=1), run(num_workers=2)
-    for key in nll_ray.KEYS:
+    for key in nll.KEYS:
         np.testing.assert_array_equal(getattr(one, key), getattr(two, key))
     local = _local(images, cfg, 2, EmpiricalBayesEps(images, cfg))  # same chunks, in-process
     np.testing.assert_allclose(one.total_bpd, local.total_bpd, rtol=1e-6)
     assert one.total_bpd.shape == (6,)
-
-
-def test_chunk_seeds_differ() -> None:
-    seeds = {nll_ray.chunk_seed(s, i) for s in range(3) for i in range(50)}
-    assert len(seeds) == 150 and all(0 <= x < 2**63 for x in seeds)

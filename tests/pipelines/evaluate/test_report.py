@@ -1,4 +1,4 @@
-"""Evaluate pieces: comparability labels, sample counts, Table 4 rows, the rate-distortion file."""
+"""How evaluate reports: comparability labels, sample counts, Table 4 rows, rate-distortion."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 
 from pipelines.artifacts.samples import MANIFEST
 from pipelines.config import Params
-from pipelines.evaluate import stage as evaluate
+from pipelines.evaluate import report
 from pipelines.evaluate.inception import LABEL_CONVERTED, LABEL_FULL, InceptionWeights
 from pipelines.evaluate.nll import BpdResult
+from pipelines.evaluate.stage import check_counts
 
 MakeParams = Callable[..., Params]
 FULL = InceptionWeights(Path("w.pth"), LABEL_FULL, has_logits=True)
@@ -24,10 +25,10 @@ def test_only_the_paper_protocol_is_called_comparable(make_params: MakeParams) -
     cifar = make_params(
         {"data.source": "cifar10", "data.root": "/data", "data.channels": 3, "data.resolution": 8}
     )
-    assert evaluate.comparability(cifar, FULL, 50_000, 50_000) == (
+    assert report.comparability(cifar, FULL, 50_000, 50_000) == (
         "comparable with published figures"
     )
-    label = evaluate.comparability(make_params({"sample.stride": 4}), POOL3, 256, 1000)
+    label = report.comparability(make_params({"sample.stride": 4}), POOL3, 256, 1000)
     assert label.startswith("NOT comparable with published figures: ")
     for reason in (
         "data.source=digits",
@@ -38,7 +39,7 @@ def test_only_the_paper_protocol_is_called_comparable(make_params: MakeParams) -
     ):
         assert reason in label
     jpeg = make_params({"data.source": "image_folder", "data.root": "cifar10-test-jpeg.zip"})
-    assert "image_folder (cifar10-test-jpeg.zip)" in evaluate.comparability(jpeg, FULL, 5, 5)
+    assert "image_folder (cifar10-test-jpeg.zip)" in report.comparability(jpeg, FULL, 5, 5)
 
 
 def test_too_few_samples_is_an_error_naming_both_keys(
@@ -47,13 +48,13 @@ def test_too_few_samples_is_an_error_naming_both_keys(
     params = make_params({"evaluate.fid_images": 8})
     samples = tmp_path / "samples"
     with pytest.raises(FileNotFoundError, match="run the sample stage first"):
-        evaluate.check_counts(params, samples)
+        check_counts(params, samples)
     samples.mkdir()
     (samples / MANIFEST).write_text('{"num_images": 5}')
     with pytest.raises(ValueError, match=r"evaluate.fid_images: 8 requested .* holds 5 samples"):
-        evaluate.check_counts(params, samples)
+        check_counts(params, samples)
     (samples / MANIFEST).write_text('{"num_images": 9}')
-    assert evaluate.check_counts(params, samples) == 8
+    assert check_counts(params, samples) == 8
 
 
 def _bpd(n: int = 3, T: int = 20, seed: int = 0) -> BpdResult:
@@ -68,7 +69,7 @@ def _bpd(n: int = 3, T: int = 20, seed: int = 0) -> BpdResult:
 
 def test_table4_rows_are_every_tenth_of_the_reverse_process() -> None:
     result = _bpd(T=20)
-    rows = evaluate.table4(result)
+    rows = report.table4_metrics(report.table4(result))
     rd = result.rate_distortion()
     assert sorted(rows) == sorted(
         [f"rd_rate_bpd_step{s}" for s in range(2, 21, 2)]
@@ -80,13 +81,13 @@ def test_table4_rows_are_every_tenth_of_the_reverse_process() -> None:
         result.prior_bpd.mean() + result.terms_bpd[:, 1:].mean(0).sum()
     )
     assert rows["rd_rmse_step2"] == rd["distortion_rmse"][18]
-    short = evaluate.table4(_bpd(T=4))  # fewer steps than rows: repeated rows, no step 0
-    assert min(int(k.rsplit("step", 1)[1]) for k in short) == 1
+    short = report.table4(_bpd(T=4))  # fewer steps than rows: repeated rows, no step 0
+    assert [r.step for r in short] == [4, 3, 3, 2, 2, 2, 1, 1, 1, 1]
 
 
 def test_rate_distortion_csv_is_a_monotone_curve(tmp_path: Path) -> None:
-    paths = evaluate.write_rate_distortion(_bpd(), tmp_path / "plots", "digits")
-    assert [p.name for p in paths] == [evaluate.RD_CSV, evaluate.RD_PNG, evaluate.NLL_TERMS_PNG]
+    paths = report.write_rate_distortion(_bpd(), tmp_path / "plots", "digits")
+    assert [p.name for p in paths] == [report.RD_CSV, report.RD_PNG, report.NLL_TERMS_PNG]
     assert all(p.is_file() for p in paths)
     with paths[0].open() as f:
         rows = list(csv.DictReader(f))

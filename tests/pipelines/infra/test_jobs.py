@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from ray.job_submission import JobStatus
 
-from pipelines.infra.jobs import decide, inputs_hash, submit, wait
-from tests.conftest import RayHead
+from pipelines.infra.jobs import decide, inputs_hash, runtime_env, submit, wait
+from tests.helpers import RayHead
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
@@ -73,3 +73,14 @@ def test_submission_is_idempotent_and_retries_failures(
     assert wait(client, sid, timeout_s=120) == JobStatus.FAILED
     _, retry, new = submit(ray_head.address, "python job.py 0", failing, tmp_path)
     assert (retry, new) == (f"{failing}-2", True)
+
+
+def test_job_uploads_the_code_but_not_the_data() -> None:
+    """The excludes are anchored at the working dir: `pipelines/data/` is code, `data/` is not."""
+    from pathspec import PathSpec
+
+    excluded = PathSpec.from_lines("gitwildmatch", runtime_env(Path("."))["excludes"]).match_file
+    for path in ("data/shards/train-000000.tar", "models/ema.safetensors", "mlflow.db"):
+        assert excluded(path), path
+    for path in ("pipelines/data/stage.py", "pipelines/artifacts/model_dir.py", "stages/all.py"):
+        assert not excluded(path), path

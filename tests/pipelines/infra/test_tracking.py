@@ -1,14 +1,41 @@
+"""MLflow tracking: URI precedence, child runs, the tracked-stage runner, picklable handles."""
+
 from __future__ import annotations
 
+import json
 import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import MlflowConfig, Params
-from pipelines.infra.tracking import open_run, read_run_file, stage_run, tracking_uri
+from pipelines.infra.tracking import (
+    Tracker,
+    open_child_run,
+    open_run,
+    read_run_file,
+    run_tracked,
+    tracking_uri,
+    write_run_file,
+)
+
+
+@dataclass(frozen=True)
+class FakeResult:
+    metrics_file: ClassVar[str] = "fake.json"
+    run_id: str
+
+    def metrics(self) -> dict[str, Any]:
+        return {"images": 3, "label": "x"}
+
+
+def _stage(params: Params, root: Path, tracker: Tracker) -> FakeResult:
+    tracker.log_metrics({"images": 3}, step=0)
+    return FakeResult(tracker.run_id)
 
 
 def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,16 +50,19 @@ def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_stage_runs_nest_under_train(tmp_path: Path, make_params: Callable[..., Params]) -> None:
     params = make_params()
-    train = open_run(params, "train", root=tmp_path)
+    train = open_run(params, "train", tmp_path)
     train.log_metrics({"loss": 1.5}, step=3)
     train.finish()
-    from pipelines.infra.tracking import write_run_file
-
     write_run_file(params, "train", train, tmp_path)
-    with stage_run(params, "sample", root=tmp_path) as child:
-        child.log_metrics({"images_per_s": 2.0}, step=0)
+    child = open_child_run(params, "sample", tmp_path)
+    result = run_tracked(params, tmp_path, "sample", child, _stage)
+    assert result.run_id == child.run_id
+    written = json.loads((Path(params.paths.metrics) / "fake.json").read_text())
+    assert written == {"images": 3, "label": "x"}
     client = MlflowClient(train.uri)
     run = client.get_run(child.run_id)
+    assert run.data.metrics["images"] == 3.0
+    assert [a.path for a in client.list_artifacts(child.run_id, "sample")] == ["sample/fake.json"]
     assert run.data.tags["mlflow.parentRunId"] == train.run_id
     assert run.data.params["diffusion.T"] == str(params.diffusion.T)
     assert run.info.status == "FINISHED"
@@ -48,7 +78,13 @@ def test_failed_stage_marks_run_failed_and_writes_no_file(
     tmp_path: Path, make_params: Callable[..., Params]
 ) -> None:
     params = make_params()
-    with pytest.raises(RuntimeError), stage_run(params, "evaluate", root=tmp_path) as t:
+    t = open_child_run(params, "evaluate", tmp_path)  # no train run file: a top-level run
+
+    def boom(params: Params, root: Path, tracker: Tracker) -> FakeResult:
         raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_tracked(params, tmp_path, "evaluate", t, boom)
     assert MlflowClient(t.uri).get_run(t.run_id).info.status == "FAILED"
     assert read_run_file(params, "evaluate", tmp_path) is None
+    assert not (Path(params.paths.metrics) / "fake.json").exists()

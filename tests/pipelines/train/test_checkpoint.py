@@ -1,7 +1,8 @@
-"""Tests for atomic safetensors weights and torch training-state files."""
+"""Training-state files and checkpoint folders: round trips and failures, without Ray."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -9,57 +10,21 @@ import torch
 
 from ddpm_core.ema import EMA
 from ddpm_core.unet import UNet
-from pipelines.train.checkpoint import (
-    load_training_state,
-    load_weights,
-    save_training_state,
-    save_weights,
+from pipelines.config import Params
+from pipelines.train.checkpoint import load_training_state, save_training_state
+from pipelines.train.step import (
+    draw_t_noise,
+    gather_rng_states,
+    load_checkpoint,
+    make_state,
+    save_checkpoint,
+    train_step,
 )
 
 
 def tiny_unet() -> UNet:
     torch.manual_seed(0)
     return UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), resolution=8)
-
-
-def test_weights_round_trip(tmp_path: Path) -> None:
-    model = tiny_unet()
-    meta = {"config": '{"ch": 8}', "step": "12"}
-    path = save_weights(tmp_path / "sub" / "ema.safetensors", model.state_dict(), meta)
-    sd, got_meta = load_weights(path)
-    assert got_meta == meta
-    assert sd.keys() == model.state_dict().keys()
-    fresh = UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), resolution=8)
-    fresh.load_state_dict(sd, strict=True)
-    for a, b in zip(fresh.parameters(), model.parameters(), strict=True):
-        assert torch.equal(a, b)
-    assert [p.name for p in path.parent.iterdir()] == ["ema.safetensors"]  # no temporary left
-
-
-def test_shared_storage_views_are_saved(tmp_path: Path) -> None:
-    base = torch.arange(6.0)
-    save_weights(tmp_path / "w.safetensors", {"a": base, "b": base[:3]}, {})
-    sd, _ = load_weights(tmp_path / "w.safetensors")
-    assert torch.equal(sd["b"], torch.tensor([0.0, 1.0, 2.0]))
-
-
-def test_failed_save_keeps_previous_file(tmp_path: Path) -> None:
-    path = tmp_path / "w.safetensors"
-    save_weights(path, {"a": torch.ones(2)}, {"v": "1"})
-    with pytest.raises(ValueError, match="metadata"):
-        save_weights(path, {"a": torch.zeros(2)}, {"v": 2})  # type: ignore[dict-item]
-    sd, meta = load_weights(path)
-    assert meta == {"v": "1"} and torch.equal(sd["a"], torch.ones(2))
-
-
-def test_load_weights_errors_name_the_file(tmp_path: Path) -> None:
-    missing = tmp_path / "nope.safetensors"
-    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
-        load_weights(missing)
-    corrupt = tmp_path / "bad.safetensors"
-    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
-    with pytest.raises(ValueError, match="bad.safetensors"):
-        load_weights(corrupt)
 
 
 def test_training_state_round_trip(tmp_path: Path) -> None:
@@ -111,3 +76,24 @@ def test_failed_training_state_write_keeps_previous_file(tmp_path: Path) -> None
         save_training_state(path, {"step": 2, "bad": lambda: None})  # fails while writing
     assert load_training_state(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_checkpoint_folder_restores_the_state_and_this_ranks_streams(
+    make_params: Callable[..., Params], tmp_path: Path
+) -> None:
+    params = make_params()
+    cpu = torch.device("cpu")
+    state = make_state(params, cpu, 0, 1)
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    t, noise = draw_t_noise(state.generator, tuple(x0.shape), params.diffusion.T, cpu)
+    train_step(state, x0, t, noise, params.train)
+    state.history.append((1, 0.5))
+    save_checkpoint(tmp_path, state, gather_rng_states(state.generator))
+    fresh = make_state(params, cpu, 0, 1)
+    load_checkpoint(tmp_path, fresh, rank=0)
+    assert fresh.step == 1 and fresh.history == [(1, 0.5)]
+    for k, v in state.raw.state_dict().items():
+        assert torch.equal(fresh.raw.state_dict()[k], v)
+    assert torch.equal(fresh.generator.get_state(), state.generator.get_state())
+    with pytest.raises(ValueError, match="RNG states of 1 ranks, this is rank 1"):
+        load_checkpoint(tmp_path, make_state(params, cpu, 1, 2), rank=1)

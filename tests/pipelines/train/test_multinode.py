@@ -1,8 +1,7 @@
 """Ray Train on a simulated multi-node cluster (`ray.cluster_utils.Cluster`): node loss.
 
-This module starts its own Ray cluster (a head plus worker nodes, all on this machine), so it
-must not share a process-wide Ray with `test_train_ray.py`'s module-scoped `ray_cluster`
-fixture; a separate module guarantees that fixture has been torn down before this one starts.
+This test starts its own Ray cluster (a head plus worker nodes, all on this machine), so the
+session's local cluster is stopped first (`no_ray`); the next test that needs it starts it again.
 """
 
 from __future__ import annotations
@@ -25,14 +24,11 @@ from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
 from pipelines.config import Params
-from pipelines.train.worker import SIDECAR, TrainResult, train_loop_per_worker
-from tests.pipelines.train.test_stage import (
-    REF,
-    _ema,
-    _history,
-    _params,
-    _train,
-)
+from pipelines.infra.tracking import tracking_uri
+from pipelines.train.run import RunFolder
+from pipelines.train.stage import TrainResult
+from pipelines.train.worker import train_loop_per_worker
+from tests.helpers import REF_RUN, ema_weights, loss_history, train, train_params
 
 pytestmark = pytest.mark.ray
 
@@ -42,7 +38,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 # One whole CPU per train worker and one CPU per worker node: the two workers must sit on two
 # different nodes. The head has 0 CPUs (Train's controller needs none and is pinned to the
 # driver's node, the head), so no worker can land on the head, which cannot be removed.
-MULTINODE = {**REF, "train.cpus_per_worker": 1.0, "train.max_failures": 1}
+MULTINODE = {**REF_RUN, "train.cpus_per_worker": 1.0, "train.max_failures": 1}
 DEADLINE_S = 60.0
 
 
@@ -96,7 +92,7 @@ class HoldForNodeLoss:
 
 
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
+def cluster(no_ray: object) -> Iterator[Cluster]:
     """Head (0 CPUs, the driver's node) + 2 worker nodes with 1 CPU each; the driver connects.
 
     GCS health checks are tightened (1 s x 3 misses) so a killed raylet is declared dead
@@ -119,18 +115,18 @@ def cluster() -> Iterator[Cluster]:
 
 
 class TrainThread(threading.Thread):
-    """`_train` in a background thread: `Cluster.add_node` only works in the main thread
+    """`train` in a background thread: `Cluster.add_node` only works in the main thread
     (it installs signal handlers), so the test drives the cluster there while training runs."""
 
     def __init__(self, params: Params, root: Path, loop_fn: HoldForNodeLoss) -> None:
         super().__init__(daemon=True)
         self.params, self.root, self.loop_fn = params, root, loop_fn
-        self.out: tuple[TrainResult, dict[str, Any]] | None = None
+        self.out: TrainResult | None = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.out = _train(self.params, self.root, loop_fn=self.loop_fn)
+            self.out = train(self.params, self.root, loop_fn=self.loop_fn)
         except BaseException as e:  # re-raised by the test
             self.error = e
 
@@ -154,12 +150,12 @@ def test_node_loss_restarts_group_on_new_node_and_matches_reference(
     assert ray.get_runtime_context().get_node_id() == head.node_id  # controller on the head
 
     ref_root = tmp_path / "reference"
-    ref_params = _params(ref_root, shards_dir, MULTINODE)
-    _, ref_metrics = _train(ref_params, ref_root)
-    assert ref_metrics["steps"] == 6 and ref_metrics["resumed_from"] == 0
+    ref_params = train_params(ref_root, shards_dir, MULTINODE)
+    ref_result = train(ref_params, ref_root)
+    assert ref_result.steps == 6 and ref_result.resumed_from == 0
 
     root = tmp_path / "faulty"
-    params = _params(root, shards_dir, MULTINODE)
+    params = train_params(root, shards_dir, MULTINODE)
     marker, placements = root / "node_to_kill", root / "placements.txt"
     root.mkdir()
     trainer = TrainThread(params, root, HoldForNodeLoss(2, 1, str(marker), str(placements)))
@@ -178,7 +174,7 @@ def test_node_loss_restarts_group_on_new_node_and_matches_reference(
     if trainer.error is not None:
         raise trainer.error
     assert trainer.out is not None
-    result, metrics = trainer.out
+    result = trainer.out
 
     # Attempt 1: one worker per node, rank 1 on the killed node. Attempt 2: the group was
     # rescheduled onto the surviving node and the replacement node.
@@ -190,21 +186,21 @@ def test_node_loss_restarts_group_on_new_node_and_matches_reference(
     assert first["1"] == killed and first["0"] != killed
     assert set(second.values()) == {first["0"], added}
 
-    assert metrics["steps"] == 6 and metrics["resumed_from"] == 2
+    assert result.steps == 6 and result.resumed_from == 2
     kept = sorted(p.name for p in result.run_dir.glob("step_*"))
     assert kept == ["step_00000004", "step_00000006"]
 
     # One MLflow run across both attempts, ended FINISHED by the driver.
-    run_id = result.tracker.run_id
-    assert (result.run_dir / SIDECAR).read_text().strip() == run_id
-    client = MlflowClient(result.tracker.uri)
+    run_id = result.run_id
+    assert RunFolder(result.run_dir).mlflow_run_id() == run_id
+    client = MlflowClient(tracking_uri(params.mlflow, root))
     assert client.get_run(run_id).info.status == "FINISHED"
     resumed = client.get_metric_history(run_id, "resumed_from")
     assert [(m.step, m.value) for m in resumed] == [(2, 2.0)]
     # Step 3 cannot be logged before the kill (it needs rank 1's all-reduce): no duplicates.
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3, 4, 5, 6]
 
-    history, ref_history = _history(params), _history(ref_params)
+    history, ref_history = loss_history(params), loss_history(ref_params)
     assert [s for s, _ in history] == [s for s, _ in ref_history] == [1, 2, 3, 4, 5, 6]
     assert [v for _, v in history] == pytest.approx([v for _, v in ref_history], rel=1e-5)
-    torch.testing.assert_close(_ema(params), _ema(ref_params), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ema_weights(params), ema_weights(ref_params), rtol=0, atol=1e-6)

@@ -1,15 +1,13 @@
-"""Ray Train training on a real local Ray cluster: 1/2 workers, DDP equivalence, resume, faults."""
+"""The train stage on the session's Ray cluster: 2 workers, DDP equivalence, resume, faults."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
 import re
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,97 +19,59 @@ import ray.train.torch
 import torch
 from mlflow.tracking import MlflowClient
 
+from ddpm_core.rng import mix_seed
 from ddpm_core.unet import UNet
-from pipelines.config import Params, replace_path, to_dict
+from pipelines.artifacts.model_dir import CONFIG_FILE, WEIGHTS_FILE, load_weights
+from pipelines.config import Params, to_dict
 from pipelines.infra.tracking import tracking_uri
-from pipelines.train.checkpoint import load_weights
-from pipelines.train.export import CONFIG_FILE, LOSS_CSV, METRICS_FILE, WEIGHTS_FILE, export_outputs
-from pipelines.train.run import validate_inputs
-from pipelines.train.step import (
-    NonFiniteLossError,
-    draw_t_noise,
-    make_state,
-    mixed_seed,
-    train_step,
-    warmup_lr,
-)
-from pipelines.train.worker import SIDECAR, TrainResult, run_training, train_loop_per_worker
-from tests.conftest import build_params
+from pipelines.train.run import RunFolder
+from pipelines.train.stage import TrainResult
+from pipelines.train.step import NonFiniteLossError, draw_t_noise, make_state, train_step, warmup_lr
+from pipelines.train.worker import train_loop_per_worker
+from tests.helpers import REF_RUN, ema_weights, loss_history, train, train_params
 
 pytestmark = pytest.mark.ray
 
 # The fault-injecting loop wrappers below must reach the workers by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-REF = {"train.steps": 6, "train.num_workers": 2, "train.checkpoint_every": 2}
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-def _params(root: Path, shards: Path, overrides: dict[str, Any] | None = None) -> Params:
-    """Tiny params under `root`, reading the module's shards, one MLflow db per module (next to
-    the shards) so the schema is created once."""
-    params = replace_path(build_params(root, overrides), shards=str(shards))
-    uri = f"sqlite:///{shards.parents[1] / 'mlflow.db'}"
-    return dataclasses.replace(params, mlflow=dataclasses.replace(params.mlflow, tracking_uri=uri))
-
-
-def _train(params: Params, root: Path, **kwargs: Any) -> tuple[TrainResult, dict[str, Any]]:
-    result = run_training(params, root=root, **kwargs)
-    return result, export_outputs(params, result, root)
-
-
-def _ema(params: Params) -> dict[str, torch.Tensor]:
-    return load_weights(Path(params.paths.model) / WEIGHTS_FILE)[0]
-
-
-def _history(params: Params) -> list[tuple[int, float]]:
-    with (Path(params.paths.plots) / LOSS_CSV).open() as f:
-        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
-
 
 @pytest.fixture(scope="module")
 def reference(
-    ray_cluster: None, shards_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Params, TrainResult, dict[str, Any]]:
+    shards_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_session: Any
+) -> tuple[Params, TrainResult]:
     """An uninterrupted 2-worker run of 6 steps: the yardstick for the fault tests."""
+    ray_session.up()
     root = tmp_path_factory.mktemp("reference")
-    params = _params(root, shards_dir, REF)
-    result, metrics = _train(params, root)
-    return params, result, metrics
+    params = train_params(root, shards_dir, REF_RUN)
+    return params, train(params, root)
 
 
 # ----------------------------------------------------------------------------------------------
 # 2 workers, outputs, MLflow
 
 
-def test_two_workers_train_export_and_log(
-    reference: tuple[Params, TrainResult, dict[str, Any]],
-) -> None:
-    params, result, metrics = reference
+def test_two_workers_train_export_and_log(reference: tuple[Params, TrainResult]) -> None:
+    params, result = reference
+    metrics = result.metrics()
     assert metrics["steps"] == 6 and metrics["resumed_from"] == 0
     assert metrics["images_per_s"] > 0 and metrics["final_loss"] > 0
     # Checkpoints at steps 2, 4, 6; train.keep_checkpoints = 2 are kept.
     kept = sorted(p.name for p in result.run_dir.glob("step_*"))
     assert kept == ["step_00000004", "step_00000006"]
-    assert (result.run_dir / SIDECAR).read_text().strip() == result.tracker.run_id
+    assert RunFolder(result.run_dir).mlflow_run_id() == result.run_id
     model = UNet.from_config(params.unet, params.data.channels, params.data.resolution)
     weights, meta = load_weights(Path(params.paths.model) / WEIGHTS_FILE)
     model.load_state_dict(weights)  # the EMA weights fit the configured U-Net
     assert meta["step"] == "6" and json.loads(meta["config"]) == to_dict(params)
     assert json.loads((Path(params.paths.model) / CONFIG_FILE).read_text()) == to_dict(params)
-    written = json.loads((Path(params.paths.metrics) / METRICS_FILE).read_text())
+    written = json.loads((Path(params.paths.metrics) / "train.json").read_text())
     assert written == metrics
-    history = _history(params)
+    history = loss_history(params)
     assert [s for s, _ in history] == [1, 2, 3, 4, 5, 6]
     assert all(0 < v < 10 for _, v in history)
-    client = MlflowClient(result.tracker.uri)
-    run_id = result.tracker.run_id
+    client = MlflowClient(tracking_uri(params.mlflow, Path("/")))
+    run_id = result.run_id
     assert client.get_run(run_id).info.status == "FINISHED"
     logged = client.get_metric_history(run_id, "loss")
     assert [m.step for m in logged] == [s for s, _ in history]
@@ -136,7 +96,7 @@ def _ddp_loop(config: dict[str, Any]) -> None:
     """Two train_steps on rank r's half of fixed (x0, t, noise); rank 0 saves the weights."""
     import tempfile
 
-    from pipelines.config import Params, from_dict
+    from pipelines.config import from_dict
 
     params = from_dict(Params, config["params"])
     ctx = ray.train.get_context()
@@ -156,11 +116,11 @@ def _ddp_loop(config: dict[str, Any]) -> None:
 
 
 def test_two_workers_compute_the_single_worker_update(
-    ray_cluster: None, shards_dir: Path, tmp_path: Path
+    local_ray: object, shards_dir: Path, tmp_path: Path
 ) -> None:
-    params = _params(tmp_path, shards_dir, {"train.warmup_steps": 1, "train.lr": 1e-4})
+    params = train_params(tmp_path, shards_dir, {"train.warmup_steps": 1, "train.lr": 1e-4})
     cpu = torch.device("cpu")
-    gen = torch.Generator().manual_seed(mixed_seed(1, 2, 3))
+    gen = torch.Generator().manual_seed(mix_seed(1, 2, 3))
     batches = [torch.rand(8, 1, 8, 8, generator=gen) * 2 - 1 for _ in range(2)]  # 2 steps
     draws = [draw_t_noise(gen, (8, 1, 8, 8), params.diffusion.T, cpu) for _ in batches]
     config = {
@@ -233,54 +193,54 @@ class KillAfterReport:
 
 
 def test_crash_rerun_resumes_and_lost_worker_restarts(
-    reference: tuple[Params, TrainResult, dict[str, Any]], tmp_path: Path
+    reference: tuple[Params, TrainResult], local_ray: object, tmp_path: Path
 ) -> None:
-    ref_params, ref_result, _ = reference
+    ref_params, ref_result = reference
     shards = Path(ref_params.paths.shards)
     # 1) max_failures=0: rank 1 dies after the step-2 checkpoint -> the run fails.
-    params = _params(tmp_path, shards, {**REF, "train.max_failures": 0})
+    params = train_params(tmp_path, shards, {**REF_RUN, "train.max_failures": 0})
     crash = KillAfterReport(2, 1, str(tmp_path / "crash1"))
     with pytest.raises(ray.train.TrainingFailedError):
-        run_training(params, root=tmp_path, loop_fn=crash)
+        train(params, tmp_path, loop_fn=crash)
     run_dir = Path(params.paths.ray_storage) / ref_result.run_name
-    run_id = (run_dir / SIDECAR).read_text().strip()
-    client = MlflowClient(ref_result.tracker.uri)
+    run_id = RunFolder(run_dir).mlflow_run_id()
+    client = MlflowClient(tracking_uri(params.mlflow, tmp_path))
     assert client.get_run(run_id).info.status == "FAILED"
     assert not (Path(params.paths.model) / WEIGHTS_FILE).exists()
     # 2) The same command (max_failures does not change the run key) resumes at step 2; a
     #    worker killed after step 4 is restarted inside the run from the step-4 checkpoint.
-    params = _params(tmp_path, shards, {**REF, "train.max_failures": 1})
+    params = train_params(tmp_path, shards, {**REF_RUN, "train.max_failures": 1})
     kill = KillAfterReport(4, 1, str(tmp_path / "crash2"))
-    result, metrics = _train(params, tmp_path, loop_fn=kill)
+    result = train(params, tmp_path, loop_fn=kill)
     assert (tmp_path / "crash2").exists()  # the kill did happen
-    assert result.run_name == ref_result.run_name and result.tracker.run_id == run_id
-    assert metrics["steps"] == 6 and metrics["resumed_from"] == 4
+    assert result.run_name == ref_result.run_name and result.run_id == run_id
+    assert result.steps == 6 and result.resumed_from == 4
     resumed = client.get_metric_history(run_id, "resumed_from")
     assert [(m.step, m.value) for m in resumed] == [(2, 2.0), (4, 4.0)]
     assert client.get_run(run_id).info.status == "FINISHED"
     # Right step, lr and data order: the loss curve and the weights equal the uninterrupted run.
-    history, ref_history = _history(params), _history(ref_params)
+    history, ref_history = loss_history(params), loss_history(ref_params)
     assert [s for s, _ in history] == [s for s, _ in ref_history]
     assert [v for _, v in history] == pytest.approx([v for _, v in ref_history], rel=1e-5)
-    torch.testing.assert_close(_ema(params), _ema(ref_params), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ema_weights(params), ema_weights(ref_params), rtol=0, atol=1e-6)
     lr = {m.step: m.value for m in client.get_metric_history(run_id, "lr")}
     assert lr[3] == pytest.approx(params.train.lr)
 
 
 def test_nonfinite_loss_stops_naming_step_and_checkpoint(
-    ray_cluster: None, shards_dir: Path, tmp_path: Path
+    local_ray: object, shards_dir: Path, tmp_path: Path
 ) -> None:
     """lr 1e36: the first update blows the weights up, the next loss is not finite."""
     over = {"train.lr": 1e36, "train.checkpoint_every": 1, "train.max_failures": 1}
-    params = _params(tmp_path, shards_dir, over)
+    params = train_params(tmp_path, shards_dir, over)
     with pytest.raises(NonFiniteLossError) as info:
-        run_training(params, root=tmp_path)
+        train(params, tmp_path)
     match = re.search(r"at step (\d+); last good checkpoint: (\S+)", str(info.value))
     assert match is not None, str(info.value)
     step, ckpt = int(match.group(1)), Path(match.group(2))
     assert step >= 2 and ckpt.name == f"step_{step - 1:08d}" and ckpt.is_dir()
-    run_id = (ckpt.parent / SIDECAR).read_text().strip()
-    client = MlflowClient(tracking_uri(params.mlflow))
+    run_id = RunFolder(ckpt.parent).mlflow_run_id()
+    client = MlflowClient(tracking_uri(params.mlflow, tmp_path))
     assert client.get_run(run_id).info.status == "FAILED"
     assert not Path(params.paths.model).exists()
 
@@ -303,22 +263,15 @@ def test_nonfinite_loss_stops_naming_step_and_checkpoint(
     ],
 )
 def test_bad_inputs_fail_before_training(
-    ray_cluster: None,
+    local_ray: object,
     shards_dir: Path,
     tmp_path: Path,
     overrides: dict[str, Any],
     error: type[Exception],
     words: list[str],
 ) -> None:
-    params = _params(tmp_path, shards_dir, overrides)
+    params = train_params(tmp_path, shards_dir, overrides)
     with pytest.raises(error) as info:
-        run_training(params, root=tmp_path)
+        train(params, tmp_path)
     assert all(w in str(info.value) for w in words), str(info.value)
     assert not Path(params.paths.ray_storage).exists()  # no Ray run, no MLflow run
-
-
-def test_missing_shards_name_the_path_and_the_fix(tmp_path: Path) -> None:
-    params = build_params(tmp_path)
-    with pytest.raises(FileNotFoundError, match="dvc repro shard") as info:
-        validate_inputs(params, tmp_path)
-    assert str(Path(params.paths.shards) / "manifest.json") in str(info.value)

@@ -1,0 +1,129 @@
+"""The train stage's output: a model folder of EMA weights and the params they were made with.
+
+`ema.safetensors` holds the U-Net's state dict (with the resolved params and provenance as
+str metadata), `config.json` the resolved params. `write_model_dir` is its only writer (a
+trained run and released weights alike) and `load_ema_model` its verified reader: the U-Net is
+rebuilt from the training config, which must agree with the params the reader runs with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ddpm_core.config import ConfigError, UNetConfig
+from ddpm_core.unet import UNet
+from pipelines.config import Params, from_dict, to_dict
+from pipelines.infra.files import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "ema.safetensors"
+CONFIG_FILE = "config.json"
+# Keys the trained weights depend on; var_type is a sampling choice (sigma^2 = beta or beta~).
+TRAINED_DIFFUSION_KEYS = ("T", "beta_schedule", "beta_start", "beta_end", "mean_type")
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights files
+
+
+def save_weights(
+    path: str | os.PathLike[str],
+    state_dict: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str],
+) -> Path:
+    """Write `state_dict` (tensors, moved to CPU) and str->str `metadata` to a safetensors file."""
+    bad = {
+        k: type(v).__name__
+        for k, v in metadata.items()
+        if not isinstance(k, str) or not isinstance(v, str)
+    }
+    if bad:
+        raise ValueError(f"metadata: values must be str, got {bad}")
+    not_tensor = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if not_tensor:
+        raise ValueError(f"state_dict: keys {not_tensor} are not tensors")
+    # clone: safetensors refuses tensors that share storage (views, tied weights).
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=dict(metadata))
+    logger.info("saved %d tensors to %s", len(tensors), path)
+    return Path(path)
+
+
+def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a `save_weights` file -> (state_dict on CPU, metadata).
+
+    FileNotFoundError when missing, ValueError naming the file when it is not valid safetensors.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"weights file not found: {source}")
+    try:
+        with safe_open(str(source), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"weights file {source}: not a readable safetensors file ({err})") from err
+    return tensors, metadata
+
+
+# ----------------------------------------------------------------------------------------------
+# The model folder
+
+
+def write_model_dir(
+    params: Params,
+    state_dict: Mapping[str, torch.Tensor],
+    metadata: dict[str, str],
+    model_dir: Path,
+) -> Path:
+    """`ema.safetensors` (+ the resolved params as metadata) and `config.json`, each atomic.
+
+    Returns the weights file.
+    """
+    config = {"config": json.dumps(to_dict(params), sort_keys=True), **metadata}
+    weights = save_weights(model_dir / WEIGHTS_FILE, state_dict, config)
+    write_json(model_dir / CONFIG_FILE, to_dict(params))
+    return weights
+
+
+def check_trained_config(trained: dict[str, Any], params: Params, where: Path) -> None:
+    """ConfigError naming `where` when the model's training config differs from `params`."""
+    now = to_dict(params)
+    keys = [("unet", k) for k in now["unet"]] + [("data", "channels"), ("data", "resolution")]
+    keys += [("diffusion", k) for k in TRAINED_DIFFUSION_KEYS]
+    for section, key in keys:
+        have = trained.get(section, {}).get(key, "<missing>")
+        if have != now[section][key]:
+            raise ConfigError(
+                f"{where}: the model was trained with {section}.{key}={have!r} but params have "
+                f"{now[section][key]!r}; retrain (dvc repro) or restore the params"
+            )
+
+
+def load_ema_model(params: Params, model_dir: Path) -> UNet:
+    """The EMA U-Net from `<model_dir>/ema.safetensors`, checked against `config.json`."""
+    config, weights = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
+    if not config.is_file():
+        raise FileNotFoundError(f"{config}: model config not found (run the train stage first)")
+    trained = json.loads(config.read_text())
+    check_trained_config(trained, params, config)
+    unet_cfg = from_dict(UNetConfig, trained["unet"], "unet.")
+    model = UNet.from_config(unet_cfg, params.data.channels, params.data.resolution)
+    state_dict, _ = load_weights(weights)  # FileNotFoundError / ValueError name the file
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        detail = str(e).splitlines()[1:3]
+        raise ValueError(f"{weights}: weights do not fit the U-Net of {config}: {detail}") from e
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,260 @@
+"""The sample stage: N images (Algorithm 2) on a Ray Data actor pool, figures and metrics.
+
+The driver checks the model folder before Ray starts, plans fixed index ranges (one shard each,
+`artifacts.samples`), keeps shards a crashed run already completed, runs the rest on a pool of
+`sample.num_workers` `SamplerActor`s and writes the manifest last. The pool size only decides
+who runs a range, so the output is bit-identical for any number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import ray
+import torch
+
+from ddpm_core.sampling import sample_indices, snapshot_timesteps
+from ddpm_core.unet import UNet
+from pipelines.artifacts.model_dir import WEIGHTS_FILE, load_ema_model
+from pipelines.artifacts.samples import (
+    MANIFEST,
+    ShardSpec,
+    load_samples,
+    plan_shards,
+    prepare_dir,
+    sampling_plan,
+    write_manifest,
+)
+from pipelines.config import Params, to_dict
+from pipelines.infra.figures import save_grid, save_progressive
+from pipelines.infra.ray import check_fits, init_ray
+from pipelines.infra.tracking import Tracker, numeric
+from pipelines.sample.actor import SamplerActor, build_diffusion, image_shape
+
+log = logging.getLogger(__name__)
+
+GRID_PNG = "sample_grid.png"
+PROGRESSIVE_PNG = "progressive_generation.png"
+
+
+# ----------------------------------------------------------------------------------------------
+# The driver
+
+
+@dataclass
+class Progress:
+    """Console progress with throughput and ETA over newly sampled images."""
+
+    total: int
+    tracker: Tracker | None = None
+    done: int = 0
+    new: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def update(self, row: dict[str, Any]) -> None:
+        self.done += int(row["count"])
+        if not row["skipped"]:
+            self.new += int(row["count"])
+        rate = self.rate()
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        log.info(
+            "sample: %s %s  %d/%d images  %.2f images/s  ETA %s",
+            row["file"],
+            "verified, skipped" if row["skipped"] else "written",
+            self.done,
+            self.total,
+            rate,
+            _fmt_seconds(eta),
+        )
+        if self.tracker is not None:
+            self.tracker.log_metrics({"images_done": self.done, "images_per_s": rate}, self.done)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def rate(self) -> float:
+        return self.new / max(self.elapsed(), 1e-9)
+
+
+def _fmt_seconds(s: float) -> str:
+    if s != s:  # nan
+        return "?"
+    m, sec = divmod(int(round(s)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+
+
+def _actor_resources(params: Params) -> dict[str, float]:
+    cfg = params.sample
+    check_fits(cfg.num_workers, cfg.cpus_per_worker, 1.0 if cfg.use_gpu else 0.0, "sample")
+    res = {"num_cpus": cfg.cpus_per_worker}
+    return {**res, "num_gpus": 1.0} if cfg.use_gpu else res
+
+
+def run_pool(
+    params: Params,
+    specs: list[ShardSpec],
+    model_dir: Path,
+    out_dir: Path,
+    tracker: Tracker | None = None,
+) -> tuple[list[dict[str, Any]], Progress]:
+    """Run every shard on an actor pool of `sample.num_workers`; returns rows in index order.
+
+    The input is `from_items` (no read tasks): with `ray.data.range` a read task needs a CPU
+    too, and a pool that takes every CPU of the cluster then deadlocks.
+    """
+    resources = _actor_resources(params)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # `Progress` logs shards, rate and ETA instead
+    items = [{"index": s.index, "start": s.start, "stop": s.stop} for s in specs]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        SamplerActor,
+        fn_constructor_kwargs={
+            "params": to_dict(params),
+            "model_dir": str(model_dir),
+            "out_dir": str(out_dir),
+        },
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=min(params.sample.num_workers, len(specs))),
+        **resources,
+    )
+    progress = Progress(sum(s.count for s in specs), tracker)
+    rows: dict[int, dict[str, Any]] = {}
+    for row in ds.iter_rows():
+        rows[int(row["index"])] = row  # a retried shard may report twice: same file, same hash
+        progress.update(row)
+    missing = [s.index for s in specs if s.index not in rows]
+    if missing:
+        raise RuntimeError(f"sample: shards {missing} returned no result")
+    return [rows[s.index] for s in specs], progress
+
+
+def sample_to_shards(
+    params: Params, root: Path, tracker: Tracker | None = None
+) -> tuple[dict[str, Any], Progress]:
+    """Sample `sample.num_images` images into `<paths.samples>`; returns (manifest, progress).
+
+    The model folder is checked before Ray starts. Existing shards of the same plan are verified
+    and kept (resume); the manifest is written last, so its presence means every shard is done.
+    """
+    model_dir, out_dir = root / params.paths.model, root / params.paths.samples
+    load_ema_model(params, model_dir)  # fail fast, before Ray starts, on bad weights/config
+    specs = plan_shards(params.sample.num_images, params.sample.batch_size)
+    plan = sampling_plan(params, model_dir / WEIGHTS_FILE)
+    init_ray(params.ray)
+    prepare_dir(out_dir, plan, specs)
+    rows, progress = run_pool(params, specs, model_dir, out_dir, tracker)
+    manifest = write_manifest(out_dir, plan, specs, [str(r["sha256"]) for r in rows])
+    log.info(
+        "sample: %d images in %d shards, ordered_hash %s",
+        manifest["num_images"],
+        len(specs),
+        manifest["ordered_hash"][:16],
+    )
+    return manifest, progress
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage: shards, figures, metrics
+
+
+def progressive_frames(params: Params, model: UNet) -> tuple[torch.Tensor, list[int]]:
+    """Predicted x0 every `progressive_every` original steps for images 0..P-1 (paper Fig. 6).
+
+    Returns:
+        frames (K, P, C, H, W) uint8 and the K original timesteps (descending). The images use
+        the same per-index generators as the shards, so the last frames match samples 0..P-1.
+    """
+    cfg = params.sample
+    every = max(1, cfg.progressive_every // cfg.stride)  # in steps of the (respaced) sampler
+    diffusion = build_diffusion(params)
+    n = min(cfg.progressive_images, cfg.num_images)
+    _, frames = sample_indices(
+        model, diffusion, range(n), params.seed, image_shape(params), x0_every=every
+    )
+    return frames, snapshot_timesteps(diffusion, every)
+
+
+def sampler_label(params: Params) -> str:
+    cfg, T = params.sample, params.diffusion.T
+    if cfg.stride == 1:
+        return f"ancestral, all {T} steps (paper Algorithm 2)"
+    steps = len(range(0, T, cfg.stride))
+    return f"ancestral, strided every {cfg.stride}: {steps} of {T} steps (fast, not the paper)"
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """What the sample stage made; `metrics()` is `metrics/sample.json`."""
+
+    metrics_file: ClassVar[str] = "sample.json"
+
+    samples_dir: Path
+    num_images: int
+    new_images: int  # sampled by this run (the rest were verified and kept)
+    images_per_s: float  # new images per second of sampling
+    sampling_time_s: float
+    wall_time_s: float
+    num_workers: int
+    stride: int
+    num_steps: int
+    sampler: str
+    ordered_hash: str  # equal for any number of workers
+    run_id: str  # the MLflow run
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "num_images": self.num_images,
+            "new_images": self.new_images,
+            "images_per_s": self.images_per_s,
+            "sampling_time_s": self.sampling_time_s,
+            "wall_time_s": self.wall_time_s,
+            "num_workers": self.num_workers,
+            "stride": self.stride,
+            "num_steps": self.num_steps,
+            "paper_sampler": self.stride == 1,
+            "sampler": self.sampler,
+            "ordered_hash": self.ordered_hash,
+        }
+
+    def summary(self) -> str:
+        return (
+            f"{self.samples_dir}: {self.num_images} images ({self.sampler}), {self.new_images} "
+            f"new at {self.images_per_s:.2f} images/s, ordered_hash {self.ordered_hash[:16]} "
+            f"(MLflow run {self.run_id})"
+        )
+
+
+def run_sample(params: Params, root: Path, tracker: Tracker) -> SampleResult:
+    """Shards + manifest, sample grid and progressive figure, logged to `tracker`."""
+    t0 = time.perf_counter()
+    manifest, progress = sample_to_shards(params, root, tracker)
+    out_dir, plots = root / params.paths.samples, root / params.paths.plots
+    grid = load_samples(out_dir, params.sample.grid_images)  # (N, C, H, W) uint8
+    scale = max(1, 64 // params.data.resolution)
+    figures = [save_grid(grid, plots / GRID_PNG, scale=scale)]
+    frames, steps = progressive_frames(params, load_ema_model(params, root / params.paths.model))
+    figures.append(save_progressive(frames, steps, plots / PROGRESSIVE_PNG))
+    result = SampleResult(
+        samples_dir=out_dir,
+        num_images=manifest["num_images"],
+        new_images=progress.new,
+        images_per_s=progress.rate(),
+        sampling_time_s=progress.elapsed(),
+        wall_time_s=time.perf_counter() - t0,
+        num_workers=params.sample.num_workers,
+        stride=params.sample.stride,
+        num_steps=len(range(0, params.diffusion.T, params.sample.stride)),
+        sampler=sampler_label(params),
+        ordered_hash=manifest["ordered_hash"],
+        run_id=tracker.run_id,
+    )
+    tracker.log_metrics(numeric(result.metrics()), step=result.num_images)
+    tracker.set_tags({"sampler": result.sampler, "samples.ordered_hash": result.ordered_hash})
+    for path in [*figures, out_dir / MANIFEST]:
+        tracker.log_artifact(path, "sample")
+    return result

@@ -1,0 +1,142 @@
+"""The train stage: Algorithm 1 on Ray Train (V2), from the shards to the EMA model folder.
+
+`run_train` plans the run (`train.run.plan_run`: inputs, cluster, run key), starts
+`TorchTrainer.fit()` on `train.num_workers` workers (`train.worker`) under the run's name, so a
+rerun of the same command resumes from the latest checkpoint in `paths.ray_storage`, then writes
+the model folder and the loss history from the final checkpoint (`train.export`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from pipelines.config import Params, to_dict
+from pipelines.infra.tracking import Tracker
+from pipelines.train.export import export_model
+from pipelines.train.run import TrainPlan, plan_run
+from pipelines.train.worker import RunSpec, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+CONTROLLER_FAILURE_LIMIT = 2  # Ray's default (-1) retries an unschedulable group forever
+LoopFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What the train stage made; `metrics()` is `metrics/train.json`."""
+
+    metrics_file: ClassVar[str] = "train.json"
+
+    steps: int
+    final_loss: float
+    images_per_s: float  # of the latest attempt
+    wall_time_s: float
+    resumed_from: int  # the step the latest attempt started from
+    run_key: str
+    run_name: str
+    run_dir: Path  # Ray's run folder: checkpoints and the run's notes
+    model_dir: Path
+    run_id: str  # the MLflow run
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "final_loss": self.final_loss,
+            "images_per_s": self.images_per_s,
+            "wall_time_s": round(self.wall_time_s, 3),
+            "resumed_from": self.resumed_from,
+        }
+
+    def summary(self) -> str:
+        return (
+            f"{self.model_dir}: EMA weights at step {self.steps}, final loss "
+            f"{self.final_loss:.4f}, {self.images_per_s:.0f} img/s (Ray run {self.run_name}, "
+            f"MLflow run {self.run_id}, resumed from step {self.resumed_from})"
+        )
+
+
+def trainer_for(
+    params: Params,
+    config: dict[str, Any],
+    plan: TrainPlan,
+    loop_fn: LoopFn,
+    callbacks: Sequence[ray.train.UserCallback],
+) -> TorchTrainer:
+    cfg = params.train
+    resources = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = cfg.gpus_per_worker
+    return TorchTrainer(
+        loop_fn,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=plan.name,
+            storage_path=str(plan.storage),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(
+                max_failures=cfg.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT
+            ),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def run_train(
+    params: Params,
+    root: Path,
+    tracker: Tracker,
+    *,
+    loop_fn: LoopFn = train_loop_per_worker,
+    callbacks: Sequence[ray.train.UserCallback] = (),
+) -> TrainResult:
+    """`fit()` (resuming a run of the same key) logging to `tracker`, then the outputs.
+
+    `tracker` is the run's MLflow run (`train.run.open_train_run`). `loop_fn` and `callbacks`
+    exist for tests (fault injection).
+    """
+    plan = plan_run(params, root)
+    folder = plan.folder
+    log.info("Ray run %s (storage %s), MLflow run %s", plan.name, plan.storage, tracker.run_id)
+    folder.clear_attempt()
+    spec = RunSpec(run_name=plan.name, run_dir=str(folder.path), shards=str(plan.shards))
+    config = {"params": to_dict(params), "run": asdict(spec), "tracker": tracker}
+    start = time.perf_counter()
+    fitted = trainer_for(params, config, plan, loop_fn, callbacks).fit()
+    folder.raise_if_nonfinite()
+    if fitted.checkpoint is None:
+        raise RuntimeError(f"{folder.path}: training reported no checkpoint")
+    wall = time.perf_counter() - start
+    # A rerun of a finished run trains nothing and reports nothing: the checkpoint's metrics
+    # are those of an earlier attempt, the run folder's note is this one's.
+    reported = {**(fitted.metrics or {}), **folder.attempt()}
+    meta = {"run_key": plan.key, "mlflow_run_id": tracker.run_id}
+    model = export_model(params, root, Path(fitted.checkpoint.path), meta, tracker)
+    last_loss = model.history[-1][1] if model.history else float("nan")
+    result = TrainResult(
+        steps=model.steps,
+        final_loss=float(reported.get("loss", last_loss)),
+        images_per_s=float(reported.get("images_per_s", 0.0)),
+        wall_time_s=wall,
+        resumed_from=int(reported.get("resumed_from", 0)),
+        run_key=plan.key,
+        run_name=plan.name,
+        run_dir=folder.path,
+        model_dir=model.weights.parent,
+        run_id=tracker.run_id,
+    )
+    final = {f"final_{k}": float(v) for k, v in result.metrics().items()}
+    tracker.log_metrics(final, result.steps)
+    return result

@@ -1,0 +1,364 @@
+"""Test helpers shared by several test files: tiny params, stand-in outputs, real servers.
+
+Fixtures live in `conftest.py`; test files import helpers from here, never from each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+
+from ddpm_core.config import DiffusionConfig, UNetConfig
+from pipelines.artifacts.model_dir import write_model_dir
+from pipelines.artifacts.shards import SourceData, Split, write_shards
+from pipelines.config import Params, from_dict, to_dict
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+TINY: dict[str, Any] = {
+    "data.resolution": 8,
+    "data.max_images": 64,
+    "data.shard_size": 16,
+    "diffusion.T": 20,
+    "unet.ch": 8,
+    "unet.ch_mult": [1, 2],
+    "unet.num_res_blocks": 1,
+    "unet.attn_resolutions": [4],
+    "unet.dropout": 0.0,
+    "train.steps": 4,
+    "train.batch_size": 8,
+    "train.warmup_steps": 2,
+    "train.log_every": 1,
+    "train.checkpoint_every": 2,
+    "train.sample_every": 0,
+    "train.cpus_per_worker": 0.5,
+    "sample.num_images": 8,
+    "sample.batch_size": 4,
+    "sample.cpus_per_worker": 0.5,
+    "sample.progressive_every": 5,
+    "sample.progressive_images": 2,
+    "sample.grid_images": 4,
+    "evaluate.fid_images": 8,
+    "evaluate.fid_reference_images": 16,
+    "evaluate.nll_images": 4,
+    "evaluate.nll_batch_size": 4,
+    "evaluate.cpus_per_worker": 0.5,
+    "ray.num_cpus": 2,
+}
+
+
+# Ho et al. 2020, Appendix B (hojonathanho/diffusion scripts/run_cifar.py).
+PAPER_DIFFUSION = DiffusionConfig(
+    T=1000,
+    beta_schedule="linear",
+    beta_start=1e-4,
+    beta_end=0.02,
+    mean_type="eps",
+    var_type="fixedlarge",
+    loss_type="mse",
+)
+PAPER_UNET = UNetConfig(
+    ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1
+)
+
+
+def default_params_dict() -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load((REPO / "params.yaml").read_text())
+    return raw
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for p in parents:
+        d = d[p]
+    d[last] = value
+
+
+def build_params(root: Path, overrides: dict[str, Any] | None = None, tiny: bool = True) -> Params:
+    """params.yaml with every path under `root`, the TINY overrides, then `overrides`."""
+    raw = copy.deepcopy(default_params_dict())
+    for k, v in {**(TINY if tiny else {}), **(overrides or {})}.items():
+        set_dotted(raw, k, v)
+    for k, v in raw["paths"].items():
+        raw["paths"][k] = str(root / v)
+    raw["mlflow"]["tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"
+    return from_dict(Params, raw)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RayHead:
+    """A real `ray start --head` on loopback with the dashboard (job server), for job tests.
+
+    It uses its own temp dir, and teardown kills only processes started under it, never other
+    Ray clusters on the machine (`ray stop` would kill them all).
+    """
+
+    def __init__(self, num_cpus: int = 2) -> None:
+        import tempfile
+
+        self.temp_dir = tempfile.mkdtemp(prefix="rayh_", dir="/tmp")  # short: socket paths
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.num_cpus = num_cpus
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.pop("RAY_ADDRESS", None)
+        # Any earlier ray.init() leaves ~/.ray/auth_token, which turns token auth on for a new
+        # head; this loopback test cluster and its clients run without it.
+        env["RAY_AUTH_MODE"] = "disabled"
+        return env
+
+    def start(self) -> RayHead:
+        cmd = [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            f"--port={self.port}",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={self.num_cpus}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--temp-dir={self.temp_dir}",
+            "--disable-usage-stats",
+        ]
+        subprocess.run(cmd, env=self.env(), check=True, capture_output=True, timeout=120)
+        return self
+
+    def processes(self) -> list[Any]:
+        """The head's processes (those naming its temp dir or its GCS port: the client server)
+        and all their descendants: the agents rename themselves (`ray::DashboardAgent`) and
+        would outlive a name match."""
+        import psutil
+
+        marks = (self.temp_dir, f"--address=127.0.0.1:{self.port} ", f":{self.port} --host")
+        roots = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or []) + " "
+            if any(m in cmdline for m in marks):
+                roots.append(proc)
+        family = {p.pid: p for r in roots for p in [r, *r.children(recursive=True)]}
+        return list(family.values())
+
+    def stop(self) -> None:
+        import shutil
+
+        import psutil
+
+        family = self.processes()
+        for proc in family:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        _, alive = psutil.wait_procs(family, timeout=10)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=5)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class MlflowServer:
+    """A real `mlflow server` on loopback (sqlite backend, proxied artifacts)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 90.0) -> MlflowServer:
+        import time
+        import urllib.request
+
+        cmd = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            f"--backend-store-uri=sqlite:///{self.root / 'mlflow.db'}",
+            f"--artifacts-destination={self.root / 'mlartifacts'}",
+            "--host=127.0.0.1",
+            f"--port={self.port}",
+            "--workers=1",
+        ]
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        log = (self.root / "server.log").open("wb")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited: {(self.root / 'server.log').read_text()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"mlflow server at {self.url} not healthy after {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+# ----------------------------------------------------------------------------------------------
+# Stand-ins for stage outputs
+
+
+def params_file(params: Params, path: Path) -> Path:
+    """`params` as a YAML file at `path` (what the stage CLIs read)."""
+    path.write_text(yaml.safe_dump(to_dict(params)))
+    return path
+
+
+def make_model_dir(params: Params, seed: int = 0) -> Path:
+    """A stand-in for the train stage's outputs: random (non-zero) EMA weights + config.json."""
+    from ddpm_core.unet import UNet
+
+    torch.manual_seed(seed)
+    model = UNet.from_config(params.unet, params.data.channels, params.data.resolution)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # the zero-initialised output conv would give eps=0
+    model_dir = Path(params.paths.model)
+    write_model_dir(params, model.state_dict(), {}, model_dir)
+    return model_dir
+
+
+# Shards whose images carry their sample id (data-shard readers and the training stream).
+W = 6  # image width; row 0 carries the sample id at one end and a 255 marker at the other
+
+
+def id_images(n: int) -> np.ndarray:
+    """(n, 1, 4, W) uint8: image i has id i at [0, 0, 0] and 255 at [0, 0, W-1]."""
+    x = np.full((n, 1, 4, W), 100, dtype=np.uint8)
+    x[:, 0, 0, 0] = np.arange(n)
+    x[:, 0, 0, -1] = 255
+    return x
+
+
+def write_ids(root: Path, n: int, shard_size: int) -> Path:
+    data = SourceData({"train": Split(id_images(n), np.arange(n) % 3)}, ["a", "b", "c"], "ids")
+    write_shards(data, root, shard_size, {}, "ids")
+    return root
+
+
+class TinyEps(nn.Module):
+    """A small time-conditioned conv net standing in for the U-Net."""
+
+    def __init__(self, channels: int = 2, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, dtype=dtype)
+        with torch.no_grad():
+            self.conv.weight.copy_(0.2 * torch.randn(self.conv.weight.shape, generator=g))
+            self.conv.bias.copy_(0.1 * torch.randn(self.conv.bias.shape, generator=g))
+        self.calls: list[Tensor] = []
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        self.calls.append(t.clone())
+        return torch.tanh(self.conv(x) + (t.to(x.dtype) / 1000.0).reshape(-1, 1, 1, 1))
+
+
+# google/ddpm-cifar10-32 config.json (the paper's released CIFAR-10 model, converted by diffusers).
+CIFAR10_CONFIG: dict[str, Any] = {
+    "act_fn": "silu",
+    "attention_head_dim": None,
+    "block_out_channels": [128, 256, 256, 256],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+    "downsample_padding": 0,
+    "flip_sin_to_cos": False,
+    "freq_shift": 1,
+    "in_channels": 3,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-06,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 32,
+    "time_embedding_type": "positional",
+    "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+}
+
+
+def random_diffusers(config: dict[str, Any], seed: int = 0) -> Any:
+    """A diffusers UNet2DModel whose every parameter (GN affine too) is random."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    model = diffusers.UNet2DModel(**config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Training runs
+
+# A 2-worker run of 6 steps with a checkpoint every 2: the yardstick of the fault tests.
+REF_RUN: dict[str, Any] = {"train.steps": 6, "train.num_workers": 2, "train.checkpoint_every": 2}
+
+
+def train_params(root: Path, shards: Path, overrides: dict[str, Any] | None = None) -> Params:
+    """Tiny params under `root` reading `shards`, with one MLflow db next to the shards (so the
+    schema is created once for every run that shares them)."""
+    import dataclasses
+
+    from pipelines.config import replace_path
+
+    params = replace_path(build_params(root, overrides), shards=str(shards))
+    uri = f"sqlite:///{shards.parents[1] / 'mlflow.db'}"
+    return dataclasses.replace(params, mlflow=dataclasses.replace(params.mlflow, tracking_uri=uri))
+
+
+def train(params: Params, root: Path, **kwargs: Any) -> Any:
+    """The train stage as its CLI runs it (open or reattach the MLflow run, fit, outputs);
+    `kwargs` go to `run_train` (test-only loop wrappers). Returns the `TrainResult`."""
+    import functools
+
+    from pipelines.infra.tracking import run_tracked
+    from pipelines.train.run import open_train_run
+    from pipelines.train.stage import run_train
+
+    tracker = open_train_run(params, root)
+    return run_tracked(params, root, "train", tracker, functools.partial(run_train, **kwargs))
+
+
+def ema_weights(params: Params) -> dict[str, torch.Tensor]:
+    from pipelines.artifacts.model_dir import WEIGHTS_FILE, load_weights
+
+    return load_weights(Path(params.paths.model) / WEIGHTS_FILE)[0]
+
+
+def loss_history(params: Params) -> list[tuple[int, float]]:
+    """The (step, loss) rows of `plots/train_loss.csv`."""
+    import csv
+
+    from pipelines.train.export import LOSS_CSV
+
+    with (Path(params.paths.plots) / LOSS_CSV).open() as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]

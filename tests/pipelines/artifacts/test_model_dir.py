@@ -1,0 +1,117 @@
+"""The model folder: atomic safetensors weights, config.json, the verified EMA-model reader."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm_core.config import ConfigError
+from ddpm_core.unet import UNet
+from pipelines.artifacts.model_dir import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    load_ema_model,
+    load_weights,
+    save_weights,
+    write_model_dir,
+)
+from pipelines.config import Params, to_dict
+from tests.helpers import make_model_dir
+
+MakeParams = Callable[..., Params]
+
+
+def tiny_unet() -> UNet:
+    torch.manual_seed(0)
+    return UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), resolution=8)
+
+
+def test_weights_round_trip(tmp_path: Path) -> None:
+    model = tiny_unet()
+    meta = {"config": '{"ch": 8}', "step": "12"}
+    path = save_weights(tmp_path / "sub" / "ema.safetensors", model.state_dict(), meta)
+    sd, got_meta = load_weights(path)
+    assert got_meta == meta
+    assert sd.keys() == model.state_dict().keys()
+    fresh = UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), resolution=8)
+    fresh.load_state_dict(sd, strict=True)
+    for a, b in zip(fresh.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert [p.name for p in path.parent.iterdir()] == ["ema.safetensors"]  # no temporary left
+
+
+def test_shared_storage_views_are_saved(tmp_path: Path) -> None:
+    base = torch.arange(6.0)
+    save_weights(tmp_path / "w.safetensors", {"a": base, "b": base[:3]}, {})
+    sd, _ = load_weights(tmp_path / "w.safetensors")
+    assert torch.equal(sd["b"], torch.tensor([0.0, 1.0, 2.0]))
+
+
+def test_failed_save_keeps_previous_file(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    save_weights(path, {"a": torch.ones(2)}, {"v": "1"})
+    with pytest.raises(ValueError, match="metadata"):
+        save_weights(path, {"a": torch.zeros(2)}, {"v": 2})  # type: ignore[dict-item]
+    sd, meta = load_weights(path)
+    assert meta == {"v": "1"} and torch.equal(sd["a"], torch.ones(2))
+
+
+def test_load_weights_errors_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        load_weights(missing)
+    corrupt = tmp_path / "bad.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        load_weights(corrupt)
+
+
+def test_model_dir_round_trip(make_params: MakeParams) -> None:
+    params = make_params()
+    model = UNet.from_config(params.unet, params.data.channels, params.data.resolution)
+    model_dir = Path(params.paths.model)
+    weights = write_model_dir(params, model.state_dict(), {"step": "3"}, model_dir)
+    assert sorted(p.name for p in model_dir.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    _, meta = load_weights(weights)
+    assert meta["step"] == "3" and json.loads(meta["config"]) == to_dict(params)
+    assert json.loads((model_dir / CONFIG_FILE).read_text()) == to_dict(params)
+    loaded = load_ema_model(params, model_dir)
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_missing_files_are_named(make_params: MakeParams) -> None:
+    params = make_params()
+    with pytest.raises(FileNotFoundError, match="config.json: model config not found"):
+        load_ema_model(params, Path(params.paths.model))
+    model_dir = make_model_dir(params)
+    (model_dir / WEIGHTS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="ema.safetensors"):
+        load_ema_model(params, model_dir)
+
+
+def test_config_mismatch_names_config_and_key(make_params: MakeParams) -> None:
+    make_model_dir(make_params())
+    with pytest.raises(ConfigError, match=r"config.json: .*unet.ch=8 but params have 16"):
+        load_ema_model(make_params({"unet.ch": 16}), Path(make_params().paths.model))
+    with pytest.raises(ConfigError, match="diffusion.T=20"):
+        load_ema_model(make_params({"diffusion.T": 30}), Path(make_params().paths.model))
+    # var_type is a sampling choice: sigma^2 = beta or beta~ from the same weights
+    load_ema_model(
+        make_params({"diffusion.var_type": "fixedsmall"}), Path(make_params().paths.model)
+    )
+
+
+def test_weights_that_do_not_fit_the_config_name_the_file(make_params: MakeParams) -> None:
+    params = make_params()
+    model_dir = make_model_dir(params)
+    other = make_params({"unet.ch": 4})
+    state = UNet.from_config(other.unet, 1, 8).state_dict()
+    save_weights(model_dir / WEIGHTS_FILE, state, {})  # config.json still says ch=8
+    with pytest.raises(ValueError, match="ema.safetensors: weights do not fit"):
+        load_ema_model(params, model_dir)

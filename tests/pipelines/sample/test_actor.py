@@ -1,0 +1,33 @@
+"""The sampling actor without Ray: a shard per range, image i a function of (seed, i) alone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpm_core.sampling import sample_indices
+from pipelines.artifacts.model_dir import load_ema_model
+from pipelines.artifacts.samples import ShardSpec, read_shard_images
+from pipelines.config import Params, to_dict
+from pipelines.sample.actor import SamplerActor, build_diffusion, image_shape
+from tests.helpers import make_model_dir
+
+
+def test_actor_writes_its_range_then_skips_it(make_params: Callable[..., Params]) -> None:
+    params = make_params({"sample.stride": 5})
+    model_dir = make_model_dir(params)
+    out = Path(params.paths.samples)
+    out.mkdir(parents=True)
+    actor = SamplerActor(to_dict(params), str(model_dir), str(out))
+    batch = {"index": np.array([1]), "start": np.array([3]), "stop": np.array([6])}
+    first = actor(batch)
+    assert first["file"].tolist() == ["samples-000001.tar"] and not first["skipped"][0]
+    images = read_shard_images((out / "samples-000001.tar").read_bytes(), ShardSpec(1, 3, 6), "")
+    model = load_ema_model(params, model_dir)
+    alone = sample_indices(model, build_diffusion(params), [4], params.seed, image_shape(params))
+    assert torch.equal(torch.from_numpy(images[1:2]), alone)  # image 4 alone == in its range
+    again = actor(batch)
+    assert again["skipped"][0] and again["sha256"][0] == first["sha256"][0]

@@ -1,0 +1,66 @@
+"""A training run's identity and folder without Ray: inputs, run key, the driver's notes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.config import Params
+from pipelines.train.run import RESUME_NEUTRAL, RunFolder, run_key, validate_inputs
+from pipelines.train.step import NonFiniteLossError
+
+MakeParams = Callable[..., Params]
+
+
+def _with_train(params: Params, **changes: Any) -> Params:
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, **changes))
+
+
+def test_run_key_changes_with_what_changes_the_weights_only(make_params: MakeParams) -> None:
+    params = make_params()
+    key = run_key(params, "manifest-a")
+    assert len(key) == 12 and key == run_key(make_params(), "manifest-a")
+    neutral = {"log_every": 7, "sample_every": 3, "checkpoint_every": 1, "keep_checkpoints": 5,
+               "max_failures": 9, "cpus_per_worker": 1.0}  # fmt: skip
+    assert set(neutral) <= set(RESUME_NEUTRAL)
+    assert run_key(_with_train(params, **neutral), "manifest-a") == key  # a rerun resumes
+    assert run_key(_with_train(params, lr=0.5), "manifest-a") != key
+    assert run_key(make_params({"unet.ch": 16}), "manifest-a") != key
+    assert run_key(params, "manifest-b") != key  # other shards
+
+
+def test_inputs_are_checked_naming_the_fix(make_params: MakeParams, shards_dir: Path) -> None:
+    params = make_params()
+    with pytest.raises(FileNotFoundError, match=r"manifest.json: shard manifest not found.*shard"):
+        validate_inputs(params, Path("/"))
+    from pipelines.config import replace_path
+
+    ok = replace_path(params, shards=str(shards_dir))
+    assert validate_inputs(ok, Path("/"))["image_shape"] == [1, 8, 8]
+    wrong = replace_path(make_params({"data.resolution": 16, "unet.attn_resolutions": [8]}),
+                         shards=str(shards_dir))  # fmt: skip
+    with pytest.raises(ValueError, match="image_shape .* data.resolution=16"):
+        validate_inputs(wrong, Path("/"))
+    with pytest.raises(ValueError, match="train.gpus_per_worker: got 1.0 with train.use_gpu"):
+        validate_inputs(_with_train(ok, gpus_per_worker=1.0), Path("/"))
+
+
+def test_run_folder_notes(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path / "ddpm-train-abc")
+    assert folder.mlflow_run_id() is None and folder.attempt() == {}
+    folder.remember_mlflow_run("run-1")
+    assert folder.mlflow_run_id() == "run-1"
+    folder.begin_attempt(resumed_from=4)
+    folder.raise_if_nonfinite()  # nothing noted: no error
+    folder.note_nonfinite("non-finite loss at step 6", 6, str(tmp_path / "step_00000005"))
+    assert folder.attempt()["resumed_from"] == 4  # kept beside the note
+    with pytest.raises(
+        NonFiniteLossError, match="at step 6; last good checkpoint: .*step_00000005"
+    ):
+        folder.raise_if_nonfinite()
+    folder.clear_attempt()
+    assert folder.attempt() == {} and folder.mlflow_run_id() == "run-1"
