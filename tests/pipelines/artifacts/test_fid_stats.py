@@ -1,0 +1,39 @@
+"""Reference statistics files: float64 round trip, the cache key, the file name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.artifacts.fid_stats import (
+    FidStats,
+    load_stats,
+    reference_key,
+    save_stats,
+    stats_path,
+)
+
+MANIFEST = {"splits": {"train": {"shards": [{"sha256": "a" * 64}, {"sha256": "b" * 64}]}}}
+
+
+def test_key_follows_shards_count_and_weights() -> None:
+    key = reference_key(MANIFEST, "train", 10, "w1")
+    assert len(key) == 16 and key == reference_key(MANIFEST, "train", 10, "w1")
+    assert key != reference_key(MANIFEST, "train", 11, "w1")
+    assert key != reference_key(MANIFEST, "train", 10, "w2")
+    assert stats_path(Path("s"), "train", 10, key) == Path(f"s/train-10-{key}.npz")
+
+
+def test_round_trip_is_exact_and_the_key_is_checked(tmp_path: Path) -> None:
+    g = np.random.default_rng(0)
+    stats = FidStats(g.normal(size=4), g.normal(size=(4, 4)), 7)
+    path = tmp_path / "stats" / "train-7-k.npz"
+    save_stats(path, stats, {"key": "k", "split": "train"})
+    back = load_stats(path, "k")
+    assert back.count == 7 and back.mu.dtype == np.float64
+    np.testing.assert_array_equal(back.sigma, stats.sigma)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # written atomically
+    with pytest.raises(ValueError, match="cache key k, expected other"):
+        load_stats(path, "other")
