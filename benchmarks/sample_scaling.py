@@ -163,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     load = load_average()
     rows = run(args.images, args.batch_size, args.steps, args.repeats)
     text = to_markdown(rows, args, load)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_result(args.out, text)
     print(text)
     return 0

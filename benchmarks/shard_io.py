@@ -113,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.zip}: not found (see ../shared/data/README.md)")
     rows = run(args.zip, args.images, args.batch_size, args.batches)
     text = markdown(rows, args.zip, args.images)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_result(args.out, text)
     print(text)
     return 0

@@ -189,7 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     load, start = os.getloadavg()[0], time.perf_counter()
     rows = [row for case in CASES for row in run_case(case, args.repeats)]
     table = to_markdown(rows, args.threads, time.perf_counter() - start, load)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_result(args.out, table)
     print(table)
     return 0
