@@ -33,16 +33,15 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.report import load_average, write_result
 from ddpm_core.config import Params, from_dict
+from ddpm_core.rng import mix_seed
 from pipelines.data import train_batches
 from pipelines.shards import build_shards
 from pipelines.train_ray import TrainResult, run_training
 from pipelines.train_step import (
     SEED_DROPOUT,
-    StepOutput,
     TrainState,
     draw_t_noise,
     make_state,
-    mixed_seed,
     train_step,
 )
 
@@ -120,14 +119,13 @@ def step_clock(params: Params, state: TrainState, batches: Iterator[torch.Tensor
     """Run the remaining steps; the clock time after each one."""
     cfg, cpu = params.train, torch.device("cpu")
     marks: list[float] = []
-    window: list[StepOutput] = []  # the worker keeps its outputs until the next log line
     while state.step < cfg.steps:
         x0 = next(batches).to(cpu)  # (B, C, H, W)
         shape, num_t = tuple(x0.shape), state.diffusion.num_timesteps
-        t, noise = draw_t_noise(state.generator, shape, num_t, cpu)
-        window.append(train_step(state, x0, t, noise, cfg))
+        t, noise = draw_t_noise(state.generator, shape, num_t)
+        train_step(state, x0, t, noise, cfg)
         if state.step % cfg.log_every == 0:
-            window = []
+            state.read_stats(1)  # the worker's one host sync per log window
         marks.append(time.perf_counter())
     return marks
 
@@ -139,7 +137,7 @@ def plain_loop(setup: Setup) -> Measurement:
     torch.set_num_threads(setup.threads)
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # dropout seeded per rank, as in the worker
-        torch.manual_seed(mixed_seed(params.seed, 1, 0, SEED_DROPOUT))
+        torch.manual_seed(mix_seed(params.seed, 1, 0, SEED_DROPOUT))
         state = make_state(params, torch.device("cpu"), 0, 1)
         session_start = time.perf_counter()
         batches = train_batches(

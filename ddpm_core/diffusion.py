@@ -342,10 +342,17 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------------------------------
     # Objectives
 
-    def training_losses(self, model: Model, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """Per-example loss (B,): L_simple (`mse`, eq. 14) or the VLB term L_t in bits (`kl`)."""
-        self._check_x_t("x0", x0, t)
-        self._check_like("noise", noise, x0)
+    def training_losses(
+        self, model: Model, x0: Tensor, t: Tensor, noise: Tensor, check: bool = True
+    ) -> Tensor:
+        """Per-example loss (B,): L_simple (`mse`, eq. 14) or the VLB term L_t in bits (`kl`).
+
+        check=False skips the input checks, which read values back from the device (a host
+        sync): for training loops that validate their data once, outside the hot loop.
+        """
+        if check:
+            self._check_x_t("x0", x0, t)
+            self._check_like("noise", noise, x0)
         x_t = self._q_sample(x0, t, noise)
         if self.loss_type == "kl":
             return self._vb_terms_bpd(model, x0, x_t, t, clip_denoised=False)[0]
@@ -382,15 +389,17 @@ class GaussianDiffusion:
         x0: Tensor,
         clip_denoised: bool = True,
         generator: torch.Generator | None = None,
+        noise_fn: NoiseFn | None = None,
     ) -> dict[str, Tensor]:
         """The bound (eq. 5) in bits/dim: total_bpd, prior_bpd (B,); terms_bpd, mse (B, T).
 
-        One fresh x_t ~ q(x_t | x0) per t = T-1..0 (official calc_bpd_loop); mse[:, t] is
+        One fresh x_t ~ q(x_t | x0) per t = T-1..0 (official calc_bpd_loop), its noise from
+        `noise_fn` (called once per t, in that order) or else `generator`; mse[:, t] is
         meanflat((pred_x0 - x0)^2) for the rate-distortion curve.
         """
         self._check_x_t("x0", x0, None)
         B, T = x0.shape[0], self.num_timesteps
-        fn = _generator_noise_fn(generator, x0.device, x0.dtype)
+        fn = noise_fn or _generator_noise_fn(generator, x0.device, x0.dtype)
         terms = torch.zeros(B, T, dtype=x0.dtype, device=x0.device)
         mse = torch.zeros(B, T, dtype=x0.dtype, device=x0.device)
         for i in reversed(range(T)):

@@ -1,0 +1,112 @@
+"""The training step without Ray: device-side step statistics, NaN detection, RNG resume, and
+the GPU execution options (bf16 autocast, channels_last, torch.compile) on CPU."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm_core.config import Params
+from pipelines.accel import autocast
+from pipelines.train_step import (
+    TrainState,
+    draw_t_noise,
+    load_checkpoint,
+    make_state,
+    prepare_model,
+    save_checkpoint,
+    train_step,
+)
+from tests.conftest import build_params
+
+CPU = torch.device("cpu")
+
+
+def _params(tmp_path: Path) -> Params:
+    return build_params(tmp_path, {"train.log_every": 3, "train.warmup_steps": 0})
+
+
+def _batch(params: Params, seed: int = 0) -> torch.Tensor:
+    r, c = params.data.resolution, params.data.channels
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(8, c, r, r, generator=g) * 2 - 1  # (B, C, H, W)
+
+
+def _steps(state: TrainState, params: Params, n: int, **kw: object) -> list[float]:
+    """n steps on fixed data; each step's loss recomputed first with the same draws."""
+    x0, losses = _batch(params), []
+    for _ in range(n):
+        t, noise = draw_t_noise(state.generator, tuple(x0.shape), state.diffusion.num_timesteps)
+        with torch.no_grad():
+            losses.append(float(state.diffusion.training_losses(state.raw, x0, t, noise).mean()))
+        train_step(state, x0, t, noise, params.train, **kw)  # type: ignore[arg-type]
+    return losses
+
+
+def test_window_statistics_are_the_mean_of_the_step_losses(tmp_path: Path) -> None:
+    params = _params(tmp_path)
+    state = make_state(params, CPU, 0, 1)
+    losses = _steps(state, params, 3)
+    assert state.stats.steps == 3 and state.stats.loss_sum.device == CPU
+    window = state.read_stats(1)
+    assert (window.first_step, window.last_step, window.steps) == (1, 3, 3)
+    assert window.loss == pytest.approx(sum(losses) / 3, rel=1e-5)
+    assert window.grad_norm > 0 and not window.nonfinite
+    _steps(state, params, 1)
+    assert state.read_stats(1).first_step == 4  # the next window starts after the read
+
+
+def test_a_nonfinite_step_sets_the_flag_without_a_host_sync(tmp_path: Path) -> None:
+    """lr 1e36: the first update blows the weights up, the second loss is not finite."""
+    params = build_params(tmp_path, {"train.lr": 1e36, "train.warmup_steps": 0})
+    state = make_state(params, CPU, 0, 1)
+    _steps(state, params, 1)
+    assert not state.any_nonfinite(1)
+    _steps(state, params, 1)
+    assert state.any_nonfinite(1)
+    window = state.read_stats(1)
+    assert window.nonfinite and (window.first_step, window.last_step) == (1, 2)
+    assert not state.any_nonfinite(1)  # reset with the window
+
+
+def test_resume_restores_the_t_noise_stream_and_the_window_start(tmp_path: Path) -> None:
+    params = _params(tmp_path)
+    state = make_state(params, CPU, 0, 1)
+    _steps(state, params, 2)
+    save_checkpoint(tmp_path, state, [{"t_noise": state.generator.get_state(),
+                                       "torch": torch.get_rng_state()}])  # fmt: skip
+    ref = _steps(state, params, 2)
+    resumed = make_state(params, CPU, 0, 1)
+    load_checkpoint(tmp_path, resumed, 0)
+    assert resumed.step == 2 and resumed.stats.first_step == 3
+    assert _steps(resumed, params, 2) == pytest.approx(ref, rel=1e-6)
+
+
+def test_bf16_autocast_and_channels_last_run_on_cpu(tmp_path: Path) -> None:
+    params = _params(tmp_path)
+    ref, fast = make_state(params, CPU, 0, 1), make_state(params, CPU, 0, 1)
+    prepare_model(fast, channels_last=True)
+    assert fast.raw.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    ref_losses = _steps(ref, params, 2)
+    fast_losses = _steps(fast, params, 2, autocast=autocast("bf16", CPU))
+    assert fast_losses[0] == pytest.approx(ref_losses[0], rel=1e-5)  # before any update
+    w = fast.read_stats(1)
+    assert not w.nonfinite and w.loss == pytest.approx(sum(ref_losses) / 2, rel=0.05)
+
+
+def test_compiled_step_matches_the_eager_step_on_cpu(tmp_path: Path) -> None:
+    params = _params(tmp_path)
+    eager = make_state(params, CPU, 0, 1)
+    compiled = make_state(params, CPU, 0, 1, raw=copy.deepcopy(eager.raw), compile_mode="default")
+    prepare_model(compiled, channels_last=False)
+    assert compiled.model is not compiled.raw
+    assert _steps(compiled, params, 2) == pytest.approx(_steps(eager, params, 2), rel=1e-4)
+    # Adam moves each weight by about lr per step: agree to 10% of one step
+    atol = 0.1 * params.train.lr
+    for a, b in zip(eager.raw.parameters(), compiled.raw.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=atol)
+    for a, b in zip(eager.ema.model.parameters(), compiled.ema.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=atol)
