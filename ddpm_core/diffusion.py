@@ -131,6 +131,11 @@ class GaussianDiffusion:
             self._cache[key] = {n: v.to(device) for n, v in tabs.items()}
         return self._cache[key]
 
+    def prepare(self, device: torch.device) -> None:
+        """Build the coefficient tables on `device` now (before `torch.compile` traces a caller)."""
+        for dtype in (torch.float32, torch.float64):
+            self._tables(torch.device(device), dtype)
+
     def _coef(self, name: str, t: Tensor, x: Tensor) -> Tensor:
         """Table `name` at t as (B,1,1,1) in x's dtype on x's device."""
         return extract(self._tables(x.device, _table_dtype(x))[name], t, x.shape)

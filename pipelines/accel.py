@@ -7,11 +7,13 @@ and `torch.compile` exist there too), so the tests exercise the same code paths.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 
+F = TypeVar("F", bound=Callable[..., Any])
 Precision = Literal["fp32", "bf16"]
 # False = eager; "default" = Inductor kernels; "reduce-overhead" = Inductor + CUDA graphs
 # (one graph replay per call: what makes a small per-GPU batch fast).
@@ -47,10 +49,15 @@ def check_compile_mode(mode: object) -> CompileMode:
 
 def compile_module(module: nn.Module, mode: CompileMode) -> nn.Module:
     """torch.compile(module) in `mode`; the module itself when mode is False."""
+    return compile_fn(module, mode)
+
+
+def compile_fn(fn: F, mode: CompileMode) -> F:
+    """torch.compile(fn) in `mode` (a module or a function); fn itself when mode is False."""
     mode = check_compile_mode(mode)
     if mode is False:
-        return module
-    return torch.compile(module, mode=mode)  # type: ignore[return-value]
+        return fn
+    return torch.compile(fn, mode=mode)  # type: ignore[return-value]
 
 
 def mark_step(mode: CompileMode) -> None:

@@ -26,11 +26,12 @@ from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.ema import EMA
 from ddpm_core.rng import seeded_generator
 from ddpm_core.unet import UNet
-from pipelines.accel import CompileMode, compile_module, mark_step
+from pipelines.accel import CompileMode, compile_fn, mark_step
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.pt"
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 # Purposes mixed into per-rank seeds, so two streams never share a seed.
@@ -103,7 +104,8 @@ class TrainState:
     """Everything one rank updates per step; `model` may be the DDP/compiled wrapper of `raw`."""
 
     raw: nn.Module  # the bare U-Net (state_dict keys without `module.`)
-    model: nn.Module  # what the loss calls: raw, DDP(raw) or torch.compile(DDP(raw))
+    model: nn.Module  # what the loss calls: raw or DDP(raw)
+    loss_fn: LossFn  # (x0, t, noise) -> (B,) losses of `model`, compiled when asked
     ema: EMA
     optimizer: torch.optim.Adam
     diffusion: GaussianDiffusion
@@ -112,6 +114,10 @@ class TrainState:
     step: int = 0  # updates applied so far
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss)
     compile_mode: CompileMode = False
+    params: list[nn.Parameter] = field(default_factory=list)  # raw's, listed once (clipping)
+
+    def __post_init__(self) -> None:
+        self.params = list(self.raw.parameters())
 
     def any_nonfinite(self, world_size: int) -> bool:
         """Whether any rank saw a non-finite step in the window (a collective; one sync)."""
@@ -148,18 +154,29 @@ def make_state(
     raw = (raw or build_model(params)).to(device)
     cfg = params.train
     fused = device.type == "cuda"
+    diffusion = GaussianDiffusion.from_config(params.diffusion)
     return TrainState(
         raw=raw,
         model=raw,
+        loss_fn=loss_closure(diffusion, raw),
         ema=EMA(raw, cfg.ema_decay),
         optimizer=torch.optim.Adam(
             raw.parameters(), lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=fused or None
         ),
-        diffusion=GaussianDiffusion.from_config(params.diffusion),
+        diffusion=diffusion,
         generator=seeded_generator(params.seed, world_size, rank, SEED_T_NOISE, device=device),
         stats=StepStats.zeros(device),
         compile_mode=compile_mode,
     )
+
+
+def loss_closure(diffusion: GaussianDiffusion, model: nn.Module) -> LossFn:
+    """(x0, t, noise) -> diffusion.training_losses(model, ...) (B,), unchecked (hot loop)."""
+
+    def losses(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return diffusion.training_losses(model, x0, t, noise, check=False)
+
+    return losses
 
 
 def prepare_model(
@@ -167,10 +184,18 @@ def prepare_model(
     channels_last: bool,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
 ) -> None:
-    """Set `state.model`: channels_last weights, then `wrap` (e.g. DDP), then torch.compile in
-    `state.compile_mode`. `state.raw` stays the bare network (checkpoints, EMA, clipping)."""
+    """Set `state.model` (channels_last weights, then `wrap`, e.g. DDP) and `state.loss_fn`.
+
+    With `state.compile_mode` the whole loss (q_sample, the network, the MSE) is one compiled
+    graph, so in "reduce-overhead" mode forward and backward are each one CUDA-graph replay.
+    `state.raw` stays the bare network (checkpoints, EMA, clipping).
+    """
     raw = state.raw.to(memory_format=torch.channels_last) if channels_last else state.raw
-    state.model = compile_module(wrap(raw) if wrap else raw, state.compile_mode)
+    state.model = wrap(raw) if wrap else raw
+    device = next(raw.parameters()).device
+    state.diffusion.prepare(device)  # coefficient tables exist before tracing
+    losses = loss_closure(state.diffusion, state.model)
+    state.loss_fn = compile_fn(losses, state.compile_mode)
 
 
 def draw_t_noise(
@@ -209,11 +234,11 @@ def train_step(
     state.optimizer.zero_grad(set_to_none=True)
     mark_step(state.compile_mode)
     with autocast or contextlib.nullcontext():
-        losses = state.diffusion.training_losses(state.model, x0, t, noise, check=False)  # (B,)
+        losses = state.loss_fn(x0, t, noise)  # (B,)
     loss = losses.float().mean()
     loss.backward()
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(state.raw.parameters(), max_norm, foreach=True)
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.params, max_norm, foreach=True)
     state.optimizer.step()
     state.ema.update(state.raw)
     state.stats.add(loss, grad_norm)
