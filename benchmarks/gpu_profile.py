@@ -106,9 +106,10 @@ def full_plan() -> Plan:
 
 
 def training_plan() -> Plan:
-    """--training: the per-GPU batches of the 1- and 8-GPU paper runs, CUDA-graph modes only."""
+    """--training: the per-GPU batches of the 1- and 8-GPU paper runs, CUDA-graph mode only."""
+    graphs = MODES[4]
     return Plan(
-        train=((16, MODES[4:]), (128, MODES[4:])),
+        train=((16, (graphs,)), (128, (graphs,))),
         sample=(),
         nll=(),
         steps=100,
