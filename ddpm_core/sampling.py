@@ -87,3 +87,40 @@ def sample_indices(
         return to_uint8(diffusion.p_sample_loop(model, full, noise_fn=noise))
     x, snaps = diffusion.p_sample_loop(model, full, noise_fn=noise, x0_every=x0_every)
     return to_uint8(x), to_uint8(torch.stack(snaps))
+
+
+@torch.no_grad()
+def interpolate(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    x0_pair: Tensor,
+    t: int,
+    lambdas: Sequence[float],
+    seed: int,
+    device: torch.device = CPU,
+) -> Tensor:
+    """Interpolation in the latent x_t (Ho et al. 2020, Sec. 4.3, Fig. 8): (L, C, H, W) uint8.
+
+    Both images of x0_pair (2, C, H, W) in [-1, 1] are encoded by q(x_t | x_0) (eq. 4, each with
+    its own noise), mixed as x_bar_t = (1 - lambda) x_t + lambda x'_t for each lambda, and decoded
+    by the reverse process from step t (0-indexed; the paper's t = 500 is t = 499). The reverse
+    noise is the same for every lambda, so the rows differ only through lambda.
+    """
+    if x0_pair.ndim != 4 or x0_pair.shape[0] != 2 or not x0_pair.is_floating_point():
+        raise ValueError(
+            f"x0_pair: expected a float tensor (2, C, H, W), got {tuple(x0_pair.shape)}"
+        )
+    lam = torch.as_tensor(list(lambdas), dtype=torch.float32, device=device)
+    if lam.ndim != 1 or lam.numel() == 0 or bool(((lam < 0) | (lam > 1)).any()):
+        raise ValueError(f"lambdas: expected values in [0, 1], got {list(lambdas)}")
+    x0 = x0_pair.to(device=device, dtype=torch.float32)
+    t_vec = torch.full((2,), t, dtype=torch.long, device=device)
+    x_t = diffusion.q_sample(x0, t_vec, CounterNoise(seed, [0, 1], device)(tuple(x0.shape)))
+    lam = lam.reshape(-1, 1, 1, 1)  # (L, 1, 1, 1)
+    x_bar = (1.0 - lam) * x_t[0] + lam * x_t[1]  # (L, C, H, W)
+    shared = CounterNoise(seed, [2], device)  # one reverse-noise stream, broadcast over lambda
+
+    def noise(shape: tuple[int, ...]) -> Tensor:
+        return shared((1, *shape[1:])).expand(shape)
+
+    return to_uint8(diffusion.p_sample_from(model, x_bar, t, noise))

@@ -9,6 +9,7 @@ from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.rng import CounterNoise
 from ddpm_core.sampling import (
     from_uint8,
+    interpolate,
     sample_indices,
     snapshot_timesteps,
     to_uint8,
@@ -73,3 +74,21 @@ def test_bad_input() -> None:
         sample_indices(model, d, [0], seed=0, shape=(2, 4))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="x0_every"):
         sample_indices(model, d, [0], seed=0, shape=SHAPE, x0_every=0)
+
+
+def test_interpolation_ends_match_their_images_and_share_the_noise() -> None:
+    d, model = _diffusion(), TinyEps()
+    g = torch.Generator().manual_seed(4)
+    pair = torch.rand(2, *SHAPE, generator=g) * 2 - 1
+    rows = interpolate(model, d, pair, t=5, lambdas=[0.0, 0.5, 1.0], seed=3)
+    assert rows.shape == (3, *SHAPE) and rows.dtype == torch.uint8
+    assert torch.equal(rows, interpolate(model, d, pair, t=5, lambdas=[0.0, 0.5, 1.0], seed=3))
+    # lambda = 0 and 1 decode each image alone (the shared reverse noise does not depend on L)
+    alone = interpolate(model, d, pair, t=5, lambdas=[1.0], seed=3)
+    assert torch.equal(alone[0], rows[2])
+    assert not torch.equal(rows[1], rows[0]) and not torch.equal(rows[1], rows[2])
+    assert not torch.equal(rows, interpolate(model, d, pair, t=5, lambdas=[0.0, 0.5, 1.0], seed=4))
+    with pytest.raises(ValueError, match="lambdas"):
+        interpolate(model, d, pair, t=5, lambdas=[1.5], seed=3)
+    with pytest.raises(ValueError, match="x0_pair"):
+        interpolate(model, d, pair[:1], t=5, lambdas=[0.5], seed=3)
