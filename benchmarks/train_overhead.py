@@ -41,7 +41,6 @@ from pipelines.train.run import open_train_run
 from pipelines.train.stage import run_train
 from pipelines.train.step import (
     SEED_DROPOUT,
-    StepOutput,
     TrainState,
     draw_t_noise,
     make_state,
@@ -122,14 +121,13 @@ def step_clock(params: Params, state: TrainState, batches: Iterator[torch.Tensor
     """Run the remaining steps; the clock time after each one."""
     cfg, cpu = params.train, torch.device("cpu")
     marks: list[float] = []
-    window: list[StepOutput] = []  # the worker keeps its outputs until the next log line
     while state.step < cfg.steps:
         x0 = next(batches).to(cpu)  # (B, C, H, W)
         shape, num_t = tuple(x0.shape), state.diffusion.num_timesteps
-        t, noise = draw_t_noise(state.generator, shape, num_t, cpu)
-        window.append(train_step(state, x0, t, noise, cfg))
+        t, noise = draw_t_noise(state.generator, shape, num_t)
+        train_step(state, x0, t, noise, cfg)
         if state.step % cfg.log_every == 0:
-            window = []
+            state.read_stats(1)  # the worker's one host sync per log window
         marks.append(time.perf_counter())
     return marks
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from benchmarks.report import write_result
+from ddpm_core.convert import diffusers_config_from_unet
 from ddpm_core.unet import UNet
 
 logger = logging.getLogger(__name__)
@@ -48,25 +49,18 @@ CASES = (
 
 def diffusers_config(case: Case, dropout: float) -> dict[str, Any]:
     """The diffusers UNet2DModel config equal to `case` (google/ddpm-cifar10-32 conventions)."""
-    levels = [case.resolution // 2**i for i in range(len(case.ch_mult))]
-    attn = [r in case.attn_resolutions for r in levels]
-    return {
-        "sample_size": case.resolution,
-        "in_channels": 3,
-        "out_channels": 3,
-        "block_out_channels": [case.ch * m for m in case.ch_mult],
-        "layers_per_block": case.num_res_blocks,
-        "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
-        "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in attn][::-1],
-        "downsample_padding": 0,
-        "flip_sin_to_cos": False,
-        "freq_shift": 1,
-        "norm_eps": 1e-6,
-        "norm_num_groups": 32,
-        "attention_head_dim": None,
-        "act_fn": "silu",
-        "dropout": dropout,
-    }
+    return diffusers_config_from_unet(
+        {
+            "in_channels": 3,
+            "out_channels": 3,
+            "ch": case.ch,
+            "ch_mult": case.ch_mult,
+            "num_res_blocks": case.num_res_blocks,
+            "attn_resolutions": case.attn_resolutions,
+            "dropout": dropout,
+            "resolution": case.resolution,
+        }
+    )
 
 
 def build(case: Case, dropout: float = 0.1) -> tuple[nn.Module, nn.Module]:

@@ -1,4 +1,4 @@
-"""Map diffusers `UNet2DModel` weights (google/ddpm-cifar10-32 layout) onto `ddpm_core.unet.UNet`.
+"""Map diffusers `UNet2DModel` weights (google/ddpm-cifar10-32 layout) to and from `UNet`.
 
 The published google/ddpm-* checkpoints are the paper's TF weights converted to diffusers; with
 this module a user evaluates the released CIFAR-10 model without training:
@@ -6,6 +6,7 @@ this module a user evaluates the released CIFAR-10 model without training:
     model = UNet(**unet_config_from_diffusers(config_json))
     model.load_state_dict(state_dict_from_diffusers(diffusers_state_dict))  # strict
 
+`state_dict_to_diffusers` / `diffusers_config_from_unet` go the other way (export).
 Both the current attention key names (`to_q`, `to_k`, `to_v`, `to_out.0`) and the deprecated ones
 stored in older checkpoint files (`query`, `key`, `value`, `proj_attn`) are accepted.
 """
@@ -173,4 +174,99 @@ def unet_config_from_diffusers(config: Mapping[str, Any]) -> dict[str, Any]:
         "dropout": float(config.get("dropout", 0.0)),
         "resolution": int(size),
         "num_groups": int(config.get("norm_num_groups", 32)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The other direction: UNet -> diffusers UNet2DModel (export)
+
+_TOP_INV = {dst: src for src, dst in _TOP.items()}
+_RESNET_INV = {dst: src for src, dst in _RESNET.items()}
+_MID_INV = {
+    "block_1": "mid_block.resnets.0",
+    "block_2": "mid_block.resnets.1",
+    "attn_1": "mid_block.attentions.0",
+}
+_OURS = re.compile(r"^(down|up)\.(\d+)\.(block|attn)\.(\d+)\.(.+)$")
+_OURS_SAMPLE = re.compile(r"^(down|up)\.(\d+)\.(downsample|upsample)\.(.+)$")
+
+
+def state_dict_to_diffusers(
+    sd: Mapping[str, torch.Tensor], n_levels: int
+) -> dict[str, torch.Tensor]:
+    """A `UNet` state dict -> diffusers `UNet2DModel` keys (current names, strict load).
+
+    The fused attention `qkv` (3C, C) is split into diffusers' `to_q`, `to_k`, `to_v` (C, C);
+    `proj_out` becomes `to_out.0`. The inverse of `state_dict_from_diffusers`.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        prefix, sub = _diffusers_module(key, n_levels)
+        head, dot, rest = sub.partition(".")
+        if ".attentions." in prefix:
+            for name, tensor in _attention_to_diffusers(head, rest, value):
+                out[f"{prefix}.{name}"] = tensor
+        else:
+            out[f"{prefix}.{_RESNET_INV.get(head, head)}{dot}{rest}"] = value
+    return out
+
+
+def _diffusers_module(key: str, n_levels: int) -> tuple[str, str]:
+    """UNet key -> (diffusers module prefix, remaining sub-key); ValueError if unknown."""
+    for ours, theirs in _TOP_INV.items():
+        if key.startswith(ours + "."):
+            return theirs, key[len(ours) + 1 :]
+    head, _, rest = key.partition(".")
+    if head == "mid":
+        name, _, sub = rest.partition(".")
+        if name in _MID_INV:
+            return _MID_INV[name], sub
+    elif m := _OURS.match(key):
+        side, level, kind, idx, sub = m.groups()
+        block = _diffusers_level(side, int(level), n_levels)
+        return f"{block}.{'resnets' if kind == 'block' else 'attentions'}.{idx}", sub
+    elif m := _OURS_SAMPLE.match(key):
+        side, level, kind, sub = m.groups()
+        return f"{_diffusers_level(side, int(level), n_levels)}.{kind}rs.0", sub
+    raise ValueError(f"state dict key {key!r}: not part of a ddpm_core UNet")
+
+
+def _diffusers_level(side: str, level: int, n_levels: int) -> str:
+    # diffusers lists the up path deepest first: our up[i] is up_blocks[n_levels - 1 - i].
+    return f"down_blocks.{level}" if side == "down" else f"up_blocks.{n_levels - 1 - level}"
+
+
+def _attention_to_diffusers(
+    head: str, param: str, value: torch.Tensor
+) -> list[tuple[str, torch.Tensor]]:
+    if head == "qkv":
+        q, k, v = value.chunk(3, dim=0)  # (3C, ...) -> 3 x (C, ...)
+        return [(f"to_q.{param}", q), (f"to_k.{param}", k), (f"to_v.{param}", v)]
+    if head == "proj_out":
+        return [(f"to_out.0.{param}", value)]
+    if head == "norm":
+        return [(f"group_norm.{param}", value)]
+    raise ValueError(f"attention parameter {head}.{param}: not part of a ddpm_core UNet")
+
+
+def diffusers_config_from_unet(unet: Mapping[str, Any]) -> dict[str, Any]:
+    """`UNet(**kwargs)` kwargs -> the diffusers `UNet2DModel` config of the same network.
+
+    The inverse of `unet_config_from_diffusers` (google/ddpm-cifar10-32 conventions: sinusoidal
+    embedding without flip, shift 1, padding-0 downsampling, single-head attention).
+    """
+    ch, mult, res = int(unet["ch"]), tuple(unet["ch_mult"]), int(unet["resolution"])
+    levels = [res // 2**i for i in range(len(mult))]
+    attn = [r in tuple(unet["attn_resolutions"]) for r in levels]
+    return {
+        **{key: needed for key, (_, needed) in _REQUIRED.items()},
+        "sample_size": res,
+        "in_channels": int(unet["in_channels"]),
+        "out_channels": int(unet["out_channels"]),
+        "block_out_channels": [ch * m for m in mult],
+        "layers_per_block": int(unet["num_res_blocks"]),
+        "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+        "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in attn][::-1],
+        "dropout": float(unet["dropout"]),
+        "norm_num_groups": int(unet.get("num_groups", 32)),
     }

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 Model = Callable[[Tensor, Tensor], Tensor]  # eps_theta(x_t (B,C,H,W), t (B,) long) -> (B,C,H,W)
 NoiseFn = Callable[[tuple[int, ...]], Tensor]  # shape -> standard normal tensor of that shape
 MEAN_TYPES = ("eps", "x0", "mean")
-VAR_TYPES = ("fixedlarge", "fixedsmall")
+VAR_TYPES = ("fixedlarge", "fixedsmall", "learned")
 LOSS_TYPES = ("mse", "kl")
 
 
@@ -53,6 +54,35 @@ def _table_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+@dataclass(frozen=True)
+class Coefs:
+    """The schedule tables of a `GaussianDiffusion`, each (T,), on one device in one dtype."""
+
+    alphas_cumprod: Tensor
+    alphas_cumprod_prev: Tensor
+    sqrt_alphas_cumprod: Tensor
+    sqrt_one_minus_alphas_cumprod: Tensor
+    log_one_minus_alphas_cumprod: Tensor
+    sqrt_recip_alphas_cumprod: Tensor
+    sqrt_recipm1_alphas_cumprod: Tensor
+    posterior_variance: Tensor
+    posterior_log_variance_clipped: Tensor
+    posterior_mean_coef1: Tensor
+    posterior_mean_coef2: Tensor
+    model_variance: Tensor
+    model_log_variance: Tensor
+    timesteps: Tensor  # (T,) int64: the model's timestep index of each t
+
+    @classmethod
+    def of(cls, d: GaussianDiffusion, device: torch.device, dtype: torch.dtype) -> Coefs:
+        tables = {
+            f.name: torch.as_tensor(getattr(d, f.name), dtype=dtype).to(device)
+            for f in fields(cls)
+            if f.name != "timesteps"
+        }
+        return cls(**tables, timesteps=torch.as_tensor(d.timesteps).to(device))
+
+
 class GaussianDiffusion:
     """Diffusion with fixed variances; timesteps t are 0-indexed (t = 0 is the paper's t = 1).
 
@@ -72,6 +102,11 @@ class GaussianDiffusion:
         _check_choice("mean_type", mean_type, MEAN_TYPES)
         _check_choice("var_type", var_type, VAR_TYPES)
         _check_choice("loss_type", loss_type, LOSS_TYPES)
+        if var_type == "learned" and loss_type != "kl":
+            raise ValueError(
+                f"var_type 'learned' is trained on the bound L (official `learned` type): "
+                f"expected loss_type 'kl', got {loss_type!r}"
+            )
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or betas.size < 1:
             raise ValueError(f"betas: expected a 1-D array of length >= 1, got {betas.shape}")
@@ -84,7 +119,7 @@ class GaussianDiffusion:
             raise ValueError(f"timesteps: expected {T} strictly increasing ints, got {steps}")
         self.timesteps = np.asarray(steps, dtype=np.int64)
         self._set_tables(betas)
-        self._cache: dict[tuple[torch.device, torch.dtype], dict[str, Tensor]] = {}
+        self._cache: dict[tuple[torch.device, torch.dtype], Coefs] = {}
 
     def _set_tables(self, betas: np.ndarray) -> None:
         """Float64 tables (T,) as in the official diffusion_utils_2.py __init__."""
@@ -105,35 +140,21 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - ab_prev) * np.sqrt(alphas) / (1.0 - ab)
         if self.var_type == "fixedlarge":  # sigma_t^2 = beta_t, with beta_tilde_1 at t = 0
             self.model_variance = np.append(first, betas[1:])
-        else:  # sigma_t^2 = beta_tilde_t
+        else:  # sigma_t^2 = beta_tilde_t (`learned`: unused, the network outputs log sigma_t^2)
             self.model_variance = np.append(first, pv[1:])
         self.model_log_variance = np.log(self.model_variance)
 
-    _TABLES = (
-        "sqrt_alphas_cumprod",
-        "sqrt_one_minus_alphas_cumprod",
-        "log_one_minus_alphas_cumprod",
-        "sqrt_recip_alphas_cumprod",
-        "sqrt_recipm1_alphas_cumprod",
-        "posterior_variance",
-        "posterior_log_variance_clipped",
-        "posterior_mean_coef1",
-        "posterior_mean_coef2",
-        "model_variance",
-        "model_log_variance",
-    )
-
-    def _tables(self, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
-        key = (device, dtype)
+    def _coefs(self, x: Tensor) -> Coefs:
+        """The (T,) tables in x's dtype (float32 unless x is float64) on x's device, cached."""
+        key = (x.device, _table_dtype(x))
         if key not in self._cache:
-            tabs = {n: torch.as_tensor(getattr(self, n), dtype=dtype) for n in self._TABLES}
-            tabs["timesteps"] = torch.as_tensor(self.timesteps)
-            self._cache[key] = {n: v.to(device) for n, v in tabs.items()}
+            self._cache[key] = Coefs.of(self, *key)
         return self._cache[key]
 
-    def _coef(self, name: str, t: Tensor, x: Tensor) -> Tensor:
-        """Table `name` at t as (B,1,1,1) in x's dtype on x's device."""
-        return extract(self._tables(x.device, _table_dtype(x))[name], t, x.shape)
+    def prepare(self, device: torch.device) -> None:
+        """Build the coefficient tables on `device` now (before `torch.compile` traces a caller)."""
+        for dtype in (torch.float32, torch.float64):
+            self._coefs(torch.empty(0, device=device, dtype=dtype))
 
     @classmethod
     def from_config(cls, cfg: DiffusionConfig) -> GaussianDiffusion:
@@ -181,9 +202,9 @@ class GaussianDiffusion:
     def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q(x_t | x_0) = N(sqrt(a_bar) x0, (1 - a_bar) I) (eq. 4): mean, variance, log-variance."""
         self._check_x_t("x0", x0, t)
-        mean = self._coef("sqrt_alphas_cumprod", t, x0) * x0
-        var = self._coef("sqrt_one_minus_alphas_cumprod", t, x0) ** 2
-        return mean, var, self._coef("log_one_minus_alphas_cumprod", t, x0)
+        mean = extract(self._coefs(x0).sqrt_alphas_cumprod, t, x0.shape) * x0
+        var = extract(self._coefs(x0).sqrt_one_minus_alphas_cumprod, t, x0.shape) ** 2
+        return mean, var, extract(self._coefs(x0).log_one_minus_alphas_cumprod, t, x0.shape)
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = sqrt(a_bar_t) x0 + sqrt(1 - a_bar_t) eps (eq. 4)."""
@@ -193,8 +214,8 @@ class GaussianDiffusion:
 
     def _q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         return (
-            self._coef("sqrt_alphas_cumprod", t, x0) * x0
-            + self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+            extract(self._coefs(x0).sqrt_alphas_cumprod, t, x0.shape) * x0
+            + extract(self._coefs(x0).sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise
         )
 
     def q_posterior_mean_variance(
@@ -207,40 +228,55 @@ class GaussianDiffusion:
 
     def _q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mean = (
-            self._coef("posterior_mean_coef1", t, x_t) * x0
-            + self._coef("posterior_mean_coef2", t, x_t) * x_t
+            extract(self._coefs(x_t).posterior_mean_coef1, t, x_t.shape) * x0
+            + extract(self._coefs(x_t).posterior_mean_coef2, t, x_t.shape) * x_t
         )
-        var = self._coef("posterior_variance", t, x_t)
-        return mean, var, self._coef("posterior_log_variance_clipped", t, x_t)
+        var = extract(self._coefs(x_t).posterior_variance, t, x_t.shape)
+        return mean, var, extract(self._coefs(x_t).posterior_log_variance_clipped, t, x_t.shape)
 
     def predict_x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """Eq. 15: x0 = (x_t - sqrt(1 - a_bar) eps) / sqrt(a_bar)."""
         return (
-            self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t
-            - self._coef("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+            extract(self._coefs(x_t).sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
+            - extract(self._coefs(x_t).sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps
         )
 
     def predict_eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
         """Inverse of eq. 15: eps = (x_t / sqrt(a_bar) - x0) / sqrt(1/a_bar - 1)."""
-        return (self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self._coef(
-            "sqrt_recipm1_alphas_cumprod", t, x_t
-        )
+        return (
+            extract(self._coefs(x_t).sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x0
+        ) / extract(self._coefs(x_t).sqrt_recipm1_alphas_cumprod, t, x_t.shape)
 
     def _predict_x0_from_mean(self, x_t: Tensor, t: Tensor, mean: Tensor) -> Tensor:
         """Invert mu_tilde = coef1 x0 + coef2 x_t for x0."""
-        c1 = self._coef("posterior_mean_coef1", t, x_t)
-        return (mean - self._coef("posterior_mean_coef2", t, x_t) * x_t) / c1
+        c1 = extract(self._coefs(x_t).posterior_mean_coef1, t, x_t.shape)
+        return (mean - extract(self._coefs(x_t).posterior_mean_coef2, t, x_t.shape) * x_t) / c1
 
     # ------------------------------------------------------------------------------------------
     # Reverse process p_theta
 
-    def _model(self, model: Model, x_t: Tensor, t: Tensor) -> Tensor:
-        """Call the model with the original timestep indices; output must match x_t."""
-        out = model(x_t, self._tables(x_t.device, _table_dtype(x_t))["timesteps"][t])
-        if not isinstance(out, Tensor) or out.shape != x_t.shape:
+    def model_out_channels(self, channels: int) -> int:
+        """Network output channels: C, or 2C with a learned variance (mean part, log sigma^2)."""
+        return 2 * channels if self.var_type == "learned" else channels
+
+    def _model(self, model: Model, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Call the model with the original timestep indices: (mean part, log sigma^2 or None).
+
+        With var_type `learned` the output (B, 2C, H, W) splits into the mean parameterisation
+        and the log-variance (official `learned` type, Table 2's learned diagonal Sigma).
+        """
+        out = model(x_t, self._coefs(x_t).timesteps[t])
+        B, C, *rest = x_t.shape
+        want = (B, self.model_out_channels(C), *rest)
+        if not isinstance(out, Tensor) or tuple(out.shape) != want:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out)
-            raise ValueError(f"model: output shape {got} != x_t shape {tuple(x_t.shape)}")
-        return out
+            raise ValueError(
+                f"model: output shape {got}, expected {want} for x_t {tuple(x_t.shape)}"
+            )
+        if self.var_type != "learned":
+            return out, None
+        mean_part, log_var = out[:, :C], out[:, C:]  # (B, C, H, W) each
+        return mean_part, log_var
 
     def p_mean_variance(
         self, model: Model, x_t: Tensor, t: Tensor, clip_denoised: bool = True
@@ -252,7 +288,7 @@ class GaussianDiffusion:
     def _p_mean_variance(
         self, model: Model, x_t: Tensor, t: Tensor, clip_denoised: bool
     ) -> dict[str, Tensor]:
-        out = self._model(model, x_t, t)
+        out, learned_log_var = self._model(model, x_t, t)
         if self.mean_type == "mean":  # the model predicts mu_tilde (x_{t-1}) directly
             mean = out
             pred_x0 = self._predict_x0_from_mean(x_t, t, out)
@@ -261,8 +297,12 @@ class GaussianDiffusion:
             pred_x0 = out if self.mean_type == "x0" else self.predict_x0_from_eps(x_t, t, out)
             pred_x0 = pred_x0.clamp(-1.0, 1.0) if clip_denoised else pred_x0
             mean, _, _ = self._q_posterior(pred_x0, x_t, t)
-        var = self._coef("model_variance", t, x_t).expand(x_t.shape)
-        log_var = self._coef("model_log_variance", t, x_t).expand(x_t.shape)
+        if learned_log_var is not None:
+            log_var = learned_log_var
+            var = torch.exp(log_var)
+        else:
+            var = extract(self._coefs(x_t).model_variance, t, x_t.shape).expand(x_t.shape)
+            log_var = extract(self._coefs(x_t).model_log_variance, t, x_t.shape).expand(x_t.shape)
         return {"mean": mean, "variance": var, "log_variance": log_var, "pred_x0": pred_x0}
 
     def p_sample(
@@ -330,22 +370,97 @@ class GaussianDiffusion:
         if x0_every is not None and (not isinstance(x0_every, int) or x0_every < 1):
             raise ValueError(f"x0_every: got {x0_every!r}, expected None or an int >= 1")
         fn = noise_fn or _generator_noise_fn(generator, device)
-        x = fn(shape)
+        return self._reverse(
+            model, fn(shape), self.num_timesteps - 1, fn, clip_denoised, x0_every, progress
+        )
+
+    def p_sample_from(
+        self,
+        model: Model,
+        x_t: Tensor,
+        t_start: int,
+        noise_fn: NoiseFn,
+        clip_denoised: bool = True,
+    ) -> Tensor:
+        """Algorithm 2 from a given x_t at t = t_start down to 0 (one z per step from noise_fn).
+
+        Used to decode a latent, e.g. the interpolated x_t of paper Sec. 4.3.
+        """
+        self._check_x_t("x_t", x_t, None)
+        if not isinstance(t_start, int) or not 0 <= t_start < self.num_timesteps:
+            raise ValueError(f"t_start: got {t_start!r}, expected 0..{self.num_timesteps - 1}")
+        return cast(Tensor, self._reverse(model, x_t, t_start, noise_fn, clip_denoised))
+
+    def _reverse(
+        self,
+        model: Model,
+        x: Tensor,
+        t_start: int,
+        fn: NoiseFn,
+        clip_denoised: bool,
+        x0_every: int | None = None,
+        progress: bool = False,
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
         snapshots: list[Tensor] = []
-        for i in _progress(reversed(range(self.num_timesteps)), self.num_timesteps, progress):
+        shape = tuple(x.shape)
+        for i in _progress(reversed(range(t_start + 1)), t_start + 1, progress):
             t = torch.full((shape[0],), i, dtype=torch.long, device=x.device)
             x, pred_x0 = self._p_sample(model, x, t, fn(shape), clip_denoised)
             if x0_every is not None and i % x0_every == 0:
                 snapshots.append(pred_x0)
         return x if x0_every is None else (x, snapshots)
 
+    def ddim_sample_loop(
+        self,
+        model: Model,
+        shape: Sequence[int],
+        noise_fn: NoiseFn,
+        eta: float = 0.0,
+        clip_denoised: bool = True,
+    ) -> Tensor:
+        """DDIM (Song et al. 2021, eq. 12) over this diffusion's timesteps: NOT the paper's sampler.
+
+        x_{t-1} = sqrt(a_bar_{t-1}) x0_pred + sqrt(1 - a_bar_{t-1} - s_t^2) eps + s_t z with
+        s_t = eta sqrt((1 - a_bar_{t-1}) / (1 - a_bar_t)) sqrt(1 - a_bar_t / a_bar_{t-1});
+        eta = 1 is ancestral sampling with sigma_t^2 = beta_tilde_t, eta = 0 is deterministic.
+        Use `respaced(stride)` for fewer steps. noise_fn draws x_T, then one z per step.
+        """
+        shape = tuple(int(s) for s in shape)
+        if not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
+            raise ValueError(f"eta: got {eta!r}, expected a number in [0, 1]")
+        x = noise_fn(shape)
+        for i in reversed(range(self.num_timesteps)):
+            t = torch.full((shape[0],), i, dtype=torch.long, device=x.device)
+            x = self._ddim_step(model, x, t, noise_fn(shape), eta, clip_denoised)
+        return x
+
+    def _ddim_step(
+        self, model: Model, x_t: Tensor, t: Tensor, z: Tensor, eta: float, clip_denoised: bool
+    ) -> Tensor:
+        pred_x0 = self._p_mean_variance(model, x_t, t, clip_denoised)["pred_x0"]
+        eps = self.predict_eps_from_x0(x_t, t, pred_x0)  # consistent with the clipped x0
+        c = self._coefs(x_t)
+        ab = extract(c.alphas_cumprod, t, x_t.shape)
+        ab_prev = extract(c.alphas_cumprod_prev, t, x_t.shape)
+        sigma = eta * torch.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
+        mean = torch.sqrt(ab_prev) * pred_x0 + torch.sqrt(1 - ab_prev - sigma**2) * eps
+        nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B,1,1,1)
+        return mean + nonzero * sigma * z
+
     # ------------------------------------------------------------------------------------------
     # Objectives
 
-    def training_losses(self, model: Model, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """Per-example loss (B,): L_simple (`mse`, eq. 14) or the VLB term L_t in bits (`kl`)."""
-        self._check_x_t("x0", x0, t)
-        self._check_like("noise", noise, x0)
+    def training_losses(
+        self, model: Model, x0: Tensor, t: Tensor, noise: Tensor, check: bool = True
+    ) -> Tensor:
+        """Per-example loss (B,): L_simple (`mse`, eq. 14) or the VLB term L_t in bits (`kl`).
+
+        check=False skips the input checks, which read values back from the device (a host
+        sync): for training loops that validate their data once, outside the hot loop.
+        """
+        if check:
+            self._check_x_t("x0", x0, t)
+            self._check_like("noise", noise, x0)
         x_t = self._q_sample(x0, t, noise)
         if self.loss_type == "kl":
             return self._vb_terms_bpd(model, x0, x_t, t, clip_denoised=False)[0]
@@ -355,7 +470,7 @@ class GaussianDiffusion:
             target = x0
         else:
             target = self._q_posterior(x0, x_t, t)[0]
-        return meanflat((target - self._model(model, x_t, t)) ** 2)
+        return meanflat((target - self._model(model, x_t, t)[0]) ** 2)
 
     def _vb_terms_bpd(
         self, model: Model, x0: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool
@@ -382,15 +497,17 @@ class GaussianDiffusion:
         x0: Tensor,
         clip_denoised: bool = True,
         generator: torch.Generator | None = None,
+        noise_fn: NoiseFn | None = None,
     ) -> dict[str, Tensor]:
         """The bound (eq. 5) in bits/dim: total_bpd, prior_bpd (B,); terms_bpd, mse (B, T).
 
-        One fresh x_t ~ q(x_t | x0) per t = T-1..0 (official calc_bpd_loop); mse[:, t] is
+        One fresh x_t ~ q(x_t | x0) per t = T-1..0 (official calc_bpd_loop), its noise from
+        `noise_fn` (called once per t, in that order) or else `generator`; mse[:, t] is
         meanflat((pred_x0 - x0)^2) for the rate-distortion curve.
         """
         self._check_x_t("x0", x0, None)
         B, T = x0.shape[0], self.num_timesteps
-        fn = _generator_noise_fn(generator, x0.device, x0.dtype)
+        fn = noise_fn or _generator_noise_fn(generator, x0.device, x0.dtype)
         terms = torch.zeros(B, T, dtype=x0.dtype, device=x0.device)
         mse = torch.zeros(B, T, dtype=x0.dtype, device=x0.device)
         for i in reversed(range(T)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +17,34 @@ def unwrap(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """The (shadow, source) tensor lists of one source module, built and checked once."""
+
+    src: nn.Module
+    ema_params: list[torch.Tensor]
+    params: list[torch.Tensor]
+    ema_floats: list[torch.Tensor]  # floating-point buffers: averaged like parameters
+    floats: list[torch.Tensor]
+    ema_others: list[torch.Tensor]  # other buffers (counters, masks): copied
+    others: list[torch.Tensor]
+
+    @classmethod
+    def of(cls, shadow: nn.Module, src: nn.Module) -> _Targets:
+        ema_p, p = _pairs(list(shadow.parameters()), list(src.parameters()), "parameters")
+        ema_b, b = _pairs(list(shadow.buffers()), list(src.buffers()), "buffers")
+        fl = [e.is_floating_point() for e in ema_b]
+        return cls(
+            src,
+            ema_p,
+            p,
+            [e for e, f in zip(ema_b, fl, strict=True) if f],
+            [x for x, f in zip(b, fl, strict=True) if f],
+            [e for e, f in zip(ema_b, fl, strict=True) if not f],
+            [x for x, f in zip(b, fl, strict=True) if not f],
+        )
 
 
 class EMA:
@@ -32,6 +61,7 @@ class EMA:
         self.num_updates = 0
         self._shadow = copy.deepcopy(unwrap(model)).eval()
         self._shadow.requires_grad_(False)
+        self._targets: _Targets | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -43,33 +73,22 @@ class EMA:
         """One EMA step towards `model`; `decay` overrides self.decay for this step only.
 
         (The official code uses decay 1e-10 at step 0, i.e. a copy; pass decay=0.0 to mimic it.)
+        The (shadow, source) tensor lists are built and checked once per source module, so a
+        step costs two for-each kernels, not a walk over the module tree.
         """
         d = self.decay if decay is None else decay
         _check_decay(d)
         src = unwrap(model)
-        ema_p, p = self._pairs(
-            list(self._shadow.parameters()), list(src.parameters()), "parameters"
-        )
-        if ema_p:
-            torch._foreach_lerp_(ema_p, p, 1.0 - d)  # ema + (1-d)(p - ema) = d ema + (1-d) p
-        for e, b in zip(
-            *self._pairs(list(self._shadow.buffers()), list(src.buffers()), "buffers"), strict=True
-        ):
-            if e.is_floating_point():
-                e.lerp_(b, 1.0 - d)
-            else:
-                e.copy_(b)
+        if self._targets is None or self._targets.src is not src:
+            self._targets = _Targets.of(self._shadow, src)
+        tg = self._targets
+        if tg.params:
+            torch._foreach_lerp_(tg.ema_params, tg.params, 1.0 - d)  # d ema + (1-d) p
+        if tg.floats:
+            torch._foreach_lerp_(tg.ema_floats, tg.floats, 1.0 - d)
+        for e, b in zip(tg.ema_others, tg.others, strict=True):
+            e.copy_(b)
         self.num_updates += 1
-
-    @staticmethod
-    def _pairs(
-        ema: list[torch.Tensor], src: list[torch.Tensor], what: str
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        if len(ema) != len(src) or any(a.shape != b.shape for a, b in zip(ema, src, strict=True)):
-            raise ValueError(
-                f"model: its {what} do not match the EMA shadow's (different architecture?)"
-            )
-        return ema, [b.detach() for b in src]
 
     def copy_to(self, model: nn.Module) -> None:
         """Load the EMA weights (params and buffers) into `model` (e.g. for evaluation)."""
@@ -92,6 +111,16 @@ class EMA:
         self.decay = float(state["decay"])
         self.num_updates = int(state["num_updates"])
         self._shadow.load_state_dict(state["shadow"], strict=True)
+
+
+def _pairs(
+    ema: list[torch.Tensor], src: list[torch.Tensor], what: str
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    if len(ema) != len(src) or any(a.shape != b.shape for a, b in zip(ema, src, strict=True)):
+        raise ValueError(
+            f"model: its {what} do not match the EMA shadow's (different architecture?)"
+        )
+    return ema, [b.detach() for b in src]
 
 
 def _check_decay(decay: float) -> None:

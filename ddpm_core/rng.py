@@ -25,7 +25,7 @@ _ROUNDS = 20
 
 
 def mix_seed(*ints: int) -> int:
-    """A well-mixed 63-bit seed from a tuple of ints >= 0, e.g. (seed, world_size, rank, purpose)."""
+    """A well-mixed 63-bit seed from ints >= 0, e.g. (seed, world_size, rank, purpose)."""
     for v in ints:
         if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 0:
             raise ValueError(f"seed parts: got {ints!r}, expected ints >= 0")

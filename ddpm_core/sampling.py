@@ -5,22 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import overload
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ddpm_core.diffusion import GaussianDiffusion, Model
+from ddpm_core.rng import CounterNoise
 
 CPU = torch.device("cpu")
-
-
-def image_generator(seed: int, index: int) -> torch.Generator:
-    """CPU generator for image `index` of the run `seed` (a 63-bit SeedSequence draw)."""
-    for name, v in (("seed", seed), ("index", index)):
-        if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 0:
-            raise ValueError(f"{name}: got {v!r}, expected an int >= 0")
-    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator(device="cpu").manual_seed(int(state) % 2**63)
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -41,17 +32,6 @@ def snapshot_timesteps(diffusion: GaussianDiffusion, x0_every: int) -> list[int]
     """Original timestep index of each x0_every snapshot, in generation order (decreasing)."""
     steps = reversed(range(diffusion.num_timesteps))
     return [int(diffusion.timesteps[i]) for i in steps if i % x0_every == 0]
-
-
-class _PerImageNoise:
-    """noise_fn drawing row n of every batch from image n's own CPU generator."""
-
-    def __init__(self, gens: list[torch.Generator], device: torch.device) -> None:
-        self.gens, self.device = gens, device
-
-    def __call__(self, shape: tuple[int, ...]) -> Tensor:
-        rows = [torch.randn(shape[1:], generator=g) for g in self.gens]  # N x (C, H, W)
-        return torch.stack(rows).to(self.device)  # (N, C, H, W)
 
 
 @overload
@@ -91,17 +71,56 @@ def sample_indices(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Samples (N, C, H, W) uint8 for images `indices` of run `seed`, one batch.
 
-    x_T and every step's z of image i come from image_generator(seed, i), so image i does not
-    depend on the other indices in the batch. With x0_every = k also returns the predicted x0
-    frames (K, N, C, H, W) uint8 at `snapshot_timesteps(diffusion, k)`.
+    x_T and every step's z of image i are counter-based draws keyed by (seed, i)
+    (`ddpm_core.rng.CounterNoise`), made on `device` in one batched computation, so image i
+    does not depend on the other indices in the batch, the worker count or the device.
+    With x0_every = k also returns the predicted x0 frames (K, N, C, H, W) uint8 at
+    `snapshot_timesteps(diffusion, k)`.
     """
     if len(indices) == 0:
         raise ValueError("indices: expected at least one image index")
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"shape: expected (C, H, W) with positive sizes, got {shape}")
-    noise = _PerImageNoise([image_generator(seed, int(i)) for i in indices], torch.device(device))
+    noise = CounterNoise(seed, [int(i) for i in indices], torch.device(device))
     full = (len(indices), *shape)
     if x0_every is None:
         return to_uint8(diffusion.p_sample_loop(model, full, noise_fn=noise))
     x, snaps = diffusion.p_sample_loop(model, full, noise_fn=noise, x0_every=x0_every)
     return to_uint8(x), to_uint8(torch.stack(snaps))
+
+
+@torch.no_grad()
+def interpolate(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    x0_pair: Tensor,
+    t: int,
+    lambdas: Sequence[float],
+    seed: int,
+    device: torch.device = CPU,
+) -> Tensor:
+    """Interpolation in the latent x_t (Ho et al. 2020, Sec. 4.3, Fig. 8): (L, C, H, W) uint8.
+
+    Both images of x0_pair (2, C, H, W) in [-1, 1] are encoded by q(x_t | x_0) (eq. 4, each with
+    its own noise), mixed as x_bar_t = (1 - lambda) x_t + lambda x'_t for each lambda, and decoded
+    by the reverse process from step t (0-indexed; the paper's t = 500 is t = 499). The reverse
+    noise is the same for every lambda, so the rows differ only through lambda.
+    """
+    if x0_pair.ndim != 4 or x0_pair.shape[0] != 2 or not x0_pair.is_floating_point():
+        raise ValueError(
+            f"x0_pair: expected a float tensor (2, C, H, W), got {tuple(x0_pair.shape)}"
+        )
+    lam = torch.as_tensor(list(lambdas), dtype=torch.float32, device=device)
+    if lam.ndim != 1 or lam.numel() == 0 or bool(((lam < 0) | (lam > 1)).any()):
+        raise ValueError(f"lambdas: expected values in [0, 1], got {list(lambdas)}")
+    x0 = x0_pair.to(device=device, dtype=torch.float32)
+    t_vec = torch.full((2,), t, dtype=torch.long, device=device)
+    x_t = diffusion.q_sample(x0, t_vec, CounterNoise(seed, [0, 1], device)(tuple(x0.shape)))
+    lam = lam.reshape(-1, 1, 1, 1)  # (L, 1, 1, 1)
+    x_bar = (1.0 - lam) * x_t[0] + lam * x_t[1]  # (L, C, H, W)
+    shared = CounterNoise(seed, [2], device)  # one reverse-noise stream, broadcast over lambda
+
+    def noise(shape: tuple[int, ...]) -> Tensor:
+        return shared((1, *shape[1:])).expand(shape)
+
+    return to_uint8(diffusion.p_sample_from(model, x_bar, t, noise))

@@ -116,6 +116,9 @@ class RayHead:
 
         self.temp_dir = tempfile.mkdtemp(prefix="rayh_", dir="/tmp")  # short: socket paths
         self.port, self.dashboard_port = free_port(), free_port()
+        # Ports of its own also for the agent and the client server: the defaults (52365,
+        # 10001) belong to whichever cluster took them first (the session's local one).
+        self.agent_port, self.client_port = free_port(), free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.num_cpus = num_cpus
 
@@ -139,6 +142,8 @@ class RayHead:
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dashboard_port}",
+            f"--dashboard-agent-listen-port={self.agent_port}",
+            f"--ray-client-server-port={self.client_port}",
             f"--temp-dir={self.temp_dir}",
             "--disable-usage-stats",
         ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,16 @@ from torch import nn
 
 from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.ema import EMA
-from ddpm_core.rng import mix_seed
+from ddpm_core.rng import seeded_generator
 from ddpm_core.unet import UNet
 from pipelines.config import Params, TrainConfig
+from pipelines.infra.accel import CompileMode, compile_fn, mark_step
 from pipelines.train.checkpoint import load_training_state, save_training_state
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.pt"
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 # Purposes mixed into per-rank seeds, so two streams never share a seed.
@@ -58,54 +61,155 @@ def build_model(params: Params) -> UNet:
 
 
 @dataclass
+class StepStats:
+    """Step statistics of one rank, kept on the device so the hot loop never waits for the GPU.
+
+    `train_step` adds to them; the loop reads them (one host sync) every `train.log_every`
+    steps and before each checkpoint.
+    """
+
+    loss_sum: torch.Tensor  # () float32: sum of this rank's batch-mean losses in the window
+    grad_norm: torch.Tensor  # () float32: the latest global gradient norm before clipping
+    nonfinite: torch.Tensor  # () bool: a non-finite loss or gradient norm since the window began
+    steps: int = 0  # steps in the window
+    first_step: int = 1  # the first step of the window (1-based)
+
+    @classmethod
+    def zeros(cls, device: torch.device, first_step: int = 1) -> StepStats:
+        z = torch.zeros((), dtype=torch.float32, device=device)
+        return cls(z, z.clone(), torch.zeros((), dtype=torch.bool, device=device), 0, first_step)
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Accumulate one step's () loss and grad norm without a host sync."""
+        self.loss_sum += loss.detach().float()
+        self.grad_norm = grad_norm.detach().float()
+        self.nonfinite |= ~(torch.isfinite(loss) & torch.isfinite(grad_norm)).detach()
+        self.steps += 1
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """The steps first_step..last_step as read at a log point, averaged over ranks."""
+
+    first_step: int
+    last_step: int
+    loss: float  # mean loss over ranks and steps
+    grad_norm: float  # global gradient norm of the last step
+    nonfinite: bool  # any rank saw a non-finite loss or gradient norm
+    steps: int
+
+
+@dataclass
 class TrainState:
     """Everything one rank updates per step; `model` may be the DDP/compiled wrapper of `raw`."""
 
     raw: nn.Module  # the bare U-Net (state_dict keys without `module.`)
-    model: nn.Module  # what the loss calls: raw, DDP(raw) or torch.compile(DDP(raw))
+    model: nn.Module  # what the loss calls: raw or DDP(raw)
+    loss_fn: LossFn  # (x0, t, noise) -> (B,) losses of `model`, compiled when asked
     ema: EMA
     optimizer: torch.optim.Adam
     diffusion: GaussianDiffusion
-    generator: torch.Generator  # this rank's draws of t and eps (CPU)
+    generator: torch.Generator  # this rank's draws of t and eps, on the training device
+    stats: StepStats
     step: int = 0  # updates applied so far
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss)
+    compile_mode: CompileMode = False
+    params: list[nn.Parameter] = field(default_factory=list)  # raw's, listed once (clipping)
+
+    def __post_init__(self) -> None:
+        self.params = list(self.raw.parameters())
+
+    def any_nonfinite(self, world_size: int) -> bool:
+        """Whether any rank saw a non-finite step in the window (a collective; one sync)."""
+        flag = self.stats.nonfinite.float().reshape(1)
+        if world_size > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def read_stats(self, world_size: int) -> WindowStats:
+        """Read and reset the window (one host sync; a collective when world_size > 1)."""
+        s = self.stats
+        packed = torch.stack([s.loss_sum, s.nonfinite.float()]).double()  # (2,)
+        if world_size > 1:
+            dist.all_reduce(packed)  # sums over ranks
+        loss_sum, bad, grad_norm = *packed.tolist(), float(s.grad_norm)
+        self.stats = StepStats.zeros(s.loss_sum.device, self.step + 1)
+        mean = loss_sum / max(s.steps * world_size, 1)
+        return WindowStats(s.first_step, self.step, mean, grad_norm, bad > 0, s.steps)
 
 
 def make_state(
-    params: Params, device: torch.device, rank: int, world_size: int, raw: nn.Module | None = None
+    params: Params,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+    raw: nn.Module | None = None,
+    compile_mode: CompileMode = False,
 ) -> TrainState:
-    """Fresh state on `device`: seeded model, EMA, Adam and this rank's t/eps generator."""
+    """Fresh state on `device`: seeded model, EMA, Adam and this rank's t/eps generator.
+
+    On CUDA Adam is fused (one kernel for all parameters); on CPU it keeps the default
+    for-each implementation, so CPU runs stay bit-identical to earlier releases.
+    """
     raw = (raw or build_model(params)).to(device)
     cfg = params.train
+    fused = device.type == "cuda"
+    diffusion = GaussianDiffusion.from_config(params.diffusion)
     return TrainState(
         raw=raw,
         model=raw,
+        loss_fn=loss_closure(diffusion, raw),
         ema=EMA(raw, cfg.ema_decay),
-        optimizer=torch.optim.Adam(raw.parameters(), lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS),
-        diffusion=GaussianDiffusion.from_config(params.diffusion),
-        generator=torch.Generator().manual_seed(
-            mix_seed(params.seed, world_size, rank, SEED_T_NOISE)
+        optimizer=torch.optim.Adam(
+            raw.parameters(), lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=fused or None
         ),
+        diffusion=diffusion,
+        generator=seeded_generator(params.seed, world_size, rank, SEED_T_NOISE, device=device),
+        stats=StepStats.zeros(device),
+        compile_mode=compile_mode,
     )
 
 
+def loss_closure(diffusion: GaussianDiffusion, model: nn.Module) -> LossFn:
+    """(x0, t, noise) -> diffusion.training_losses(model, ...) (B,), unchecked (hot loop)."""
+
+    def losses(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return diffusion.training_losses(model, x0, t, noise, check=False)
+
+    return losses
+
+
+def prepare_model(
+    state: TrainState,
+    channels_last: bool,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+) -> None:
+    """Set `state.model` (channels_last weights, then `wrap`, e.g. DDP) and `state.loss_fn`.
+
+    With `state.compile_mode` the whole loss (q_sample, the network, the MSE) is one compiled
+    graph, so in "reduce-overhead" mode forward and backward are each one CUDA-graph replay.
+    `state.raw` stays the bare network (checkpoints, EMA, clipping).
+    """
+    raw = state.raw.to(memory_format=torch.channels_last) if channels_last else state.raw
+    state.model = wrap(raw) if wrap else raw
+    device = next(raw.parameters()).device
+    state.diffusion.prepare(device)  # coefficient tables exist before tracing
+    losses = loss_closure(state.diffusion, state.model)
+    state.loss_fn = compile_fn(losses, state.compile_mode)
+
+
 def draw_t_noise(
-    generator: torch.Generator, shape: tuple[int, ...], num_timesteps: int, device: torch.device
+    generator: torch.Generator, shape: tuple[int, ...], num_timesteps: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """t ~ Uniform{0..T-1} (B,) int64 and eps ~ N(0, I) `shape` (Algorithm 1, lines 3-4).
 
-    Drawn on the CPU generator, then moved, so CPU and GPU runs see the same numbers.
+    Drawn on the generator's device (no host-to-device copy per step); on CPU the numbers are
+    those of earlier releases.
     """
-    t = torch.randint(0, num_timesteps, (shape[0],), generator=generator)
-    noise = torch.randn(shape, generator=generator)
-    return t.to(device), noise.to(device)
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    loss: float  # this rank's mean loss over its batch
-    grad_norm: float  # global (all-reduced) gradient norm before clipping
-    lr: float
+    device = generator.device
+    t = torch.randint(0, num_timesteps, (shape[0],), generator=generator, device=device)
+    noise = torch.randn(shape, generator=generator, device=device)
+    return t, noise
 
 
 def train_step(
@@ -115,41 +219,30 @@ def train_step(
     noise: torch.Tensor,
     cfg: TrainConfig,
     autocast: contextlib.AbstractContextManager[Any] | None = None,
-) -> StepOutput:
+) -> None:
     """One gradient step of Algorithm 1 on x0 (B, C, H, W) with given t (B,) and noise.
 
     Under DDP the backward pass averages gradients over ranks, so the update equals one
-    worker's update on the concatenated global batch. Raises `NonFiniteLossError` (before the
-    optimizer step, identically on all ranks since the norm is global) on NaN/inf.
+    worker's update on the concatenated global batch. No host sync: loss, gradient norm and a
+    non-finite flag go to `state.stats`, which the caller reads at log points (a NaN step is
+    found there, and the caller never checkpoints the weights after it). Inputs are validated
+    by the caller once, not per step.
     """
     lr = warmup_lr(state.step + 1, cfg.lr, cfg.warmup_steps)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     state.optimizer.zero_grad(set_to_none=True)
+    mark_step(state.compile_mode)
     with autocast or contextlib.nullcontext():
-        losses = state.diffusion.training_losses(state.model, x0, t, noise)  # (B,)
+        losses = state.loss_fn(x0, t, noise)  # (B,)
     loss = losses.float().mean()
     loss.backward()
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(state.raw.parameters(), max_norm))
-    if not _all_finite(loss.item(), grad_norm, x0.device):
-        raise NonFiniteLossError(
-            f"non-finite loss {loss.item()} / grad norm {grad_norm} at step {state.step + 1}"
-        )
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.params, max_norm, foreach=True)
     state.optimizer.step()
     state.ema.update(state.raw)
+    state.stats.add(loss, grad_norm)
     state.step += 1
-    return StepOutput(loss=loss.item(), grad_norm=grad_norm, lr=lr)
-
-
-def _all_finite(loss: float, grad_norm: float, device: torch.device) -> bool:
-    """True when loss and grad norm are finite on every rank (so all ranks stop together)."""
-    ok = math.isfinite(loss) and math.isfinite(grad_norm)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        flag = torch.tensor([float(ok)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        ok = bool(flag.item() > 0)
-    return ok
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,5 +312,6 @@ def load_checkpoint(folder: str | Path, state: TrainState, rank: int) -> None:
     state.ema.load_state_dict(ckpt["ema"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.step = int(ckpt["step"])
+    state.stats = StepStats.zeros(state.stats.loss_sum.device, state.step + 1)
     set_rng_state(state.generator, rngs[rank])
     state.history = [(int(s), float(v)) for s, v in ckpt["history"].tolist()]

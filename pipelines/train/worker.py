@@ -9,7 +9,6 @@ starts the workers is `train.stage`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 import time
@@ -22,26 +21,28 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 
 from ddpm_core.rng import mix_seed
 from ddpm_core.sampling import sample_indices
 from pipelines.config import Params, from_dict
 from pipelines.data.stream import train_batches
+from pipelines.infra.accel import CompileMode, autocast, configure_backends
 from pipelines.infra.figures import save_grid
 from pipelines.infra.tracking import Tracker
 from pipelines.train.run import RunFolder
 from pipelines.train.step import (
     SEED_DROPOUT,
     NonFiniteLossError,
-    StepOutput,
     TrainState,
+    WindowStats,
     draw_t_noise,
     gather_rng_states,
     load_checkpoint,
     make_state,
+    prepare_model,
     save_checkpoint,
     train_step,
+    warmup_lr,
 )
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # inside fork_rng so this process's global state is restored afterwards.
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(mix_seed(params.seed, world, rank, SEED_DROPOUT))
-        state = make_state(params, device, rank, world)
+        configure_backends(device)
+        state = make_state(params, device, rank, world, compile_mode=_compile_mode(params))
         resumed_from, last_ckpt = _restore(state, rank)
         if rank == 0:  # the driver reports where the last attempt started (train.json)
             RunFolder(Path(spec.run_dir)).begin_attempt(resumed_from)
-        state.model = _wrap(state, params, device)
+        _wrap(state, params, device)
         if rank == 0 and tracker is not None and resumed_from:
             tracker.log_metrics({"resumed_from": resumed_from}, step=resumed_from)
         loop = _Loop(params, spec, tracker, state, rank, world, device)
@@ -109,25 +111,18 @@ def _restore(state: TrainState, rank: int) -> tuple[int, str | None]:
     return state.step, str(ckpt.path)
 
 
-def _wrap(state: TrainState, params: Params, device: torch.device) -> torch.nn.Module:
+def _compile_mode(params: Params) -> CompileMode:
+    mode = params.train.compile
+    return "default" if mode is True else mode
+
+
+def _wrap(state: TrainState, params: Params, device: torch.device) -> None:
     """channels_last / DDP (world > 1) / torch.compile, each only when params say so."""
-    raw = state.raw
-    if params.train.channels_last:
-        raw = raw.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(raw, move_to_device=device)
-    if params.train.compile:
-        model = torch.compile(model)  # type: ignore[assignment]
-    return model
 
+    def ddp(raw: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(raw, move_to_device=device)
 
-def autocast_for(params: Params, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on GPU when `train.precision: bf16`; fp32 otherwise (with a warning on CPU)."""
-    if params.train.precision != "bf16":
-        return contextlib.nullcontext()
-    if device.type != "cuda":
-        log.warning("train.precision: bf16 is a GPU option; training in fp32 on %s", device)
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16)
+    prepare_model(state, params.train.channels_last, ddp)
 
 
 class _Loop:
@@ -145,8 +140,7 @@ class _Loop:
     ) -> None:
         self.params, self.cfg, self.spec, self.tracker = params, params.train, spec, tracker
         self.state, self.rank, self.world, self.device = state, rank, world, device
-        self.autocast = autocast_for(params, device)
-        self.window: list[StepOutput] = []
+        self.autocast = autocast(params.train.precision, device)
         self.window_start = time.perf_counter()
         self.last_loss = float("nan")
 
@@ -166,64 +160,72 @@ class _Loop:
         cfg, state = self.cfg, self.state
         session_start, session_steps = time.perf_counter(), 0
         batches = self.batches()
-        while state.step < cfg.steps:
-            x0 = next(batches).to(self.device)  # (B/world, C, H, W)
-            if cfg.channels_last:
-                x0 = x0.contiguous(memory_format=torch.channels_last)
-            t, noise = draw_t_noise(
-                state.generator, tuple(x0.shape), state.diffusion.num_timesteps, self.device
-            )
-            try:
-                out = train_step(state, x0, t, noise, cfg, self.autocast)
-            except NonFiniteLossError as e:
-                self.stop_nonfinite(e, last_ckpt)
-                return
-            self.window.append(out)
-            session_steps += 1
-            step = state.step
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                self.log_window()
-            if self.rank == 0 and cfg.sample_every and step % cfg.sample_every == 0:
-                self.log_sample_grid()
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                seconds = time.perf_counter() - session_start
-                last_ckpt = self.checkpoint(
-                    {
-                        "step": step,
-                        "loss": self.last_loss,
-                        "lr": out.lr,
-                        "images_per_s": session_steps * cfg.batch_size / max(seconds, 1e-9),
-                        "session_seconds": seconds,
-                        "resumed_from": resumed_from,
-                    }
-                )
+        try:
+            while state.step < cfg.steps:
+                x0 = next(batches).to(self.device, non_blocking=True)  # (B/world, C, H, W)
+                if cfg.channels_last:
+                    x0 = x0.contiguous(memory_format=torch.channels_last)
+                t, noise = draw_t_noise(state.generator, tuple(x0.shape), self.num_timesteps)
+                train_step(state, x0, t, noise, cfg, self.autocast)
+                session_steps += 1
+                step = state.step
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    self.log_window()
+                if self.rank == 0 and cfg.sample_every and step % cfg.sample_every == 0:
+                    self.log_sample_grid()
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    self.raise_if_nonfinite()  # never checkpoint weights after a NaN step
+                    seconds = time.perf_counter() - session_start
+                    last_ckpt = self.checkpoint(
+                        {
+                            "step": step,
+                            "loss": self.last_loss,
+                            "lr": warmup_lr(step, cfg.lr, cfg.warmup_steps),
+                            "images_per_s": session_steps * cfg.batch_size / max(seconds, 1e-9),
+                            "session_seconds": seconds,
+                            "resumed_from": resumed_from,
+                        }
+                    )
+        except NonFiniteLossError as e:
+            self.stop_nonfinite(e, last_ckpt)
+            return
         sampled_last = cfg.sample_every > 0 and cfg.steps % cfg.sample_every == 0
         if self.rank == 0 and session_steps and not sampled_last:
             self.log_sample_grid()  # the end-of-training grid
 
+    @property
+    def num_timesteps(self) -> int:
+        return self.state.diffusion.num_timesteps
+
+    def raise_if_nonfinite(self, window: WindowStats | None = None) -> None:
+        """NonFiniteLossError naming the steps since the last log point (same on every rank)."""
+        first = self.state.stats.first_step if window is None else window.first_step
+        bad = self.state.any_nonfinite(self.world) if window is None else window.nonfinite
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient norm in steps {first}..{self.state.step}"
+            )
+
     def log_window(self) -> None:
         """Mean loss over ranks and steps since the last log; rank 0 prints and logs it."""
-        outs, self.window = self.window, []
-        total = torch.tensor([sum(o.loss for o in outs), len(outs)], dtype=torch.float64)
-        if self.world > 1:
-            total = total.to(self.device)
-            dist.all_reduce(total)  # sums over ranks
-        loss = float(total[0] / total[1])
-        self.last_loss = loss
+        window = self.state.read_stats(self.world)  # the loop's one host sync per log window
+        self.raise_if_nonfinite(window)
+        self.last_loss = loss = window.loss
         now = time.perf_counter()
         seconds, self.window_start = now - self.window_start, now
         if self.rank != 0:
             return
-        step, steps = self.state.step, self.cfg.steps
-        img_s = len(outs) * self.cfg.batch_size / max(seconds, 1e-9)
-        eta = (steps - step) * seconds / len(outs)
+        step, steps, n = self.state.step, self.cfg.steps, window.steps
+        lr = warmup_lr(step, self.cfg.lr, self.cfg.warmup_steps)
+        img_s = n * self.cfg.batch_size / max(seconds, 1e-9)
+        eta = (steps - step) * seconds / max(n, 1)
         log.info(
             "step %d/%d  loss %.4f  grad %.3f  lr %.2e  %.0f img/s  ETA %s",
-            step, steps, loss, outs[-1].grad_norm, outs[-1].lr, img_s, _hms(eta),
+            step, steps, loss, window.grad_norm, lr, img_s, _hms(eta),
         )  # fmt: skip
         self.state.history.append((step, loss))
         if self.tracker is not None:
-            metrics = {"loss": loss, "grad_norm": outs[-1].grad_norm, "lr": outs[-1].lr}
+            metrics = {"loss": loss, "grad_norm": window.grad_norm, "lr": lr}
             self.tracker.log_metrics({**metrics, "images_per_s": img_s}, step=step)
 
     def log_sample_grid(self) -> None:
@@ -258,9 +260,7 @@ class _Loop:
         """All ranks stop together; rank 0 leaves a note for the driver (no pointless retries)."""
         if self.rank != 0:
             return
-        RunFolder(Path(self.spec.run_dir)).note_nonfinite(
-            str(error), self.state.step + 1, last_ckpt
-        )
+        RunFolder(Path(self.spec.run_dir)).note_nonfinite(str(error), self.state.step, last_ckpt)
         log.error("%s; last good checkpoint: %s", error, last_ckpt)
 
 

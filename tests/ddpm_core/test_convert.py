@@ -7,7 +7,12 @@ from typing import Any
 import pytest
 import torch
 
-from ddpm_core.convert import state_dict_from_diffusers, unet_config_from_diffusers
+from ddpm_core.convert import (
+    diffusers_config_from_unet,
+    state_dict_from_diffusers,
+    state_dict_to_diffusers,
+    unet_config_from_diffusers,
+)
 from ddpm_core.unet import UNet
 from tests.helpers import CIFAR10_CONFIG, random_diffusers
 
@@ -107,3 +112,37 @@ def test_unknown_key_is_named() -> None:
     sd["class_embedding.weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match="class_embedding.weight"):
         state_dict_from_diffusers(sd)
+
+
+# ----------------------------------------------------------------------------------------------
+# Export: UNet -> diffusers
+
+
+@pytest.mark.parametrize("out_channels", [2, 4])  # 4 = 2C: the learned-variance head
+def test_export_to_diffusers_gives_the_same_eps(out_channels: int) -> None:
+    kwargs = {"in_channels": 2, "out_channels": out_channels, "ch": 16, "ch_mult": (1, 2, 2),
+              "num_res_blocks": 1, "attn_resolutions": (8,), "dropout": 0.0, "resolution": 16,
+              "num_groups": 8}  # fmt: skip
+    torch.manual_seed(0)
+    ours = UNet(**kwargs).eval()
+    with torch.no_grad():
+        for p in ours.parameters():  # every weight random, the 1e-10-scaled layers too
+            p.normal_(0.0, 0.1)
+    config = diffusers_config_from_unet(kwargs)
+    theirs = diffusers.UNet2DModel(**config).eval()
+    theirs.load_state_dict(state_dict_to_diffusers(ours.state_dict(), n_levels=3), strict=True)
+    x = torch.randn(3, 2, 16, 16, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 17, 999])
+    with torch.no_grad():
+        want, got = ours(x, t), theirs(x, t).sample
+    assert float((got - want).norm() / want.norm()) <= 1e-5
+    # and back: the round trip is exact, the config too
+    back = state_dict_from_diffusers(theirs.state_dict())
+    assert back.keys() == ours.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in ours.state_dict().items())
+    assert unet_config_from_diffusers(config) == {**kwargs, "ch_mult": (1, 2, 2)}
+
+
+def test_export_names_a_key_it_cannot_place() -> None:
+    with pytest.raises(ValueError, match="'extra.weight'"):
+        state_dict_to_diffusers({"extra.weight": torch.zeros(1)}, n_levels=2)

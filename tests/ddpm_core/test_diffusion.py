@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -49,9 +50,12 @@ def test_extract_shape_and_cache_per_device() -> None:
     c = extract(torch.arange(T, dtype=torch.float32), t, (3, 2, 4, 4))
     assert c.shape == (3, 1, 1, 1) and c.flatten().tolist() == [0.0, 5.0, T - 1.0]
     x = torch.zeros(3, 2, 4, 4)
-    assert d._tables(x.device, torch.float32) is d._tables(x.device, torch.float32)
-    assert d._coef("posterior_mean_coef1", t, x).dtype == torch.float32
-    assert d._coef("posterior_mean_coef1", t, x.double()).dtype == torch.float64
+    assert d._coefs(x) is d._coefs(x)
+    assert d._coefs(x).posterior_mean_coef1.dtype == torch.float32
+    assert d._coefs(x.double()).posterior_mean_coef1.dtype == torch.float64
+    torch.testing.assert_close(
+        d._coefs(x.double()).posterior_mean_coef1, torch.from_numpy(d.posterior_mean_coef1)
+    )
 
 
 def test_q_sample_moments() -> None:
@@ -318,3 +322,140 @@ def test_bad_input_names_argument() -> None:
         d.p_mean_variance(lambda a, s: a[:, :1], x, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="shape"):
         d.p_sample_loop(TinyEps(), (0, 2, 4, 4))
+
+
+# ----------------------------------------------------------------------------------------------
+# Learned diagonal Sigma (Table 2), DDIM, decoding from a given x_t
+
+
+class OracleLearned:
+    """eps* and log sigma_t^2 = log beta_tilde_t (clipped at t = 0): (B, 2C, H, W)."""
+
+    def __init__(self, betas: np.ndarray, x0: Tensor) -> None:
+        self.eps = OracleEps(betas, x0)
+        ab, ab_prev = _ab(betas)
+        bt = betas * (1 - ab_prev) / (1 - ab)
+        self.log_var = torch.tensor(np.log(np.append(bt[1], bt[1:])), dtype=x0.dtype)
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        log_var = self.log_var[t].reshape(-1, 1, 1, 1).expand(x_t.shape)
+        return torch.cat([self.eps(x_t, t), log_var], dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_learned_variance_oracle_bound_equals_analytic_value(dtype: torch.dtype) -> None:
+    """The exact eps and sigma_t^2 = beta_tilde_t: every KL term is 0, L = prior + decoder."""
+    betas = make_betas("linear", T, 1e-4, 0.1)
+    x0 = _x0(dtype)
+    d = GaussianDiffusion(betas, var_type="learned", loss_type="kl")
+    out = d.calc_bpd_loop(OracleLearned(betas, x0), x0, generator=torch.Generator().manual_seed(0))
+    prior, terms = _analytic_bpd(betas, x0.double(), "fixedsmall")
+    tol = 1e-9 if dtype == torch.float64 else 1e-5
+    assert float(out["terms_bpd"][:, 1:].abs().max()) < tol
+    for i in range(x0.shape[0]):
+        assert float(out["total_bpd"][i]) == pytest.approx(prior + sum(terms), abs=tol)
+    losses = d.training_losses(OracleLearned(betas, x0), x0, torch.tensor([0, 4, T - 1]),
+                               torch.randn(x0.shape, dtype=dtype))  # fmt: skip
+    assert float(losses[1:].abs().max()) < tol and float(losses[0]) == pytest.approx(terms[0])
+
+
+def test_learned_variance_checks_loss_type_and_output_channels() -> None:
+    betas = make_betas("linear", T)
+    with pytest.raises(ValueError, match="expected loss_type 'kl', got 'mse'"):
+        GaussianDiffusion(betas, var_type="learned", loss_type="mse")
+    d = GaussianDiffusion(betas, var_type="learned", loss_type="kl")
+    assert d.model_out_channels(3) == 6 and GaussianDiffusion(betas).model_out_channels(3) == 3
+    x = torch.zeros(3, 2, 4, 4)
+    with pytest.raises(ValueError, match=r"expected \(3, 4, 4, 4\)"):
+        d.p_mean_variance(TinyEps(), x, torch.tensor([0, 1, 2]))
+
+
+def test_learned_variance_is_used_by_the_reverse_process() -> None:
+    betas = make_betas("linear", T)
+    d = GaussianDiffusion(betas, var_type="learned", loss_type="kl")
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([5, 9])
+
+    def model(x_t: Tensor, s: Tensor) -> Tensor:
+        return torch.cat([torch.zeros_like(x_t), torch.full_like(x_t, -3.0)], dim=1)
+
+    out = d.p_mean_variance(model, x, t)
+    assert torch.allclose(out["log_variance"], torch.full_like(x, -3.0))
+    assert torch.allclose(out["variance"], torch.full_like(x, math.exp(-3.0)))
+
+
+def test_learned_variance_training_on_the_bound_lowers_it() -> None:
+    """A tiny U-Net with out_channels = 2C, Adam on L (loss_type kl): the bound falls."""
+    from ddpm_core.unet import UNet
+
+    betas = make_betas("linear", 10, 1e-3, 0.2)
+    d = GaussianDiffusion(betas, var_type="learned", loss_type="kl")
+    torch.manual_seed(0)
+    model = UNet(1, d.model_out_channels(1), ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                 attn_resolutions=(), dropout=0.0, resolution=8)  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    x0 = (torch.rand(16, 1, 8, 8, generator=g) > 0.5).float() * 2 - 1  # binary images
+
+    def bound() -> float:
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(1)
+            return float(d.calc_bpd_loop(model, x0, generator=gen)["total_bpd"].mean())
+
+    before = bound()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(60):
+        t = torch.randint(0, 10, (16,), generator=g)
+        loss = d.training_losses(model, x0, t, torch.randn(x0.shape, generator=g)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert bound() < 0.8 * before
+
+
+def _draws(seed: int) -> Callable[[tuple[int, ...]], Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return lambda shape: torch.randn(shape, generator=gen)
+
+
+def test_ddim_with_eta_one_is_ancestral_sampling_with_beta_tilde() -> None:
+    d = GaussianDiffusion(make_betas("linear", T, 1e-4, 0.1), var_type="fixedsmall")
+    shape = (3, 2, 4, 4)
+    ddpm = d.p_sample_loop(TinyEps(), shape, noise_fn=_draws(5))
+    ddim = d.ddim_sample_loop(TinyEps(), shape, noise_fn=_draws(5), eta=1.0)
+    torch.testing.assert_close(ddim, ddpm, rtol=0, atol=1e-5)
+
+
+def test_ddim_with_eta_zero_is_deterministic_given_x_T() -> None:
+    d = GaussianDiffusion(make_betas("linear", T, 1e-4, 0.1)).respaced(4)
+    shape = (2, 2, 4, 4)
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+    a = d.ddim_sample_loop(TinyEps(), shape, noise_fn=_first_then(x_T, 1), eta=0.0)
+    b = d.ddim_sample_loop(TinyEps(), shape, noise_fn=_first_then(x_T, 2), eta=0.0)
+    assert torch.equal(a, b) and a.shape == shape and float(a.abs().max()) <= 1.0 + 1e-6
+    with pytest.raises(ValueError, match="eta"):
+        d.ddim_sample_loop(TinyEps(), shape, noise_fn=_draws(0), eta=1.5)
+
+
+def _first_then(first: Tensor, seed: int) -> Callable[[tuple[int, ...]], Tensor]:
+    """A noise_fn returning `first` on its first call, then fresh draws of `seed`."""
+    later, used = _draws(seed), []
+
+    def fn(shape: tuple[int, ...]) -> Tensor:
+        if not used:
+            used.append(True)
+            return first
+        return later(shape)
+
+    return fn
+
+
+def test_p_sample_from_continues_the_loop() -> None:
+    d = GaussianDiffusion(make_betas("linear", T, 1e-4, 0.1))
+    shape = (2, 2, 4, 4)
+    full = d.p_sample_loop(TinyEps(), shape, noise_fn=_draws(9))
+    draws = _draws(9)
+    x_T = draws(shape)
+    torch.testing.assert_close(d.p_sample_from(TinyEps(), x_T, T - 1, draws), full)
+    with pytest.raises(ValueError, match="t_start"):
+        d.p_sample_from(TinyEps(), x_T, T, draws)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from ddpm_core.diffusion import GaussianDiffusion
+from ddpm_core.rng import CounterNoise
 from ddpm_core.sampling import (
-    _PerImageNoise,
     from_uint8,
-    image_generator,
+    interpolate,
     sample_indices,
     snapshot_timesteps,
     to_uint8,
@@ -24,20 +23,6 @@ SHAPE = (2, 4, 4)
 
 def _diffusion() -> GaussianDiffusion:
     return GaussianDiffusion(make_betas("linear", T, 1e-4, 0.1))
-
-
-def test_image_generator_seed_formula_and_independence() -> None:
-    state = np.random.SeedSequence([3, 7]).generate_state(1, dtype=np.uint64)[0]
-    want = torch.Generator().manual_seed(int(state) % 2**63)
-    assert image_generator(3, 7).initial_seed() == want.initial_seed()
-    a = torch.randn(4, generator=image_generator(3, 7))
-    assert torch.equal(a, torch.randn(4, generator=image_generator(3, 7)))
-    assert not torch.equal(a, torch.randn(4, generator=image_generator(3, 8)))
-    assert not torch.equal(a, torch.randn(4, generator=image_generator(4, 7)))
-    with pytest.raises(ValueError, match="seed"):
-        image_generator(-1, 0)
-    with pytest.raises(ValueError, match="index"):
-        image_generator(0, -2)
 
 
 def test_uint8_round_trip_and_clamp() -> None:
@@ -58,7 +43,7 @@ def test_batch_composition_invariance() -> None:
 
     # float level: image i's sample is the same in any batch, up to batched-conv rounding
     def floats(idx: list[int]) -> torch.Tensor:
-        noise = _PerImageNoise([image_generator(11, i) for i in idx], torch.device("cpu"))
+        noise = CounterNoise(11, idx, torch.device("cpu"))
         return d.p_sample_loop(model, (len(idx), *SHAPE), noise_fn=noise)
 
     f_all = floats([0, 1, 2, 3])
@@ -89,3 +74,21 @@ def test_bad_input() -> None:
         sample_indices(model, d, [0], seed=0, shape=(2, 4))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="x0_every"):
         sample_indices(model, d, [0], seed=0, shape=SHAPE, x0_every=0)
+
+
+def test_interpolation_ends_match_their_images_and_share_the_noise() -> None:
+    d, model = _diffusion(), TinyEps()
+    g = torch.Generator().manual_seed(4)
+    pair = torch.rand(2, *SHAPE, generator=g) * 2 - 1
+    rows = interpolate(model, d, pair, t=5, lambdas=[0.0, 0.5, 1.0], seed=3)
+    assert rows.shape == (3, *SHAPE) and rows.dtype == torch.uint8
+    assert torch.equal(rows, interpolate(model, d, pair, t=5, lambdas=[0.0, 0.5, 1.0], seed=3))
+    # lambda = 0 and 1 decode each image alone (the shared reverse noise does not depend on L)
+    alone = interpolate(model, d, pair, t=5, lambdas=[1.0], seed=3)
+    assert torch.equal(alone[0], rows[2])
+    assert not torch.equal(rows[1], rows[0]) and not torch.equal(rows[1], rows[2])
+    assert not torch.equal(rows, interpolate(model, d, pair, t=5, lambdas=[0.0, 0.5, 1.0], seed=4))
+    with pytest.raises(ValueError, match="lambdas"):
+        interpolate(model, d, pair, t=5, lambdas=[1.5], seed=3)
+    with pytest.raises(ValueError, match="x0_pair"):
+        interpolate(model, d, pair[:1], t=5, lambdas=[0.5], seed=3)

@@ -30,6 +30,11 @@ def test_param_count_cifar10() -> None:
     assert n_params(UNet()) == 35_746_307
 
 
+def test_param_count_with_the_learned_variance_head() -> None:
+    """Table 2's learned diagonal Sigma: out_ch = 2C = 6 (paper's official code: 35,749,766)."""
+    assert n_params(UNet(out_channels=6)) == 35_749_766
+
+
 def test_param_count_256() -> None:
     model = UNet(ch_mult=(1, 1, 2, 2, 4, 4), attn_resolutions=(16,), resolution=256)
     assert n_params(model) == 113_673_219

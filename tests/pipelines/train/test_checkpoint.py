@@ -85,7 +85,7 @@ def test_checkpoint_folder_restores_the_state_and_this_ranks_streams(
     cpu = torch.device("cpu")
     state = make_state(params, cpu, 0, 1)
     x0 = torch.rand(4, 1, 8, 8) * 2 - 1
-    t, noise = draw_t_noise(state.generator, tuple(x0.shape), params.diffusion.T, cpu)
+    t, noise = draw_t_noise(state.generator, tuple(x0.shape), params.diffusion.T)
     train_step(state, x0, t, noise, params.train)
     state.history.append((1, 0.5))
     save_checkpoint(tmp_path, state, gather_rng_states(state.generator))

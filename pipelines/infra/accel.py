@@ -1,0 +1,102 @@
+"""GPU execution options in one place: TF32, bf16 autocast, channels_last and torch.compile.
+
+Training, sampling and NLL choose them by params; every option also runs on CPU (bf16 autocast
+and `torch.compile` exist there too), so the tests exercise the same code paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+F = TypeVar("F", bound=Callable[..., Any])
+Precision = Literal["fp32", "bf16"]
+# False = eager; "default" = Inductor kernels; "reduce-overhead" = Inductor + CUDA graphs
+# (one graph replay per call: what makes a small per-GPU batch fast).
+CompileMode = Literal[False, "default", "reduce-overhead"]
+COMPILE_MODES: tuple[CompileMode, ...] = (False, "default", "reduce-overhead")
+
+
+def configure_backends(device: torch.device) -> None:
+    """TF32 tensor cores for fp32 matmuls and convolutions on CUDA (bf16 runs are unaffected).
+
+    The only place the project sets these process-wide switches.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on `device` (CUDA or CPU) when precision is bf16; a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"precision: got {precision!r}, expected 'fp32' or 'bf16'")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def check_compile_mode(mode: object) -> CompileMode:
+    if mode not in COMPILE_MODES or isinstance(mode, int) and mode is not False:
+        raise ValueError(f"compile: got {mode!r}, expected one of {list(COMPILE_MODES)}")
+    return mode  # type: ignore[return-value]
+
+
+def compile_module(module: nn.Module, mode: CompileMode) -> nn.Module:
+    """torch.compile(module) in `mode`; the module itself when mode is False."""
+    return compile_fn(module, mode)
+
+
+def compile_fn(fn: F, mode: CompileMode) -> F:
+    """torch.compile(fn) in `mode` (a module or a function); fn itself when mode is False."""
+    mode = check_compile_mode(mode)
+    if mode is False:
+        return fn
+    return torch.compile(fn, mode=mode)  # type: ignore[return-value]
+
+
+def mark_step(mode: CompileMode) -> None:
+    """Tell CUDA-graph trees a new iteration starts (outputs of the previous one may be reused)."""
+    if mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+class InferenceModel(nn.Module):
+    """eps_theta(x_t, t) for sampling and NLL with the fast-path options applied.
+
+    Inputs in channels_last when asked, the network under bf16 autocast when asked, the output
+    always float32 in the input's layout, so the diffusion math (posterior, KL, decoder
+    likelihood) stays in fp32 whatever the network ran in.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        precision: Precision = "fp32",
+        channels_last: bool = False,
+        compile: CompileMode = False,
+    ) -> None:
+        super().__init__()
+        model = model.to(device).eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.net = compile_module(model, compile)
+        self.device, self.precision = device, precision
+        self.channels_last, self.compile_mode = channels_last, check_compile_mode(compile)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """x: (B, C, H, W) float32, t: (B,) int64 -> eps (B, C, H, W) float32."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        mark_step(self.compile_mode)
+        with autocast(self.precision, self.device):
+            out = self.net(x, t)
+        # clone: a CUDA-graph replay reuses its output buffer on the next call
+        return out.float().clone() if self.compile_mode == "reduce-overhead" else out.float()
