@@ -193,6 +193,9 @@ class Params:
     mlflow: MlflowConfig
 
     def __post_init__(self) -> None:
+        # Against a stand-in root: relative paths, `.` and `..`; `stages.common` repeats it
+        # against the real root (absolute paths that hold the repository).
+        check_paths(self.paths, self.data.root, VIRTUAL_ROOT)
         levels = self.unet.level_resolutions(self.data.resolution)
         bad = [r for r in self.unet.attn_resolutions if r not in levels]
         check(
@@ -214,6 +217,52 @@ class Params:
             self.data.resolution,
             f"divisible by 2**(len(unet.ch_mult)-1)={2 ** (len(self.unet.ch_mult) - 1)}",
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Output folders: each stage replaces its folder as a whole, so folders must never overlap
+
+VIRTUAL_ROOT = Path("/__repo_root__")  # stands for the repository root when it is not known
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_paths(paths: PathsConfig, data_root: str | None, root: Path) -> None:
+    """Refuse `paths.*` that share or nest folders, or contain `data.root` or the repo root.
+
+    Every stage writes its output folder through `atomic_path`, which replaces the whole
+    folder: an output path holding anything else (raw data, another stage's output, the
+    checkpoints, the repository) would be deleted. Relative paths are under `root`; paths
+    are compared lexically (no file-system access), the error names both keys.
+    """
+    def where(value: str) -> Path:
+        return Path(os.path.normpath(root / value))
+
+    outs = {f"paths.{f.name}": getattr(paths, f.name) for f in dataclasses.fields(paths)}
+    names = list(outs)
+    repo = Path(os.path.normpath(root))
+    for a in names:
+        path = where(outs[a])
+        if path == repo or path in repo.parents:
+            raise ConfigError(
+                f"{a}: got {outs[a]!r}, which contains the repository root"
+                f"{'' if root == VIRTUAL_ROOT else f' {root}'}; expected "
+                "a folder of its own (the stage replaces it as a whole)"
+            )
+        if data_root is not None and _overlaps(path, where(data_root)):
+            raise ConfigError(
+                f"{a}: got {outs[a]!r}, which overlaps data.root={data_root!r}; expected an "
+                "output folder apart from the raw data (the stage replaces it as a whole)"
+            )
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if _overlaps(where(outs[a]), where(outs[b])):
+                raise ConfigError(
+                    f"{a}: got {outs[a]!r}, which overlaps {b}={outs[b]!r}; expected distinct "
+                    "folders, none inside another (each stage replaces its folder as a whole)"
+                )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from pipelines.config import Params, load_params, to_dict
+from pipelines.config import ConfigError, Params, check_paths, load_params, to_dict
 
 
 class StageResult(Protocol):
@@ -51,6 +51,10 @@ def start(
     """
     args = p.parse_args(argv)
     params = load_params(args.params)
+    try:
+        check_paths(params.paths, params.data.root, repo_root())
+    except ConfigError as e:
+        raise ConfigError(f"{args.params}: {e}") from None
     if args.dry_run:
         print_config(params)
         return None

@@ -70,3 +70,42 @@ def test_load_params_names_the_file(tmp_path: Path) -> None:
         load_params(bad)
     with pytest.raises(ConfigError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("paths", "data_root", "message"),
+    [
+        ({"shards": "data"}, None, "paths.shards: got 'data', which overlaps paths.samples"),
+        ({"samples": "data/shards"}, None, "paths.shards: got 'data/shards', which overlaps "
+         "paths.samples='data/shards'"),
+        ({"ray_storage": "data/shards/ckpt"}, None, "which overlaps paths.ray_storage"),
+        ({"runs": "."}, None, "paths.runs: got '.', which contains the repository root"),
+        ({"metrics": ".."}, None, "paths.metrics: got '..', which contains the repository root"),
+        ({}, "data/shards/raw", "paths.shards: got 'data/shards', which overlaps data.root"),
+        ({"shards": "data/cifar/shards"}, "data/cifar", "overlaps data.root='data/cifar'"),
+    ],
+)
+def test_overlapping_output_folders_are_refused(
+    paths: dict[str, str], data_root: str | None, message: str
+) -> None:
+    raw = copy.deepcopy(default_params_dict())
+    raw["paths"].update(paths)
+    raw["data"]["root"] = data_root
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        from_dict(Params, raw)
+
+
+def test_absolute_path_holding_the_repo_is_refused_when_a_stage_starts(tmp_path: Path) -> None:
+    import yaml
+
+    from stages.common import parser, start
+
+    raw = copy.deepcopy(default_params_dict())
+    raw["paths"]["fid_stats"] = str(tmp_path.parent)  # holds the repo root (tmp_path) below
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    from_dict(Params, raw)  # lexically fine without the root
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DVC_ROOT", str(tmp_path))
+        with pytest.raises(ConfigError, match="params.yaml: paths.fid_stats: .* contains the "
+                           "repository root"):
+            start(parser(""), ["--params", str(tmp_path / "params.yaml"), "--dry-run"])
