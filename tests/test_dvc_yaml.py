@@ -102,3 +102,14 @@ def test_stages_chain_through_their_outputs() -> None:
     assert "${paths.model}" in outs["train"] and "${paths.model}" in STAGES["sample"]["deps"]
     assert "${paths.samples}" in outs["sample"]
     assert {"${paths.samples}", "${paths.fid_stats}"} <= set(STAGES["evaluate"]["deps"])
+
+
+def test_only_the_resuming_sample_stage_persists_its_output() -> None:
+    """`persist: true` keeps outputs across `dvc repro`: only where the stage resumes safely."""
+    persisted = {
+        (name, next(iter(out)))
+        for name, stage in STAGES.items()
+        for out in stage.get("outs", [])
+        if isinstance(out, dict) and next(iter(out.values())).get("persist")
+    }
+    assert persisted == {("sample", "${paths.samples}")}

@@ -23,9 +23,12 @@ import torch
 from pipelines.artifacts.tars import ShardError, decode_png, encode_png, read_tar, tar_bytes
 from pipelines.config import Params, to_dict
 from pipelines.infra.files import (
+    TEMP_PREFIX,
     bytes_digest,
     file_digest,
+    recover,
     remove_temporaries,
+    replace,
     write_bytes,
     write_json,
 )
@@ -160,10 +163,33 @@ def sampling_plan(params: Params, weights: Path) -> dict[str, Any]:
     }
 
 
+def work_dir(out_dir: Path, plan: dict[str, Any]) -> Path:
+    """Where shards of `plan` are written: `out_dir` itself, or a staging sibling.
+
+    When `out_dir` holds a complete set (a manifest) of a different plan, the new set is written
+    to `.<name>.plan-<hash>/` beside it and only moved into place once complete (`publish`), so
+    a failed or killed resample leaves the old samples and manifest as they were; rerunning the
+    same plan resumes in the same staging folder.
+    """
+    plan_path = out_dir / PLAN
+    old = json.loads(plan_path.read_text()) if plan_path.is_file() else None
+    if old == plan or not (out_dir / MANIFEST).is_file():
+        return out_dir
+    key = bytes_digest(json.dumps(plan, sort_keys=True).encode())[:12]
+    return out_dir.with_name(f"{TEMP_PREFIX}{out_dir.name}.plan-{key}")
+
+
+def publish(work: Path, out_dir: Path) -> None:
+    """Move a complete staging folder (`work_dir`) onto `out_dir`; nothing when they are one."""
+    if work != out_dir:
+        recover(out_dir)
+        replace(work, out_dir)
+
+
 def prepare_dir(out_dir: Path, plan: dict[str, Any], specs: list[ShardSpec]) -> None:
     """Make `out_dir` ready for (re)sampling under `plan`.
 
-    Removes temporaries of crashed writers, tars from a different plan (seed, weights, stride,
+    Removes temporaries of dead writers (a live writer's are kept), tars from a different plan (seed, weights, stride,
     batch size...) and tars outside the current ranges; keeps the rest for verification.
     """
     out_dir.mkdir(parents=True, exist_ok=True)

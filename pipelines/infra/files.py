@@ -9,16 +9,67 @@ figures) is written through it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-TEMP_PREFIX = "."  # temporaries are hidden siblings: `.<name>.<random>/<name>`
+logger = logging.getLogger(__name__)
+
+TEMP_PREFIX = "."  # temporaries are hidden siblings: `.<name>.tmp-<host>-<pid>-<random>/<name>`
+OLD_SUFFIX = ".old"  # `.<name>.old`: the previous folder while it is being replaced
+
+
+def _owner_tag() -> str:
+    return f"tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _writer_is_dead(temp: Path) -> bool:
+    """Whether the `atomic_path` writer that made `temp` is gone: same host, pid not running.
+
+    Temporaries of other hosts (a shared file system) or of live processes are never judged dead.
+    """
+    parts = temp.name.rsplit(".tmp-", 1)
+    if len(parts) != 2:
+        return False
+    host_pid = parts[1].rsplit("-", 1)[0]  # `<host>-<pid>`; host names may contain '-'
+    host, _, pid = host_pid.rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def recover(final: str | os.PathLike[str]) -> Path:
+    """Undo what a kill inside `atomic_path` left behind for `final`; returns `final`.
+
+    A kill between the two renames of a folder replacement leaves `.<name>.old` and no `final`:
+    the old copy is renamed back. A leftover `.<name>.old` beside a complete `final` is deleted,
+    and so are temporaries of dead writers on this host (`remove_temporaries`).
+    """
+    final = Path(final)
+    old = final.with_name(f"{TEMP_PREFIX}{final.name}{OLD_SUFFIX}")
+    if old.exists() and not final.exists():
+        logger.warning("%s: recovering the previous copy from %s (a replacement was killed)",
+                       final, old.name)
+        old.rename(final)
+    elif old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    if final.parent.is_dir():
+        remove_temporaries(final.parent, glob.escape(final.name))
+    return final
 
 
 @contextlib.contextmanager
@@ -26,30 +77,46 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path with `final`'s name; on success it replaces `final` (file or folder).
 
     The temporary lives in a fresh hidden folder next to `final` (same file system, so the
-    rename is atomic; unique, so concurrent writers of the same file never collide). On error
-    it is removed and `final` is left exactly as it was.
+    rename is atomic; unique and tagged with host and pid, so concurrent writers of the same
+    file never collide and a later writer can tell a dead writer's leftovers). On error it is
+    removed and `final` is left exactly as it was. A folder is replaced by two renames
+    (`final` -> `.<name>.old`, temporary -> `final`); a kill between them is undone by the next
+    `atomic_path` (or `recover`) on the same name, which renames the old copy back.
     """
-    final = Path(final)
+    final = recover(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{final.name}.", dir=final.parent))
+    folder = Path(
+        tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{final.name}.{_owner_tag()}", dir=final.parent)
+    )
     tmp = folder / final.name
     try:
         yield tmp
-        if final.is_dir() and not final.is_symlink():
-            old = final.with_name(f"{TEMP_PREFIX}{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+        replace(tmp, final)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def replace(src: Path, final: Path) -> None:
+    """Move the complete file or folder `src` onto `final` (same file system).
+
+    A folder `final` goes by two renames (`final` -> `.<name>.old`, `src` -> `final`); a kill
+    between them is undone by `recover(final)`, which every `atomic_path` runs first.
+    """
+    if final.is_dir() and not final.is_symlink():
+        old = final.with_name(f"{TEMP_PREFIX}{final.name}{OLD_SUFFIX}")
+        final.rename(old)
+        os.replace(src, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(src, final)
+
+
 def remove_temporaries(folder: Path, name_glob: str = "*") -> None:
-    """Delete what killed `atomic_path` writers left in `folder` for names matching the glob."""
-    for leftover in folder.glob(f"{TEMP_PREFIX}{name_glob}.*"):
+    """Delete the temporaries that dead `atomic_path` writers (this host) left in `folder` for
+    names matching the glob; a live writer's temporaries are left alone."""
+    for leftover in folder.glob(f"{TEMP_PREFIX}{name_glob}.tmp-*"):
+        if not _writer_is_dead(leftover):
+            continue
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:

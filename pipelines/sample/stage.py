@@ -26,7 +26,9 @@ from pipelines.artifacts.samples import (
     load_samples,
     plan_shards,
     prepare_dir,
+    publish,
     sampling_plan,
+    work_dir,
     write_manifest,
 )
 from pipelines.config import Params, to_dict
@@ -146,9 +148,11 @@ def sample_to_shards(
     specs = plan_shards(params.sample.num_images, params.sample.batch_size)
     plan = sampling_plan(params, model_dir / WEIGHTS_FILE)
     init_ray(params.ray)
-    prepare_dir(out_dir, plan, specs)
-    rows, progress = run_pool(params, specs, model_dir, out_dir, tracker)
-    manifest = write_manifest(out_dir, plan, specs, [str(r["sha256"]) for r in rows])
+    work = work_dir(out_dir, plan)  # a new plan beside a complete old set: a staging folder
+    prepare_dir(work, plan, specs)
+    rows, progress = run_pool(params, specs, model_dir, work, tracker)
+    manifest = write_manifest(work, plan, specs, [str(r["sha256"]) for r in rows])
+    publish(work, out_dir)  # the old set stays until the new one is complete
     log.info(
         "sample: %d images in %d shards, ordered_hash %s",
         manifest["num_images"],

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -17,11 +21,17 @@ from pipelines.artifacts.samples import (
     ordered_hash,
     plan_shards,
     prepare_dir,
+    publish,
+    read_manifest,
     verify_shard,
+    work_dir,
+    write_manifest,
     write_shard,
 )
+from pipelines.infra.files import file_digest
 
 SHAPE = (3, 4, 4)
+PLAN_KEYS = {"batch_size": 4, "stride": 1, "image_shape": list(SHAPE), "weights_sha256": "w"}
 
 
 def _images(n: int, seed: int = 0, c: int = 3) -> torch.Tensor:
@@ -79,12 +89,18 @@ def test_prepare_dir_keeps_same_plan_and_drops_other_plans(tmp_path: Path) -> No
     assert not list(tmp_path.glob("samples-*.tar"))
     for s in specs:
         write_shard(_images(4), s, tmp_path)
-    (tmp_path / ".samples-000000.tar.abc123").mkdir()  # a killed writer's temporary
-    (tmp_path / ".samples-000000.tar.abc123" / "samples-000000.tar").write_bytes(b"partial")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    temp = tmp_path / f".samples-000000.tar.tmp-{socket.gethostname()}-{dead}-abc123"
+    temp.mkdir()  # a killed writer's temporary
+    (temp / "samples-000000.tar").write_bytes(b"partial")
+    live = tmp_path / f".samples-000001.tar.tmp-{socket.gethostname()}-{os.getpid()}-abc"
+    live.mkdir()  # a concurrent (live) writer's temporary: kept
     (tmp_path / "samples-000009.tar").write_bytes(b"stale")
     (tmp_path / MANIFEST).write_text("{}")
     prepare_dir(tmp_path, {"seed": 0}, specs)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        live.name,
         "plan.json",
         "samples-000000.tar",
         "samples-000001.tar",
@@ -93,6 +109,31 @@ def test_prepare_dir_keeps_same_plan_and_drops_other_plans(tmp_path: Path) -> No
     assert len(list(tmp_path.glob("samples-*.tar"))) == 2
     prepare_dir(tmp_path, {"seed": 1}, specs)  # new plan: shards dropped
     assert not list(tmp_path.glob("samples-*.tar"))
+
+
+def test_a_new_plan_is_staged_and_the_old_set_kept_until_complete(tmp_path: Path) -> None:
+    out, specs = tmp_path / "samples", plan_shards(8, 4)
+    prepare_dir(work_dir(out, {"seed": 0}), {"seed": 0}, specs)
+    assert work_dir(out, {"seed": 0}) == out  # nothing complete yet: sample in place
+    old = [write_shard(_images(4), s, out) for s in specs]
+    write_manifest(out, {**PLAN_KEYS, "seed": 0}, specs, old)
+    (out / "plan.json").write_text(json.dumps({"seed": 0}))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    work = work_dir(out, {"seed": 1})  # a plan change beside a complete set
+    assert work.parent == tmp_path and work.name.startswith(".samples.plan-")
+    assert work_dir(out, {"seed": 1}) == work  # the same plan resumes in the same folder
+    prepare_dir(work, {"seed": 1}, specs)
+    write_shard(_images(4) + 1, specs[0], work)  # then the run fails half-way
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old set untouched
+
+    prepare_dir(work, {"seed": 1}, specs)  # the rerun resumes the staged shard
+    assert (work / specs[0].name).is_file()
+    new = [file_digest(work / specs[0].name), write_shard(_images(4) + 1, specs[1], work)]
+    write_manifest(work, {**PLAN_KEYS, "seed": 1}, specs, new)
+    publish(work, out)
+    assert not work.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["samples"]
+    assert read_manifest(out)["seed"] == 1 and read_manifest(out)["shards"][1]["sha256"] == new[1]
 
 
 def _write_manifest(root: Path, specs: list[ShardSpec], images: torch.Tensor) -> None:
