@@ -67,7 +67,7 @@ def run(
         rows.append(("load_split read (sha256 + tar + PNG decode)", len(images), t_read))
         stream = train_batches(out, "train", batch_size, 0, 1, seed=0, random_flip=True)
         _, t_first = timed(lambda: next(stream))
-        rows.append(("train_batches first batch (reads the rank's shards)", len(images), t_first))
+        rows.append(("train_batches first batch (reads the split)", len(images), t_first))
         _, t_stream = timed(lambda: list(itertools.islice(stream, batches)))
         rows.append(
             (f"train_batches steady state (B={batch_size}, flip)", batch_size * batches, t_stream)
