@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from ddpm_core.config import ConfigError, UNetConfig
 from ddpm_core.unet import UNet
 from pipelines.config import Params, from_dict, to_dict
-from pipelines.infra.files import atomic_path, write_json
+from pipelines.infra.files import atomic_path, recover, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +87,17 @@ def write_model_dir(
     metadata: dict[str, str],
     model_dir: Path,
 ) -> Path:
-    """`ema.safetensors` (+ the resolved params as metadata) and `config.json`, each atomic.
+    """`ema.safetensors` (+ the resolved params as metadata) and `config.json`: one atomic unit.
 
-    Returns the weights file.
+    Both files are written into a temporary folder that then replaces `model_dir` whole, so a
+    crash never pairs new weights with an old config. Returns the weights file.
     """
     config = {"config": json.dumps(to_dict(params), sort_keys=True), **metadata}
-    weights = save_weights(model_dir / WEIGHTS_FILE, state_dict, config)
-    write_json(model_dir / CONFIG_FILE, to_dict(params))
-    return weights
+    with atomic_path(model_dir) as tmp:
+        tmp.mkdir()
+        save_weights(tmp / WEIGHTS_FILE, state_dict, config)
+        write_json(tmp / CONFIG_FILE, to_dict(params))
+    return model_dir / WEIGHTS_FILE
 
 
 def check_trained_config(trained: dict[str, Any], params: Params, where: Path) -> None:
@@ -113,7 +116,7 @@ def check_trained_config(trained: dict[str, Any], params: Params, where: Path) -
 
 def load_ema_model(params: Params, model_dir: Path) -> UNet:
     """The EMA U-Net from `<model_dir>/ema.safetensors`, checked against `config.json`."""
-    config, weights = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
+    config, weights = recover(model_dir) / CONFIG_FILE, model_dir / WEIGHTS_FILE
     if not config.is_file():
         raise FileNotFoundError(f"{config}: model config not found (run the train stage first)")
     trained = json.loads(config.read_text())

@@ -85,6 +85,50 @@ def test_model_dir_round_trip(make_params: MakeParams) -> None:
         assert torch.equal(a, b)
 
 
+def test_a_kill_while_replacing_the_model_folder_keeps_weights_and_config_paired(
+    make_params: MakeParams,
+) -> None:
+    old_params = make_params()
+    model = UNet.from_config(old_params.unet, old_params.data.channels, old_params.data.resolution)
+    model_dir = Path(old_params.paths.model)
+    write_model_dir(old_params, model.state_dict(), {"run": "old"}, model_dir)
+    # a real writer of other weights + config, SIGKILLed when it puts a file or the folder in place
+    code = f"""
+import os, signal, torch
+from pathlib import Path
+from pipelines.artifacts.model_dir import write_model_dir
+from pipelines.config import load_params
+params = load_params({str(model_dir.parent / "killed.yaml")!r})
+state = {{k: torch.zeros_like(v) for k, v in torch.load({str(model_dir.parent / "sd.pt")!r}).items()}}
+real = os.replace
+def replace(src, dst):
+    if Path(dst) in (Path({str(model_dir)!r}), Path({str(model_dir / CONFIG_FILE)!r})):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(src, dst)
+os.replace = replace
+write_model_dir(params, state, {{"run": "killed"}}, Path({str(model_dir)!r}))
+"""
+    import subprocess
+    import sys
+
+    import yaml
+
+    raw = to_dict(old_params)
+    raw["profile"] = "killed"
+    (model_dir.parent / "killed.yaml").write_text(yaml.safe_dump(raw))
+    torch.save(model.state_dict(), model_dir.parent / "sd.pt")
+    proc = subprocess.run([sys.executable, "-c", code], check=False)
+    assert proc.returncode == -9
+    loaded = load_ema_model(old_params, model_dir)  # recovers the folder if needed
+    _, meta = load_weights(model_dir / WEIGHTS_FILE)
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    assert meta["run"] == "old" and config["profile"] == json.loads(meta["config"])["profile"]
+    assert config["profile"] == old_params.profile
+    for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert sorted(p.name for p in model_dir.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+
+
 def test_missing_files_are_named(make_params: MakeParams) -> None:
     params = make_params()
     with pytest.raises(FileNotFoundError, match="config.json: model config not found"):
