@@ -346,11 +346,12 @@ def train(params: Params, root: Path, **kwargs: Any) -> Any:
     import functools
 
     from pipelines.infra.tracking import run_tracked
-    from pipelines.train.run import open_train_run
+    from pipelines.train.run import open_train_run, run_lock
     from pipelines.train.stage import run_train
 
-    tracker = open_train_run(params, root)
-    return run_tracked(params, root, "train", tracker, functools.partial(run_train, **kwargs))
+    with run_lock(params, root):
+        tracker = open_train_run(params, root)
+        return run_tracked(params, root, "train", tracker, functools.partial(run_train, **kwargs))
 
 
 def ema_weights(params: Params) -> dict[str, torch.Tensor]:

@@ -11,9 +11,14 @@ run_tracked` ends it FINISHED or FAILED, like every stage's run.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
+import os
+import socket
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -176,11 +181,53 @@ def plan_run(params: Params, root: Path) -> TrainPlan:
     init_ray(params.ray)
     cfg = params.train
     check_fits(cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker * cfg.use_gpu, "train")
+    return name_run(params, root)
+
+
+def name_run(params: Params, root: Path) -> TrainPlan:
+    """The run's key, name and folders, from the params and the shard manifest (no Ray)."""
     shards = resolve(root, params.paths.shards)
     manifest_sha1 = file_digest(shards / MANIFEST, "sha1")
     key = run_key(params, manifest_sha1)
     storage = resolve(root, params.paths.ray_storage)
     return TrainPlan(key, f"ddpm-train-{key}", storage, shards, manifest_sha1)
+
+
+class RunLockedError(RuntimeError):
+    """Another live process trains the same run key (same checkpoints, same MLflow run)."""
+
+
+@contextlib.contextmanager
+def run_lock(params: Params, root: Path) -> Iterator[Path]:
+    """Hold `<paths.ray_storage>/ddpm-train-<key>.lock` for the whole training run, or refuse.
+
+    Two processes training the same run key would interleave checkpoints in one folder and log
+    into one MLflow run; the second is refused with the holder's pid. The lock is an `flock`:
+    the kernel drops it when its holder dies (a kill leaves no stale lock). On a shared file
+    system it holds only where the file system supports `flock` (local, NFSv4).
+    """
+    validate_inputs(params, root)
+    plan = name_run(params, root)
+    plan.storage.mkdir(parents=True, exist_ok=True)
+    path = plan.storage / f"{plan.name}.lock"
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunLockedError(
+                f"{path}: run {plan.name} is being trained by another process ({holder}); "
+                "wait for it to finish (a rerun then resumes from its checkpoints)"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield path
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def open_train_run(params: Params, root: Path) -> Tracker:

@@ -64,3 +64,45 @@ def test_run_folder_notes(tmp_path: Path) -> None:
         folder.raise_if_nonfinite()
     folder.clear_attempt()
     assert folder.attempt() == {} and folder.mlflow_run_id() == "run-1"
+
+
+def test_a_second_process_on_the_same_run_key_is_refused(
+    make_params: MakeParams, shards_dir: Path, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from pipelines.config import replace_path, to_dict
+    from pipelines.train.run import RunLockedError, run_lock
+
+    params = replace_path(make_params(), shards=str(shards_dir))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(to_dict(params)))
+    code = f"""
+import time
+from pathlib import Path
+from pipelines.config import load_params
+from pipelines.train.run import run_lock
+with run_lock(load_params({str(tmp_path / "p.yaml")!r}), Path("/")):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with pytest.raises(RunLockedError, match=rf"ddpm-train-.*\.lock: .*pid {holder.pid}"):
+            with run_lock(params, Path("/")):
+                pass
+        other = replace_path(make_params({"seed": 1}), shards=str(shards_dir))
+        with run_lock(other, Path("/")):  # another run key: not blocked
+            pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    start = time.monotonic()
+    with run_lock(params, Path("/")) as path:  # the kernel dropped the killed holder's lock
+        assert f"pid {__import__('os').getpid()}" in path.read_text()
+    assert time.monotonic() - start < 5
