@@ -237,6 +237,7 @@ def check_paths(paths: PathsConfig, data_root: str | None, root: Path) -> None:
     checkpoints, the repository) would be deleted. Relative paths are under `root`; paths
     are compared lexically (no file-system access), the error names both keys.
     """
+
     def where(value: str) -> Path:
         return Path(os.path.normpath(root / value))
 

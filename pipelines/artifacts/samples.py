@@ -189,8 +189,9 @@ def publish(work: Path, out_dir: Path) -> None:
 def prepare_dir(out_dir: Path, plan: dict[str, Any], specs: list[ShardSpec]) -> None:
     """Make `out_dir` ready for (re)sampling under `plan`.
 
-    Removes temporaries of dead writers (a live writer's are kept), tars from a different plan (seed, weights, stride,
-    batch size...) and tars outside the current ranges; keeps the rest for verification.
+    Removes temporaries of dead writers (a live writer's are kept), tars from a different plan
+    (seed, weights, stride, batch size...) and tars outside the current ranges; keeps the rest
+    for verification.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out_dir, "samples-*")

@@ -62,8 +62,9 @@ def recover(final: str | os.PathLike[str]) -> Path:
     final = Path(final)
     old = final.with_name(f"{TEMP_PREFIX}{final.name}{OLD_SUFFIX}")
     if old.exists() and not final.exists():
-        logger.warning("%s: recovering the previous copy from %s (a replacement was killed)",
-                       final, old.name)
+        logger.warning(
+            "%s: recovering the previous copy from %s (a replacement was killed)", final, old.name
+        )
         old.rename(final)
     elif old.exists():
         shutil.rmtree(old, ignore_errors=True)

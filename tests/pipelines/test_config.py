@@ -76,8 +76,11 @@ def test_load_params_names_the_file(tmp_path: Path) -> None:
     ("paths", "data_root", "message"),
     [
         ({"shards": "data"}, None, "paths.shards: got 'data', which overlaps paths.samples"),
-        ({"samples": "data/shards"}, None, "paths.shards: got 'data/shards', which overlaps "
-         "paths.samples='data/shards'"),
+        (
+            {"samples": "data/shards"},
+            None,
+            "paths.shards: got 'data/shards', which overlaps paths.samples='data/shards'",
+        ),
         ({"ray_storage": "data/shards/ckpt"}, None, "which overlaps paths.ray_storage"),
         ({"runs": "."}, None, "paths.runs: got '.', which contains the repository root"),
         ({"metrics": ".."}, None, "paths.metrics: got '..', which contains the repository root"),
@@ -106,6 +109,7 @@ def test_absolute_path_holding_the_repo_is_refused_when_a_stage_starts(tmp_path:
     from_dict(Params, raw)  # lexically fine without the root
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DVC_ROOT", str(tmp_path))
-        with pytest.raises(ConfigError, match="params.yaml: paths.fid_stats: .* contains the "
-                           "repository root"):
+        with pytest.raises(
+            ConfigError, match="params.yaml: paths.fid_stats: .* contains the repository root"
+        ):
             start(parser(""), ["--params", str(tmp_path / "params.yaml"), "--dry-run"])

@@ -99,7 +99,8 @@ from pathlib import Path
 from pipelines.artifacts.model_dir import write_model_dir
 from pipelines.config import load_params
 params = load_params({str(model_dir.parent / "killed.yaml")!r})
-state = {{k: torch.zeros_like(v) for k, v in torch.load({str(model_dir.parent / "sd.pt")!r}).items()}}
+saved = torch.load({str(model_dir.parent / "sd.pt")!r})
+state = {{k: torch.zeros_like(v) for k, v in saved.items()}}
 real = os.replace
 def replace(src, dst):
     if Path(dst) in (Path({str(model_dir)!r}), Path({str(model_dir / CONFIG_FILE)!r})):

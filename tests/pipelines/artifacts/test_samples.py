@@ -89,8 +89,12 @@ def test_prepare_dir_keeps_same_plan_and_drops_other_plans(tmp_path: Path) -> No
     assert not list(tmp_path.glob("samples-*.tar"))
     for s in specs:
         write_shard(_images(4), s, tmp_path)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     temp = tmp_path / f".samples-000000.tar.tmp-{socket.gethostname()}-{dead}-abc123"
     temp.mkdir()  # a killed writer's temporary
     (temp / "samples-000000.tar").write_bytes(b"partial")

@@ -68,9 +68,12 @@ def test_kill_between_the_two_renames_recovers_the_old_folder(tmp_path: Path) ->
     out = tmp_path / "shards"
     _folder_with(out, "old")
     # SIGKILL the writer at the second rename: only `.shards.old` is left on disk
-    proc = _writer(out, """
+    proc = _writer(
+        out,
+        """
     os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
-""")
+""",
+    )
     assert proc.wait(timeout=60) == -signal.SIGKILL
     assert not out.exists() and (tmp_path / ".shards.old").is_dir()
     assert recover(out) == out

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -107,8 +110,15 @@ def test_resume_redoes_partial_and_foreign_shards_only(
     tar1 = out / specs[1].name
     write_shard(ref[4:8], specs[1], out)
     tar1.write_bytes(tar1.read_bytes()[:1500])  # shard 1 truncated
-    (out / ".samples-000002.tar.dead").mkdir()  # shard 2 in flight when the writer was killed
-    (out / ".samples-000002.tar.dead" / specs[2].name).write_bytes(b"half a shard")
+    dead_pid = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    dead = out / f".samples-000002.tar.tmp-{socket.gethostname()}-{dead_pid}-x"
+    dead.mkdir()  # shard 2 in flight when its writer was killed
+    (dead / specs[2].name).write_bytes(b"half a shard")
     mtime0 = (out / specs[0].name).stat().st_mtime_ns
     m, progress = sample_to_shards(params, tmp_path)
     assert progress.new == 8  # shard 0 verified and kept; 1 and 2 redone

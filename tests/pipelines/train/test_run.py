@@ -93,9 +93,9 @@ with run_lock(load_params({str(tmp_path / "p.yaml")!r}), Path("/")):
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        with pytest.raises(RunLockedError, match=rf"ddpm-train-.*\.lock: .*pid {holder.pid}"):
-            with run_lock(params, Path("/")):
-                pass
+        locked = rf"ddpm-train-.*\.lock: .*pid {holder.pid}"
+        with pytest.raises(RunLockedError, match=locked), run_lock(params, Path("/")):
+            pass
         other = replace_path(make_params({"seed": 1}), shards=str(shards_dir))
         with run_lock(other, Path("/")):  # another run key: not blocked
             pass
