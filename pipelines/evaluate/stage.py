@@ -43,6 +43,7 @@ from pipelines.evaluate.report import (
     table4_metrics,
     write_rate_distortion,
 )
+from pipelines.infra.accel import InferenceOptions
 from pipelines.infra.ray import init_ray
 from pipelines.infra.tracking import Tracker, numeric
 
@@ -190,7 +191,7 @@ def fid_and_isc(
     images = samples.load_samples(samples_dir, n)  # (n, C, H, W) uint8
     want = (POOL3, LOGITS) if cfg.isc and weights.has_logits else (POOL3,)
     t0 = time.perf_counter()
-    feats = ray_extractor(cfg.num_workers, cfg.cpus_per_worker)(images, weights, want)
+    feats = ray_extractor(cfg.num_workers, cfg.cpus_per_worker, cfg.use_gpu)(images, weights, want)
     rate = n / (time.perf_counter() - t0)
     ours = feature_stats(feats[POOL3], f"{n} samples in {samples_dir}")
     splits = []
@@ -219,6 +220,7 @@ def nll_result(params: Params, root: Path) -> tuple[NllResult, BpdResult]:
         num_workers=cfg.num_workers,
         cpus_per_worker=cfg.cpus_per_worker,
         use_gpu=cfg.use_gpu,
+        options=InferenceOptions(cfg.nll_precision, cfg.nll_channels_last, cfg.nll_compile),
     )
     rate = len(images) / (time.perf_counter() - t0)
     return NllResult(bpd.summary(), split, rate), bpd

@@ -24,8 +24,8 @@ from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.ema import EMA
 from ddpm_core.rng import seeded_generator
 from ddpm_core.unet import UNet
-from pipelines.config import Params, TrainConfig
-from pipelines.infra.accel import CompileMode, compile_fn, mark_step
+from pipelines.config import CompileMode, Params, TrainConfig
+from pipelines.infra.accel import compile_fn, mark_step
 from pipelines.train.checkpoint import load_training_state, save_training_state
 
 log = logging.getLogger(__name__)
