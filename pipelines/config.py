@@ -24,6 +24,7 @@ Source = Literal["digits", "mnist", "fashion_mnist", "cifar10", "image_folder"]
 ResizeMode = Literal["pad", "resize"]
 Precision = Literal["fp32", "bf16"]
 FidReference = Literal["train", "test"]
+NllSplit = Literal["test", "train", "both"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,6 +146,7 @@ class EvaluateConfig:
     isc: bool
     isc_splits: int
     nll_images: int
+    nll_split: NllSplit  # test (Table 1's NLL), train, or both with the gap train - test
     nll_batch_size: int
     num_workers: int
     cpus_per_worker: float
