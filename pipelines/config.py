@@ -27,6 +27,7 @@ Precision = Literal["fp32", "bf16"]  # bf16: autocast of the network (its output
 # graphs (one graph replay per call: what makes a small per-GPU batch fast).
 CompileMode = Literal[False, "default", "reduce-overhead"]
 FidReference = Literal["train", "test"]
+NllSplit = Literal["test", "train", "both"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,6 +152,7 @@ class EvaluateConfig:
     isc: bool
     isc_splits: int
     nll_images: int
+    nll_split: NllSplit  # test (Table 1's NLL), train, or both with the gap train - test
     nll_batch_size: int  # images per NLL work unit (one actor call)
     nll_precision: Precision  # as sample.precision, for the bound's network calls
     nll_channels_last: bool
