@@ -24,7 +24,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import MlflowConfig, Params, flatten, to_dict
-from pipelines.infra.files import write_json
+from pipelines.infra.files import shared_root, write_json
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,15 @@ MAX_PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 def tracking_uri(cfg: MlflowConfig, root: Path) -> str:
     """params `mlflow.tracking_uri` > `MLFLOW_TRACKING_URI` > `sqlite:///<root>/mlflow.db`.
 
-    Relative sqlite paths are made absolute: Ray workers `chdir` into per-run folders, where a
-    relative URI would silently create a second database.
+    Relative sqlite paths are made absolute against the shared root (`shared_root`: the main
+    workspace, also for `dvc exp run --temp/--queue`): Ray workers `chdir` into per-run folders,
+    and DVC's temporary workspaces are deleted, where a relative URI would silently create a
+    second database.
     """
     uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + str((root / uri[len(prefix) :]).resolve())
+        uri = prefix + str((shared_root(root) / uri[len(prefix) :]).resolve())
     return uri
 
 
@@ -48,7 +50,7 @@ def _artifact_location(uri: str, root: Path) -> str | None:
     """Local stores keep artifacts in `<root>/mlartifacts`; a server decides for itself."""
     if uri.startswith(("http://", "https://", "databricks")):
         return None
-    return (root / "mlartifacts").resolve().as_uri()
+    return (shared_root(root) / "mlartifacts").resolve().as_uri()
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str, root: Path) -> str:

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from pipelines.config import MlflowConfig, Params
 from pipelines.infra.tracking import (
     Tracker,
+    _artifact_location,
     open_child_run,
     open_run,
     read_run_file,
@@ -46,6 +47,19 @@ def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert tracking_uri(cfg, tmp_path) == "http://127.0.0.1:5000"
     cfg = MlflowConfig(tracking_uri="sqlite:///rel/x.db", experiment="e")
     assert tracking_uri(cfg, tmp_path) == f"sqlite:///{tmp_path.resolve()}/rel/x.db"
+
+
+def test_local_store_is_shared_by_dvc_temporary_workspaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `dvc exp run --temp/--queue` a stage runs in a temporary copy while `DVC_ROOT` names
+    the main workspace: the relative sqlite store and its artifacts resolve there."""
+    main, temp = tmp_path / "main", tmp_path / "main" / ".dvc" / "tmp" / "exps" / "tmp1"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(main))
+    cfg = MlflowConfig(tracking_uri=None, experiment="e")
+    assert tracking_uri(cfg, temp) == f"sqlite:///{main.resolve()}/mlflow.db"
+    assert _artifact_location(tracking_uri(cfg, temp), temp) == (main / "mlartifacts").as_uri()
 
 
 def test_stage_runs_nest_under_train(tmp_path: Path, make_params: Callable[..., Params]) -> None:
