@@ -113,7 +113,9 @@ def test_repro_runs_every_stage_and_writes_the_outputs(pipeline: Pipeline) -> No
     assert pipeline.json("metrics/sample.json")["num_images"] == 16
     metrics = pipeline.json("metrics/eval.json")
     assert float(metrics["fid"]) > 0 and float(metrics["nll_bpd"]) > 0  # type: ignore[arg-type]
-    assert str(metrics["comparability"]).startswith("NOT comparable")
+    details = pipeline.json("runs/evaluate.json")["details"]
+    assert str(details["comparability"]).startswith("NOT comparable")  # type: ignore[index]
+    assert all(isinstance(v, int | float) for v in metrics.values())
     shown = pipeline.dvc("metrics", "show", "--json")
     assert '"nll_bpd"' in shown and '"fid_train"' in shown
 

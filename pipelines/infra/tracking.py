@@ -172,18 +172,49 @@ def run_file(params: Params, stage: str, root: Path) -> Path:
     return root / params.paths.runs / f"{stage}.json"
 
 
-def write_run_file(params: Params, stage: str, tracker: Tracker, root: Path) -> None:
+def write_run_file(
+    params: Params,
+    stage: str,
+    tracker: Tracker,
+    root: Path,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """The hand-off file, with the stage's `details` (texts, hashes, timings) when it has any."""
     run = tracker.client.get_run(tracker.run_id)
-    info = {"run_id": tracker.run_id, "experiment_id": run.info.experiment_id, "uri": tracker.uri}
+    info: dict[str, Any] = {
+        "run_id": tracker.run_id,
+        "experiment_id": run.info.experiment_id,
+        "uri": tracker.uri,
+    }
+    if details:
+        info["details"] = dict(details)
     write_json(run_file(params, stage, root), info)
 
 
-def read_run_file(params: Params, stage: str, root: Path) -> dict[str, str] | None:
+def read_run_file(params: Params, stage: str, root: Path) -> dict[str, Any] | None:
     path = run_file(params, stage, root)
     if not path.exists():
         return None
-    info: dict[str, str] = json.loads(path.read_text())
+    info: dict[str, Any] = json.loads(path.read_text())
     return info
+
+
+TIMINGS = ("_time_s", "_per_s")  # wall_time_s, images_per_s, ...: vary run to run
+
+
+def split_metrics(record: Mapping[str, Any]) -> tuple[dict[str, float | int], dict[str, Any]]:
+    """(numbers, details) of a stage's record: the numbers go to the DVC metrics file, so
+    `dvc exp show` and `dvc metrics diff` stay readable; texts (comparability, statuses), hashes,
+    flags and timings go to `details` in the non-metrics `runs/<stage>.json`."""
+    numbers: dict[str, float | int] = {}
+    details: dict[str, Any] = {}
+    for key, value in record.items():
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if is_number and not key.endswith(TIMINGS):
+            numbers[key] = value
+        else:
+            details[key] = value
+    return numbers, details
 
 
 def open_child_run(params: Params, stage: str, root: Path, parent_stage: str = "train") -> Tracker:
@@ -217,17 +248,20 @@ def run_tracked(
     """`run(params, root, tracker)` inside the MLflow run `tracker`, the one place that writes
     a stage's metrics file (`<paths.metrics>/<result.metrics_file>`, also logged to the run).
 
-    The run ends FINISHED and `runs/<stage>.json` hands it on, or FAILED if anything raises.
+    The metrics file holds the record's numbers; its texts, hashes and timings (`split_metrics`)
+    go with the run id into `runs/<stage>.json`. The run ends FINISHED and that file hands it
+    on, or FAILED if anything raises.
     """
     try:
         result = run(params, root, tracker)
-        path = write_json(root / params.paths.metrics / result.metrics_file, result.metrics())
+        numbers, details = split_metrics(result.metrics())
+        path = write_json(root / params.paths.metrics / result.metrics_file, numbers)
         tracker.log_artifact(path, stage)
     except BaseException:
         tracker.finish("FAILED")
         raise
     tracker.finish("FINISHED")
-    write_run_file(params, stage, tracker, root)
+    write_run_file(params, stage, tracker, root, details)
     return result
 
 

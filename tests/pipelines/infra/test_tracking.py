@@ -20,6 +20,7 @@ from pipelines.infra.tracking import (
     open_run,
     read_run_file,
     run_tracked,
+    split_metrics,
     tracking_uri,
     write_run_file,
 )
@@ -62,6 +63,14 @@ def test_local_store_is_shared_by_dvc_temporary_workspaces(
     assert _artifact_location(tracking_uri(cfg, temp), temp) == (main / "mlartifacts").as_uri()
 
 
+def test_split_metrics_keeps_numbers_and_moves_texts_flags_and_timings() -> None:
+    record = {"fid": 3.2, "steps": 10, "ok": True, "comparability": "NOT comparable: x"}
+    record |= {"wall_time_s": 1.5, "images_per_s": 9.0, "ordered_hash": "ab" * 32}
+    numbers, details = split_metrics(record)
+    assert numbers == {"fid": 3.2, "steps": 10}
+    assert set(details) == {"ok", "comparability", "wall_time_s", "images_per_s", "ordered_hash"}
+
+
 def test_stage_runs_nest_under_train(tmp_path: Path, make_params: Callable[..., Params]) -> None:
     params = make_params()
     train = open_run(params, "train", tmp_path)
@@ -72,7 +81,8 @@ def test_stage_runs_nest_under_train(tmp_path: Path, make_params: Callable[..., 
     result = run_tracked(params, tmp_path, "sample", child, _stage)
     assert result.run_id == child.run_id
     written = json.loads((Path(params.paths.metrics) / "fake.json").read_text())
-    assert written == {"images": 3, "label": "x"}
+    assert written == {"images": 3}  # numbers only: `dvc exp show` stays readable
+    assert read_run_file(params, "sample", tmp_path)["details"] == {"label": "x"}  # type: ignore[index]
     client = MlflowClient(train.uri)
     run = client.get_run(child.run_id)
     assert run.data.metrics["images"] == 3.0
