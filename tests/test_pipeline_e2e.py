@@ -258,7 +258,8 @@ def test_scheduled_retrain_runs_the_pipeline_as_a_ray_job(
     raw = yaml.safe_load((root / "profiles" / "micro.yaml").read_text())
     raw["evaluate"]["inception_weights"] = str(converted_path)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # what DVC checks
-    raw["paths"] = {k: str(shared / v) for k, v in raw["paths"].items()}
+    raw_paths = dict(raw["paths"])
+    raw["paths"] = {k: str(shared / v) for k, v in raw_paths.items()}
     (root / "cluster.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # what the job uses
     env = ray_head.env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     env |= {k: "e2e" for k in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME")}
@@ -279,6 +280,15 @@ def test_scheduled_retrain_runs_the_pipeline_as_a_ray_job(
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], "tags.trigger = 'schedule'")
     assert sorted(r.data.tags["dvc.stage"] for r in runs) == ["evaluate", "sample", "train"]
+
+    # Back under DVC: copy each recorded output to its params.yaml path, `dvc commit -f`.
+    record = json.loads((shared / "runs" / "all.json").read_text())
+    assert record["params"] == "cluster.yaml" and record["stages"] == list(STAGES)
+    for key, src in record["outputs"].items():
+        shutil.copytree(src, root / raw_paths[key], dirs_exist_ok=True)
+    (root / "dvc.lock").unlink(missing_ok=True)
+    run([str(BIN / "dvc"), "commit", "-f"], root, env)
+    assert "up to date" in run([str(BIN / "dvc"), "status"], root, env)
 
     again = run(retrain, root, env)  # same inputs: the same job id, already succeeded
     assert f"retrain: already submitted {job_id}" in again
