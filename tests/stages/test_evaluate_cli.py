@@ -61,6 +61,8 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     assert sorted(Path(params.paths.fid_stats).glob("*.npz")) == stats  # reused, not recomputed
 
     m = json.loads((Path(params.paths.metrics) / "eval.json").read_text())
+    assert all(isinstance(v, int | float) for v in m.values())  # numbers only
+    m |= json.loads((Path(params.paths.runs) / "evaluate.json").read_text())["details"]
     assert m["fid"] == m["fid_train"] > 0 and m["fid_test"] > 0
     assert m["fid_images"] == 8 and m["fid_train_reference_images"] == 16
     assert m["isc_status"].startswith("unavailable") and "isc_mean" not in m
