@@ -112,7 +112,7 @@ def test_absolute_path_holding_the_repo_is_refused_when_a_stage_starts(tmp_path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     from_dict(Params, raw)  # lexically fine without the root
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DVC_ROOT", str(tmp_path))
+        mp.chdir(tmp_path)  # the stage runs in the repo root
         with pytest.raises(
             ConfigError, match="params.yaml: paths.fid_stats: .* contains the repository root"
         ):
