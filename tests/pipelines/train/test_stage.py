@@ -72,6 +72,8 @@ def test_two_workers_train_export_and_log(reference: tuple[Params, TrainResult])
     model.load_state_dict(weights)  # the EMA weights fit the configured U-Net
     assert meta["step"] == "6" and json.loads(meta["config"]) == to_dict(params)
     assert json.loads((Path(params.paths.model) / CONFIG_FILE).read_text()) == to_dict(params)
+    # The diffusers export (paths.diffusers) exists; at unet.ch 8 it says why it holds no model.
+    assert "unet.ch is 8" in (Path(params.paths.diffusers) / "README.md").read_text()
     written = json.loads((Path(params.paths.metrics) / "train.json").read_text())
     assert written == metrics
     history = loss_history(params)
