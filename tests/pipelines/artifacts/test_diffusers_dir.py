@@ -1,4 +1,4 @@
-"""The diffusers export: a real `DDPMPipeline.from_pretrained` loads it and agrees with our U-Net."""
+"""The diffusers export: a real `DDPMPipeline.from_pretrained` loads it; same eps as our U-Net."""
 
 from __future__ import annotations
 
