@@ -20,10 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
+)
 
 from pipelines.config import MlflowConfig, Params, flatten, to_dict
 from pipelines.infra.files import write_json
@@ -162,6 +166,20 @@ class Tracker:
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dataset(
+        self, name: str, digest: str, source: Path, profile: Mapping[str, Any], context: str
+    ) -> None:
+        """Record a dataset as the run's input (`mlflow.log_input`: the runs table's Dataset)."""
+        dataset = Dataset(
+            name=name,
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": source.resolve().as_uri()}),
+            profile=json.dumps(dict(profile), sort_keys=True),
+        )
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)])
 
     def parent(self) -> Tracker | None:
         """The run this one is a child of (the train run of sample/evaluate), if any."""
