@@ -6,11 +6,11 @@
     scheduler/scheduler_config.json           the run's T and betas, variance, clipping, target
 
 `diffusers.DDPMPipeline.from_pretrained(folder)` loads it, so a trained (or imported) model
-leaves the pipeline in the form the field uses. Two models have no diffusers equivalent: one
-trained with `diffusion.mean_type: mean` (Table 2's mu target; DDPMScheduler predicts eps or x0)
-and one narrower than 32 channels (our GroupNorm takes min(32, width) groups per layer, diffusers
-one count for all); their folder holds only a `README.md` saying why, so the output exists and
-the stage does not fail after training.
+leaves the pipeline in the form the field uses. Three models are not exported: one trained with
+`diffusion.mean_type: mean` (Table 2's mu target; DDPMScheduler predicts eps or x0), one with a
+learned variance (its 2C-output head is not mapped) and one narrower than 32 channels (our
+GroupNorm takes min(32, width) groups per layer, diffusers one count for all); their folder
+holds only a `README.md` saying why, so the output exists and the stage does not fail.
 """
 
 from __future__ import annotations
@@ -68,6 +68,11 @@ def unet_kwargs(params: Params) -> dict[str, Any]:
 
 def not_exportable(params: Params) -> str | None:
     """Why the model params describe has no diffusers `DDPMPipeline` equivalent, or None."""
+    if params.diffusion.var_type not in VARIANCE_TYPE:
+        return (
+            f"diffusion.var_type is {params.diffusion.var_type!r}: only the fixed variances "
+            f"{sorted(VARIANCE_TYPE)} are exported (the 2C-output U-Net is not mapped)"
+        )
     if params.diffusion.mean_type not in PREDICTION_TYPE:
         return (
             f"diffusion.mean_type is {params.diffusion.mean_type!r}: diffusers' DDPMScheduler "

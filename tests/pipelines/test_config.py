@@ -31,6 +31,10 @@ def test_params_yaml_round_trips() -> None:
         ("train.use_gpu", 1, "train.use_gpu: got 1, expected bool"),
         ("evaluate.fid_images", 257, "evaluate.fid_images: got 257, expected <= sample.num_images"),
         ("evaluate.nll_images", 0, "evaluate.nll_images: got 0, expected an int >= 1"),
+        ("train.compile", True, "train.compile: got True, expected one of [False, 'default',"),
+        ("train.compile", 0, "train.compile: got 0, expected one of"),  # 0 == False, not a bool
+        ("sample.precision", "fp16", "sample.precision: got 'fp16', expected one of"),
+        ("evaluate.nll_compile", "max", "evaluate.nll_compile: got 'max', expected one of"),
     ],
 )
 def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:

@@ -77,7 +77,11 @@ def test_x0_target_is_sample_prediction(tmp_path: Path, make_params: MakeParams)
 
 @pytest.mark.parametrize(
     ("overrides", "named"),
-    [({"diffusion.mean_type": "mean"}, "diffusion.mean_type"), ({}, "unet.ch is 8")],
+    [
+        ({"diffusion.mean_type": "mean"}, "diffusion.mean_type"),
+        ({"diffusion.var_type": "learned", "diffusion.loss_type": "kl"}, "diffusion.var_type"),
+        ({}, "unet.ch is 8"),
+    ],
 )
 def test_inexpressible_models_get_a_readme_naming_why(
     tmp_path: Path, make_params: MakeParams, overrides: dict[str, str], named: str
