@@ -40,6 +40,7 @@ class PathsConfig:
 
     shards: str  # shard stage output: WebDataset tars + manifest.json
     model: str  # train stage output: EMA weights, resolved config
+    diffusers: str  # train stage output: the same model as a diffusers DDPMPipeline folder
     samples: str  # sample stage output: sample shards
     metrics: str  # JSON metrics for `dvc metrics`
     plots: str  # DVC plot data and PNG figures

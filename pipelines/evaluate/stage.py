@@ -46,7 +46,7 @@ from pipelines.evaluate.report import (
 )
 from pipelines.infra.accel import InferenceOptions
 from pipelines.infra.ray import init_ray
-from pipelines.infra.tracking import Tracker, numeric
+from pipelines.infra.tracking import HEADLINE_METRICS, Tracker, numeric
 
 log = logging.getLogger(__name__)
 
@@ -316,4 +316,16 @@ def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult
     )
     for path in figures:
         tracker.log_artifact(path, "evaluate")
+    log_headline(result, tracker, step=params.train.steps)
     return result
+
+
+def log_headline(result: EvaluateResult, tracker: Tracker, step: int) -> None:
+    """FID and NLL (and FID's comparability label) also on the parent train run: the runs table
+    of train runs then sorts by FID."""
+    parent = tracker.parent()
+    if parent is None:
+        return
+    metrics = numeric(result.metrics())
+    parent.log_metrics({k: metrics[k] for k in HEADLINE_METRICS if k in metrics}, step)
+    parent.set_tags({"fid.comparability": result.fid.comparability})

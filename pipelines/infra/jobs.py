@@ -24,6 +24,8 @@ from typing import Any
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from pipelines.infra.tracking import GIT_COMMIT_ENV, source_commit
+
 log = logging.getLogger(__name__)
 
 TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
@@ -83,7 +85,9 @@ def decide(root: Path, params_file: str, force: bool = False) -> Decision:
 
 
 def runtime_env(working_dir: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The job's runtime env; the upload has no `.git`, so the commit travels as an env var."""
     env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
+    env[GIT_COMMIT_ENV] = source_commit(working_dir)
     env.update(extra_env or {})
     return {"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env}
 

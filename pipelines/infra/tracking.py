@@ -20,8 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
+)
 
 from pipelines.config import MlflowConfig, Params, flatten, to_dict
 from pipelines.infra.files import shared_root, write_json
@@ -29,6 +35,14 @@ from pipelines.infra.files import shared_root, write_json
 log = logging.getLogger(__name__)
 
 MAX_PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+# MLflow 3's UI opens an experiment by its kind (mlflow/server/js: `mlflow.experimentKind`);
+# without it a new experiment opens on the GenAI overview (traces, tokens), not the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# The commit of the code a Ray job runs: its working dir is uploaded without `.git`.
+GIT_COMMIT_ENV = "DDPM_GIT_COMMIT"
+# The headline metrics also logged on the parent train run, so train runs sort by FID.
+HEADLINE_METRICS = ("fid", "nll_bpd", "nll_bpd_sem")
 
 
 def tracking_uri(cfg: MlflowConfig, root: Path) -> str:
@@ -54,17 +68,23 @@ def _artifact_location(uri: str, root: Path) -> str | None:
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str, root: Path) -> str:
-    """Get or create the experiment `name` (tolerating a concurrent creation)."""
+    """Get or create the experiment `name` (tolerating a concurrent creation).
+
+    It is marked a model-training experiment (`mlflow.experimentKind`) unless it has a kind.
+    """
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return str(exp.experiment_id)
-    try:
-        return str(client.create_experiment(name, artifact_location=_artifact_location(uri, root)))
-    except Exception:  # another process created it first
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return str(exp.experiment_id)
+    if exp is None:
+        kind = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        try:
+            location = _artifact_location(uri, root)
+            return str(client.create_experiment(name, artifact_location=location, tags=kind))
+        except Exception:  # another process created it first
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return str(exp.experiment_id)
 
 
 def git_commit(root: Path) -> str:
@@ -85,14 +105,27 @@ def git_commit(root: Path) -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+def source_commit(root: Path) -> str:
+    """`git_commit(root)`, else `$DDPM_GIT_COMMIT` (set for Ray jobs), else `unknown`."""
+    commit = git_commit(root)
+    if commit == "unknown":
+        commit = os.environ.get(GIT_COMMIT_ENV) or commit
+    return commit
+
+
 def run_tags(params: Params, stage: str, root: Path) -> dict[str, str]:
-    """Lineage tags: git commit, DVC stage and experiment, profile."""
+    """MLflow's standard tags (user, source, git commit) as `mlflow.start_run` sets them, and
+    lineage: DVC stage and experiment, profile."""
+    commit = source_commit(root)
     tags = {
-        "git.commit": git_commit(root),
+        **resolve_tags(),  # mlflow.user, mlflow.source.name, mlflow.source.type
+        "git.commit": commit,
         "dvc.stage": stage,
         "profile": params.profile,
         "data.source": params.data.source,
     }
+    if commit != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = commit.removesuffix("-dirty")
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp"] = os.environ["DVC_EXP_NAME"]
     if os.environ.get("DDPM_TRIGGER"):
@@ -136,6 +169,25 @@ class Tracker:
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_dataset(
+        self, name: str, digest: str, source: Path, profile: Mapping[str, Any], context: str
+    ) -> None:
+        """Record a dataset as the run's input (`mlflow.log_input`: the runs table's Dataset)."""
+        dataset = Dataset(
+            name=name,
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": source.resolve().as_uri()}),
+            profile=json.dumps(dict(profile), sort_keys=True),
+        )
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)])
+
+    def parent(self) -> Tracker | None:
+        """The run this one is a child of (the train run of sample/evaluate), if any."""
+        parent = self.client.get_run(self.run_id).data.tags.get(MLFLOW_PARENT_RUN_ID)
+        return Tracker(self.uri, parent) if parent else None
+
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
 
@@ -159,7 +211,7 @@ def open_run(
         exp = experiment_id(client, params.mlflow.experiment, uri, root)
         tags = run_tags(params, stage, root)
         if parent_run_id is not None:
-            tags["mlflow.parentRunId"] = parent_run_id
+            tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
             tags["upstream.train"] = parent_run_id
         run = client.create_run(exp, tags=tags, run_name=run_name or stage)
         tracker = Tracker(uri, run.info.run_id)

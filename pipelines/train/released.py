@@ -1,7 +1,8 @@
 """Released weights instead of training: a diffusers `UNet2DModel` folder -> the train outputs.
 
 The weights load strictly into `UNet` (`ddpm_core.convert`) and are written by the model folder's
-one writer, so sample and evaluate use a released model exactly as trained EMA weights.
+one writer (and exported again as a diffusers `DDPMPipeline` with the run's scheduler), so sample
+and evaluate use a released model exactly as trained EMA weights.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import torch
 
 from ddpm_core.config import ConfigError
 from ddpm_core.convert import state_dict_from_diffusers, unet_config_from_diffusers
-from pipelines.artifacts.model_dir import build_unet, model_out_channels, write_model_dir
+from pipelines.artifacts.model_dir import build_unet, model_out_channels
 from pipelines.config import Params
 from pipelines.infra.tracking import Tracker
-from pipelines.train.export import LOSS_CSV, write_loss_csv
+from pipelines.train.export import LOSS_CSV, write_loss_csv, write_models
 from pipelines.train.run import resolve
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,7 @@ def import_released(
     model = build_unet(params)
     model.load_state_dict(state_dict_from_diffusers(_diffusers_state_dict(checkpoint)))
     source = f"released: {checkpoint.resolve()}"
-    model_dir = resolve(root, params.paths.model)
-    weights = write_model_dir(params, model.state_dict(), {"weights": source}, model_dir)
+    weights = write_models(params, root, model.state_dict(), {"weights": source})
     tracker.set_tags({"weights": source})
     tracker.log_artifact(weights, "model")
     write_loss_csv(resolve(root, params.paths.plots) / LOSS_CSV, [])

@@ -245,5 +245,15 @@ def open_train_run(params: Params, root: Path) -> Tracker:
     if tracker is None:
         tracker = open_run(params, "train", root, run_name=plan.name)
         folder.remember_mlflow_run(tracker.run_id)
+        log_shards_input(params, plan, tracker)
     tracker.set_tags({"data.manifest_sha1": plan.manifest_sha1, "ray.run_name": plan.name})
     return tracker
+
+
+def log_shards_input(params: Params, plan: TrainPlan, tracker: Tracker) -> None:
+    """The shard manifest as the run's training dataset (name, manifest digest, split sizes)."""
+    manifest = read_manifest(plan.shards)
+    splits = {f"{k}_images": int(v["num_images"]) for k, v in manifest["splits"].items()}
+    profile = {**splits, "image_shape": list(manifest["image_shape"])}
+    name = f"{params.data.source}-{params.data.resolution}px"
+    tracker.log_dataset(name, plan.manifest_sha1[:12], plan.shards / MANIFEST, profile, "training")

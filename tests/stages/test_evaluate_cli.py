@@ -84,6 +84,11 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     assert run.data.tags["fid.comparability"] == m["comparability"]
     assert run.data.metrics["fid"] == pytest.approx(m["fid"])
     assert run.data.metrics["nll_bpd"] == pytest.approx(m["nll_bpd"])
+    # The headline metrics are on the parent train run too (train runs sort by FID).
+    parent = client.get_run(train.run_id).data
+    assert parent.metrics["fid"] == pytest.approx(m["fid"])
+    assert parent.metrics["nll_bpd"] == pytest.approx(m["nll_bpd"])
+    assert parent.tags["fid.comparability"] == m["comparability"]
     assert run.data.metrics["nll_gap_bpd"] == pytest.approx(m["nll_gap_bpd"])
     names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
     assert names == {

@@ -49,6 +49,11 @@ def test_released_weights_become_the_model_folder(
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 17])
     with torch.no_grad():
         torch.testing.assert_close(model(x, t), released(x, t).sample, rtol=1e-5, atol=1e-5)
+    # Imported weights are exported again with the run's scheduler: diffusers loads them back.
+    pipe = diffusers.DDPMPipeline.from_pretrained(params.paths.diffusers)
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.unet(x, t).sample, model(x, t), rtol=1e-5, atol=1e-6)
+    assert pipe.scheduler.config.num_train_timesteps == params.diffusion.T
     metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
     assert metrics["steps"] == 0 and metrics["weights"].startswith("released: ")
     run_id = json.loads((Path(params.paths.runs) / "train.json").read_text())["run_id"]

@@ -79,7 +79,11 @@ def test_job_uploads_the_code_but_not_the_data() -> None:
     """The excludes are anchored at the working dir: `pipelines/data/` is code, `data/` is not."""
     from pathspec import PathSpec
 
-    excluded = PathSpec.from_lines("gitwildmatch", runtime_env(Path("."))["excludes"]).match_file
+    env = runtime_env(Path("."))
+    excluded = PathSpec.from_lines("gitwildmatch", env["excludes"]).match_file
+    # The upload has no .git: the commit of the code travels as an env var (MLflow's git tag).
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert env["env_vars"]["DDPM_GIT_COMMIT"].startswith(head.strip())
     for path in ("data/shards/train-000000.tar", "models/ema.safetensors", "mlflow.db"):
         assert excluded(path), path
     for path in ("pipelines/data/stage.py", "pipelines/artifacts/model_dir.py", "stages/all.py"):

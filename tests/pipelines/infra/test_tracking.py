@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import pickle
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +16,12 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.config import MlflowConfig, Params
 from pipelines.infra.tracking import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    GIT_COMMIT_ENV,
     Tracker,
     _artifact_location,
+    experiment_id,
     open_child_run,
     open_run,
     read_run_file,
@@ -112,3 +118,40 @@ def test_failed_stage_marks_run_failed_and_writes_no_file(
     assert MlflowClient(t.uri).get_run(t.run_id).info.status == "FAILED"
     assert read_run_file(params, "evaluate", tmp_path) is None
     assert not (Path(params.paths.metrics) / "fake.json").exists()
+
+
+def test_runs_carry_mlflows_standard_tags_and_a_training_experiment_kind(
+    tmp_path: Path, make_params: Callable[..., Params], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `mlflow.start_run` tags runs; outside git (a Ray job's upload) the commit comes from
+    the environment. The experiment opens on the model-training runs view."""
+    params = make_params()
+    monkeypatch.setenv(GIT_COMMIT_ENV, "0123abcd")
+    run = open_run(params, "train", tmp_path)  # tmp_path: no .git
+    client = MlflowClient(run.uri)
+    tags = client.get_run(run.run_id).data.tags
+    assert tags["mlflow.user"] == getpass.getuser()
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
+    assert tags["mlflow.source.git.commit"] == tags["git.commit"] == "0123abcd"
+    exp = client.get_experiment_by_name(params.mlflow.experiment)
+    assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+    # In a git checkout the checkout's commit wins over the environment.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for cmd in (["init", "-q"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                                 "--allow-empty", "-m", "x"]):  # fmt: skip
+        subprocess.run(["git", *cmd], cwd=repo, check=True)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    tags = client.get_run(open_run(params, "train", repo).run_id).data.tags
+    assert tags["mlflow.source.git.commit"] == head != "0123abcd"
+
+    # An experiment made elsewhere gets the kind once; a kind someone chose is kept.
+    old = client.create_experiment("made-by-hand")
+    assert experiment_id(client, "made-by-hand", run.uri, tmp_path) == old
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    client.set_experiment_tag(old, EXPERIMENT_KIND_TAG, "genai_development")
+    experiment_id(client, "made-by-hand", run.uri, tmp_path)
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == "genai_development"

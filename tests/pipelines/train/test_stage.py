@@ -23,6 +23,7 @@ from ddpm_core.rng import mix_seed
 from ddpm_core.unet import UNet
 from pipelines.artifacts.model_dir import CONFIG_FILE, WEIGHTS_FILE, load_weights
 from pipelines.config import Params, to_dict
+from pipelines.infra.files import file_digest
 from pipelines.infra.tracking import tracking_uri
 from pipelines.train.run import RunFolder
 from pipelines.train.stage import TrainResult
@@ -72,6 +73,8 @@ def test_two_workers_train_export_and_log(reference: tuple[Params, TrainResult])
     model.load_state_dict(weights)  # the EMA weights fit the configured U-Net
     assert meta["step"] == "6" and json.loads(meta["config"]) == to_dict(params)
     assert json.loads((Path(params.paths.model) / CONFIG_FILE).read_text()) == to_dict(params)
+    # The diffusers export (paths.diffusers) exists; at unet.ch 8 it says why it holds no model.
+    assert "unet.ch is 8" in (Path(params.paths.diffusers) / "README.md").read_text()
     written = json.loads((Path(params.paths.metrics) / "train.json").read_text())
     assert written == metrics
     history = loss_history(params)
@@ -93,6 +96,15 @@ def test_two_workers_train_export_and_log(reference: tuple[Params, TrainResult])
     }
     run_file = json.loads((Path(params.paths.runs) / "train.json").read_text())
     assert run_file["run_id"] == run_id
+    # The shard manifest is the run's dataset (mlflow.log_input: the runs table's Dataset).
+    (inp,) = client.get_run(run_id).inputs.dataset_inputs
+    manifest = Path(params.paths.shards) / "manifest.json"
+    assert inp.dataset.name == "digits-8px" and json.loads(inp.dataset.source)["uri"].endswith(
+        str(manifest)
+    )
+    assert inp.dataset.digest == file_digest(manifest, "sha1")[:12]
+    assert json.loads(inp.dataset.profile)["train_images"] > 0
+    assert {t.key: t.value for t in inp.tags} == {"mlflow.data.context": "training"}
 
 
 # ----------------------------------------------------------------------------------------------
