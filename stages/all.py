@@ -12,12 +12,12 @@ import logging
 
 from stages.common import parser, start
 
-STAGES = ("shard", "train", "sample", "fid_stats", "evaluate")
+STAGES = ("shard", "train", "sample", "fid_stats", "evaluate", "quality")
 log = logging.getLogger("stages.all")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser("Run the DDPM pipeline stages in order (shard, train, sample, fid_stats, evaluate).")
+    p = parser("Run the DDPM pipeline stages in order (shard ... evaluate, quality).")
     p.add_argument(
         "--stages",
         nargs="+",

@@ -23,7 +23,7 @@ from tests.helpers import REPO, MlflowServer, RayHead
 
 pytestmark = pytest.mark.ray
 BIN = Path(sys.executable).parent
-STAGES = ("shard", "train", "sample", "fid_stats", "evaluate")
+STAGES = ("shard", "train", "sample", "fid_stats", "evaluate", "quality")
 
 
 def copy_repo(dst: Path) -> None:
@@ -104,6 +104,8 @@ def test_repro_runs_every_stage_and_writes_the_outputs(pipeline: Pipeline) -> No
         "plots/rate_distortion.png",
         "plots/rate_distortion.csv",
         "plots/train_loss.csv",
+        "plots/fid_vs_steps.csv",  # the quality stage, off in the micro profile: header only
+        "plots/fid_over_reverse.csv",
         "dvc.lock",
     ):
         assert (root / rel).is_file(), rel
@@ -114,6 +116,7 @@ def test_repro_runs_every_stage_and_writes_the_outputs(pipeline: Pipeline) -> No
     assert str(metrics["comparability"]).startswith("NOT comparable")
     shown = pipeline.dvc("metrics", "show", "--json")
     assert '"nll_bpd"' in shown and '"fid_train"' in shown
+    assert '"fid_vs_steps"' in pipeline.dvc("plots", "show", "--json")  # parses when empty too
 
 
 def test_second_repro_does_nothing(pipeline: Pipeline) -> None:

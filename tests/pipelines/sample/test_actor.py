@@ -48,7 +48,11 @@ def test_actor_samples_with_ddim_when_selected(make_params: Callable[..., Params
     images = torch.from_numpy(
         read_shard_images((out / "samples-000000.tar").read_bytes(), ShardSpec(0, 0, 3), "")
     )
-    model, d, shape = load_ema_model(params, model_dir), build_diffusion(params), image_shape(params)
+    model, d, shape = (
+        load_ema_model(params, model_dir),
+        build_diffusion(params),
+        image_shape(params),
+    )
     ddim = sample_indices(model, d, [2], params.seed, shape, sampler="ddim", eta=0.5)
     assert torch.equal(images[2:], ddim)
     assert not torch.equal(images[2:], sample_indices(model, d, [2], params.seed, shape))
