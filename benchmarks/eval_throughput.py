@@ -37,6 +37,7 @@ import yaml
 from benchmarks.report import load_average, write_result
 from ddpm_core.config import UNetConfig
 from ddpm_core.unet import UNet
+from pipelines.artifacts.model_dir import model_out_channels
 from pipelines.artifacts.shards import load_split
 from pipelines.config import Params, from_dict
 from pipelines.data.stage import build_shards
@@ -58,12 +59,13 @@ class RandomUNet:
     unet: UNetConfig
     channels: int
     resolution: int
+    out_channels: int  # GaussianDiffusion.model_out_channels(channels): 2C with a learned Sigma
     seed: int = 0
 
     def __call__(self) -> torch.nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            return UNet.from_config(self.unet, self.channels, self.resolution)
+            return UNet.from_config(self.unet, self.channels, self.resolution, self.out_channels)
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,9 @@ def fid_case(images: torch.Tensor, weights: InceptionWeights, workers: int) -> R
 
 
 def nll_case(images: torch.Tensor, params: Params, chunk_size: int, workers: int) -> Row:
-    model_fn = RandomUNet(params.unet, params.data.channels, params.data.resolution)
+    model_fn = RandomUNet(
+        params.unet, params.data.channels, params.data.resolution, model_out_channels(params)
+    )
     cpus = CPUS[workers]
     seconds = timed(
         lambda: evaluate_bpd(

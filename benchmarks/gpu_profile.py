@@ -18,30 +18,23 @@ run cut short still leaves its table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.report import write_result
 from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.rng import CounterNoise
 from ddpm_core.sampling import sample_indices
-from pipelines.config import Params, from_dict
-from pipelines.infra.accel import (
-    CompileMode,
-    InferenceModel,
-    Precision,
-    autocast,
-    configure_backends,
-)
+from pipelines.config import CompileMode, Params, Precision, load_params
+from pipelines.infra.accel import InferenceModel, autocast
+from pipelines.infra.device import configure_backends, full_fp32
 from pipelines.train.step import build_model, draw_t_noise, make_state, prepare_model, train_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,7 +249,7 @@ def bf16_error(params: Params, device: torch.device) -> float:
     gen = torch.Generator(device=device).manual_seed(1)
     x = torch.randn(64, c, r, r, generator=gen, device=device)
     worst = 0.0
-    with torch.no_grad(), _no_tf32():
+    with torch.no_grad(), full_fp32():
         for step in (0, 10, 500, params.diffusion.T - 1):
             t = torch.full((64,), min(step, params.diffusion.T - 1), device=device)
             a, b = fp32(x, t), bf16(x, t)
@@ -271,17 +264,6 @@ def _unit_scale_init(model: torch.nn.Module) -> None:
         if p.ndim > 1 and float(p.abs().max()) < 1e-6:  # a 1e-10-scaled output layer
             fan_in = p[0].numel()
             p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
-
-
-@contextlib.contextmanager
-def _no_tf32() -> Iterator[None]:
-    """The fp32 reference in true fp32 (TF32 off) for the bf16 comparison."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def noise_agreement(device: torch.device) -> float:
@@ -408,10 +390,6 @@ def nll_row(params: Params, mode: Mode, batch: int, plan: Plan, device: torch.de
     return f"| {batch} | {mode.name} | {s * 1e3:.1f} | {batch / (s * params.diffusion.T):.2f} |"
 
 
-def load_profile(path: Path) -> Params:
-    return from_dict(Params, yaml.safe_load(path.read_text()))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", type=Path, default=REPO / "profiles" / "cifar10-paper.yaml")
@@ -420,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--budget-s", type=float, default=3600.0, help="skip rows after this")
     args = ap.parse_args(argv)
-    params = load_profile(args.profile)
+    params = load_params(args.profile)
     if args.smoke:
         params, plan, device = smoke_params(params), smoke_plan(), torch.device("cpu")
     else:

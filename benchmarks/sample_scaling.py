@@ -27,8 +27,7 @@ import yaml
 
 from benchmarks.report import load_average, write_result
 from ddpm_core.sampling import sample_indices
-from ddpm_core.unet import UNet
-from pipelines.artifacts.model_dir import load_ema_model, write_model_dir
+from pipelines.artifacts.model_dir import build_unet, load_ema_model, write_model_dir
 from pipelines.artifacts.samples import plan_shards
 from pipelines.config import Params, from_dict
 from pipelines.infra.ray import init_ray
@@ -58,7 +57,7 @@ def bench_params(root: Path, images: int, batch_size: int, steps: int, workers: 
 
 def write_model(params: Params) -> None:
     torch.manual_seed(0)
-    model = UNet.from_config(params.unet, params.data.channels, params.data.resolution)
+    model = build_unet(params)
     write_model_dir(params, model.state_dict(), {}, Path(params.paths.model))
 
 

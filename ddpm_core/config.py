@@ -12,7 +12,7 @@ from typing import Literal
 
 BetaSchedule = Literal["linear", "quad", "cosine", "const"]
 MeanType = Literal["eps", "x0", "mean"]
-VarType = Literal["fixedlarge", "fixedsmall"]
+VarType = Literal["fixedlarge", "fixedsmall", "learned"]
 LossType = Literal["mse", "kl"]
 
 
@@ -45,6 +45,13 @@ class DiffusionConfig:
             "diffusion.beta_start/beta_end",
             (self.beta_start, self.beta_end),
             "0 < beta_start <= beta_end < 1",
+        )
+        # Table 2's learned diagonal Sigma is trained on the true bound L (official `learned`).
+        check(
+            self.var_type != "learned" or self.loss_type == "kl",
+            "diffusion.var_type/loss_type",
+            (self.var_type, self.loss_type),
+            "loss_type 'kl' with var_type 'learned' (the learned Sigma is trained on the bound L)",
         )
 
 

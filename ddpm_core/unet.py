@@ -169,11 +169,17 @@ class UNet(nn.Module):
         return nn.ModuleList(levels)
 
     @classmethod
-    def from_config(cls, cfg: UNetConfig, channels: int, resolution: int) -> UNet:
-        """Build the U-Net from the typed config for `channels`-channel images of `resolution`^2."""
+    def from_config(
+        cls, cfg: UNetConfig, channels: int, resolution: int, out_channels: int | None = None
+    ) -> UNet:
+        """Build the U-Net from the typed config for `channels`-channel images of `resolution`^2.
+
+        `out_channels` defaults to `channels`; pass `GaussianDiffusion.model_out_channels(channels)`
+        (2C with a learned variance).
+        """
         return cls(
             in_channels=channels,
-            out_channels=channels,
+            out_channels=channels if out_channels is None else out_channels,
             ch=cfg.ch,
             ch_mult=cfg.ch_mult,
             num_res_blocks=cfg.num_res_blocks,

@@ -22,9 +22,13 @@ from ddpm_core.config import ConfigError, DiffusionConfig, UNetConfig, check
 
 Source = Literal["digits", "mnist", "fashion_mnist", "cifar10", "image_folder"]
 ResizeMode = Literal["pad", "resize"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16"]  # bf16: autocast of the network (its output back in fp32)
+# torch.compile: false = eager; default = Inductor kernels; reduce-overhead = Inductor + CUDA
+# graphs (one graph replay per call: what makes a small per-GPU batch fast).
+CompileMode = Literal[False, "default", "reduce-overhead"]
 FidReference = Literal["train", "test"]
 Sampler = Literal["ancestral", "ddim"]
+NllSplit = Literal["test", "train", "both"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,9 +97,9 @@ class TrainConfig:
     use_gpu: bool
     cpus_per_worker: float
     gpus_per_worker: float
-    precision: Precision  # bf16 autocast on GPU; fp32 on CPU
+    precision: Precision  # bf16 autocast (GPU; also runs on CPU); fp32 uses TF32 on CUDA
     channels_last: bool
-    compile: bool
+    compile: CompileMode  # the whole loss is one graph; reduce-overhead adds CUDA graphs
     max_failures: int
 
     def __post_init__(self) -> None:
@@ -125,6 +129,9 @@ class SampleConfig:
     stride: int  # 1 = all T steps (paper); k > 1 = strided timesteps (fast, not paper)
     sampler: Sampler  # ancestral (paper Algorithm 2) | ddim (Song et al. 2021, not the paper)
     ddim_eta: float  # DDIM's eta: 0 deterministic, 1 ancestral-like (only with sampler: ddim)
+    precision: Precision  # the network in bf16 autocast; the sampler's math stays fp32
+    channels_last: bool
+    compile: CompileMode
     progressive_every: int  # predicted x0 every k steps for the progressive-generation figure
     progressive_images: int
     grid_images: int
@@ -149,10 +156,14 @@ class EvaluateConfig:
     isc: bool
     isc_splits: int
     nll_images: int
-    nll_batch_size: int
+    nll_split: NllSplit  # test (Table 1's NLL), train, or both with the gap train - test
+    nll_batch_size: int  # images per NLL work unit (one actor call)
+    nll_precision: Precision  # as sample.precision, for the bound's network calls
+    nll_channels_last: bool
+    nll_compile: CompileMode
     num_workers: int
     cpus_per_worker: float
-    use_gpu: bool
+    use_gpu: bool  # NLL actors and Inception features on a GPU
 
     def __post_init__(self) -> None:
         check(self.fid_images >= 2, "evaluate.fid_images", self.fid_images, "an int >= 2")
@@ -295,7 +306,7 @@ def _coerce(tp: Any, value: object, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, key)
     if origin is Literal:
-        if value not in get_args(tp):
+        if not any(value == v and type(value) is type(v) for v in get_args(tp)):
             raise ConfigError(f"{key}: got {value!r}, expected one of {list(get_args(tp))}")
         return value
     if origin is tuple:

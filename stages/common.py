@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -24,8 +23,14 @@ class StageResult(Protocol):
 
 
 def repo_root() -> Path:
-    """The DVC/git root: `DVC_ROOT` when run by DVC, else the current directory (absolute)."""
-    return Path(os.environ.get("DVC_ROOT", os.getcwd())).resolve()
+    """The folder the stage runs in (absolute): where its outputs belong.
+
+    DVC runs every stage in its workspace's root, also in the temporary workspace of
+    `dvc exp run --temp/--queue`, where `DVC_ROOT` still names the main workspace: outputs
+    written under `DVC_ROOT` would overwrite the workspace's and leave the experiment without
+    them. Shared state (MLflow store, Ray storage) resolves against `files.shared_root`.
+    """
+    return Path.cwd().resolve()
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ import yaml
 from torch import Tensor, nn
 
 from ddpm_core.config import DiffusionConfig, UNetConfig
-from pipelines.artifacts.model_dir import write_model_dir
+from pipelines.artifacts.model_dir import build_unet, write_model_dir
 from pipelines.artifacts.shards import SourceData, Split, write_shards
 from pipelines.config import Params, from_dict, to_dict
 
@@ -241,10 +241,8 @@ def params_file(params: Params, path: Path) -> Path:
 
 def make_model_dir(params: Params, seed: int = 0) -> Path:
     """A stand-in for the train stage's outputs: random (non-zero) EMA weights + config.json."""
-    from ddpm_core.unet import UNet
-
     torch.manual_seed(seed)
-    model = UNet.from_config(params.unet, params.data.channels, params.data.resolution)
+    model = build_unet(params)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))  # the zero-initialised output conv would give eps=0

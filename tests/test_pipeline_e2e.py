@@ -6,11 +6,13 @@ folder; every stage runs as DVC runs it, each starting its own local Ray cluster
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,7 +115,9 @@ def test_repro_runs_every_stage_and_writes_the_outputs(pipeline: Pipeline) -> No
     assert pipeline.json("metrics/sample.json")["num_images"] == 16
     metrics = pipeline.json("metrics/eval.json")
     assert float(metrics["fid"]) > 0 and float(metrics["nll_bpd"]) > 0  # type: ignore[arg-type]
-    assert str(metrics["comparability"]).startswith("NOT comparable")
+    details = pipeline.json("runs/evaluate.json")["details"]
+    assert str(details["comparability"]).startswith("NOT comparable")  # type: ignore[index]
+    assert all(isinstance(v, int | float) for v in metrics.values())
     shown = pipeline.dvc("metrics", "show", "--json")
     assert '"nll_bpd"' in shown and '"fid_train"' in shown
     assert '"fid_vs_steps"' in pipeline.dvc("plots", "show", "--json")  # parses when empty too
@@ -160,6 +164,93 @@ def test_exp_run_reruns_from_train_and_runs_compare_in_mlflow(pipeline: Pipeline
     assert fids[0] != fids[1]  # different weights, different samples, different FID
 
 
+def workspace_state(root: Path) -> dict[str, str]:
+    """sha256 of every file DVC or git tracks in the workspace (outputs, params, lock)."""
+    files = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    skip = {".git", ".dvc", ".ray_storage", "mlartifacts", "dvc_plots", "__pycache__"}
+    kept = [p for p in files if not skip & set(p.relative_to(root).parts) and p.name != "mlflow.db"]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in kept}
+
+
+def exp_metrics(shown: object, name: str) -> dict[str, Any]:
+    """The metrics of experiment `name` in `dvc exp show --json` (any nesting of revs)."""
+    if isinstance(shown, dict):
+        if shown.get("name") == name and isinstance(shown.get("data"), dict):
+            metrics: dict[str, Any] = shown["data"].get("metrics") or {}
+            return metrics
+        shown = list(shown.values())
+    if isinstance(shown, list):
+        for item in shown:
+            if found := exp_metrics(item, name):
+                return found
+    return {}
+
+
+def test_queued_and_temporary_experiments_run_in_their_own_workspace(pipeline: Pipeline) -> None:
+    """`dvc exp run --queue` (two) + `dvc queue start` and `dvc exp run --temp`: each runs in a
+    temporary copy, writes its outputs there (not over the workspace's), and logs to the one
+    MLflow store. q1 retrains (train, sample, evaluate); q2 and t1 rerun evaluate only."""
+    root, env = pipeline.root, pipeline.env
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "baseline: lr-x2 results"], root, env)  # experiments start here
+    before = workspace_state(root)
+
+    pipeline.dvc("exp", "run", "--queue", "-n", "q1", "-S", "train.steps=10")
+    pipeline.dvc("exp", "run", "--queue", "-n", "q2", "-S", "evaluate.nll_images=4")
+    pipeline.dvc("queue", "start", "-j", "1")
+    deadline = time.monotonic() + 900
+    while True:
+        status = pipeline.dvc("queue", "status")
+        if "Queued" not in status and "Running" not in status:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    logs = "".join(
+        run([str(BIN / "dvc"), "queue", "logs", n], root, env)[-3000:] for n in ("q1", "q2")
+    )
+    assert status.count("Success") == 2, f"{status}\n{logs}"
+    out = pipeline.dvc("exp", "run", "--temp", "-n", "t1", "-S", "evaluate.nll_images=4")
+    assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out
+
+    assert workspace_state(root) == before  # no experiment wrote into the workspace
+    shown = json.loads(pipeline.dvc("exp", "show", "--json"))
+    for name in ("q1", "q2", "t1"):
+        evaluated = exp_metrics(shown, name)["metrics/eval.json"]["data"]
+        assert float(evaluated["nll_bpd"]) > 0, (name, evaluated)
+    assert exp_metrics(shown, "q1")["metrics/train.json"]["data"]["steps"] == 10
+
+    client = MlflowClient(pipeline.server.url)
+    exp = client.get_experiment_by_name("ddpm")
+    assert exp is not None
+    for name, stages in (
+        ("q1", {"train", "sample", "evaluate"}),
+        ("q2", {"evaluate"}),
+        ("t1", {"evaluate"}),
+    ):
+        runs = client.search_runs([exp.experiment_id], f"tags.`dvc.exp` = '{name}'")
+        assert {r.data.tags["dvc.stage"] for r in runs} == stages, name
+        assert all(r.info.status == "FINISHED" for r in runs), name
+
+
+def test_outputs_travel_through_a_remote(pipeline: Pipeline, tmp_path: Path) -> None:
+    """`dvc push` to a local-folder remote, a fresh clone, `dvc pull`: `dvc repro` has nothing
+    to do (the README's `dvc remote add -d` workflow, with a folder for the bucket)."""
+    root, env = pipeline.root, pipeline.env
+    pipeline.dvc("remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "remote", "--allow-empty"], root, env)
+    assert "pushed" in pipeline.dvc("push")
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    run([str(BIN / "dvc"), "pull"], clone, env)
+    assert (clone / "models" / "ema.safetensors").read_bytes() == (
+        root / "models" / "ema.safetensors"
+    ).read_bytes()
+    out = run([str(BIN / "dvc"), "repro"], clone, env)
+    assert "Running stage" not in out
+    assert all(f"Stage '{s}' didn't change, skipping" in out for s in STAGES), out
+
+
 def test_scheduled_retrain_runs_the_pipeline_as_a_ray_job(
     tmp_path: Path, ray_head: RayHead, converted_path: Path
 ) -> None:
@@ -170,7 +261,8 @@ def test_scheduled_retrain_runs_the_pipeline_as_a_ray_job(
     raw = yaml.safe_load((root / "profiles" / "micro.yaml").read_text())
     raw["evaluate"]["inception_weights"] = str(converted_path)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # what DVC checks
-    raw["paths"] = {k: str(shared / v) for k, v in raw["paths"].items()}
+    raw_paths = dict(raw["paths"])
+    raw["paths"] = {k: str(shared / v) for k, v in raw_paths.items()}
     (root / "cluster.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # what the job uses
     env = ray_head.env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     env |= {k: "e2e" for k in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME")}
@@ -191,6 +283,15 @@ def test_scheduled_retrain_runs_the_pipeline_as_a_ray_job(
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], "tags.trigger = 'schedule'")
     assert sorted(r.data.tags["dvc.stage"] for r in runs) == ["evaluate", "sample", "train"]
+
+    # Back under DVC: copy each recorded output to its params.yaml path, `dvc commit -f`.
+    record = json.loads((shared / "runs" / "all.json").read_text())
+    assert record["params"] == "cluster.yaml" and record["stages"] == list(STAGES)
+    for key, src in record["outputs"].items():
+        shutil.copytree(src, root / raw_paths[key], dirs_exist_ok=True)
+    (root / "dvc.lock").unlink(missing_ok=True)
+    run([str(BIN / "dvc"), "commit", "-f"], root, env)
+    assert "up to date" in run([str(BIN / "dvc"), "status"], root, env)
 
     again = run(retrain, root, env)  # same inputs: the same job id, already succeeded
     assert f"retrain: already submitted {job_id}" in again

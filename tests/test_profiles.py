@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
 
 def test_there_are_the_documented_profiles() -> None:
     names = {p.stem for p in PROFILES}
-    assert names == {"cifar10-paper", "mnist", "image-folder", "micro"}
+    assert names == {"cifar10-paper", "cifar10-paper-1gpu", "mnist", "image-folder", "micro"}
     readme = (REPO / "README.md").read_text()
     assert all(f"profiles/{n}.yaml" in readme for n in names)
 
@@ -26,8 +27,9 @@ def test_profile_loads_strictly_and_names_itself(path: Path) -> None:
     assert params.profile == path.stem
 
 
-def test_paper_profile_is_the_official_cifar10_run() -> None:
-    p = load_params(REPO / "profiles" / "cifar10-paper.yaml")
+@pytest.mark.parametrize("name", ["cifar10-paper", "cifar10-paper-1gpu"])
+def test_paper_profile_is_the_official_cifar10_run(name: str) -> None:
+    p = load_params(REPO / "profiles" / f"{name}.yaml")
     assert p.diffusion == PAPER_DIFFUSION and p.unet == PAPER_UNET
     assert (p.data.source, p.data.channels, p.data.resolution, p.data.random_flip) == (
         "cifar10", 3, 32, True,
@@ -41,3 +43,26 @@ def test_paper_profile_is_the_official_cifar10_run() -> None:
     assert p.evaluate.isc_splits == 10
     model = UNet.from_config(p.unet, p.data.channels, p.data.resolution)
     assert sum(q.numel() for q in model.parameters()) == 35_746_307
+
+
+def test_one_gpu_profile_differs_from_the_paper_profile_only_in_worker_counts() -> None:
+    eight, one = (
+        load_params(REPO / "profiles" / f"{n}.yaml")
+        for n in ("cifar10-paper", "cifar10-paper-1gpu")
+    )
+    assert (eight.train.num_workers, one.train.num_workers) == (8, 1)
+    assert (
+        dataclasses.replace(
+            one,
+            profile=eight.profile,
+            train=dataclasses.replace(one.train, num_workers=8),
+            sample=dataclasses.replace(one.sample, num_workers=8),
+            evaluate=dataclasses.replace(one.evaluate, num_workers=8),
+        )
+        == eight
+    )
+    # the GPU fast path is on in both (measured in benchmarks/results/gpu_profile*.md)
+    assert (one.train.precision, one.train.channels_last, one.train.compile) == (
+        "bf16", True, "reduce-overhead",
+    )  # fmt: skip
+    assert (one.sample.precision, one.sample.compile) == ("bf16", "reduce-overhead")

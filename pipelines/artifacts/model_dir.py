@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ddpm_core.config import ConfigError, UNetConfig
+from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.unet import UNet
 from pipelines.config import Params, from_dict, to_dict
 from pipelines.infra.files import atomic_path, write_json
@@ -28,8 +29,20 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "ema.safetensors"
 CONFIG_FILE = "config.json"
-# Keys the trained weights depend on; var_type is a sampling choice (sigma^2 = beta or beta~).
+# Keys the trained weights depend on; a fixed var_type is a sampling choice (sigma^2 = beta or
+# beta~), a learned one is part of the network (2C output channels): checked apart.
 TRAINED_DIFFUSION_KEYS = ("T", "beta_schedule", "beta_start", "beta_end", "mean_type")
+
+
+def model_out_channels(params: Params) -> int:
+    """The network's output channels: 2C (mean part, log sigma^2) with a learned Sigma, else C."""
+    return GaussianDiffusion.from_config(params.diffusion).model_out_channels(params.data.channels)
+
+
+def build_unet(params: Params, unet: UNetConfig | None = None) -> UNet:
+    """The U-Net for `params` (or another `unet` config): C in, `model_out_channels` out."""
+    C, out = params.data.channels, model_out_channels(params)
+    return UNet.from_config(unet or params.unet, C, params.data.resolution, out_channels=out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,6 +122,13 @@ def check_trained_config(trained: dict[str, Any], params: Params, where: Path) -
                 f"{where}: the model was trained with {section}.{key}={have!r} but params have "
                 f"{now[section][key]!r}; retrain (dvc repro) or restore the params"
             )
+    have_var = trained.get("diffusion", {}).get("var_type", "<missing>")
+    if (have_var == "learned") != (now["diffusion"]["var_type"] == "learned"):
+        raise ConfigError(
+            f"{where}: the model was trained with diffusion.var_type={have_var!r} but params have "
+            f"{now['diffusion']['var_type']!r}; a learned variance changes the network's output "
+            "channels: retrain (dvc repro) or restore the params"
+        )
 
 
 def load_ema_model(params: Params, model_dir: Path) -> UNet:
@@ -119,7 +139,7 @@ def load_ema_model(params: Params, model_dir: Path) -> UNet:
     trained = json.loads(config.read_text())
     check_trained_config(trained, params, config)
     unet_cfg = from_dict(UNetConfig, trained["unet"], "unet.")
-    model = UNet.from_config(unet_cfg, params.data.channels, params.data.resolution)
+    model = build_unet(params, unet_cfg)
     state_dict, _ = load_weights(weights)  # FileNotFoundError / ValueError name the file
     try:
         model.load_state_dict(state_dict, strict=True)

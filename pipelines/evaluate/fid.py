@@ -17,9 +17,12 @@ from torch_fidelity.metric_isc import isc_features_to_metric
 from ddpm_core.metrics import frechet_distance
 from pipelines.artifacts.fid_stats import FidStats
 from pipelines.evaluate.inception import POOL3, InceptionWeights, load_extractor
+from pipelines.infra.device import full_fp32, pick_device
 from pipelines.infra.files import file_digest
 
 log = logging.getLogger(__name__)
+CPU = torch.device("cpu")
+GPU_BATCH = 256  # Inception images per batch on a GPU
 
 # (images uint8 (N, C, H, W), weights, feature names) -> {name: (N, D) float64}
 ExtractFn = Callable[[torch.Tensor, InceptionWeights, Sequence[str]], dict[str, np.ndarray]]
@@ -50,15 +53,21 @@ def extract_features(
     weights: InceptionWeights,
     features: Sequence[str] = (POOL3,),
     batch_size: int = 32,
+    device: torch.device = CPU,
 ) -> dict[str, np.ndarray]:
-    """Inception features of uint8 (N, C, H, W) images: {name: (N, D) float64} in input order."""
+    """Inception features of uint8 (N, C, H, W) images: {name: (N, D) float64} in input order.
+
+    On a GPU the network runs in full fp32 (TF32 off), so features do not depend on the device
+    beyond float rounding.
+    """
     rgb = as_rgb_uint8(images)
-    extractor = load_extractor(weights, features)
+    extractor = load_extractor(weights, features).to(device)
     out: dict[str, list[np.ndarray]] = {f: [] for f in features}
-    for start in range(0, len(rgb), batch_size):
-        batch = rgb[start : start + batch_size].contiguous()  # (b, 3, H, W)
-        for name, value in zip(features, extractor(batch), strict=True):
-            out[name].append(value.to(torch.float64).numpy())
+    with full_fp32():
+        for start in range(0, len(rgb), batch_size):
+            batch = rgb[start : start + batch_size].contiguous().to(device)  # (b, 3, H, W)
+            for name, value in zip(features, extractor(batch), strict=True):
+                out[name].append(value.to(torch.float64).cpu().numpy())
     empty = np.zeros((0, 0))
     return {f: np.concatenate(v) if v else empty for f, v in out.items()}
 
@@ -122,27 +131,35 @@ def weights_id(weights: InceptionWeights) -> str:
 
 
 def _extract_chunk(
-    images: torch.Tensor, weights: InceptionWeights, features: Sequence[str], threads: int
+    images: torch.Tensor,
+    weights: InceptionWeights,
+    features: Sequence[str],
+    threads: int,
+    use_gpu: bool,
 ) -> dict[str, np.ndarray]:
     torch.set_num_threads(threads)
-    return extract_features(images, weights, features)
+    device = pick_device(use_gpu, "evaluate.use_gpu")
+    return extract_features(images, weights, features, GPU_BATCH if use_gpu else 32, device)
 
 
-def ray_extractor(num_workers: int, cpus_per_worker: float) -> ExtractFn:
+def ray_extractor(num_workers: int, cpus_per_worker: float, use_gpu: bool = False) -> ExtractFn:
     """An `ExtractFn` that splits the images into `num_workers` contiguous chunks, one Ray task
-    each (every task loads the Inception weights once); 1 worker runs in-process."""
+    each (every task loads the Inception weights once, on a GPU with `use_gpu`); on CPU one
+    worker runs in-process."""
 
     def extract(
         images: torch.Tensor, weights: InceptionWeights, features: Sequence[str]
     ) -> dict[str, np.ndarray]:
-        if num_workers <= 1 or len(images) < 2 * num_workers:
+        if not use_gpu and (num_workers <= 1 or len(images) < 2 * num_workers):
             return extract_features(images, weights, features)
         import ray
 
-        task = ray.remote(num_cpus=cpus_per_worker)(_extract_chunk)
+        n = max(1, min(num_workers, len(images) // 2))
+        task = ray.remote(num_cpus=cpus_per_worker, num_gpus=1 if use_gpu else 0)(_extract_chunk)
         threads = max(1, int(cpus_per_worker))
-        chunks = torch.tensor_split(images, num_workers)  # contiguous, order kept
-        parts = ray.get([task.remote(c, weights, tuple(features), threads) for c in chunks])
+        chunks = torch.tensor_split(images, n)  # contiguous, order kept
+        jobs = [task.remote(c, weights, tuple(features), threads, use_gpu) for c in chunks]
+        parts = ray.get(jobs)
         return {f: np.concatenate([p[f] for p in parts]) for f in features}
 
     return extract

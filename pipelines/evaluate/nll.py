@@ -2,8 +2,9 @@
 
 `calc_bpd_loop` costs T forward passes per image, so the test images are cut into fixed chunks
 of `chunk_size` and spread over a pool of actors, each of which builds the (EMA) model once. Chunk
-k draws its noise from a `torch.Generator` seeded from (seed, k) only (`ddpm_core.rng`), so the
-result is the same for any number of workers. Also the rate-distortion curve (paper Sec. 4.3,
+image i draws its noise from a counter-based stream keyed by (seed, i) only
+(`ddpm_core.rng.CounterNoise`), so the result is the same for any number of workers or chunk
+size. Also the rate-distortion curve (paper Sec. 4.3,
 Fig. 5, Table 4).
 """
 
@@ -21,15 +22,18 @@ import torch
 from ddpm_core.config import DiffusionConfig
 from ddpm_core.diffusion import GaussianDiffusion, Model
 from ddpm_core.metrics import rate_distortion
-from ddpm_core.rng import seeded_generator
+from ddpm_core.rng import CounterNoise
 from ddpm_core.sampling import from_uint8
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.config import Params
+from pipelines.infra.accel import InferenceOptions
+from pipelines.infra.device import configure_backends, pick_device
 
 log = logging.getLogger(__name__)
 
 ModelFn = Callable[[], torch.nn.Module]  # picklable factory, called once per actor
 KEYS = ("total_bpd", "prior_bpd", "terms_bpd", "mse")
+EAGER_FP32 = InferenceOptions()
 
 
 @dataclass(frozen=True)
@@ -90,27 +94,40 @@ def bpd_chunk(
     diffusion: GaussianDiffusion,
     images: torch.Tensor,
     seed: int,
-    index: int,
+    first: int,
     device: torch.device | str = "cpu",
 ) -> dict[str, np.ndarray]:
-    """`calc_bpd_loop` (clip_denoised=True, as the official code) on one chunk of uint8 images."""
-    generator = seeded_generator(seed, index, device=device)
+    """`calc_bpd_loop` (clip_denoised=True, as the official code) on uint8 images (B, C, H, W)
+    whose dataset indices are first .. first + B - 1: image i's noise depends on (seed, i) only
+    (counter-based, drawn on `device`), so its bound does not depend on the chunking."""
+    noise = CounterNoise(seed, range(first, first + len(images)), torch.device(device))
     x0 = from_uint8(images).to(device)  # (B, C, H, W) in [-1, 1]
-    out = diffusion.calc_bpd_loop(model, x0, clip_denoised=True, generator=generator)
+    out = diffusion.calc_bpd_loop(model, x0, clip_denoised=True, noise_fn=noise)
     return {k: out[k].to(torch.float64).cpu().numpy() for k in KEYS}
 
 
 class BpdWorker:
     """Holds one model copy; `run(chunk)` evaluates the bound on a chunk of images."""
 
-    def __init__(self, model_fn: ModelFn, diffusion: DiffusionConfig, threads: int, gpu: bool):
+    def __init__(
+        self,
+        model_fn: ModelFn,
+        diffusion: DiffusionConfig,
+        threads: int,
+        gpu: bool,
+        options: InferenceOptions,
+    ) -> None:
         torch.set_num_threads(max(1, threads))
-        self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
-        self.model = model_fn().to(self.device).eval()
+        self.device = pick_device(gpu, "evaluate.use_gpu")
+        configure_backends(self.device, deterministic=True)
+        self.model = options.wrap(model_fn(), self.device)
         self.diffusion = GaussianDiffusion.from_config(diffusion)
 
-    def run(self, images: torch.Tensor, seed: int, index: int) -> tuple[int, dict[str, np.ndarray]]:
-        return index, bpd_chunk(self.model, self.diffusion, images, seed, index, self.device)
+    def run(
+        self, images: torch.Tensor, seed: int, chunk: int, first: int
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        """Chunk number `chunk`: images first .. first + B - 1 of the evaluated set."""
+        return chunk, bpd_chunk(self.model, self.diffusion, images, seed, first, self.device)
 
 
 def gather_chunks(parts: dict[int, dict[str, np.ndarray]]) -> BpdResult:
@@ -128,10 +145,11 @@ def evaluate_bpd(
     num_workers: int,
     cpus_per_worker: float = 1.0,
     use_gpu: bool = False,
+    options: InferenceOptions = EAGER_FP32,
 ) -> BpdResult:
     """The bound on uint8 (N, C, H, W) images over `num_workers` Ray actors (order preserved).
 
-    Chunk k = images[k*chunk_size : (k+1)*chunk_size] with noise seeded by (seed, k).
+    Chunk k = images[k*chunk_size : (k+1)*chunk_size]; image i's noise is keyed by (seed, i).
     """
     import ray
     from ray.util import ActorPool
@@ -144,11 +162,14 @@ def evaluate_bpd(
     workers = min(num_workers, len(chunks))
     actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=1 if use_gpu else 0)(BpdWorker)
     threads = max(1, int(cpus_per_worker))
-    actors = [actor_cls.remote(model_fn, diffusion, threads, use_gpu) for _ in range(workers)]
+    actors = [
+        actor_cls.remote(model_fn, diffusion, threads, use_gpu, options) for _ in range(workers)
+    ]
     pool = ActorPool(actors)
-    jobs = [(c, i) for i, c in enumerate(chunks)]
+    jobs = [(c, k, k * chunk_size) for k, c in enumerate(chunks)]
     parts: dict[int, dict[str, np.ndarray]] = {}
-    for index, part in pool.map_unordered(lambda a, job: a.run.remote(job[0], seed, job[1]), jobs):
+    run = lambda a, job: a.run.remote(job[0], seed, job[1], job[2])  # noqa: E731
+    for index, part in pool.map_unordered(run, jobs):
         parts[index] = part
         log.info("bpd chunk %d/%d done", len(parts), len(chunks))
     for actor in actors:

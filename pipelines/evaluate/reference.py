@@ -111,7 +111,7 @@ def compute_reference_stats(
 ) -> tuple[ReferenceStats, ...]:
     """Reference statistics of every split FID uses (Ray connected), cached in `fid_stats`."""
     cfg = params.evaluate
-    extract = ray_extractor(cfg.num_workers, cfg.cpus_per_worker)
+    extract = ray_extractor(cfg.num_workers, cfg.cpus_per_worker, cfg.use_gpu)
     shards, stats_dir = root / params.paths.shards, root / params.paths.fid_stats
     return tuple(
         reference_stats(shards, stats_dir, split, cfg.fid_reference_images, weights, extract)

@@ -9,6 +9,7 @@ and the paper's Table 4 rows and Fig. 5. `EvaluateResult` is the typed record of
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from pipelines.evaluate.report import (
     table4_metrics,
     write_rate_distortion,
 )
+from pipelines.infra.accel import InferenceOptions
 from pipelines.infra.ray import init_ray
 from pipelines.infra.tracking import Tracker, numeric
 
@@ -109,18 +111,43 @@ class IscResult:
 
 @dataclass(frozen=True)
 class NllResult:
-    """The bound on real images of `split`, and how fast it was computed."""
+    """The bound on real images: the headline split, and with `evaluate.nll_split: both` the
+    training split beside the test split and the gap (train - test)."""
 
-    bound: NllSummary
-    split: str
+    bound: NllSummary  # the headline: test, or train with nll_split train (or no test split)
+    split: str  # the headline's split
     images_per_s: float
+    train: NllSummary | None = None  # with nll_split both
 
     def metrics(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             **self.bound.metrics(),
-            "nll_split": self.split,
+            "nll_split": self.split if self.train is None else "both",
             "nll_images_per_s": self.images_per_s,
         }
+        if self.train is not None:
+            gap = self.train.bpd - self.bound.bpd
+            out |= {
+                "nll_test_bpd": self.bound.bpd,
+                "nll_test_bpd_sem": self.bound.sem,
+                "nll_train_bpd": self.train.bpd,
+                "nll_train_bpd_sem": self.train.sem,
+                "nll_train_images": self.train.images,
+                "nll_gap_bpd": gap,  # train - test: < 0 when the model fits train better
+                "nll_gap_bpd_sem": math.hypot(self.train.sem, self.bound.sem),
+            }
+        return out
+
+    def summary(self) -> str:
+        n = self.bound
+        text = f"NLL {n.bpd:.4f} +- {n.sem:.4f} bits/dim on {n.images} {self.split} images"
+        if self.train is not None:
+            t = self.train
+            text += (
+                f" (train {t.bpd:.4f} +- {t.sem:.4f} on {t.images}; "
+                f"gap train - test {t.bpd - n.bpd:+.4f})"
+            )
+        return text
 
 
 @dataclass(frozen=True)
@@ -147,12 +174,11 @@ class EvaluateResult:
         }
 
     def summary(self) -> str:
-        f, n = self.fid, self.nll.bound
+        f = self.fid
         return (
             f"FID {f.headline.fid:.3f} vs {f.reference} ({f.images} samples, "
-            f"{f.inception_weights}); IS {self.isc.summary()}; NLL {n.bpd:.4f} +- {n.sem:.4f} "
-            f"bits/dim on {n.images} {self.nll.split} images\n{f.comparability} "
-            f"(MLflow run {self.run_id})"
+            f"{f.inception_weights}); IS {self.isc.summary()}; {self.nll.summary()}\n"
+            f"{f.comparability} (MLflow run {self.run_id})"
         )
 
 
@@ -190,7 +216,7 @@ def fid_and_isc(
     images = samples.load_samples(samples_dir, n)  # (n, C, H, W) uint8
     want = (POOL3, LOGITS) if cfg.isc and weights.has_logits else (POOL3,)
     t0 = time.perf_counter()
-    feats = ray_extractor(cfg.num_workers, cfg.cpus_per_worker)(images, weights, want)
+    feats = ray_extractor(cfg.num_workers, cfg.cpus_per_worker, cfg.use_gpu)(images, weights, want)
     rate = n / (time.perf_counter() - t0)
     ours = feature_stats(feats[POOL3], f"{n} samples in {samples_dir}")
     splits = []
@@ -203,15 +229,36 @@ def fid_and_isc(
     return result, isc_result(params, weights, feats.get(LOGITS))
 
 
-def nll_result(params: Params, root: Path) -> tuple[NllResult, BpdResult]:
-    """The bound (L_T + sum L_{t-1} + L_0, eq. 5) on the first `nll_images` test images."""
-    cfg = params.evaluate
+def nll_splits(params: Params, root: Path) -> tuple[str, ...]:
+    """The splits `evaluate.nll_split` asks for, headline first; checked before Ray starts.
+
+    Without test images (no or an empty test split), `test` falls back to train (as before);
+    `both` is an error.
+    """
     shards_dir = root / params.paths.shards
-    split = "test" if "test" in shards.read_manifest(shards_dir)["splits"] else "train"
-    images, _ = shards.load_split(shards_dir, split, max_images=cfg.nll_images)  # (N, C, H, W)
+    splits = shards.read_manifest(shards_dir)["splits"]
+    have = {name for name, split in splits.items() if split["num_images"] > 0}
+    want = params.evaluate.nll_split
+    if want == "both":
+        if "test" not in have or "train" not in have:
+            raise ValueError(
+                f"evaluate.nll_split: 'both' needs a train and a test split but "
+                f"{shards_dir}/manifest.json has {sorted(have)}; use 'test' or 'train'"
+            )
+        return ("test", "train")
+    if want == "test" and "test" not in have:
+        return ("train",)
+    return (want,)
+
+
+def split_bpd(params: Params, root: Path, split: str) -> tuple[BpdResult, float]:
+    """The bound (L_T + sum L_{t-1} + L_0, eq. 5) on the first `nll_images` of `split`, and
+    images/s."""
+    cfg = params.evaluate
+    images, _ = shards.load_split(root / params.paths.shards, split, max_images=cfg.nll_images)
     t0 = time.perf_counter()
     bpd = evaluate_bpd(
-        images,
+        images,  # (N, C, H, W) uint8
         EmaModelLoader(params, str(root / params.paths.model)),
         params.diffusion,
         seed=params.seed,
@@ -219,20 +266,31 @@ def nll_result(params: Params, root: Path) -> tuple[NllResult, BpdResult]:
         num_workers=cfg.num_workers,
         cpus_per_worker=cfg.cpus_per_worker,
         use_gpu=cfg.use_gpu,
+        options=InferenceOptions(cfg.nll_precision, cfg.nll_channels_last, cfg.nll_compile),
     )
-    rate = len(images) / (time.perf_counter() - t0)
-    return NllResult(bpd.summary(), split, rate), bpd
+    return bpd, len(images) / (time.perf_counter() - t0)
+
+
+def nll_result(params: Params, root: Path, splits: tuple[str, ...]) -> tuple[NllResult, BpdResult]:
+    """The bound on each of `splits` (headline first); the headline's per-image terms feed the
+    rate-distortion figure, so it stays on the test split whenever that is evaluated."""
+    headline, rate = split_bpd(params, root, splits[0])
+    train = split_bpd(params, root, "train")[0].summary() if len(splits) > 1 else None
+    result = NllResult(headline.summary(), splits[0], rate, train)
+    return result, headline
 
 
 def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult:
     """FID/IS + NLL + rate-distortion, logged to `tracker`; the samples are checked first."""
     n = check_counts(params, root / params.paths.samples)  # before Ray starts
+    splits = nll_splits(params, root)
     weights = resolve_weights(params.evaluate, default_cache_dir())
     init_ray(params.ray)
     t0 = time.perf_counter()
     fid_res, isc_res = fid_and_isc(params, root, weights, n)
-    nll_res, bpd = nll_result(params, root)
-    figures = write_rate_distortion(bpd, root / params.paths.plots, data_label(params))
+    nll_res, bpd = nll_result(params, root, splits)
+    label = data_label(params) + ("" if nll_res.split == "test" else f", {nll_res.split} split")
+    figures = write_rate_distortion(bpd, root / params.paths.plots, label)
     result = EvaluateResult(
         fid_res,
         isc_res,

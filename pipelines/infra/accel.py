@@ -1,4 +1,4 @@
-"""GPU execution options in one place: TF32, bf16 autocast, channels_last and torch.compile.
+"""Execution options of the network in one place: bf16 autocast, channels_last, torch.compile.
 
 Training, sampling and NLL choose them by params; every option also runs on CPU (bf16 autocast
 and `torch.compile` exist there too), so the tests exercise the same code paths.
@@ -8,28 +8,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar, get_args
 
 import torch
 from torch import Tensor, nn
 
+from pipelines.config import CompileMode, Precision
+
 F = TypeVar("F", bound=Callable[..., Any])
-Precision = Literal["fp32", "bf16"]
-# False = eager; "default" = Inductor kernels; "reduce-overhead" = Inductor + CUDA graphs
-# (one graph replay per call: what makes a small per-GPU batch fast).
-CompileMode = Literal[False, "default", "reduce-overhead"]
-COMPILE_MODES: tuple[CompileMode, ...] = (False, "default", "reduce-overhead")
-
-
-def configure_backends(device: torch.device) -> None:
-    """TF32 tensor cores for fp32 matmuls and convolutions on CUDA (bf16 runs are unaffected).
-
-    The only place the project sets these process-wide switches.
-    """
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+COMPILE_MODES: tuple[CompileMode, ...] = get_args(CompileMode)
 
 
 def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -64,6 +52,18 @@ def mark_step(mode: CompileMode) -> None:
     """Tell CUDA-graph trees a new iteration starts (outputs of the previous one may be reused)."""
     if mode == "reduce-overhead":
         torch.compiler.cudagraph_mark_step_begin()
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How sampling / NLL actors run the network (the sample.* / evaluate.nll_* params)."""
+
+    precision: Precision = "fp32"
+    channels_last: bool = False
+    compile: CompileMode = False
+
+    def wrap(self, model: nn.Module, device: torch.device) -> InferenceModel:
+        return InferenceModel(model, device, self.precision, self.channels_last, self.compile)
 
 
 class InferenceModel(nn.Module):

@@ -21,6 +21,19 @@ from typing import Any
 TEMP_PREFIX = "."  # temporaries are hidden siblings: `.<name>.<random>/<name>`
 
 
+def shared_root(root: Path) -> Path:
+    """Where state shared by every run of this repository lives: the MLflow store, Ray storage.
+
+    `root` is the folder DVC runs the stage in, where its outputs belong. `dvc exp run --temp`
+    and `--queue` run stages in a temporary copy (`.dvc/tmp/exps/...`) and set `DVC_ROOT` to the
+    main workspace: relative `mlflow.db`, `mlartifacts/` and `paths.ray_storage` resolve there, so
+    every experiment's runs land in one store and a retried queued run resumes from its
+    checkpoints. Outside DVC it is `root`.
+    """
+    dvc_root = os.environ.get("DVC_ROOT")
+    return Path(dvc_root).resolve() if dvc_root else root
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path with `final`'s name; on success it replaces `final` (file or folder).

@@ -24,7 +24,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import MlflowConfig, Params, flatten, to_dict
-from pipelines.infra.files import write_json
+from pipelines.infra.files import shared_root, write_json
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,15 @@ MAX_PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 def tracking_uri(cfg: MlflowConfig, root: Path) -> str:
     """params `mlflow.tracking_uri` > `MLFLOW_TRACKING_URI` > `sqlite:///<root>/mlflow.db`.
 
-    Relative sqlite paths are made absolute: Ray workers `chdir` into per-run folders, where a
-    relative URI would silently create a second database.
+    Relative sqlite paths are made absolute against the shared root (`shared_root`: the main
+    workspace, also for `dvc exp run --temp/--queue`): Ray workers `chdir` into per-run folders,
+    and DVC's temporary workspaces are deleted, where a relative URI would silently create a
+    second database.
     """
     uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + str((root / uri[len(prefix) :]).resolve())
+        uri = prefix + str((shared_root(root) / uri[len(prefix) :]).resolve())
     return uri
 
 
@@ -48,7 +50,7 @@ def _artifact_location(uri: str, root: Path) -> str | None:
     """Local stores keep artifacts in `<root>/mlartifacts`; a server decides for itself."""
     if uri.startswith(("http://", "https://", "databricks")):
         return None
-    return (root / "mlartifacts").resolve().as_uri()
+    return (shared_root(root) / "mlartifacts").resolve().as_uri()
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str, root: Path) -> str:
@@ -170,18 +172,49 @@ def run_file(params: Params, stage: str, root: Path) -> Path:
     return root / params.paths.runs / f"{stage}.json"
 
 
-def write_run_file(params: Params, stage: str, tracker: Tracker, root: Path) -> None:
+def write_run_file(
+    params: Params,
+    stage: str,
+    tracker: Tracker,
+    root: Path,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """The hand-off file, with the stage's `details` (texts, hashes, timings) when it has any."""
     run = tracker.client.get_run(tracker.run_id)
-    info = {"run_id": tracker.run_id, "experiment_id": run.info.experiment_id, "uri": tracker.uri}
+    info: dict[str, Any] = {
+        "run_id": tracker.run_id,
+        "experiment_id": run.info.experiment_id,
+        "uri": tracker.uri,
+    }
+    if details:
+        info["details"] = dict(details)
     write_json(run_file(params, stage, root), info)
 
 
-def read_run_file(params: Params, stage: str, root: Path) -> dict[str, str] | None:
+def read_run_file(params: Params, stage: str, root: Path) -> dict[str, Any] | None:
     path = run_file(params, stage, root)
     if not path.exists():
         return None
-    info: dict[str, str] = json.loads(path.read_text())
+    info: dict[str, Any] = json.loads(path.read_text())
     return info
+
+
+TIMINGS = ("_time_s", "_per_s")  # wall_time_s, images_per_s, ...: vary run to run
+
+
+def split_metrics(record: Mapping[str, Any]) -> tuple[dict[str, float | int], dict[str, Any]]:
+    """(numbers, details) of a stage's record: the numbers go to the DVC metrics file, so
+    `dvc exp show` and `dvc metrics diff` stay readable; texts (comparability, statuses), hashes,
+    flags and timings go to `details` in the non-metrics `runs/<stage>.json`."""
+    numbers: dict[str, float | int] = {}
+    details: dict[str, Any] = {}
+    for key, value in record.items():
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if is_number and not key.endswith(TIMINGS):
+            numbers[key] = value
+        else:
+            details[key] = value
+    return numbers, details
 
 
 def open_child_run(params: Params, stage: str, root: Path, parent_stage: str = "train") -> Tracker:
@@ -215,17 +248,20 @@ def run_tracked(
     """`run(params, root, tracker)` inside the MLflow run `tracker`, the one place that writes
     a stage's metrics file (`<paths.metrics>/<result.metrics_file>`, also logged to the run).
 
-    The run ends FINISHED and `runs/<stage>.json` hands it on, or FAILED if anything raises.
+    The metrics file holds the record's numbers; its texts, hashes and timings (`split_metrics`)
+    go with the run id into `runs/<stage>.json`. The run ends FINISHED and that file hands it
+    on, or FAILED if anything raises.
     """
     try:
         result = run(params, root, tracker)
-        path = write_json(root / params.paths.metrics / result.metrics_file, result.metrics())
+        numbers, details = split_metrics(result.metrics())
+        path = write_json(root / params.paths.metrics / result.metrics_file, numbers)
         tracker.log_artifact(path, stage)
     except BaseException:
         tracker.finish("FAILED")
         raise
     tracker.finish("FINISHED")
-    write_run_file(params, stage, tracker, root)
+    write_run_file(params, stage, tracker, root, details)
     return result
 
 

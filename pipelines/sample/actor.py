@@ -20,6 +20,8 @@ from ddpm_core.sampling import sample_indices
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.artifacts.samples import ShardSpec, verify_shard, write_shard
 from pipelines.config import Params, from_dict
+from pipelines.infra.accel import InferenceModel, InferenceOptions
+from pipelines.infra.device import configure_backends, pick_device
 
 
 def image_shape(params: Params) -> tuple[int, int, int]:
@@ -31,13 +33,11 @@ def build_diffusion(params: Params) -> GaussianDiffusion:
     return GaussianDiffusion.from_config(params.diffusion).respaced(params.sample.stride)
 
 
-def pick_device(use_gpu: bool) -> torch.device:
-    if not use_gpu:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("sample.use_gpu is true but this Ray worker has no CUDA device")
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    return torch.device("cuda")
+def sampler_model(params: Params, model_dir: Path, device: torch.device) -> InferenceModel:
+    """The EMA U-Net with the sample.* execution options (bf16, channels_last, compile)."""
+    cfg = params.sample
+    options = InferenceOptions(cfg.precision, cfg.channels_last, cfg.compile)
+    return options.wrap(load_ema_model(params, model_dir), device)
 
 
 class SamplerActor:
@@ -46,8 +46,9 @@ class SamplerActor:
     def __init__(self, params: dict[str, Any], model_dir: str, out_dir: str) -> None:
         self.params = from_dict(Params, params)
         torch.set_num_threads(max(1, int(self.params.sample.cpus_per_worker)))
-        self.device = pick_device(self.params.sample.use_gpu)
-        self.model = load_ema_model(self.params, Path(model_dir)).to(self.device)
+        self.device = pick_device(self.params.sample.use_gpu, "sample.use_gpu")
+        configure_backends(self.device, deterministic=True)  # same images on every rerun
+        self.model = sampler_model(self.params, Path(model_dir), self.device)
         self.diffusion = build_diffusion(self.params)
         self.out_dir = Path(out_dir)
         self.shape = image_shape(self.params)

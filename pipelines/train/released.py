@@ -16,8 +16,7 @@ import torch
 
 from ddpm_core.config import ConfigError
 from ddpm_core.convert import state_dict_from_diffusers, unet_config_from_diffusers
-from ddpm_core.unet import UNet
-from pipelines.artifacts.model_dir import write_model_dir
+from pipelines.artifacts.model_dir import build_unet, model_out_channels, write_model_dir
 from pipelines.config import Params
 from pipelines.infra.tracking import Tracker
 from pipelines.train.export import LOSS_CSV, write_loss_csv
@@ -64,6 +63,8 @@ def _check_matches(kwargs: dict[str, Any], params: Params, where: Path) -> None:
     """The released architecture must be the one params describe (sample/evaluate rebuild it)."""
     want = {
         "in_channels": params.data.channels,
+        # 2C with diffusion.var_type learned (the mean part and log sigma^2), else C
+        "out_channels": model_out_channels(params),
         "resolution": params.data.resolution,
         "ch": params.unet.ch,
         "ch_mult": params.unet.ch_mult,
@@ -98,7 +99,7 @@ def import_released(
     released model exactly as they use trained EMA weights; the loss history is empty.
     """
     check_released(params, checkpoint)
-    model = UNet.from_config(params.unet, params.data.channels, params.data.resolution)
+    model = build_unet(params)
     model.load_state_dict(state_dict_from_diffusers(_diffusers_state_dict(checkpoint)))
     source = f"released: {checkpoint.resolve()}"
     model_dir = resolve(root, params.paths.model)

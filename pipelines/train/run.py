@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from pipelines.artifacts.shards import MANIFEST, read_manifest
 from pipelines.config import Params
-from pipelines.infra.files import file_digest, write_json
+from pipelines.infra.files import file_digest, shared_root, write_json
 from pipelines.infra.ray import check_fits, init_ray
 from pipelines.infra.tracking import Tracker, open_run
 from pipelines.train.step import NonFiniteLossError
@@ -179,7 +179,7 @@ def plan_run(params: Params, root: Path) -> TrainPlan:
     shards = resolve(root, params.paths.shards)
     manifest_sha1 = file_digest(shards / MANIFEST, "sha1")
     key = run_key(params, manifest_sha1)
-    storage = resolve(root, params.paths.ray_storage)
+    storage = resolve(shared_root(root), params.paths.ray_storage)  # shared by DVC experiments
     return TrainPlan(key, f"ddpm-train-{key}", storage, shards, manifest_sha1)
 
 

@@ -24,8 +24,9 @@ from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.ema import EMA
 from ddpm_core.rng import seeded_generator
 from ddpm_core.unet import UNet
-from pipelines.config import Params, TrainConfig
-from pipelines.infra.accel import CompileMode, compile_fn, mark_step
+from pipelines.artifacts.model_dir import build_unet
+from pipelines.config import CompileMode, Params, TrainConfig
+from pipelines.infra.accel import compile_fn, mark_step
 from pipelines.train.checkpoint import load_training_state, save_training_state
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def build_model(params: Params) -> UNet:
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed)
-        return UNet.from_config(params.unet, params.data.channels, params.data.resolution)
+        return build_unet(params)
 
 
 @dataclass

@@ -26,7 +26,8 @@ from ddpm_core.rng import mix_seed
 from ddpm_core.sampling import sample_indices
 from pipelines.config import Params, from_dict
 from pipelines.data.stream import train_batches
-from pipelines.infra.accel import CompileMode, autocast, configure_backends
+from pipelines.infra.accel import autocast
+from pipelines.infra.device import configure_backends
 from pipelines.infra.figures import save_grid
 from pipelines.infra.tracking import Tracker
 from pipelines.train.run import RunFolder
@@ -80,7 +81,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(mix_seed(params.seed, world, rank, SEED_DROPOUT))
         configure_backends(device)
-        state = make_state(params, device, rank, world, compile_mode=_compile_mode(params))
+        state = make_state(params, device, rank, world, compile_mode=params.train.compile)
         resumed_from, last_ckpt = _restore(state, rank)
         if rank == 0:  # the driver reports where the last attempt started (train.json)
             RunFolder(Path(spec.run_dir)).begin_attempt(resumed_from)
@@ -109,11 +110,6 @@ def _restore(state: TrainState, rank: int) -> tuple[int, str | None]:
     if rank == 0:
         log.info("resumed from %s at step %d", ckpt.path, state.step)
     return state.step, str(ckpt.path)
-
-
-def _compile_mode(params: Params) -> CompileMode:
-    mode = params.train.compile
-    return "default" if mode is True else mode
 
 
 def _wrap(state: TrainState, params: Params, device: torch.device) -> None:

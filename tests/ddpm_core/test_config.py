@@ -18,11 +18,22 @@ UNET = dataclasses.asdict(PAPER_UNET)
     [
         ("T", 0, "diffusion.T: got 0, expected an int >= 1"),
         ("beta_end", 1.0, "diffusion.beta_start/beta_end: got (0.0001, 1.0)"),
+        (
+            "var_type",
+            "learned",
+            "diffusion.var_type/loss_type: got ('learned', 'mse'), expected "
+            "loss_type 'kl' with var_type 'learned'",
+        ),
     ],
 )
 def test_diffusion_config_names_the_key(key: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         DiffusionConfig(**{**DIFFUSION, key: value})  # type: ignore[arg-type]
+
+
+def test_learned_variance_is_accepted_with_the_bound() -> None:
+    cfg = DiffusionConfig(**{**DIFFUSION, "var_type": "learned", "loss_type": "kl"})
+    assert cfg.var_type == "learned"
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,10 @@ def test_params_yaml_round_trips() -> None:
         ("sample.ddim_eta", 1.5, "sample.ddim_eta: got 1.5, expected 0 <= eta <= 1"),
         ("quality.steps", [10, 30], "quality.steps: got [10, 30], expected step counts that"),
         ("quality.reverse_every", -1, "quality.reverse_every: got -1, expected an int >= 0"),
+        ("train.compile", True, "train.compile: got True, expected one of [False, 'default',"),
+        ("train.compile", 0, "train.compile: got 0, expected one of"),  # 0 == False, not a bool
+        ("sample.precision", "fp16", "sample.precision: got 'fp16', expected one of"),
+        ("evaluate.nll_compile", "max", "evaluate.nll_compile: got 'max', expected one of"),
     ],
 )
 def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:

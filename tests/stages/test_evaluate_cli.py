@@ -23,7 +23,10 @@ MakeParams = Callable[..., Params]
 
 @pytest.fixture
 def params(make_params: MakeParams, converted_path: Path) -> Params:
-    return make_params({"evaluate.inception_weights": str(converted_path)})
+    # nll_split both: the default (test) runs in the end-to-end test of the micro profile
+    return make_params(
+        {"evaluate.inception_weights": str(converted_path), "evaluate.nll_split": "both"}
+    )
 
 
 def test_missing_samples_fail_before_ray_naming_the_stage(
@@ -58,11 +61,16 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     assert sorted(Path(params.paths.fid_stats).glob("*.npz")) == stats  # reused, not recomputed
 
     m = json.loads((Path(params.paths.metrics) / "eval.json").read_text())
+    assert all(isinstance(v, int | float) for v in m.values())  # numbers only
+    m |= json.loads((Path(params.paths.runs) / "evaluate.json").read_text())["details"]
     assert m["fid"] == m["fid_train"] > 0 and m["fid_test"] > 0
     assert m["fid_images"] == 8 and m["fid_train_reference_images"] == 16
     assert m["isc_status"].startswith("unavailable") and "isc_mean" not in m
-    assert 0 < m["nll_bpd"] < 100 and m["nll_images"] == 4 and m["nll_split"] == "test"
-    assert m["nll_bpd_sem"] > 0
+    assert 0 < m["nll_bpd"] < 100 and m["nll_images"] == 4 and m["nll_split"] == "both"
+    assert m["nll_bpd_sem"] > 0 and m["nll_test_bpd"] == m["nll_bpd"]  # headline: test split
+    assert 0 < m["nll_train_bpd"] < 100 and m["nll_train_images"] == 4
+    assert m["nll_gap_bpd"] == pytest.approx(m["nll_train_bpd"] - m["nll_test_bpd"])
+    assert "gap train - test" in out
     assert m["rd_rate_bpd_step20"] > m["rd_rate_bpd_step2"] >= 0
     assert "data.source=digits" in m["comparability"]
     with (Path(params.paths.plots) / "rate_distortion.csv").open() as f:
@@ -76,6 +84,7 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     assert run.data.tags["fid.comparability"] == m["comparability"]
     assert run.data.metrics["fid"] == pytest.approx(m["fid"])
     assert run.data.metrics["nll_bpd"] == pytest.approx(m["nll_bpd"])
+    assert run.data.metrics["nll_gap_bpd"] == pytest.approx(m["nll_gap_bpd"])
     names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
     assert names == {
         "evaluate/eval.json",

@@ -66,3 +66,16 @@ def test_architecture_mismatch_and_missing_files_are_named(
     with pytest.raises(FileNotFoundError, match=r"nowhere/config.json: not found"):
         import_diffusers.main(["--params", path, "--checkpoint", str(tmp_path / "nowhere")])
     assert not Path(make_params().paths.model).exists()
+
+
+def test_learned_variance_needs_a_2c_output_model(tmp_path: Path, make_params: MakeParams) -> None:
+    """A learned Sigma reads 2C outputs: a released C-output model is refused, a 2C one loads."""
+    learned = {**MATCHING, "diffusion.var_type": "learned", "diffusion.loss_type": "kl"}
+    path = str(params_file(make_params(learned), tmp_path / "p.yaml"))
+    random_diffusers(SMALL).save_pretrained(tmp_path / "c")
+    with pytest.raises(ConfigError, match=r"has out_channels=1 but params give 2"):
+        import_diffusers.main(["--params", path, "--checkpoint", str(tmp_path / "c")])
+    random_diffusers({**SMALL, "out_channels": 2}).save_pretrained(tmp_path / "2c")
+    assert import_diffusers.main(["--params", path, "--checkpoint", str(tmp_path / "2c")]) == 0
+    model = load_ema_model(make_params(learned), Path(make_params().paths.model))
+    assert model.out_channels == 2

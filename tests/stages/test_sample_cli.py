@@ -63,7 +63,8 @@ def test_run_logs_to_a_child_of_the_train_run(
     assert "8 images (ancestral, all 20 steps" in capsys.readouterr().out
 
     metrics = json.loads((Path(params.paths.metrics) / "sample.json").read_text())
-    assert metrics["paper_sampler"] is True and metrics["num_images"] == 8
+    details = json.loads((Path(params.paths.runs) / "sample.json").read_text())["details"]
+    assert details["paper_sampler"] is True and metrics["num_images"] == 8
     assert load_samples(params.paths.samples).shape == (8, 1, 8, 8)
     run_info = json.loads((Path(params.paths.runs) / "sample.json").read_text())
     client = MlflowClient(tracking_uri(params.mlflow, tmp_path))
@@ -71,7 +72,7 @@ def test_run_logs_to_a_child_of_the_train_run(
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == train.run_id
     assert run.data.metrics["images_per_s"] > 0 and run.data.metrics["num_images"] == 8
-    assert run.data.tags["samples.ordered_hash"] == metrics["ordered_hash"]
+    assert run.data.tags["samples.ordered_hash"] == details["ordered_hash"]
     names = {a.path for a in client.list_artifacts(run.info.run_id, "sample")}
     assert names == {
         "sample/sample_grid.png",

@@ -14,6 +14,7 @@ from ddpm_core.unet import UNet
 from pipelines.artifacts.model_dir import (
     CONFIG_FILE,
     WEIGHTS_FILE,
+    build_unet,
     load_ema_model,
     load_weights,
     save_weights,
@@ -105,6 +106,33 @@ def test_config_mismatch_names_config_and_key(make_params: MakeParams) -> None:
     load_ema_model(
         make_params({"diffusion.var_type": "fixedsmall"}), Path(make_params().paths.model)
     )
+
+
+LEARNED = {"diffusion.var_type": "learned", "diffusion.loss_type": "kl"}
+
+
+def test_learned_variance_model_has_2c_outputs_and_round_trips(make_params: MakeParams) -> None:
+    params = make_params(LEARNED)
+    model = build_unet(params)
+    assert model.out_channels == 2 * params.data.channels == 2  # mean part + log sigma^2
+    model_dir = make_model_dir(params)
+    assert json.loads((model_dir / CONFIG_FILE).read_text())["diffusion"]["var_type"] == "learned"
+    loaded = load_ema_model(params, model_dir)
+    x, t = torch.zeros(2, 1, 8, 8), torch.tensor([0, 5])
+    assert loaded(x, t).shape == (2, 2, 8, 8)
+
+
+def test_learned_and_fixed_variance_models_do_not_load_as_each_other(
+    make_params: MakeParams,
+) -> None:
+    learned, fixed = make_params(LEARNED), make_params()
+    make_model_dir(learned)
+    with pytest.raises(ConfigError, match=r"config.json: .*var_type='learned' but params have "
+                                          r"'fixedlarge'.*output channels"):  # fmt: skip
+        load_ema_model(fixed, Path(fixed.paths.model))
+    make_model_dir(fixed)
+    with pytest.raises(ConfigError, match=r"var_type='fixedlarge' but params have 'learned'"):
+        load_ema_model(learned, Path(learned.paths.model))
 
 
 def test_weights_that_do_not_fit_the_config_name_the_file(make_params: MakeParams) -> None:

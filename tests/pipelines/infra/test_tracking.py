@@ -15,10 +15,12 @@ from mlflow.tracking import MlflowClient
 from pipelines.config import MlflowConfig, Params
 from pipelines.infra.tracking import (
     Tracker,
+    _artifact_location,
     open_child_run,
     open_run,
     read_run_file,
     run_tracked,
+    split_metrics,
     tracking_uri,
     write_run_file,
 )
@@ -48,6 +50,27 @@ def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert tracking_uri(cfg, tmp_path) == f"sqlite:///{tmp_path.resolve()}/rel/x.db"
 
 
+def test_local_store_is_shared_by_dvc_temporary_workspaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `dvc exp run --temp/--queue` a stage runs in a temporary copy while `DVC_ROOT` names
+    the main workspace: the relative sqlite store and its artifacts resolve there."""
+    main, temp = tmp_path / "main", tmp_path / "main" / ".dvc" / "tmp" / "exps" / "tmp1"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(main))
+    cfg = MlflowConfig(tracking_uri=None, experiment="e")
+    assert tracking_uri(cfg, temp) == f"sqlite:///{main.resolve()}/mlflow.db"
+    assert _artifact_location(tracking_uri(cfg, temp), temp) == (main / "mlartifacts").as_uri()
+
+
+def test_split_metrics_keeps_numbers_and_moves_texts_flags_and_timings() -> None:
+    record = {"fid": 3.2, "steps": 10, "ok": True, "comparability": "NOT comparable: x"}
+    record |= {"wall_time_s": 1.5, "images_per_s": 9.0, "ordered_hash": "ab" * 32}
+    numbers, details = split_metrics(record)
+    assert numbers == {"fid": 3.2, "steps": 10}
+    assert set(details) == {"ok", "comparability", "wall_time_s", "images_per_s", "ordered_hash"}
+
+
 def test_stage_runs_nest_under_train(tmp_path: Path, make_params: Callable[..., Params]) -> None:
     params = make_params()
     train = open_run(params, "train", tmp_path)
@@ -58,7 +81,8 @@ def test_stage_runs_nest_under_train(tmp_path: Path, make_params: Callable[..., 
     result = run_tracked(params, tmp_path, "sample", child, _stage)
     assert result.run_id == child.run_id
     written = json.loads((Path(params.paths.metrics) / "fake.json").read_text())
-    assert written == {"images": 3, "label": "x"}
+    assert written == {"images": 3}  # numbers only: `dvc exp show` stays readable
+    assert read_run_file(params, "sample", tmp_path)["details"] == {"label": "x"}  # type: ignore[index]
     client = MlflowClient(train.uri)
     run = client.get_run(child.run_id)
     assert run.data.metrics["images"] == 3.0

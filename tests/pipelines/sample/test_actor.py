@@ -12,7 +12,7 @@ from ddpm_core.sampling import sample_indices
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.artifacts.samples import ShardSpec, read_shard_images
 from pipelines.config import Params, to_dict
-from pipelines.sample.actor import SamplerActor, build_diffusion, image_shape
+from pipelines.sample.actor import SamplerActor, build_diffusion, image_shape, sampler_model
 from tests.helpers import make_model_dir
 
 
@@ -60,3 +60,18 @@ def test_actor_samples_with_ddim_when_selected(make_params: Callable[..., Params
     assert (plan["sampler"], plan["ddim_eta"]) == ("ddim", 0.5)
     paper = make_params({"sample.stride": 5})
     assert "sampler" not in sampling_plan(paper, model_dir / WEIGHTS_FILE)  # unchanged plan
+
+
+def test_actor_runs_the_network_with_the_sample_options(make_params: Callable[..., Params]) -> None:
+    """bf16 autocast + channels_last on CPU: a real sample, close to (not equal to) fp32's."""
+    fast = make_params(
+        {"sample.stride": 5, "sample.precision": "bf16", "sample.channels_last": True}
+    )
+    model_dir = make_model_dir(fast)
+    wrapped = sampler_model(fast, model_dir, torch.device("cpu"))
+    assert wrapped.precision == "bf16" and wrapped.channels_last
+    plain = load_ema_model(fast, model_dir)
+    a = sample_indices(wrapped, build_diffusion(fast), range(4), fast.seed, image_shape(fast))
+    b = sample_indices(plain, build_diffusion(fast), range(4), fast.seed, image_shape(fast))
+    assert a.shape == b.shape == (4, *image_shape(fast)) and a.dtype == torch.uint8
+    assert (a.float() - b.float()).abs().mean() < 8  # mean |difference| of uint8 levels
