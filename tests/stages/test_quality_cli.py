@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.config import Params
 from pipelines.data.stage import build_shards
-from pipelines.infra.tracking import tracking_uri
+from pipelines.infra.tracking import read_run_file, tracking_uri
 from stages import quality
 from tests.helpers import make_model_dir, params_file
 
@@ -35,8 +35,8 @@ def test_off_by_default_writes_header_only_plots_without_ray(
     plots = Path(params.paths.plots)
     assert _rows(plots / "fid_vs_steps.csv") == (["steps", "fid_ancestral", "fid_ddim"], [])
     assert _rows(plots / "fid_over_reverse.csv") == (["reverse_steps", "t", "fid"], [])
-    m = json.loads((Path(params.paths.metrics) / "quality.json").read_text())
-    assert m["label"].startswith("off")
+    details = read_run_file(params, "quality", tmp_path)["details"]  # type: ignore[index]
+    assert details["label"].startswith("off")  # type: ignore[index]
     assert not ray.is_initialized()
 
 
@@ -68,9 +68,10 @@ def test_both_curves_score_against_the_cached_reference(
     # the 20-step ancestral point, so the same FID
     assert m["x0_fid_t0"] == pytest.approx(m["fid_ancestral_steps20"], rel=1e-9)
     assert m["x0_fid_t10"] != m["x0_fid_t0"]
-    assert "DDIM" in m["label"] and "not the paper" in m["label"] and "4 samples" in m["label"]
     run_info = json.loads((Path(params.paths.runs) / "quality.json").read_text())
+    label = run_info["details"]["label"]
+    assert "DDIM" in label and "not the paper" in label and "4 samples" in label
     client = MlflowClient(tracking_uri(params.mlflow, tmp_path))
     history = client.get_metric_history(run_info["run_id"], "fid_ddim")
     assert sorted(h.step for h in history) == [5, 20]
-    assert client.get_run(run_info["run_id"]).data.tags["quality.label"] == m["label"]
+    assert client.get_run(run_info["run_id"]).data.tags["quality.label"] == label
