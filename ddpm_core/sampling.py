@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import overload
+from typing import Literal, overload
 
 import torch
 from torch import Tensor
@@ -12,6 +12,8 @@ from ddpm_core.diffusion import GaussianDiffusion, Model
 from ddpm_core.rng import CounterNoise
 
 CPU = torch.device("cpu")
+Sampler = Literal["ancestral", "ddim"]
+SAMPLERS: tuple[str, ...] = ("ancestral", "ddim")
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -43,6 +45,8 @@ def sample_indices(
     shape: tuple[int, int, int],
     device: torch.device = ...,
     x0_every: None = ...,
+    sampler: Sampler = ...,
+    eta: float = ...,
 ) -> Tensor: ...
 
 
@@ -56,6 +60,8 @@ def sample_indices(
     device: torch.device = ...,
     *,
     x0_every: int,
+    sampler: Sampler = ...,
+    eta: float = ...,
 ) -> tuple[Tensor, Tensor]: ...
 
 
@@ -68,6 +74,8 @@ def sample_indices(
     shape: tuple[int, int, int],
     device: torch.device = CPU,
     x0_every: int | None = None,
+    sampler: Sampler = "ancestral",
+    eta: float = 0.0,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Samples (N, C, H, W) uint8 for images `indices` of run `seed`, one batch.
 
@@ -75,14 +83,21 @@ def sample_indices(
     (`ddpm_core.rng.CounterNoise`), made on `device` in one batched computation, so image i
     does not depend on the other indices in the batch, the worker count or the device.
     With x0_every = k also returns the predicted x0 frames (K, N, C, H, W) uint8 at
-    `snapshot_timesteps(diffusion, k)`.
+    `snapshot_timesteps(diffusion, k)`. sampler "ddim" runs `ddim_sample_loop` with `eta`
+    (Song et al. 2021: NOT the paper's sampler) over the same timesteps and noise keys.
     """
     if len(indices) == 0:
         raise ValueError("indices: expected at least one image index")
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"shape: expected (C, H, W) with positive sizes, got {shape}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: got {sampler!r}, expected one of {list(SAMPLERS)}")
+    if sampler == "ddim" and x0_every is not None:
+        raise ValueError("x0_every: predicted-x0 frames come from the ancestral sampler only")
     noise = CounterNoise(seed, [int(i) for i in indices], torch.device(device))
     full = (len(indices), *shape)
+    if sampler == "ddim":
+        return to_uint8(diffusion.ddim_sample_loop(model, full, noise_fn=noise, eta=eta))
     if x0_every is None:
         return to_uint8(diffusion.p_sample_loop(model, full, noise_fn=noise))
     x, snaps = diffusion.p_sample_loop(model, full, noise_fn=noise, x0_every=x0_every)

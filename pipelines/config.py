@@ -27,6 +27,7 @@ Precision = Literal["fp32", "bf16"]  # bf16: autocast of the network (its output
 # graphs (one graph replay per call: what makes a small per-GPU batch fast).
 CompileMode = Literal[False, "default", "reduce-overhead"]
 FidReference = Literal["train", "test"]
+Sampler = Literal["ancestral", "ddim"]
 NllSplit = Literal["test", "train", "both"]
 
 
@@ -127,6 +128,8 @@ class SampleConfig:
     use_gpu: bool
     cpus_per_worker: float
     stride: int  # 1 = all T steps (paper); k > 1 = strided timesteps (fast, not paper)
+    sampler: Sampler  # ancestral (paper Algorithm 2) | ddim (Song et al. 2021, not the paper)
+    ddim_eta: float  # DDIM's eta: 0 deterministic, 1 ancestral-like (only with sampler: ddim)
     precision: Precision  # the network in bf16 autocast; the sampler's math stays fp32
     channels_last: bool
     compile: CompileMode
@@ -139,6 +142,7 @@ class SampleConfig:
         check(self.batch_size >= 1, "sample.batch_size", self.batch_size, "an int >= 1")
         check(self.num_workers >= 1, "sample.num_workers", self.num_workers, "an int >= 1")
         check(self.stride >= 1, "sample.stride", self.stride, "an int >= 1")
+        check(0.0 <= self.ddim_eta <= 1.0, "sample.ddim_eta", self.ddim_eta, "0 <= eta <= 1")
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,29 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class QualityConfig:
+    """The quality stage: FID against sampler steps (DDIM vs strided ancestral) and FID of the
+    predicted x0 over the reverse process (paper Fig. 10); both off when empty / 0."""
+
+    steps: tuple[int, ...]  # FID-vs-steps curve: step counts, each dividing diffusion.T; [] = off
+    images: int  # generated images per point of the FID-vs-steps curve
+    reverse_every: int  # Fig. 10: score x0_pred every k reverse steps of the full sampler; 0 = off
+    reverse_images: int  # images of the progressive pass behind Fig. 10
+    batch_size: int
+    use_gpu: bool
+    cpus: float  # CPUs (torch threads) of the one Ray task that samples and scores
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.steps if s < 1]
+        check(not bad, "quality.steps", list(self.steps), "step counts >= 1")
+        check(self.images >= 2, "quality.images", self.images, "an int >= 2")
+        check(self.reverse_every >= 0, "quality.reverse_every", self.reverse_every, "an int >= 0")
+        check(self.reverse_images >= 2, "quality.reverse_images", self.reverse_images, ">= 2")
+        check(self.batch_size >= 1, "quality.batch_size", self.batch_size, "an int >= 1")
+        check(self.cpus > 0, "quality.cpus", self.cpus, "a float > 0")
+
+
+@dataclass(frozen=True)
 class RayConfig:
     """Which Ray cluster: null = `RAY_ADDRESS` if set, else a local one with `num_cpus`."""
 
@@ -201,6 +228,7 @@ class Params:
     train: TrainConfig
     sample: SampleConfig
     evaluate: EvaluateConfig
+    quality: QualityConfig
     ray: RayConfig
     mlflow: MlflowConfig
 
@@ -228,6 +256,13 @@ class Params:
             "data.resolution",
             self.data.resolution,
             f"divisible by 2**(len(unet.ch_mult)-1)={2 ** (len(self.unet.ch_mult) - 1)}",
+        )
+        bad = [s for s in self.quality.steps if s > self.diffusion.T or self.diffusion.T % s]
+        check(
+            not bad,
+            "quality.steps",
+            list(self.quality.steps),
+            f"step counts that divide diffusion.T={self.diffusion.T} (stride = T / steps)",
         )
 
 

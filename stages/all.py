@@ -20,7 +20,7 @@ from pipelines.config import Params
 from pipelines.infra.files import write_json
 from stages.common import parser, repo_root, start
 
-STAGES = ("shard", "train", "sample", "fid_stats", "evaluate")
+STAGES = ("shard", "train", "sample", "fid_stats", "evaluate", "quality")
 log = logging.getLogger("stages.all")
 RECORD = "all.json"
 
@@ -34,7 +34,7 @@ def record_outputs(params: Params, params_file: str, ran: list[str], root: Path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser("Run the DDPM pipeline stages in order (shard, train, sample, fid_stats, evaluate).")
+    p = parser("Run the DDPM pipeline stages in order (shard ... evaluate, quality).")
     p.add_argument(
         "--stages",
         nargs="+",

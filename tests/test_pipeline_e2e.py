@@ -25,7 +25,7 @@ from tests.helpers import REPO, MlflowServer, RayHead
 
 pytestmark = pytest.mark.ray
 BIN = Path(sys.executable).parent
-STAGES = ("shard", "train", "sample", "fid_stats", "evaluate")
+STAGES = ("shard", "train", "sample", "fid_stats", "evaluate", "quality")
 
 
 def copy_repo(dst: Path) -> None:
@@ -106,6 +106,8 @@ def test_repro_runs_every_stage_and_writes_the_outputs(pipeline: Pipeline) -> No
         "plots/rate_distortion.png",
         "plots/rate_distortion.csv",
         "plots/train_loss.csv",
+        "plots/fid_vs_steps.csv",  # the quality stage, off in the micro profile: header only
+        "plots/fid_over_reverse.csv",
         "dvc.lock",
     ):
         assert (root / rel).is_file(), rel
@@ -118,6 +120,7 @@ def test_repro_runs_every_stage_and_writes_the_outputs(pipeline: Pipeline) -> No
     assert all(isinstance(v, int | float) for v in metrics.values())
     shown = pipeline.dvc("metrics", "show", "--json")
     assert '"nll_bpd"' in shown and '"fid_train"' in shown
+    assert '"fid_vs_steps"' in pipeline.dvc("plots", "show", "--json")  # parses when empty too
 
 
 def test_second_repro_does_nothing(pipeline: Pipeline) -> None:

@@ -153,7 +153,7 @@ def ordered_hash(shard_hashes: list[str]) -> str:
 def sampling_plan(params: Params, weights: Path) -> dict[str, Any]:
     """What the shards' pixels depend on; a change invalidates existing shards."""
     c, r = params.data.channels, params.data.resolution
-    return {
+    plan: dict[str, Any] = {
         "seed": params.seed,
         "batch_size": params.sample.batch_size,
         "stride": params.sample.stride,
@@ -161,6 +161,9 @@ def sampling_plan(params: Params, weights: Path) -> dict[str, Any]:
         "diffusion": to_dict(params.diffusion),
         "weights_sha256": file_digest(weights),
     }
+    if params.sample.sampler != "ancestral":  # the paper's sampler keeps the plan it always had
+        plan |= {"sampler": params.sample.sampler, "ddim_eta": params.sample.ddim_eta}
+    return plan
 
 
 def work_dir(out_dir: Path, plan: dict[str, Any]) -> Path:

@@ -41,6 +41,9 @@ def comparability(params: Params, weights: InceptionWeights, samples: int, ref: 
         why.append(f"{samples} samples, not {PAPER_IMAGES}")
     if ref < PAPER_IMAGES and params.evaluate.fid_reference == "train":
         why.append(f"{ref} reference images, not the {PAPER_IMAGES} of the training set")
+    if params.sample.sampler == "ddim":
+        eta = params.sample.ddim_eta
+        why.append(f"DDIM sampler, eta={eta:g} (Song et al. 2021, not the paper)")
     if params.sample.stride != 1:
         why.append(f"strided sampler (sample.stride={params.sample.stride})")
     if not why:

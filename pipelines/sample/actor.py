@@ -73,6 +73,8 @@ class SamplerActor:
                 self.params.seed,
                 self.shape,
                 self.device,
+                sampler=self.params.sample.sampler,
+                eta=self.params.sample.ddim_eta,
             )  # (n, C, H, W) uint8
             digest = write_shard(images, spec, self.out_dir)
         return {

@@ -185,6 +185,9 @@ def progressive_frames(params: Params, model: UNet) -> tuple[torch.Tensor, list[
 
 def sampler_label(params: Params) -> str:
     cfg, T = params.sample, params.diffusion.T
+    if cfg.sampler == "ddim":
+        steps = len(range(0, T, cfg.stride))
+        return f"DDIM eta={cfg.ddim_eta:g}, {steps} of {T} steps (Song et al. 2021, not the paper)"
     if cfg.stride == 1:
         return f"ancestral, all {T} steps (paper Algorithm 2)"
     steps = len(range(0, T, cfg.stride))
@@ -220,7 +223,7 @@ class SampleResult:
             "num_workers": self.num_workers,
             "stride": self.stride,
             "num_steps": self.num_steps,
-            "paper_sampler": self.stride == 1,
+            "paper_sampler": self.stride == 1 and self.sampler.startswith("ancestral"),
             "sampler": self.sampler,
             "ordered_hash": self.ordered_hash,
         }

@@ -92,3 +92,22 @@ def test_interpolation_ends_match_their_images_and_share_the_noise() -> None:
         interpolate(model, d, pair, t=5, lambdas=[1.5], seed=3)
     with pytest.raises(ValueError, match="x0_pair"):
         interpolate(model, d, pair[:1], t=5, lambdas=[0.5], seed=3)
+
+
+def test_ddim_sampler_is_per_image_and_deterministic_at_eta_0() -> None:
+    """sampler="ddim": image i depends only on (seed, i); eta = 0 draws no per-step noise, so
+    the images depend only on x_T; eta = 1 with the same keys differs."""
+    d, model = _diffusion().respaced(3), TinyEps()
+    full = sample_indices(model, d, [0, 1, 2], seed=5, shape=SHAPE, sampler="ddim")
+    one = sample_indices(model, d, [2], seed=5, shape=SHAPE, sampler="ddim")
+    assert full.dtype == torch.uint8 and torch.equal(full[2:], one)
+    x_t = CounterNoise(5, [0, 1, 2], torch.device("cpu"))((3, *SHAPE))
+    zeros = iter([x_t] + [torch.zeros_like(x_t)] * d.num_timesteps)
+    by_hand = to_uint8(d.ddim_sample_loop(model, (3, *SHAPE), lambda s: next(zeros), eta=0.0))
+    assert torch.equal(full, by_hand)
+    noisy = sample_indices(model, d, [0, 1, 2], seed=5, shape=SHAPE, sampler="ddim", eta=1.0)
+    assert not torch.equal(full, noisy)
+    with pytest.raises(ValueError, match="sampler"):
+        sample_indices(model, d, [0], seed=5, shape=SHAPE, sampler="euler")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="x0_every"):
+        sample_indices(model, d, [0], seed=5, shape=SHAPE, sampler="ddim", x0_every=2)

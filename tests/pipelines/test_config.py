@@ -31,6 +31,10 @@ def test_params_yaml_round_trips() -> None:
         ("train.use_gpu", 1, "train.use_gpu: got 1, expected bool"),
         ("evaluate.fid_images", 257, "evaluate.fid_images: got 257, expected <= sample.num_images"),
         ("evaluate.nll_images", 0, "evaluate.nll_images: got 0, expected an int >= 1"),
+        ("sample.sampler", "euler", "sample.sampler: got 'euler', expected one of"),
+        ("sample.ddim_eta", 1.5, "sample.ddim_eta: got 1.5, expected 0 <= eta <= 1"),
+        ("quality.steps", [10, 30], "quality.steps: got [10, 30], expected step counts that"),
+        ("quality.reverse_every", -1, "quality.reverse_every: got -1, expected an int >= 0"),
         ("train.compile", True, "train.compile: got True, expected one of [False, 'default',"),
         ("train.compile", 0, "train.compile: got 0, expected one of"),  # 0 == False, not a bool
         ("sample.precision", "fp16", "sample.precision: got 'fp16', expected one of"),

@@ -38,6 +38,10 @@ def test_only_the_paper_protocol_is_called_comparable(make_params: MakeParams) -
         "sample.stride=4",
     ):
         assert reason in label
+    ddim = make_params({"sample.sampler": "ddim", "sample.ddim_eta": 0.0})
+    assert "DDIM sampler, eta=0 (Song et al. 2021, not the paper)" in report.comparability(
+        ddim, FULL, 50_000, 50_000
+    )
     jpeg = make_params({"data.source": "image_folder", "data.root": "cifar10-test-jpeg.zip"})
     assert "image_folder (cifar10-test-jpeg.zip)" in report.comparability(jpeg, FULL, 5, 5)
 

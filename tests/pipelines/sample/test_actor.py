@@ -33,6 +33,35 @@ def test_actor_writes_its_range_then_skips_it(make_params: Callable[..., Params]
     assert again["skipped"][0] and again["sha256"][0] == first["sha256"][0]
 
 
+def test_actor_samples_with_ddim_when_selected(make_params: Callable[..., Params]) -> None:
+    """sample.sampler: ddim reaches the actor (image 2 equals a direct DDIM call, not Algorithm 2)
+    and enters the sampling plan, so shards of the other sampler are never kept on resume."""
+    from pipelines.artifacts.model_dir import WEIGHTS_FILE
+    from pipelines.artifacts.samples import sampling_plan
+
+    params = make_params({"sample.stride": 5, "sample.sampler": "ddim", "sample.ddim_eta": 0.5})
+    model_dir = make_model_dir(params)
+    out = Path(params.paths.samples)
+    out.mkdir(parents=True)
+    actor = SamplerActor(to_dict(params), str(model_dir), str(out))
+    actor({"index": np.array([0]), "start": np.array([0]), "stop": np.array([3])})
+    images = torch.from_numpy(
+        read_shard_images((out / "samples-000000.tar").read_bytes(), ShardSpec(0, 0, 3), "")
+    )
+    model, d, shape = (
+        load_ema_model(params, model_dir),
+        build_diffusion(params),
+        image_shape(params),
+    )
+    ddim = sample_indices(model, d, [2], params.seed, shape, sampler="ddim", eta=0.5)
+    assert torch.equal(images[2:], ddim)
+    assert not torch.equal(images[2:], sample_indices(model, d, [2], params.seed, shape))
+    plan = sampling_plan(params, model_dir / WEIGHTS_FILE)
+    assert (plan["sampler"], plan["ddim_eta"]) == ("ddim", 0.5)
+    paper = make_params({"sample.stride": 5})
+    assert "sampler" not in sampling_plan(paper, model_dir / WEIGHTS_FILE)  # unchanged plan
+
+
 def test_actor_runs_the_network_with_the_sample_options(make_params: Callable[..., Params]) -> None:
     """bf16 autocast + channels_last on CPU: a real sample, close to (not equal to) fp32's."""
     fast = make_params(

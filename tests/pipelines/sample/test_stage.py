@@ -180,3 +180,11 @@ def test_stage_writes_figures_metrics_and_strided_label(
     assert metrics == numbers and metrics["num_steps"] == 5
     assert read_run_file(params, "sample", tmp_path)["details"] == details  # type: ignore[index]
     assert details["paper_sampler"] is False and "not the paper" in details["sampler"]
+
+
+def test_sampler_label_says_ddim_is_not_the_paper(make_params: MakeParams) -> None:
+    from pipelines.sample.stage import sampler_label
+
+    assert "paper Algorithm 2" in sampler_label(make_params())
+    ddim = make_params({"sample.sampler": "ddim", "sample.stride": 4, "sample.ddim_eta": 0.0})
+    assert sampler_label(ddim) == "DDIM eta=0, 5 of 20 steps (Song et al. 2021, not the paper)"

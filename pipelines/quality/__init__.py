@@ -1,0 +1,1 @@
+"""The quality stage: FID against sampler steps and over the reverse process."""

@@ -1,0 +1,251 @@
+"""The quality stage: FID against sampler steps (DDIM vs strided ancestral) and FID / IS of the
+predicted x0 over the reverse process (Ho et al. 2020, Fig. 10).
+
+Both curves are off by default (`quality.steps: []`, `quality.reverse_every: 0`); then the stage
+only writes header-only plot files and says so in its metrics. When on, one Ray task (a GPU with
+`quality.use_gpu`) samples `quality.images` images per (sampler, step count) and
+`quality.reverse_images` images for the progressive pass, with the same per-image noise keys as
+the sample stage, and scores them against the cached reference statistics of the fid_stats
+stage. These FIDs use few samples and DDIM is not the paper's sampler: every figure carries
+`label`, which says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ddpm_core.diffusion import GaussianDiffusion
+from ddpm_core.sampling import SAMPLERS, sample_indices, snapshot_timesteps
+from ddpm_core.unet import UNet
+from pipelines.artifacts.fid_stats import FidStats
+from pipelines.artifacts.model_dir import load_ema_model
+from pipelines.config import Params
+from pipelines.evaluate.fid import (
+    extract_features,
+    feature_stats,
+    fid,
+    inception_score,
+    ray_extractor,
+)
+from pipelines.evaluate.inception import (
+    LOGITS,
+    POOL3,
+    InceptionWeights,
+    default_cache_dir,
+    resolve_weights,
+)
+from pipelines.evaluate.reference import reference_splits, reference_stats
+from pipelines.infra.files import atomic_path
+from pipelines.infra.ray import check_fits, init_ray
+from pipelines.infra.tracking import Tracker, numeric
+
+log = logging.getLogger(__name__)
+
+STEPS_CSV = "fid_vs_steps.csv"
+REVERSE_CSV = "fid_over_reverse.csv"
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring
+
+
+@dataclass(frozen=True)
+class Score:
+    """FID of a set of generated images against the reference, and IS when the weights allow."""
+
+    fid: float
+    isc: float | None  # IS mean over `evaluate.isc_splits`; None without logits or isc: false
+
+
+def score(
+    images: torch.Tensor, weights: InceptionWeights, ref: FidStats, isc_splits: int | None
+) -> Score:
+    """images: (N, C, H, W) uint8. IS only when `isc_splits` is set and the weights have logits."""
+    want = (POOL3, LOGITS) if isc_splits is not None and weights.has_logits else (POOL3,)
+    feats = extract_features(images, weights, want)
+    ours = feature_stats(feats[POOL3], f"{len(images)} generated images")
+    isc = inception_score(feats[LOGITS], isc_splits)[0] if LOGITS in feats else None
+    return Score(fid(ours, ref), isc)
+
+
+def _batches(n: int, batch_size: int) -> list[range]:
+    return [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def steps_curve(
+    params: Params, model: UNet, device: torch.device, weights: InceptionWeights, ref: FidStats
+) -> list[dict[str, Any]]:
+    """One row per step count: FID (and IS) of both samplers at stride T / steps."""
+    cfg, shape = params.quality, _image_shape(params)
+    full = GaussianDiffusion.from_config(params.diffusion)
+    rows = []
+    for steps in sorted(cfg.steps):
+        diffusion = full.respaced(params.diffusion.T // steps)
+        row: dict[str, Any] = {"steps": steps}
+        for sampler in SAMPLERS:
+            t0 = time.perf_counter()
+            images = torch.cat([
+                sample_indices(
+                    model, diffusion, idx, params.seed, shape, device,
+                    sampler=sampler, eta=params.sample.ddim_eta,  # type: ignore[arg-type]
+                ).cpu()
+                for idx in _batches(cfg.images, cfg.batch_size)
+            ])  # fmt: skip
+            s = score(images, weights, ref, _isc_splits(params))
+            row[f"fid_{sampler}"] = s.fid
+            if s.isc is not None:
+                row[f"isc_{sampler}"] = s.isc
+            log.info("quality: %s, %d steps: FID %.3f (%.0f s)", sampler, steps, s.fid,
+                     time.perf_counter() - t0)  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def reverse_curve(
+    params: Params, model: UNet, device: torch.device, weights: InceptionWeights, ref: FidStats
+) -> list[dict[str, Any]]:
+    """Paper Fig. 10: FID (and IS) of predicted x0 every `reverse_every` steps of Algorithm 2."""
+    cfg, shape = params.quality, _image_shape(params)
+    diffusion = GaussianDiffusion.from_config(params.diffusion)  # all T steps: the paper's pass
+    parts = [
+        sample_indices(
+            model, diffusion, idx, params.seed, shape, device, x0_every=cfg.reverse_every
+        )[1].cpu()
+        for idx in _batches(cfg.reverse_images, cfg.batch_size)
+    ]  # each (K, b, C, H, W) uint8
+    frames = torch.cat(parts, dim=1)  # (K, N, C, H, W)
+    rows = []
+    for t, x0 in zip(snapshot_timesteps(diffusion, cfg.reverse_every), frames, strict=True):
+        s = score(x0, weights, ref, _isc_splits(params))
+        row: dict[str, Any] = {"reverse_steps": params.diffusion.T - t, "t": t, "fid": s.fid}
+        rows.append(row | ({"isc": s.isc} if s.isc is not None else {}))
+    return rows
+
+
+def _isc_splits(params: Params) -> int | None:
+    return params.evaluate.isc_splits if params.evaluate.isc else None
+
+
+def _image_shape(params: Params) -> tuple[int, int, int]:
+    return (params.data.channels, params.data.resolution, params.data.resolution)
+
+
+def compute_curves(
+    params: Params, model_dir: Path, weights: InceptionWeights, ref: FidStats
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Both curves in this process (the body of the stage's one Ray task)."""
+    torch.set_num_threads(max(1, int(params.quality.cpus)))
+    device = torch.device("cuda" if params.quality.use_gpu else "cpu")
+    if params.quality.use_gpu and not torch.cuda.is_available():
+        raise RuntimeError("quality.use_gpu is true but this Ray worker has no CUDA device")
+    model = load_ema_model(params, model_dir).to(device)
+    steps = steps_curve(params, model, device, weights, ref) if params.quality.steps else []
+    if not params.quality.reverse_every:
+        return steps, []
+    return steps, reverse_curve(params, model, device, weights, ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files and the stage
+
+
+def steps_header(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return list(rows[0]) if rows else ["steps", *(f"fid_{s}" for s in SAMPLERS)]
+
+
+def reverse_header(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return list(rows[0]) if rows else ["reverse_steps", "t", "fid"]
+
+
+def write_csv(path: Path, header: list[str], rows: Sequence[dict[str, Any]]) -> Path:
+    """A DVC plot file (header only when the curve is off), written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header, lineterminator="\n")
+        w.writeheader()
+        w.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()}
+                    for r in rows)  # fmt: skip
+    return path
+
+
+def curve_label(params: Params, weights: InceptionWeights, ref_count: int, split: str) -> str:
+    q = params.quality
+    return (
+        f"in-stage FID of {q.images} samples per point ({q.reverse_images} for the reverse "
+        f"process) vs {ref_count} {split} images, {weights.label}; DDIM (Song et al. 2021, "
+        f"eta={params.sample.ddim_eta:g}) is not the paper; NOT comparable with published figures"
+    )
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    """What the quality stage measured; `metrics()` is `metrics/quality.json`."""
+
+    metrics_file: ClassVar[str] = "quality.json"
+
+    steps: tuple[dict[str, Any], ...]
+    reverse: tuple[dict[str, Any], ...]
+    label: str  # "off (...)" or what the numbers are comparable with
+    wall_time_s: float
+
+    def metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"label": self.label, "wall_time_s": self.wall_time_s}
+        for row in self.steps:
+            out |= {f"{k}_steps{row['steps']}": v for k, v in row.items() if k != "steps"}
+        for row in self.reverse:
+            out |= {f"x0_{k}_t{row['t']}": v for k, v in row.items() if k in ("fid", "isc")}
+        return out
+
+    def summary(self) -> str:
+        lines = [f"quality: {self.label}"]
+        lines += [", ".join(f"{k} {v:.4g}" for k, v in r.items()) for r in self.steps]
+        lines += [f"x0 at t={r['t']}: FID {r['fid']:.4g}" for r in self.reverse]
+        return "\n".join(lines)
+
+
+def run_quality(params: Params, root: Path, tracker: Tracker) -> QualityResult:
+    """Both curves (or header-only files when off), logged to `tracker` against steps / t."""
+    t0, cfg, plots = time.perf_counter(), params.quality, root / params.paths.plots
+    steps: list[dict[str, Any]] = []
+    reverse: list[dict[str, Any]] = []
+    label = "off (quality.steps: [] and quality.reverse_every: 0)"
+    if cfg.steps or cfg.reverse_every:
+        model_dir = root / params.paths.model
+        load_ema_model(params, model_dir)  # fail fast, before Ray starts
+        weights = resolve_weights(params.evaluate, default_cache_dir())
+        init_ray(params.ray)
+        check_fits(1, cfg.cpus, 1.0 if cfg.use_gpu else 0.0, "quality")
+        ref = reference_stats(  # the headline split, cached by the fid_stats stage
+            root / params.paths.shards,
+            root / params.paths.fid_stats,
+            reference_splits(params, root)[0],
+            params.evaluate.fid_reference_images,
+            weights,
+            ray_extractor(params.evaluate.num_workers, params.evaluate.cpus_per_worker),
+        )
+        import ray
+
+        task = ray.remote(num_cpus=cfg.cpus, num_gpus=1 if cfg.use_gpu else 0)(compute_curves)
+        steps, reverse = ray.get(task.remote(params, model_dir, weights, ref.stats))
+        label = curve_label(params, weights, ref.count, ref.split)
+    files = [
+        write_csv(plots / STEPS_CSV, steps_header(steps), steps),
+        write_csv(plots / REVERSE_CSV, reverse_header(reverse), reverse),
+    ]
+    result = QualityResult(tuple(steps), tuple(reverse), label, time.perf_counter() - t0)
+    for row in steps:
+        tracker.log_metrics(numeric({k: v for k, v in row.items() if k != "steps"}), row["steps"])
+    for row in reverse:
+        x0 = {f"x0_{k}": v for k, v in row.items() if k in ("fid", "isc")}
+        tracker.log_metrics(numeric(x0), row["reverse_steps"])
+    tracker.set_tags({"quality.label": label})
+    for path in files:
+        tracker.log_artifact(path, "quality")
+    return result
