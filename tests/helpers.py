@@ -218,6 +218,7 @@ class MlflowServer:
                         return self
             except OSError:
                 time.sleep(0.5)
+        self.stop()  # never leave a half-started server behind
         raise TimeoutError(f"mlflow server at {self.url} not healthy after {timeout_s} s")
 
     def stop(self) -> None:
