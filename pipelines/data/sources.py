@@ -66,10 +66,22 @@ def _finish(
     return SourceData(splits, classes, desc)
 
 
-def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed (train, test) index split by a seeded permutation; both kept in natural order."""
+def split_indices(
+    n: int, test_fraction: float, seed: int, where: str = "the pool"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed (train, test) index split by a seeded permutation; both kept in natural order.
+
+    ValueError naming `where` when either split would be empty (checked before any shard is
+    written: FID against the test split and the NLL need test images).
+    """
     perm = np.random.default_rng([seed, 1]).permutation(n)
     n_test = int(round(n * test_fraction))
+    if n_test < 1 or n_test >= n:
+        raise ValueError(
+            f"data.test_fraction={test_fraction}: {where} of {n} images gives {n_test} test and "
+            f"{n - n_test} train images; expected at least one of each (raise or lower "
+            "data.test_fraction, or add images)"
+        )
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
@@ -134,7 +146,7 @@ def _digits(cfg: DataConfig, seed: int) -> Loaded:
     bunch = load_digits()
     pixels = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
     targets = np.asarray(bunch.target, dtype=np.int64)
-    train, test = split_indices(len(pixels), cfg.test_fraction, seed)
+    train, test = split_indices(len(pixels), cfg.test_fraction, seed, "scikit-learn digits")
     raw = {
         "train": (_array_items(pixels[train], "digits/train"), targets[train]),
         "test": (_array_items(pixels[test], "digits/test"), targets[test]),
@@ -303,7 +315,7 @@ def _image_folder(tree: _ImageTree, cfg: DataConfig, seed: int) -> Loaded:
         ]
         prefix = only[0] if only else ""  # e.g. a zip holding only test/<class>/...
         pool = [n for n in tree.names if n.startswith(prefix)]
-        train, test = split_indices(len(pool), cfg.test_fraction, seed)
+        train, test = split_indices(len(pool), cfg.test_fraction, seed, tree.describe(prefix or "."))
         pools = {"train": [pool[i] for i in train], "test": [pool[i] for i in test]}
         rel = {s: [n[len(prefix) :] for n in pools[s]] for s in pools}
         how = f"{prefix or 'all images'} split by data.test_fraction={cfg.test_fraction}"

@@ -31,6 +31,8 @@ def test_params_yaml_round_trips() -> None:
         ("train.use_gpu", 1, "train.use_gpu: got 1, expected bool"),
         ("evaluate.fid_images", 257, "evaluate.fid_images: got 257, expected <= sample.num_images"),
         ("evaluate.nll_images", 0, "evaluate.nll_images: got 0, expected an int >= 1"),
+        ("seed", -3, "seed: got -3, expected an int >= 0"),
+        ("data.test_fraction", 0.0, "data.test_fraction: got 0.0, expected 0 < f < 1 for data"),
     ],
 )
 def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:

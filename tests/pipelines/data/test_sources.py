@@ -165,8 +165,9 @@ def test_image_folder_unsplit_and_zip_read_in_place(tmp_path: Path) -> None:
 
 
 def test_image_folder_bad_inputs_name_the_file(tmp_path: Path) -> None:
-    write_png(tmp_path / "x/a.png", np.zeros((6, 6), np.uint8))
-    write_png(tmp_path / "x/b.png", np.zeros((5, 6), np.uint8))
+    write_png(tmp_path / "x/train/a.png", np.zeros((6, 6), np.uint8))
+    write_png(tmp_path / "x/train/b.png", np.zeros((5, 6), np.uint8))
+    write_png(tmp_path / "x/test/c.png", np.zeros((6, 6), np.uint8))
     c = cfg(source="image_folder", root=str(tmp_path / "x"), test_fraction=0.0)
     with pytest.raises(ValueError, match=r"b\.png: image size 6x5 differs"):
         load_source(c, 0)
@@ -178,7 +179,7 @@ def test_image_folder_bad_inputs_name_the_file(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"a\.png: image size 6x6 is larger"):
         load_source(dataclasses.replace(c, resolution=4), 0)
-    (tmp_path / "x/b.png").write_bytes(b"\x89PNG garbage")
+    (tmp_path / "x/train/b.png").write_bytes(b"\x89PNG garbage")
     with pytest.raises(ValueError, match=r"b\.png: cannot read image"):
         load_source(dataclasses.replace(c, resize="resize"), 0)
     (tmp_path / "empty").mkdir()
@@ -217,3 +218,16 @@ def test_shared_cifar10_jpeg_zip_test_only_is_split() -> None:
     assert data.classes[:2] == ["airplane", "automobile"] and len(data.classes) == 10
     assert data.splits["train"].images.shape == (50, 3, 32, 32)
     assert "split by data.test_fraction" in data.description
+
+
+def test_a_split_that_leaves_no_test_images_is_refused_before_shards(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "d", {"a": 3}, size=8)  # 3 images in one pool
+    c = cfg(source="image_folder", root=str(tmp_path / "d"), test_fraction=0.1)
+    with pytest.raises(ValueError, match=r"test_fraction=0.1: .*d of 3 images gives 0 test"):
+        load_source(c, 0)
+    with pytest.raises(ValueError, match="test_fraction=0.0: .*gives 0 test"):
+        load_source(dataclasses.replace(c, test_fraction=0.0), 0)
+    data = load_source(dataclasses.replace(c, test_fraction=0.34), 0)
+    assert (len(data.splits["train"].labels), len(data.splits["test"].labels)) == (2, 1)
+    with pytest.raises(ValueError, match="digits of 1797 images gives 0 test"):
+        load_source(cfg(test_fraction=0.0001), 0)
