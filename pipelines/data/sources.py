@@ -12,6 +12,7 @@ import struct
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -231,6 +232,28 @@ def _cifar10(cfg: DataConfig) -> Loaded:
     return raw, list(CIFAR10_CLASSES), f"CIFAR-10 python batches from {folder}"
 
 
+# What the official batches (and numpy pickles of them) need to unpickle; anything else, e.g. a
+# `__reduce__` that calls os.system, is refused: a batch file must not run code.
+CIFAR_PICKLE_GLOBALS = frozenset(
+    [(m, "_reconstruct") for m in ("numpy.core.multiarray", "numpy._core.multiarray")]
+    + [(m, "scalar") for m in ("numpy.core.multiarray", "numpy._core.multiarray")]
+    + [(m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")]
+    + [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")]
+)
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that builds dicts, lists, strings, numbers and numpy arrays, nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refused global {module}.{name} (only numpy arrays are expected; a batch file "
+                "that references other code is not an official CIFAR-10 batch)"
+            )
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     """One pickled batch: (N, 32, 32, 3) uint8 images and (N,) int64 labels."""
     if not path.is_file():
@@ -242,7 +265,7 @@ def _read_cifar_batch(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarr
         )
     try:
         with path.open("rb") as f:
-            entry = pickle.load(f, encoding="latin1")  # the official format (as torchvision)
+            entry = _DataOnlyUnpickler(f, encoding="latin1").load()  # latin1: as torchvision
         data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
     except Exception as e:  # any unpickling/shape problem: name the file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -231,3 +232,23 @@ def test_a_split_that_leaves_no_test_images_is_refused_before_shards(tmp_path: P
     assert (len(data.splits["train"].labels), len(data.splits["test"].labels)) == (2, 1)
     with pytest.raises(ValueError, match="digits of 1797 images gives 0 test"):
         load_source(cfg(test_fraction=0.0001), 0)
+
+
+class _RunsCode:
+    """A pickle payload that, loaded with plain pickle.load, would create a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch.__get__(self.marker), ())  # type: ignore[return-value]
+
+
+def test_cifar10_batch_that_runs_code_is_refused_unrun(tmp_path: Path) -> None:
+    write_cifar10_batches(tmp_path, per_batch=1)
+    marker = tmp_path / "pwned"
+    evil = {"data": np.zeros((1, 3072), np.uint8), "labels": [0], "x": _RunsCode(marker)}
+    (tmp_path / "cifar-10-batches-py/data_batch_3").write_bytes(pickle.dumps(evil, protocol=2))
+    with pytest.raises(ValueError, match=r"data_batch_3: not a CIFAR-10 python batch: refused"):
+        load_source(cfg(source="cifar10", root=str(tmp_path), resolution=32), 0)
+    assert not marker.exists()
