@@ -25,6 +25,7 @@ from pipelines.config import Params, to_dict
 from pipelines.infra.files import (
     bytes_digest,
     file_digest,
+    listed_file,
     remove_temporaries,
     write_bytes,
     write_json,
@@ -226,7 +227,7 @@ def load_samples(
     for entry in manifest["shards"]:
         if sum(len(c) for c in chunks) >= n:
             break
-        path = root / entry["file"]
+        path = listed_file(root, entry["file"], root / MANIFEST)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: listed in {root / MANIFEST} but missing")
         data = path.read_bytes()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ddpm_core.config import ConfigError
 from pipelines.artifacts.shards import SourceData, Split
@@ -28,6 +28,7 @@ CIFAR10_CLASSES = (  # batches.meta order
     ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 )
 MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+MAX_IMAGE_BYTES = 64 * 2**20  # one image member of a zip, uncompressed
 
 
 # A raw split: named images (PIL) in a fixed order, read lazily, plus labels.
@@ -103,7 +104,7 @@ def preprocess(items: Sequence[RawItem], cfg: DataConfig) -> np.ndarray:
     out = np.zeros((len(items), cfg.channels, r, r), dtype=np.uint8)
     first_size: tuple[int, int] | None = None
     for i, (name, load) in enumerate(items):
-        img = load().convert(mode)
+        img = to_mode(load(), mode, name)
         if cfg.resize == "resize":
             img = img.resize((r, r), Image.Resampling.BILINEAR) if img.size != (r, r) else img
         else:
@@ -112,6 +113,31 @@ def preprocess(items: Sequence[RawItem], cfg: DataConfig) -> np.ndarray:
         arr = np.asarray(img, dtype=np.uint8)
         out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (H,W,C) -> (C,H,W)
     return out
+
+
+def to_mode(img: Image.Image, mode: str, name: str) -> Image.Image:
+    """`img` upright (EXIF orientation) in 8-bit `mode` ("L" or "RGB"), or ValueError naming it.
+
+    16-bit greyscale is scaled to 8 bits (PIL's `convert` would clamp it: most pixels white);
+    an alpha channel must be fully opaque (dropping real transparency would show whatever colour
+    the transparent pixels hold); float images are refused.
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError(f"{name}: {img.mode} image with values outside 0..65535")
+        img = Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8), "L")
+    elif img.mode == "F":
+        raise ValueError(f"{name}: floating-point image (mode F); expected 8- or 16-bit pixels")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
+        alpha = np.asarray(img.convert("RGBA"))[..., 3]
+        if alpha.min() < 255:
+            raise ValueError(
+                f"{name}: has transparent pixels (alpha min {int(alpha.min())}); expected opaque "
+                "images: flatten them onto a background first"
+            )
+    return img.convert(mode)
 
 
 def _pad(img: Image.Image, r: int, name: str, first_size: tuple[int, int]) -> Image.Image:
@@ -291,15 +317,32 @@ class _ImageTree:
         if not root.exists():
             raise FileNotFoundError(f"data.root: {root} does not exist (data.source=image_folder)")
         if root.is_dir():
-            names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-            yield cls(root, _image_names(names), lambda n: (root / n).read_bytes())
+            names = _image_names(
+                [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+            )
+            inside = root.resolve()
+            for n in names:  # a link may point anywhere: only files inside the folder are read
+                if not (root / n).resolve().is_relative_to(inside):
+                    raise ValueError(
+                        f"{root / n}: a symlink to {(root / n).resolve()}, outside data.root="
+                        f"{root}; refused (copy the file into the folder)"
+                    )
+            yield cls(root, names, lambda n: (root / n).read_bytes())
             return
         try:
             zf = zipfile.ZipFile(root)
         except (zipfile.BadZipFile, OSError) as e:
             raise ValueError(f"{root}: not a folder or a readable .zip file: {e}") from None
         with zf:
-            yield cls(root, _image_names(zf.namelist()), zf.read)
+            names = _image_names(zf.namelist())
+            for n in names:  # the declared size bounds what zf.read inflates
+                size = zf.getinfo(n).file_size
+                if size > MAX_IMAGE_BYTES:
+                    raise ValueError(
+                        f"{root}:{n}: {size} bytes uncompressed, over the {MAX_IMAGE_BYTES} "
+                        "byte cap for one image member (a zip bomb or not an image)"
+                    )
+            yield cls(root, names, zf.read)
 
     def describe(self, name: str) -> str:
         return f"{self.root}:{name}" if self.root.is_file() else str(self.root / name)
