@@ -381,7 +381,9 @@ def _image_folder(tree: _ImageTree, cfg: DataConfig, seed: int) -> Loaded:
         ]
         prefix = only[0] if only else ""  # e.g. a zip holding only test/<class>/...
         pool = [n for n in tree.names if n.startswith(prefix)]
-        train, test = split_indices(len(pool), cfg.test_fraction, seed, tree.describe(prefix or "."))
+        train, test = split_indices(
+            len(pool), cfg.test_fraction, seed, tree.describe(prefix or ".")
+        )
         pools = {"train": [pool[i] for i in train], "test": [pool[i] for i in test]}
         rel = {s: [n[len(prefix) :] for n in pools[s]] for s in pools}
         how = f"{prefix or 'all images'} split by data.test_fraction={cfg.test_fraction}"

@@ -24,6 +24,8 @@ from typing import Any
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from pipelines.infra.tracking import redact_uri
+
 log = logging.getLogger(__name__)
 
 TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
@@ -83,8 +85,23 @@ def decide(root: Path, params_file: str, force: bool = False) -> Decision:
 
 
 def runtime_env(working_dir: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The job's runtime env: code upload, excludes and the forwarded environment.
+
+    A job's runtime env is stored in the cluster and shown by the dashboard and `ray job list`,
+    so credentials in `MLFLOW_TRACKING_URI` are removed: the cluster's nodes authenticate with
+    their own `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD` (or `MLFLOW_TRACKING_TOKEN`),
+    set from a secret (deploy/).
+    """
     env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
     env.update(extra_env or {})
+    uri = env.get("MLFLOW_TRACKING_URI")
+    if uri and redact_uri(uri, mask="") != uri:
+        env["MLFLOW_TRACKING_URI"] = redact_uri(uri, mask="")
+        log.warning(
+            "MLFLOW_TRACKING_URI holds credentials: forwarded to the job without them as %s; "
+            "give the cluster MLFLOW_TRACKING_USERNAME/PASSWORD from a secret",
+            env["MLFLOW_TRACKING_URI"],
+        )
     return {"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env}
 
 
