@@ -2,9 +2,9 @@
 
 `ema.safetensors` holds the U-Net's state dict (with the resolved params and provenance as
 str metadata: never a run id or a time, so identical trainings give byte-identical files and DVC
-reruns nothing downstream), `config.json` the resolved params. `write_model_dir` is its only writer (a
-trained run and released weights alike) and `load_ema_model` its verified reader: the U-Net is
-rebuilt from the training config, which must agree with the params the reader runs with.
+reruns nothing downstream), `config.json` the resolved params. `write_model_dir` is its only
+writer (a trained run and released weights alike) and `load_ema_model` its verified reader:
+the U-Net is rebuilt from the training config, which must agree with the params it runs with.
 """
 
 from __future__ import annotations
