@@ -4,8 +4,9 @@ A scheduler (cron, a Kubernetes CronJob) runs `python -m stages.retrain` in a ch
 repository. It asks DVC whether inputs changed since the last `dvc.lock` (missing outputs of a
 shallow clone do not count), and treats raw data under `data.root` (outside DVC) as always
 possibly changed; if so it submits `python -m stages.all` as a Ray job whose submission id is
-derived from the inputs' hash (params, dvc.lock, code, a fingerprint of the raw data), so a later tick with the same inputs finds the job already there (pending, running or
-succeeded) and submits nothing: idempotent. A failed or stopped job is retried under
+derived from the inputs' hash (params, dvc.lock, code, a fingerprint of the raw data), so a
+later tick with the same inputs finds the job already there (pending, running or succeeded)
+and submits nothing: idempotent. A failed or stopped job is retried under
 `<id>-2`, `<id>-3`, ...
 """
 
