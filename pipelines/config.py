@@ -72,6 +72,13 @@ class DataConfig:
         check(
             0.0 <= self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "0 <= f < 1"
         )
+        # digits always splits one pool; FID vs test and the NLL need a non-empty test split.
+        check(
+            self.source != "digits" or self.test_fraction > 0,
+            "data.test_fraction",
+            self.test_fraction,
+            "0 < f < 1 for data.source=digits (its test split comes from test_fraction)",
+        )
         check(
             self.max_images is None or self.max_images >= 1,
             "data.max_images",
@@ -236,6 +243,9 @@ class Params:
         # Against a stand-in root: relative paths, `.` and `..`; `stages.common` repeats it
         # against the real root (absolute paths that hold the repository).
         check_paths(self.paths, self.data.root, VIRTUAL_ROOT)
+        # One rule for every stage (ddpm_core.rng.mix_seed takes ints >= 0): checked here, not
+        # after training when sampling would first refuse it.
+        check(self.seed >= 0, "seed", self.seed, "an int >= 0")
         levels = self.unet.level_resolutions(self.data.resolution)
         bad = [r for r in self.unet.attn_resolutions if r not in levels]
         check(

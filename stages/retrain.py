@@ -1,6 +1,7 @@
 """Scheduled retraining: if DVC says inputs changed, submit the pipeline as a Ray job.
 
-Idempotent: the submission id is `retrain-<hash of params file and dvc.lock>`, so a repeated
+Idempotent: the submission id is `retrain-<hash of the params files, dvc.lock, the code and the
+raw data under data.root>`, so a repeated
 tick with the same inputs submits nothing while that job is pending, running or succeeded (a
 failed one is retried as `<id>-2`, ...). Exit code 0 when up to date, submitted, or
 already submitted (and, with --wait, when the job succeeded); 1 when the job failed.

@@ -1,9 +1,10 @@
 """The train stage's output: a model folder of EMA weights and the params they were made with.
 
 `ema.safetensors` holds the U-Net's state dict (with the resolved params and provenance as
-str metadata), `config.json` the resolved params. `write_model_dir` is its only writer (a
-trained run and released weights alike) and `load_ema_model` its verified reader: the U-Net is
-rebuilt from the training config, which must agree with the params the reader runs with.
+str metadata: never a run id or a time, so identical trainings give byte-identical files and DVC
+reruns nothing downstream), `config.json` the resolved params. `write_model_dir` is its only
+writer (a trained run and released weights alike) and `load_ema_model` its verified reader:
+the U-Net is rebuilt from the training config, which must agree with the params it runs with.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def save_weights(
 def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a `save_weights` file -> (state_dict on CPU, metadata).
 
-    FileNotFoundError when missing, ValueError naming the file when it is not valid safetensors.
+    FileNotFoundError when missing, ValueError naming the file when it is not valid safetensors
+    or holds NaN/inf values (such weights sample black images that would then be scored).
     """
     source = Path(path)
     if not source.is_file():
@@ -87,6 +89,12 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"weights file {source}: not a readable safetensors file ({err})") from err
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(
+            f"weights file {source}: tensors {bad[:5]} ({len(bad)} in all) hold NaN or inf; "
+            "expected finite weights (retrain, or restore an earlier checkpoint)"
+        )
     return tensors, metadata
 
 

@@ -26,6 +26,7 @@ from pipelines.infra.files import (
     TEMP_PREFIX,
     bytes_digest,
     file_digest,
+    listed_file,
     recover,
     remove_temporaries,
     replace,
@@ -241,6 +242,27 @@ def read_manifest(samples_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
+def check_current(samples_dir: Path, params: Params, weights: Path) -> None:
+    """ValueError naming the stale setting when the samples were not drawn by `params` from
+    `weights` (the manifest's record and `plan.json` against the current plan).
+
+    The manifest is written after `plan.json` and removed before a new plan is, so together
+    they say what the listed pixels were drawn with: seed, stride, batch size, image shape,
+    the diffusion (T, betas, variance) and the weights' sha256.
+    """
+    manifest, plan_path = read_manifest(samples_dir), samples_dir / PLAN
+    recorded = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
+    recorded |= {k: v for k, v in manifest.items() if k in recorded or k == "weights_sha256"}
+    for key, want in sampling_plan(params, weights).items():
+        have = recorded.get(key, "<not recorded>")
+        if have != want:
+            what = f"weights {weights}" if key == "weights_sha256" else "params"
+            raise ValueError(
+                f"{samples_dir / MANIFEST}: stale samples: drawn with {key}={have!r}, but the "
+                f"current {what} give {want!r}; rerun the sample stage (dvc repro sample)"
+            )
+
+
 def load_samples(
     samples_dir: str | os.PathLike[str], max_images: int | None = None
 ) -> torch.Tensor:
@@ -256,7 +278,7 @@ def load_samples(
     for entry in manifest["shards"]:
         if sum(len(c) for c in chunks) >= n:
             break
-        path = root / entry["file"]
+        path = listed_file(root, entry["file"], root / MANIFEST)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: listed in {root / MANIFEST} but missing")
         data = path.read_bytes()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pipelines.artifacts.tars import ShardError, decode_png, encode_png, read_tar, write_tar
-from pipelines.infra.files import bytes_digest, file_digest, write_json
+from pipelines.infra.files import bytes_digest, file_digest, listed_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def shard_entries(manifest: dict[str, Any], split: str, where: Path) -> list[dic
 
 def verified_path(shards_dir: Path, entry: dict[str, Any]) -> Path:
     """The shard file of a manifest entry, after checking it exists and its sha256 matches."""
-    path: Path = shards_dir / str(entry["file"])
+    path = listed_file(shards_dir, entry["file"], shards_dir / MANIFEST)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: shard listed in {MANIFEST} is missing")
     digest = file_digest(path)

@@ -12,9 +12,10 @@ import struct
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ddpm_core.config import ConfigError
 from pipelines.artifacts.shards import SourceData, Split
@@ -27,6 +28,7 @@ CIFAR10_CLASSES = (  # batches.meta order
     ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 )
 MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+MAX_IMAGE_BYTES = 64 * 2**20  # one image member of a zip, uncompressed
 
 
 # A raw split: named images (PIL) in a fixed order, read lazily, plus labels.
@@ -66,10 +68,22 @@ def _finish(
     return SourceData(splits, classes, desc)
 
 
-def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed (train, test) index split by a seeded permutation; both kept in natural order."""
+def split_indices(
+    n: int, test_fraction: float, seed: int, where: str = "the pool"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed (train, test) index split by a seeded permutation; both kept in natural order.
+
+    ValueError naming `where` when either split would be empty (checked before any shard is
+    written: FID against the test split and the NLL need test images).
+    """
     perm = np.random.default_rng([seed, 1]).permutation(n)
     n_test = int(round(n * test_fraction))
+    if n_test < 1 or n_test >= n:
+        raise ValueError(
+            f"data.test_fraction={test_fraction}: {where} of {n} images gives {n_test} test and "
+            f"{n - n_test} train images; expected at least one of each (raise or lower "
+            "data.test_fraction, or add images)"
+        )
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
@@ -90,7 +104,7 @@ def preprocess(items: Sequence[RawItem], cfg: DataConfig) -> np.ndarray:
     out = np.zeros((len(items), cfg.channels, r, r), dtype=np.uint8)
     first_size: tuple[int, int] | None = None
     for i, (name, load) in enumerate(items):
-        img = load().convert(mode)
+        img = to_mode(load(), mode, name)
         if cfg.resize == "resize":
             img = img.resize((r, r), Image.Resampling.BILINEAR) if img.size != (r, r) else img
         else:
@@ -99,6 +113,31 @@ def preprocess(items: Sequence[RawItem], cfg: DataConfig) -> np.ndarray:
         arr = np.asarray(img, dtype=np.uint8)
         out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (H,W,C) -> (C,H,W)
     return out
+
+
+def to_mode(img: Image.Image, mode: str, name: str) -> Image.Image:
+    """`img` upright (EXIF orientation) in 8-bit `mode` ("L" or "RGB"), or ValueError naming it.
+
+    16-bit greyscale is scaled to 8 bits (PIL's `convert` would clamp it: most pixels white);
+    an alpha channel must be fully opaque (dropping real transparency would show whatever colour
+    the transparent pixels hold); float images are refused.
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError(f"{name}: {img.mode} image with values outside 0..65535")
+        img = Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8), "L")
+    elif img.mode == "F":
+        raise ValueError(f"{name}: floating-point image (mode F); expected 8- or 16-bit pixels")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
+        alpha = np.asarray(img.convert("RGBA"))[..., 3]
+        if alpha.min() < 255:
+            raise ValueError(
+                f"{name}: has transparent pixels (alpha min {int(alpha.min())}); expected opaque "
+                "images: flatten them onto a background first"
+            )
+    return img.convert(mode)
 
 
 def _pad(img: Image.Image, r: int, name: str, first_size: tuple[int, int]) -> Image.Image:
@@ -134,7 +173,7 @@ def _digits(cfg: DataConfig, seed: int) -> Loaded:
     bunch = load_digits()
     pixels = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
     targets = np.asarray(bunch.target, dtype=np.int64)
-    train, test = split_indices(len(pixels), cfg.test_fraction, seed)
+    train, test = split_indices(len(pixels), cfg.test_fraction, seed, "scikit-learn digits")
     raw = {
         "train": (_array_items(pixels[train], "digits/train"), targets[train]),
         "test": (_array_items(pixels[test], "digits/test"), targets[test]),
@@ -219,6 +258,28 @@ def _cifar10(cfg: DataConfig) -> Loaded:
     return raw, list(CIFAR10_CLASSES), f"CIFAR-10 python batches from {folder}"
 
 
+# What the official batches (and numpy pickles of them) need to unpickle; anything else, e.g. a
+# `__reduce__` that calls os.system, is refused: a batch file must not run code.
+CIFAR_PICKLE_GLOBALS = frozenset(
+    [(m, "_reconstruct") for m in ("numpy.core.multiarray", "numpy._core.multiarray")]
+    + [(m, "scalar") for m in ("numpy.core.multiarray", "numpy._core.multiarray")]
+    + [(m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")]
+    + [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")]
+)
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that builds dicts, lists, strings, numbers and numpy arrays, nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refused global {module}.{name} (only numpy arrays are expected; a batch file "
+                "that references other code is not an official CIFAR-10 batch)"
+            )
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     """One pickled batch: (N, 32, 32, 3) uint8 images and (N,) int64 labels."""
     if not path.is_file():
@@ -230,7 +291,7 @@ def _read_cifar_batch(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarr
         )
     try:
         with path.open("rb") as f:
-            entry = pickle.load(f, encoding="latin1")  # the official format (as torchvision)
+            entry = _DataOnlyUnpickler(f, encoding="latin1").load()  # latin1: as torchvision
         data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
     except Exception as e:  # any unpickling/shape problem: name the file
@@ -256,15 +317,32 @@ class _ImageTree:
         if not root.exists():
             raise FileNotFoundError(f"data.root: {root} does not exist (data.source=image_folder)")
         if root.is_dir():
-            names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-            yield cls(root, _image_names(names), lambda n: (root / n).read_bytes())
+            names = _image_names(
+                [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+            )
+            inside = root.resolve()
+            for n in names:  # a link may point anywhere: only files inside the folder are read
+                if not (root / n).resolve().is_relative_to(inside):
+                    raise ValueError(
+                        f"{root / n}: a symlink to {(root / n).resolve()}, outside data.root="
+                        f"{root}; refused (copy the file into the folder)"
+                    )
+            yield cls(root, names, lambda n: (root / n).read_bytes())
             return
         try:
             zf = zipfile.ZipFile(root)
         except (zipfile.BadZipFile, OSError) as e:
             raise ValueError(f"{root}: not a folder or a readable .zip file: {e}") from None
         with zf:
-            yield cls(root, _image_names(zf.namelist()), zf.read)
+            names = _image_names(zf.namelist())
+            for n in names:  # the declared size bounds what zf.read inflates
+                size = zf.getinfo(n).file_size
+                if size > MAX_IMAGE_BYTES:
+                    raise ValueError(
+                        f"{root}:{n}: {size} bytes uncompressed, over the {MAX_IMAGE_BYTES} "
+                        "byte cap for one image member (a zip bomb or not an image)"
+                    )
+            yield cls(root, names, zf.read)
 
     def describe(self, name: str) -> str:
         return f"{self.root}:{name}" if self.root.is_file() else str(self.root / name)
@@ -303,7 +381,9 @@ def _image_folder(tree: _ImageTree, cfg: DataConfig, seed: int) -> Loaded:
         ]
         prefix = only[0] if only else ""  # e.g. a zip holding only test/<class>/...
         pool = [n for n in tree.names if n.startswith(prefix)]
-        train, test = split_indices(len(pool), cfg.test_fraction, seed)
+        train, test = split_indices(
+            len(pool), cfg.test_fraction, seed, tree.describe(prefix or ".")
+        )
         pools = {"train": [pool[i] for i in train], "test": [pool[i] for i in test]}
         rel = {s: [n[len(prefix) :] for n in pools[s]] for s in pools}
         how = f"{prefix or 'all images'} split by data.test_fraction={cfg.test_fraction}"

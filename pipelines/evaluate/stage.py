@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipelines.artifacts import samples, shards
+from pipelines.artifacts import model_dir, samples, shards
 from pipelines.config import Params
 from pipelines.evaluate.fid import (
     check_compatible,
@@ -283,6 +283,8 @@ def nll_result(params: Params, root: Path, splits: tuple[str, ...]) -> tuple[Nll
 def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult:
     """FID/IS + NLL + rate-distortion, logged to `tracker`; the samples are checked first."""
     n = check_counts(params, root / params.paths.samples)  # before Ray starts
+    weights_file = root / params.paths.model / model_dir.WEIGHTS_FILE
+    samples.check_current(root / params.paths.samples, params, weights_file)
     splits = nll_splits(params, root)
     weights = resolve_weights(params.evaluate, default_cache_dir())
     init_ray(params.ray)

@@ -163,3 +163,26 @@ def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
 def bytes_digest(data: bytes, algorithm: str = "sha256") -> str:
     """Hex digest of `data`: the same value `file_digest` gives for a file holding it."""
     return hashlib.new(algorithm, data).hexdigest()
+
+
+def listed_file(folder: Path, name: object, manifest: Path) -> Path:
+    """`folder / name` for a manifest's `file` entry: a plain file name, never a path.
+
+    ValueError naming the manifest and the entry for an absolute path, `..`, a separator or a
+    symlink, so a manifest cannot make a reader open files outside its folder.
+    """
+    text = str(name)
+    path = folder / text
+    if (
+        not isinstance(name, str)
+        or text in ("", ".", "..")
+        or "/" in text
+        or "\\" in text
+        or Path(text).is_absolute()
+        or path.is_symlink()
+    ):
+        raise ValueError(
+            f"{manifest}: file entry {name!r} refused; expected a plain file name inside {folder} "
+            "(no absolute path, '..', separator or symlink)"
+        )
+    return path

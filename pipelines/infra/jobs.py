@@ -1,10 +1,12 @@
 """Submitting the pipeline to a Ray cluster as a job, and the scheduled-retraining decision.
 
 A scheduler (cron, a Kubernetes CronJob) runs `python -m stages.retrain` in a checkout of the
-repository. It asks DVC whether data, code or params changed since the last `dvc.lock`; if so
-it submits `python -m stages.all` as a Ray job whose submission id is derived from the inputs'
-hash, so a later tick with the same inputs finds the job already there (pending, running or
-succeeded) and submits nothing: idempotent. A failed or stopped job is retried under
+repository. It asks DVC whether inputs changed since the last `dvc.lock` (missing outputs of a
+shallow clone do not count), and treats raw data under `data.root` (outside DVC) as always
+possibly changed; if so it submits `python -m stages.all` as a Ray job whose submission id is
+derived from the inputs' hash (params, dvc.lock, code, a fingerprint of the raw data), so a
+later tick with the same inputs finds the job already there (pending, running or succeeded)
+and submits nothing: idempotent. A failed or stopped job is retried under
 `<id>-2`, `<id>-3`, ...
 """
 
@@ -22,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from pipelines.infra.tracking import GIT_COMMIT_ENV, source_commit
+from pipelines.infra.tracking import GIT_COMMIT_ENV, redact_uri, source_commit
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 # at its root ("/data/"): a bare "data/" would also drop the package pipelines/data/.
 EXCLUDES = ["/data/", "/models/", "/.ray_storage/", "/mlartifacts/", "/mlflow.db", "/.dvc/cache/"]
 # Environment forwarded from the submitter to every task of the job.
+CODE_PACKAGES = ("ddpm_core", "pipelines", "stages")
 FORWARD_ENV = ("MLFLOW_TRACKING_URI", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "DDPM_TRIGGER")
 
 
@@ -62,33 +66,102 @@ def dvc_status(root: Path) -> dict[str, Any]:
     return status
 
 
+def input_changes(status: dict[str, Any]) -> list[str]:
+    """Stages of `dvc status --json` whose inputs changed: params, command or a dep's content.
+
+    Missing outputs ("not in cache", "deleted") are not input changes: a fresh or shallow clone
+    (the Kubernetes CronJob's `git clone --depth 1`) has no DVC cache, so every output and every
+    dep that is an upstream output reads as missing there on every tick.
+    """
+    changed = []
+    for stage, entries in status.items():
+        for entry in entries if isinstance(entries, list) else [entries]:
+            if not isinstance(entry, dict):
+                changed.append(stage)  # e.g. "changed checksum": an edited dvc.yaml stage
+                break
+            deps = entry.get("changed deps", {})
+            others = set(entry) - {"changed deps", "changed outs"}
+            if others or any(v != "deleted" for v in deps.values()):
+                changed.append(stage)
+                break
+    return sorted(set(changed))
+
+
+def code_files(root: Path) -> list[Path]:
+    """What the pipeline runs: the packages' sources, dvc.yaml and pyproject.toml."""
+    files = [p for pkg in CODE_PACKAGES for p in sorted((root / pkg).rglob("*.py"))]
+    return files + [root / name for name in ("dvc.yaml", "pyproject.toml")]
+
+
+def data_root(root: Path, params_file: str) -> Path | None:
+    """`data.root` of the job's params file (resolved against `root`), or None."""
+    raw = yaml.safe_load((root / params_file).read_text()) if (root / params_file).is_file() else {}
+    value = ((raw or {}).get("data") or {}).get("root")
+    return None if value is None else root / Path(str(value)).expanduser()
+
+
+def data_fingerprint(folder: Path | None) -> str:
+    """Path, size and mtime of every file under the raw data (DVC does not track `data.root`)."""
+    if folder is None:
+        return "<none>"
+    if not folder.exists():
+        return "<missing>"
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    return "\n".join(
+        f"{p.relative_to(folder).as_posix()} {p.stat().st_size} {p.stat().st_mtime_ns}"
+        for p in files
+    )
+
+
 def inputs_hash(root: Path, params_file: str) -> str:
-    """Hash of the job's params file, DVC's params.yaml and dvc.lock: the same inputs map to the
-    same job id."""
+    """Hash of everything a retrain depends on: the job's params file, DVC's params.yaml and
+    dvc.lock, the code (`code_files`) and the raw data under `data.root` (`data_fingerprint`).
+    The same inputs map to the same job id; any change, a new one."""
     h = hashlib.sha256()
-    for name in sorted({params_file, "params.yaml", "dvc.lock"}):
-        path = root / name
-        h.update(name.encode())
-        h.update(path.read_bytes() if path.exists() else b"<missing>")
+    names = sorted({params_file, "params.yaml", "dvc.lock"})
+    for path in [root / n for n in names] + code_files(root):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() if path.is_file() else b"<missing>")
+    h.update(data_fingerprint(data_root(root, params_file)).encode())
     return h.hexdigest()[:10]
 
 
 def decide(root: Path, params_file: str, force: bool = False) -> Decision:
-    """Retrain when DVC reports a changed stage (or `force`)."""
-    status = dvc_status(root)
-    changed = bool(status) or force
-    if status:
-        reason = "changed: " + ", ".join(sorted(status))
+    """Retrain when DVC reports changed inputs, when the raw data lives outside DVC's view
+    (`data.root` set: the job id, which hashes it, decides), or when forced."""
+    changed = input_changes(dvc_status(root))
+    external = data_root(root, params_file)
+    if changed:
+        reason = "changed: " + ", ".join(changed)
+    elif force:
+        reason = "forced"
+    elif external is not None:
+        reason = f"data.root={external} is outside DVC: submit unless this input hash has a job"
     else:
-        reason = "forced" if force else "up to date with dvc.lock"
-    return Decision(changed, reason, submission_id=f"retrain-{inputs_hash(root, params_file)}")
+        reason = "up to date with dvc.lock"
+    submit = bool(changed) or force or external is not None
+    return Decision(submit, reason, submission_id=f"retrain-{inputs_hash(root, params_file)}")
 
 
 def runtime_env(working_dir: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The job's runtime env; the upload has no `.git`, so the commit travels as an env var."""
+    """The job's runtime env: code upload, excludes and the forwarded environment.
+
+    A job's runtime env is stored in the cluster and shown by the dashboard and `ray job list`,
+    so credentials in `MLFLOW_TRACKING_URI` are removed: the cluster's nodes authenticate with
+    their own `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD` (or `MLFLOW_TRACKING_TOKEN`),
+    set from a secret (deploy/). The upload has no `.git`, so the commit travels as an env var.
+    """
     env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
     env[GIT_COMMIT_ENV] = source_commit(working_dir)
     env.update(extra_env or {})
+    uri = env.get("MLFLOW_TRACKING_URI")
+    if uri and redact_uri(uri, mask="") != uri:
+        env["MLFLOW_TRACKING_URI"] = redact_uri(uri, mask="")
+        log.warning(
+            "MLFLOW_TRACKING_URI holds credentials: forwarded to the job without them as %s; "
+            "give the cluster MLFLOW_TRACKING_USERNAME/PASSWORD from a secret",
+            env["MLFLOW_TRACKING_URI"],
+        )
     return {"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env}
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,20 @@ def tracking_uri(cfg: MlflowConfig, root: Path) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         uri = prefix + str((shared_root(root) / uri[len(prefix) :]).resolve())
     return uri
+
+
+def redact_uri(uri: str, mask: str = "***") -> str:
+    """`uri` with its user:password (or token) part replaced by `mask` (removed when empty).
+
+    `https://user:token@host/x` -> `https://***@host/x`: what may be written to files, logged,
+    set as MLflow params or sent in a Ray job's runtime env. URIs without credentials pass as is.
+    """
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    netloc = f"{mask}@{host}" if mask else host
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _artifact_location(uri: str, root: Path) -> str | None:
@@ -137,7 +152,7 @@ def run_tags(params: Params, stage: str, root: Path) -> dict[str, str]:
 class Tracker:
     """A picklable handle on one MLflow run: safe to send to Ray workers and actors."""
 
-    uri: str
+    uri: str = field(repr=False)  # may hold credentials: never in a repr
     run_id: str
     _client: MlflowClient | None = field(default=None, repr=False, compare=False)
 
@@ -215,7 +230,10 @@ def open_run(
             tags["upstream.train"] = parent_run_id
         run = client.create_run(exp, tags=tags, run_name=run_name or stage)
         tracker = Tracker(uri, run.info.run_id)
-    tracker.log_params(flatten(to_dict(params)))
+    logged = flatten(to_dict(params))
+    if logged["mlflow.tracking_uri"]:
+        logged["mlflow.tracking_uri"] = redact_uri(logged["mlflow.tracking_uri"])
+    tracker.log_params(logged)
     return tracker
 
 
@@ -236,7 +254,7 @@ def write_run_file(
     info: dict[str, Any] = {
         "run_id": tracker.run_id,
         "experiment_id": run.info.experiment_id,
-        "uri": tracker.uri,
+        "uri": redact_uri(tracker.uri),  # runs/*.json is tracked by git
     }
     if details:
         info["details"] = dict(details)
@@ -272,7 +290,8 @@ def split_metrics(record: Mapping[str, Any]) -> tuple[dict[str, float | int], di
 def open_child_run(params: Params, stage: str, root: Path, parent_stage: str = "train") -> Tracker:
     """A run for `stage`, a child of the upstream stage's run when its run file exists."""
     upstream = read_run_file(params, parent_stage, root)
-    if upstream is not None and upstream.get("uri") != tracking_uri(params.mlflow, root):
+    here = redact_uri(tracking_uri(params.mlflow, root))
+    if upstream is not None and upstream.get("uri") != here:
         log.warning("upstream run %s is in another tracking store; not nesting", upstream)
         upstream = None
     parent = upstream["run_id"] if upstream else None

@@ -81,13 +81,62 @@ def _check_matches(kwargs: dict[str, Any], params: Params, where: Path) -> None:
             )
 
 
+# Our beta_schedule -> the diffusers DDPMScheduler name of the same betas.
+DIFFUSERS_SCHEDULES = {"linear": "linear", "quad": "scaled_linear"}
+SCHEDULER_FILES = ("scheduler_config.json", "scheduler/scheduler_config.json")
+
+
+def _scheduler_config(checkpoint: Path) -> Path:
+    """The released scheduler config beside the model (hub layout) or one folder up."""
+    for base in (checkpoint, checkpoint.parent):
+        for name in SCHEDULER_FILES:
+            if (base / name).is_file():
+                return base / name
+    raise FileNotFoundError(
+        f"{checkpoint / SCHEDULER_FILES[0]}: not found; the released scheduler (T, betas) must be "
+        "checked against params diffusion.* (google/ddpm-cifar10-32 ships scheduler_config.json)"
+    )
+
+
+def check_scheduler(params: Params, checkpoint: Path) -> None:
+    """ConfigError naming the file and key when the released scheduler is not `diffusion.*`:
+    the weights were trained for its T and betas, and sample/evaluate use params' ones."""
+    path = _scheduler_config(checkpoint)
+    config = json.loads(path.read_text())
+    cfg = params.diffusion
+    want = {
+        "num_train_timesteps": cfg.T,
+        "beta_schedule": DIFFUSERS_SCHEDULES.get(cfg.beta_schedule, cfg.beta_schedule),
+        "beta_start": cfg.beta_start,
+        "beta_end": cfg.beta_end,
+    }
+    for key, value in want.items():
+        if key not in config:
+            raise ConfigError(f"{path}: missing key {key!r} (expected a DDPMScheduler config)")
+        have = config[key]
+        same = abs(have - value) <= 1e-12 if isinstance(value, float) else have == value
+        if not same:
+            raise ConfigError(
+                f"{path}: the released scheduler has {key}={have!r} but params diffusion.* give "
+                f"{value!r}; use a params file for this model (e.g. profiles/cifar10-paper.yaml)"
+            )
+    if config.get("trained_betas") is not None:
+        raise ConfigError(f"{path}: trained_betas are set; expected betas from beta_schedule")
+
+
 def check_released(params: Params, checkpoint: Path) -> dict[str, Any]:
     """The released model's `UNet` kwargs, checked against params (before any run is opened)."""
     config_path = checkpoint / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: not found (expected a diffusers model folder)")
-    kwargs = unet_config_from_diffusers(json.loads(config_path.read_text()))
+    try:
+        kwargs = unet_config_from_diffusers(json.loads(config_path.read_text()))
+    except KeyError as e:
+        raise ConfigError(
+            f"{config_path}: missing key {e.args[0]!r} (expected a diffusers UNet2DModel config)"
+        ) from None
     _check_matches(kwargs, params, config_path)
+    check_scheduler(params, checkpoint)
     return kwargs
 
 

@@ -122,7 +122,8 @@ def run_train(
     # A rerun of a finished run trains nothing and reports nothing: the checkpoint's metrics
     # are those of an earlier attempt, the run folder's note is this one's.
     reported = {**(fitted.metrics or {}), **folder.attempt()}
-    meta = {"run_key": plan.key, "mlflow_run_id": tracker.run_id}
+    # No MLflow run id: it would make identical trainings write different `models/` hashes.
+    meta = {"run_key": plan.key}
     model = export_model(params, root, Path(fitted.checkpoint.path), meta, tracker)
     last_loss = model.history[-1][1] if model.history else float("nan")
     result = TrainResult(

@@ -39,6 +39,8 @@ def test_params_yaml_round_trips() -> None:
         ("train.compile", 0, "train.compile: got 0, expected one of"),  # 0 == False, not a bool
         ("sample.precision", "fp16", "sample.precision: got 'fp16', expected one of"),
         ("evaluate.nll_compile", "max", "evaluate.nll_compile: got 'max', expected one of"),
+        ("seed", -3, "seed: got -3, expected an int >= 0"),
+        ("data.test_fraction", 0.0, "data.test_fraction: got 0.0, expected 0 < f < 1 for data"),
     ],
 )
 def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:

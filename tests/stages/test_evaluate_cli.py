@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import ray
+import torch
 from mlflow.tracking import MlflowClient
 
+from pipelines.artifacts.model_dir import WEIGHTS_FILE
+from pipelines.artifacts.samples import (
+    plan_shards,
+    prepare_dir,
+    sampling_plan,
+    write_manifest,
+    write_shard,
+)
 from pipelines.config import Params
 from pipelines.data.stage import build_shards
 from pipelines.infra.tracking import open_run, tracking_uri, write_run_file
@@ -34,6 +44,32 @@ def test_missing_samples_fail_before_ray_naming_the_stage(
 ) -> None:
     build_shards(params.data, params.seed, Path(params.paths.shards))
     with pytest.raises(FileNotFoundError, match="samples/manifest.json.*run the sample stage"):
+        evaluate.main(["--params", str(params_file(params, tmp_path / "p.yaml"))])
+    assert not ray.is_initialized()
+
+
+def test_stale_samples_are_refused_before_ray(
+    tmp_path: Path, params: Params, no_ray: object
+) -> None:
+    """Samples drawn from other weights or another sampler are not scored as current."""
+    build_shards(params.data, params.seed, Path(params.paths.shards))
+    weights = make_model_dir(params) / WEIGHTS_FILE
+    out, specs = Path(params.paths.samples), plan_shards(params.sample.num_images, 4)
+    plan = sampling_plan(params, weights)
+    prepare_dir(out, plan, specs)
+    images = torch.zeros((params.sample.num_images, 1, 8, 8), dtype=torch.uint8)
+    hashes = [write_shard(images[s.start : s.stop], s, out) for s in specs]
+    write_manifest(out, plan, specs, hashes)
+    strided = dataclasses.replace(params, sample=dataclasses.replace(params.sample, stride=2))
+    with pytest.raises(ValueError, match=r"stale samples: drawn with stride=1, .* give 2"):
+        evaluate.main(["--params", str(params_file(strided, tmp_path / "p.yaml"))])
+    fixed = dataclasses.replace(
+        params, diffusion=dataclasses.replace(params.diffusion, var_type="fixedsmall")
+    )
+    with pytest.raises(ValueError, match="stale samples: drawn with diffusion="):
+        evaluate.main(["--params", str(params_file(fixed, tmp_path / "p.yaml"))])
+    make_model_dir(params, seed=1)  # retrained weights, samples not redrawn
+    with pytest.raises(ValueError, match=r"stale samples: drawn with weights_sha256=.*ema"):
         evaluate.main(["--params", str(params_file(params, tmp_path / "p.yaml"))])
     assert not ray.is_initialized()
 

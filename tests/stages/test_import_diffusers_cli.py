@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from ddpm_core.config import ConfigError
+from ddpm_core.schedule import make_betas
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.config import Params
 from pipelines.infra.tracking import tracking_uri
@@ -33,12 +35,25 @@ SMALL = {
 MATCHING = {"unet.ch": 32, "unet.ch_mult": [1, 2], "unet.attn_resolutions": [4]}
 
 
+def save_released(folder: Path, T: int = 20, **scheduler: object) -> Any:
+    """A random SMALL UNet2DModel and its DDPMScheduler saved in `folder`, as on the hub."""
+    released = random_diffusers(SMALL)
+    released.save_pretrained(folder)  # config.json + .safetensors
+    kwargs = {"num_train_timesteps": T, "beta_start": 1e-4, "beta_end": 0.02, **scheduler}
+    diffusers.DDPMScheduler(**kwargs).save_pretrained(folder)  # scheduler_config.json
+    return released
+
+
 def test_released_weights_become_the_model_folder(
     tmp_path: Path, make_params: MakeParams, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    released = random_diffusers(SMALL)
-    released.save_pretrained(tmp_path / "released")  # config.json + .safetensors, as on the hub
+    released = save_released(tmp_path / "released")
     params = make_params(MATCHING)
+    # the scheduler's betas are the ones params give (diffusers' own construction)
+    betas = diffusers.DDPMScheduler.from_pretrained(tmp_path / "released").betas
+    d = params.diffusion
+    ours = torch.as_tensor(make_betas(d.beta_schedule, d.T, d.beta_start, d.beta_end))
+    torch.testing.assert_close(betas.double(), ours.double(), atol=1e-7, rtol=0)
     path = str(params_file(params, tmp_path / "p.yaml"))
     assert (
         import_diffusers.main(["--params", path, "--checkpoint", str(tmp_path / "released")]) == 0
@@ -64,7 +79,7 @@ def test_released_weights_become_the_model_folder(
 def test_architecture_mismatch_and_missing_files_are_named(
     tmp_path: Path, make_params: MakeParams
 ) -> None:
-    random_diffusers(SMALL).save_pretrained(tmp_path / "released")
+    save_released(tmp_path / "released")
     path = str(params_file(make_params({**MATCHING, "unet.ch": 16}), tmp_path / "p.yaml"))
     with pytest.raises(ConfigError, match=r"released/config.json: the released model has ch=32"):
         import_diffusers.main(["--params", path, "--checkpoint", str(tmp_path / "released")])
@@ -84,3 +99,27 @@ def test_learned_variance_needs_a_2c_output_model(tmp_path: Path, make_params: M
     assert import_diffusers.main(["--params", path, "--checkpoint", str(tmp_path / "2c")]) == 0
     model = load_ema_model(make_params(learned), Path(make_params().paths.model))
     assert model.out_channels == 2
+
+
+def test_released_scheduler_must_match_diffusion_params(
+    tmp_path: Path, make_params: MakeParams
+) -> None:
+    path = str(params_file(make_params(MATCHING), tmp_path / "p.yaml"))
+    for name, kwargs, message in [
+        ("T", {"T": 1000}, "scheduler_config.json: the released scheduler has num_train_timeste"),
+        ("end", {"beta_end": 0.01}, "has beta_end=0.01 but params diffusion.* give 0.02"),
+        ("cos", {"beta_schedule": "squaredcos_cap_v2"}, "beta_schedule='squaredcos_cap_v2'"),
+    ]:
+        save_released(tmp_path / name, **kwargs)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match=message):
+            import_diffusers.main(["--params", path, "--checkpoint", str(tmp_path / name)])
+    (tmp_path / "T/scheduler_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="T/scheduler_config.json: not found"):
+        import_diffusers.main(["--params", path, "--checkpoint", str(tmp_path / "T")])
+    save_released(tmp_path / "nokey")
+    config = json.loads((tmp_path / "nokey/config.json").read_text())
+    del config["layers_per_block"]
+    (tmp_path / "nokey/config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="config.json: missing key 'layers_per_block'"):
+        import_diffusers.main(["--params", path, "--checkpoint", str(tmp_path / "nokey")])
+    assert not Path(make_params().paths.model).exists()

@@ -188,3 +188,17 @@ def test_weights_that_do_not_fit_the_config_name_the_file(make_params: MakeParam
     save_weights(model_dir / WEIGHTS_FILE, state, {})  # config.json still says ch=8
     with pytest.raises(ValueError, match="ema.safetensors: weights do not fit"):
         load_ema_model(params, model_dir)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_weights_are_refused_naming_the_file(make_params: MakeParams, bad: float) -> None:
+    params = make_params()
+    model_dir = make_model_dir(params)
+    state, meta = load_weights(model_dir / WEIGHTS_FILE)
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = (
+        state[key].clone().view(-1).index_fill(0, torch.tensor([0]), bad).view_as(state[key])
+    )
+    save_weights(model_dir / WEIGHTS_FILE, state, meta)
+    with pytest.raises(ValueError, match=rf"ema.safetensors: tensors \['{key}'\] .*NaN or inf"):
+        load_ema_model(params, model_dir)

@@ -174,3 +174,14 @@ def test_load_samples_missing_manifest(tmp_path: Path) -> None:
 
 def test_ordered_hash_depends_on_order() -> None:
     assert ordered_hash(["a", "b"]) != ordered_hash(["b", "a"])
+
+
+def test_load_samples_refuses_file_entries_outside_the_folder(tmp_path: Path) -> None:
+    images, specs = _images(4), plan_shards(4, 4)
+    _write_manifest(tmp_path / "s", specs, images)
+    manifest = json.loads((tmp_path / "s" / MANIFEST).read_text())
+    manifest["shards"][0]["file"] = "../" + manifest["shards"][0]["file"]
+    (tmp_path / "s" / MANIFEST).write_text(json.dumps(manifest))
+    (tmp_path / specs[0].name).write_bytes((tmp_path / "s" / specs[0].name).read_bytes())
+    with pytest.raises(ValueError, match=r"file entry '\.\./samples-000000.tar' refused"):
+        load_samples(tmp_path / "s")

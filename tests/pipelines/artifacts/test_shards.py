@@ -157,3 +157,22 @@ def test_corrupt_member_is_named_even_with_matching_sha(tmp_path: Path) -> None:
 
 def _png_of(tmp_path: Path, i: int) -> bytes:
     return encode_png(id_images(4)[i])
+
+
+def test_manifest_file_entries_outside_the_folder_are_refused(tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    write_ids(shards, 4, 8)
+    outside = tmp_path / "outside.tar"  # a valid shard with the right sha256, outside the folder
+    outside.write_bytes((shards / "train-000000.tar").read_bytes())
+    manifest = json.loads((shards / MANIFEST).read_text())
+    for name in ("../outside.tar", str(outside)):
+        manifest["splits"]["train"]["shards"][0]["file"] = name
+        (shards / MANIFEST).write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match=rf"manifest.json: file entry '{name}' refused"):
+            load_split(shards, "train")
+    manifest["splits"]["train"]["shards"][0]["file"] = "train-000000.tar"
+    (shards / MANIFEST).write_text(json.dumps(manifest))
+    (shards / "train-000000.tar").unlink()
+    (shards / "train-000000.tar").symlink_to(outside)
+    with pytest.raises(ValueError, match="file entry 'train-000000.tar' refused.*symlink"):
+        load_split(shards, "train")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -165,8 +166,9 @@ def test_image_folder_unsplit_and_zip_read_in_place(tmp_path: Path) -> None:
 
 
 def test_image_folder_bad_inputs_name_the_file(tmp_path: Path) -> None:
-    write_png(tmp_path / "x/a.png", np.zeros((6, 6), np.uint8))
-    write_png(tmp_path / "x/b.png", np.zeros((5, 6), np.uint8))
+    write_png(tmp_path / "x/train/a.png", np.zeros((6, 6), np.uint8))
+    write_png(tmp_path / "x/train/b.png", np.zeros((5, 6), np.uint8))
+    write_png(tmp_path / "x/test/c.png", np.zeros((6, 6), np.uint8))
     c = cfg(source="image_folder", root=str(tmp_path / "x"), test_fraction=0.0)
     with pytest.raises(ValueError, match=r"b\.png: image size 6x5 differs"):
         load_source(c, 0)
@@ -178,7 +180,7 @@ def test_image_folder_bad_inputs_name_the_file(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"a\.png: image size 6x6 is larger"):
         load_source(dataclasses.replace(c, resolution=4), 0)
-    (tmp_path / "x/b.png").write_bytes(b"\x89PNG garbage")
+    (tmp_path / "x/train/b.png").write_bytes(b"\x89PNG garbage")
     with pytest.raises(ValueError, match=r"b\.png: cannot read image"):
         load_source(dataclasses.replace(c, resize="resize"), 0)
     (tmp_path / "empty").mkdir()
@@ -217,3 +219,97 @@ def test_shared_cifar10_jpeg_zip_test_only_is_split() -> None:
     assert data.classes[:2] == ["airplane", "automobile"] and len(data.classes) == 10
     assert data.splits["train"].images.shape == (50, 3, 32, 32)
     assert "split by data.test_fraction" in data.description
+
+
+def test_a_split_that_leaves_no_test_images_is_refused_before_shards(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "d", {"a": 3}, size=8)  # 3 images in one pool
+    c = cfg(source="image_folder", root=str(tmp_path / "d"), test_fraction=0.1)
+    with pytest.raises(ValueError, match=r"test_fraction=0.1: .*d of 3 images gives 0 test"):
+        load_source(c, 0)
+    with pytest.raises(ValueError, match="test_fraction=0.0: .*gives 0 test"):
+        load_source(dataclasses.replace(c, test_fraction=0.0), 0)
+    data = load_source(dataclasses.replace(c, test_fraction=0.34), 0)
+    assert (len(data.splits["train"].labels), len(data.splits["test"].labels)) == (2, 1)
+    with pytest.raises(ValueError, match="digits of 1797 images gives 0 test"):
+        load_source(cfg(test_fraction=0.0001), 0)
+
+
+class _RunsCode:
+    """A pickle payload that, loaded with plain pickle.load, would create a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch.__get__(self.marker), ())  # type: ignore[return-value]
+
+
+def test_cifar10_batch_that_runs_code_is_refused_unrun(tmp_path: Path) -> None:
+    write_cifar10_batches(tmp_path, per_batch=1)
+    marker = tmp_path / "pwned"
+    evil = {"data": np.zeros((1, 3072), np.uint8), "labels": [0], "x": _RunsCode(marker)}
+    (tmp_path / "cifar-10-batches-py/data_batch_3").write_bytes(pickle.dumps(evil, protocol=2))
+    with pytest.raises(ValueError, match=r"data_batch_3: not a CIFAR-10 python batch: refused"):
+        load_source(cfg(source="cifar10", root=str(tmp_path), resolution=32), 0)
+    assert not marker.exists()
+
+
+def _folder_cfg(root: Path, **kw: object) -> DataConfig:
+    return cfg(source="image_folder", root=str(root), test_fraction=0.5, **kw)
+
+
+def test_16bit_png_is_scaled_not_clamped(tmp_path: Path) -> None:
+    from PIL import Image
+
+    values = np.array([[0, 257 * 100, 65535, 257 * 3]], dtype=np.uint16).repeat(4, axis=0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(values).save(tmp_path / name)
+    assert Image.open(tmp_path / "a.png").mode.startswith("I")  # really 16-bit on disk
+    data = load_source(_folder_cfg(tmp_path, resolution=4), 0)
+    row = data.splits["train"].images[0, 0, 0]
+    assert row.tolist() == [0, 100, 255, 3]
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    from PIL import Image
+
+    pixels = np.arange(16, dtype=np.uint8).reshape(4, 4) * 10
+    exif = Image.Exif()
+    exif[0x0112] = 3  # Orientation: rotate 180
+    for name in ("a.png", "b.png"):
+        Image.fromarray(pixels).save(tmp_path / name, exif=exif)
+    data = load_source(_folder_cfg(tmp_path, resolution=4), 0)
+    np.testing.assert_array_equal(data.splits["train"].images[0, 0], pixels[::-1, ::-1])
+
+
+def test_alpha_opaque_is_dropped_transparent_is_refused(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rgba = np.full((4, 4, 4), 255, dtype=np.uint8)
+    rgba[..., 0] = 7
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rgba).save(tmp_path / name)
+    data = load_source(_folder_cfg(tmp_path, resolution=4, channels=3), 0)
+    assert data.splits["train"].images[0, 0].tolist() == [[7] * 4] * 4
+    rgba[0, 0, 3] = 0
+    Image.fromarray(rgba).save(tmp_path / "b.png")
+    with pytest.raises(ValueError, match=r"b\.png: has transparent pixels"):
+        load_source(_folder_cfg(tmp_path, resolution=4, channels=3), 0)
+
+
+def test_symlinks_out_of_the_folder_and_huge_zip_members_are_refused(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "d", {"a": 2}, size=4)
+    write_png(tmp_path / "secret.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "d/a/link.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(ValueError, match=r"d/a/link\.png: a symlink to .*secret\.png, outside"):
+        load_source(_folder_cfg(tmp_path / "d", resolution=4), 0)
+    (tmp_path / "d/a/link.png").unlink()
+    (tmp_path / "d/a/inside.png").symlink_to(tmp_path / "d/a/000.png")  # inside: fine
+    assert len(load_source(_folder_cfg(tmp_path / "d", resolution=4), 0).classes) == 1
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/0.png", (tmp_path / "secret.png").read_bytes())
+        zf.writestr("a/1.png", bytes(65 * 2**20))  # 65 MiB of zeros, ~65 KiB compressed
+    assert archive.stat().st_size < 2**20
+    with pytest.raises(ValueError, match=r"bomb\.zip:a/1\.png: 68157440 bytes uncompressed"):
+        load_source(_folder_cfg(archive, resolution=4), 0)

@@ -44,6 +44,45 @@ def test_decide_follows_dvc_status(dvc_repo: Path) -> None:
     assert changed.submission_id != clean.submission_id
 
 
+def test_a_code_edit_and_a_raw_data_edit_give_new_job_ids(dvc_repo: Path) -> None:
+    """Code and data.root are inputs too: an already-succeeded job id must not hide them."""
+    (dvc_repo / "pipelines").mkdir()
+    (dvc_repo / "pipelines/step.py").write_text("LR = 1\n")
+    before = decide(dvc_repo, "params.yaml")
+    (dvc_repo / "pipelines/step.py").write_text("LR = 2\n")  # a code edit DVC does not track
+    after_code = decide(dvc_repo, "params.yaml")
+    assert after_code.submission_id != before.submission_id
+    raw = dvc_repo / "raw"
+    (raw / "cls").mkdir(parents=True)
+    (raw / "cls/a.png").write_bytes(b"a")
+    (dvc_repo / "job.yaml").write_text("x: 1\ndata: {root: raw}\n")
+    with_data = decide(dvc_repo, "job.yaml")
+    assert with_data.changed and "outside DVC" in with_data.reason  # the id decides
+    assert decide(dvc_repo, "job.yaml").submission_id == with_data.submission_id  # stable
+    (raw / "cls/a.png").write_bytes(b"ab")  # a data edit
+    assert decide(dvc_repo, "job.yaml").submission_id != with_data.submission_id
+    (raw / "cls/b.png").write_bytes(b"b")  # a new image
+    ids = {decide(dvc_repo, "job.yaml").submission_id, with_data.submission_id}
+    assert len(ids) == 2
+
+
+def test_a_shallow_clone_without_outputs_is_up_to_date(
+    dvc_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The CronJob's `git clone --depth 1` has no DVC cache: missing outputs are not changes."""
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    run([*git, "add", "-A"], dvc_repo)
+    run([*git, "commit", "-qm", "pipeline"], dvc_repo)
+    clone = tmp_path_factory.mktemp("shallow") / "repo"
+    run(["git", "clone", "-q", "--depth", "1", dvc_repo.as_uri(), str(clone)], clone.parent)
+    assert not (clone / "out.txt").exists()
+    there = decide(clone, "params.yaml")
+    assert not there.changed and there.reason == "up to date with dvc.lock"
+    assert there.submission_id == decide(dvc_repo, "params.yaml").submission_id
+    (clone / "in.txt").write_text("2\n")
+    assert decide(clone, "params.yaml").reason == "changed: copy"
+
+
 def test_decide_outside_dvc_names_the_folder(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=f"`dvc status` failed in {tmp_path}"):
         decide(tmp_path, "params.yaml")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import pickle
@@ -15,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import MlflowConfig, Params
+from pipelines.infra.jobs import runtime_env
 from pipelines.infra.tracking import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -25,11 +27,13 @@ from pipelines.infra.tracking import (
     open_child_run,
     open_run,
     read_run_file,
+    redact_uri,
     run_tracked,
     split_metrics,
     tracking_uri,
     write_run_file,
 )
+from tests.helpers import MlflowServer
 
 
 @dataclass(frozen=True)
@@ -155,3 +159,36 @@ def test_runs_carry_mlflows_standard_tags_and_a_training_experiment_kind(
     client.set_experiment_tag(old, EXPERIMENT_KIND_TAG, "genai_development")
     experiment_id(client, "made-by-hand", run.uri, tmp_path)
     assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_credentials_in_the_tracking_uri_are_never_written(
+    tmp_path: Path,
+    make_params: Callable[..., Params],
+    mlflow_server: MlflowServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A real server on loopback reached as http://user:token@host: runs work, nothing leaks."""
+    secret = "s3cr3t-token"
+    uri = mlflow_server.url.replace("http://", f"http://ddpm:{secret}@")
+    assert redact_uri(uri) == mlflow_server.url.replace("http://", "http://***@")
+    params = make_params()
+    params = dataclasses.replace(
+        params, mlflow=dataclasses.replace(params.mlflow, tracking_uri=uri)
+    )
+    train = open_run(params, "train", tmp_path)
+    write_run_file(params, "train", train, tmp_path)
+    child = open_child_run(params, "sample", tmp_path)  # still nests: redacted URIs compared
+    run_tracked(params, tmp_path, "sample", child, _stage)
+    client = MlflowClient(mlflow_server.url)
+    assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == train.run_id
+    for run_id in (train.run_id, child.run_id):
+        logged = client.get_run(run_id).data
+        assert not [v for v in [*logged.params.values(), *logged.tags.values()] if secret in v]
+    for path in Path(params.paths.runs).glob("*.json"):
+        assert secret not in path.read_text() and "***@" in path.read_text()
+    assert secret not in repr(train)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    env = runtime_env(tmp_path)["env_vars"]
+    assert env["MLFLOW_TRACKING_URI"] == mlflow_server.url
+    assert secret not in caplog.text

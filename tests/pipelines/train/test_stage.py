@@ -72,6 +72,9 @@ def test_two_workers_train_export_and_log(reference: tuple[Params, TrainResult])
     weights, meta = load_weights(Path(params.paths.model) / WEIGHTS_FILE)
     model.load_state_dict(weights)  # the EMA weights fit the configured U-Net
     assert meta["step"] == "6" and json.loads(meta["config"]) == to_dict(params)
+    # No run id in the DVC output: identical trainings must give identical `models/` hashes.
+    assert result.run_id.encode() not in (Path(params.paths.model) / WEIGHTS_FILE).read_bytes()
+    assert "mlflow_run_id" not in meta
     assert json.loads((Path(params.paths.model) / CONFIG_FILE).read_text()) == to_dict(params)
     # The diffusers export (paths.diffusers) exists; at unet.ch 8 it says why it holds no model.
     assert "unet.ch is 8" in (Path(params.paths.diffusers) / "README.md").read_text()
