@@ -131,6 +131,7 @@ def smoke_params(params: Params) -> Params:
         data=replace(params.data, resolution=8, channels=1),
         unet=replace(params.unet, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)),
         diffusion=replace(params.diffusion, T=20),
+        quality=replace(params.quality, steps=(), reverse_every=0),  # step counts dividing T
     )
 
 

@@ -152,7 +152,7 @@ def test_exp_run_reruns_from_train_and_runs_compare_in_mlflow(pipeline: Pipeline
             [exp.experiment_id], f"tags.mlflow.parentRunId = '{train.info.run_id}'"
         )
         by_stage = {c.data.tags["dvc.stage"]: c for c in children}
-        assert set(by_stage) == {"sample", "evaluate"}
+        assert set(by_stage) == {"sample", "quality", "evaluate"}
         evaluated = by_stage["evaluate"]
         assert {"fid", "fid_test", "nll_bpd", "nll_bpd_sem"} <= set(evaluated.data.metrics)
         assert evaluated.data.tags["fid.comparability"].startswith("NOT comparable")
@@ -223,7 +223,7 @@ def test_queued_and_temporary_experiments_run_in_their_own_workspace(pipeline: P
     exp = client.get_experiment_by_name("ddpm")
     assert exp is not None
     for name, stages in (
-        ("q1", {"train", "sample", "evaluate"}),
+        ("q1", {"train", "sample", "quality", "evaluate"}),
         ("q2", {"evaluate"}),
         ("t1", {"evaluate"}),
     ):
@@ -282,7 +282,8 @@ def test_scheduled_retrain_runs_the_pipeline_as_a_ray_job(
     exp = client.get_experiment_by_name("ddpm")
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], "tags.trigger = 'schedule'")
-    assert sorted(r.data.tags["dvc.stage"] for r in runs) == ["evaluate", "sample", "train"]
+    stages = sorted(r.data.tags["dvc.stage"] for r in runs)
+    assert stages == ["evaluate", "quality", "sample", "train"]
 
     # Back under DVC: copy each recorded output to its params.yaml path, `dvc commit -f`.
     record = json.loads((shared / "runs" / "all.json").read_text())

@@ -35,9 +35,11 @@ SMALL = {
 MATCHING = {"unet.ch": 32, "unet.ch_mult": [1, 2], "unet.attn_resolutions": [4]}
 
 
-def save_released(folder: Path, T: int = 20, **scheduler: object) -> Any:
-    """A random SMALL UNet2DModel and its DDPMScheduler saved in `folder`, as on the hub."""
-    released = random_diffusers(SMALL)
+def save_released(
+    folder: Path, T: int = 20, config: dict[str, Any] | None = None, **scheduler: object
+) -> Any:
+    """A random UNet2DModel (SMALL unless `config`) and its DDPMScheduler saved in `folder`."""
+    released = random_diffusers(config or SMALL)
     released.save_pretrained(folder)  # config.json + .safetensors
     kwargs = {"num_train_timesteps": T, "beta_start": 1e-4, "beta_end": 0.02, **scheduler}
     diffusers.DDPMScheduler(**kwargs).save_pretrained(folder)  # scheduler_config.json
@@ -70,10 +72,10 @@ def test_released_weights_become_the_model_folder(
         torch.testing.assert_close(pipe.unet(x, t).sample, model(x, t), rtol=1e-5, atol=1e-6)
     assert pipe.scheduler.config.num_train_timesteps == params.diffusion.T
     metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
-    assert metrics["steps"] == 0 and metrics["weights"].startswith("released: ")
-    run_id = json.loads((Path(params.paths.runs) / "train.json").read_text())["run_id"]
-    run = MlflowClient(tracking_uri(params.mlflow, tmp_path)).get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["weights"] == metrics["weights"]
+    info = json.loads((Path(params.paths.runs) / "train.json").read_text())  # texts: not metrics
+    assert metrics["steps"] == 0 and info["details"]["weights"].startswith("released: ")
+    run = MlflowClient(tracking_uri(params.mlflow, tmp_path)).get_run(info["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["weights"] == info["details"]["weights"]
 
 
 def test_architecture_mismatch_and_missing_files_are_named(
@@ -92,10 +94,10 @@ def test_learned_variance_needs_a_2c_output_model(tmp_path: Path, make_params: M
     """A learned Sigma reads 2C outputs: a released C-output model is refused, a 2C one loads."""
     learned = {**MATCHING, "diffusion.var_type": "learned", "diffusion.loss_type": "kl"}
     path = str(params_file(make_params(learned), tmp_path / "p.yaml"))
-    random_diffusers(SMALL).save_pretrained(tmp_path / "c")
+    save_released(tmp_path / "c")
     with pytest.raises(ConfigError, match=r"has out_channels=1 but params give 2"):
         import_diffusers.main(["--params", path, "--checkpoint", str(tmp_path / "c")])
-    random_diffusers({**SMALL, "out_channels": 2}).save_pretrained(tmp_path / "2c")
+    save_released(tmp_path / "2c", config={**SMALL, "out_channels": 2})
     assert import_diffusers.main(["--params", path, "--checkpoint", str(tmp_path / "2c")]) == 0
     model = load_ema_model(make_params(learned), Path(make_params().paths.model))
     assert model.out_channels == 2

@@ -53,7 +53,7 @@ def test_failure_keeps_previous_shards(tmp_path: Path, make_params: Callable[...
     out = Path(params.paths.shards)
     before = snapshot(out)
     folder = tmp_path / "imgs"
-    for i in range(3):
+    for i in range(20):  # enough for a test split (test_fraction 0.1)
         write_png(folder / f"{i}.png", np.full((8, 8), i, np.uint8))
     (folder / "1.png").write_bytes(b"corrupt")
     bad: dict[str, Any] = {"data.source": "image_folder", "data.root": str(folder)}

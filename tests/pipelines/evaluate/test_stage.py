@@ -32,15 +32,6 @@ def test_nll_split_selects_the_splits_headline_first(
     assert nll_splits(params, tmp_path) == want
 
 
-def test_both_splits_need_a_test_split_and_the_error_names_the_manifest(
-    make_params: MakeParams, tmp_path: Path
-) -> None:
-    no_test = {"data.test_fraction": 0.0}
-    assert nll_splits(_shards(make_params(no_test)), tmp_path) == ("train",)  # as before
-    with pytest.raises(ValueError, match=r"evaluate.nll_split: 'both' needs .*manifest.json"):
-        nll_splits(make_params({**no_test, "evaluate.nll_split": "both"}), tmp_path)
-
-
 def test_both_splits_are_labelled_with_the_gap_train_minus_test() -> None:
     test, train = NllSummary(3.0, 0.03, 0.01, 0.5, 8), NllSummary(2.8, 0.04, 0.01, 0.5, 8)
     m = NllResult(test, "test", 1.0, train).metrics()

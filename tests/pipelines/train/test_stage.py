@@ -24,7 +24,7 @@ from ddpm_core.unet import UNet
 from pipelines.artifacts.model_dir import CONFIG_FILE, WEIGHTS_FILE, load_weights
 from pipelines.config import Params, to_dict
 from pipelines.infra.files import file_digest
-from pipelines.infra.tracking import tracking_uri
+from pipelines.infra.tracking import split_metrics, tracking_uri
 from pipelines.train.run import RunFolder
 from pipelines.train.stage import TrainResult
 from pipelines.train.step import (
@@ -79,7 +79,7 @@ def test_two_workers_train_export_and_log(reference: tuple[Params, TrainResult])
     # The diffusers export (paths.diffusers) exists; at unet.ch 8 it says why it holds no model.
     assert "unet.ch is 8" in (Path(params.paths.diffusers) / "README.md").read_text()
     written = json.loads((Path(params.paths.metrics) / "train.json").read_text())
-    assert written == metrics
+    assert written == split_metrics(metrics)[0]  # numbers; texts and timings go to runs/
     history = loss_history(params)
     assert [s for s, _ in history] == [1, 2, 3, 4, 5, 6]
     assert all(0 < v < 10 for _, v in history)
@@ -298,4 +298,5 @@ def test_bad_inputs_fail_before_training(
     with pytest.raises(error) as info:
         train(params, tmp_path)
     assert all(w in str(info.value) for w in words), str(info.value)
-    assert not Path(params.paths.ray_storage).exists()  # no Ray run, no MLflow run
+    storage = Path(params.paths.ray_storage)  # no Ray run, no MLflow run: at most the run lock
+    assert not storage.exists() or all(p.suffix == ".lock" for p in storage.iterdir())
