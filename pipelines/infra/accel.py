@@ -35,11 +35,6 @@ def check_compile_mode(mode: object) -> CompileMode:
     return mode  # type: ignore[return-value]
 
 
-def compile_module(module: nn.Module, mode: CompileMode) -> nn.Module:
-    """torch.compile(module) in `mode`; the module itself when mode is False."""
-    return compile_fn(module, mode)
-
-
 def compile_fn(fn: F, mode: CompileMode) -> F:
     """torch.compile(fn) in `mode` (a module or a function); fn itself when mode is False."""
     mode = check_compile_mode(mode)
@@ -86,7 +81,7 @@ class InferenceModel(nn.Module):
         model = model.to(device).eval()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.net = compile_module(model, compile)
+        self.net = compile_fn(model, compile)
         self.device, self.precision = device, precision
         self.channels_last, self.compile_mode = channels_last, check_compile_mode(compile)
 
