@@ -1,29 +1,207 @@
-"""The scheduling manifests parse and call the same entry points as the documented CLI."""
+"""The deploy manifests: valid Kubernetes objects, one consistent cluster, the documented CLI.
+
+Kubernetes-native objects (CronJob, Deployment, Service, PersistentVolumeClaim) are validated
+strictly against the Kubernetes 1.37 OpenAPI schemas bundled with `kubernetes-validate`. KubeRay's
+CRD schemas are not packaged for pip, so the RayCluster/RayCronJob pod templates (all that
+Kubernetes itself runs) are validated as core `PodTemplate`s, their fields against KubeRay v1's,
+and the cluster against what `profiles/cifar10-cluster.yaml` asks of it.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
+import kubernetes_validate
+import pytest
 import yaml
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+from pipelines.config import Params, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+K8S_VERSION = "1.37"
+CLUSTER_PARAMS = "profiles/cifar10-cluster.yaml"
+SHARED_CLAIM = "ddpm-shared"
+# KubeRay v1 field names (ray-operator/apis/ray/v1: raycluster_types.go, rayjob_types.go,
+# raycronjob_types.go) used to catch misspelt or misplaced keys that no schema here would catch.
+RAY_CLUSTER_SPEC = {"rayVersion", "headGroupSpec", "workerGroupSpecs", "enableInTreeAutoscaling",
+                    "autoscalerOptions", "headServiceAnnotations", "suspend", "managedBy",
+                    "gcsFaultToleranceOptions", "authOptions"}  # fmt: skip
+HEAD_GROUP = {"rayStartParams", "template", "serviceType", "headService", "enableIngress"}
+WORKER_GROUP = {"groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams",
+                "template", "numOfHosts", "scaleStrategy", "suspend", "idleTimeoutSeconds"}  # fmt: skip
+RAY_JOB_SPEC = {"entrypoint", "runtimeEnvYAML", "rayClusterSpec", "clusterSelector",
+                "submissionMode", "backoffLimit", "activeDeadlineSeconds",
+                "shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "deletionStrategy",
+                "jobId", "submitterPodTemplate", "submitterConfig", "entrypointNumCpus",
+                "entrypointNumGpus", "entrypointResources", "metadata", "suspend",
+                "managedBy"}  # fmt: skip
+RAY_CRON_JOB_SPEC = {"schedule", "jobTemplate", "suspend", "timeZone"}
 
 
-def test_cronjob_runs_the_retrain_entry_point() -> None:
-    doc = yaml.safe_load((DEPLOY / "k8s-cronjob.yaml").read_text())
-    assert doc["kind"] == "CronJob" and doc["spec"]["concurrencyPolicy"] == "Forbid"
-    container = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    assert "python -m stages.retrain --params params.yaml --wait" in container["args"][0]
-    env = {e["name"] for e in container["env"]}
-    assert {"RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI"} <= env
+def docs(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d]
 
 
-def test_raycronjob_runs_the_pipeline_entry_point() -> None:
-    doc = yaml.safe_load((DEPLOY / "raycronjob.yaml").read_text())
-    assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayCronJob")
-    assert doc["spec"]["jobTemplate"]["entrypoint"] == "python -m stages.all --params params.yaml"
-    env = yaml.safe_load(doc["spec"]["jobTemplate"]["runtimeEnvYAML"])["env_vars"]
-    assert env["DDPM_TRIGGER"] == "schedule"
+def raycluster_spec() -> dict[str, Any]:
+    (cluster,) = docs("raycluster.yaml")
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    spec: dict[str, Any] = cluster["spec"]
+    return spec
+
+
+def raycronjob() -> dict[str, Any]:
+    (cron,) = docs("raycronjob.yaml")
+    assert (cron["apiVersion"], cron["kind"]) == ("ray.io/v1", "RayCronJob")
+    return cron
+
+
+def pod_templates(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every pod template of a RayCluster spec, by group ('head' or the worker group's name)."""
+    groups = {"head": spec["headGroupSpec"]["template"]}
+    return groups | {g["groupName"]: g["template"] for g in spec["workerGroupSpecs"]}
+
+
+def containers(template: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = template["spec"]["containers"]
+    return found
+
+
+def env_names(container: dict[str, Any]) -> set[str]:
+    return {e["name"] for e in container.get("env", [])}
+
+
+def validate_pod_template(template: dict[str, Any], where: str) -> None:
+    wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": where},
+               "template": template}  # fmt: skip
+    kubernetes_validate.validate(wrapped, K8S_VERSION, strict=True)
+
+
+def cluster_params() -> Params:
+    return load_params(REPO / CLUSTER_PARAMS)
+
+
+@pytest.mark.parametrize(
+    "name", ["k8s-cronjob.yaml", "mlflow-server.yaml", "storage.yaml"]
+)
+def test_kubernetes_objects_validate_against_the_kubernetes_schema(name: str) -> None:
+    for doc in docs(name):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_schema_check_catches_a_misspelt_field() -> None:
+    """The check is real: an unknown key and a wrong type are both refused."""
+    (cron,) = docs("k8s-cronjob.yaml")
+    cron["spec"]["concurrencyPolicyy"] = "Forbid"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(cron, K8S_VERSION, strict=True)
+    template = pod_templates(raycluster_spec())["head"]
+    containers(template)[0]["resources"]["limits"]["cpu"] = [4]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_pod_template(template, "head")
+
+
+def test_kuberay_objects_have_valid_pod_templates_and_known_fields() -> None:
+    spec = raycluster_spec()
+    assert set(spec) <= RAY_CLUSTER_SPEC and set(spec["headGroupSpec"]) <= HEAD_GROUP
+    assert all(set(g) <= WORKER_GROUP for g in spec["workerGroupSpecs"])
+    for group, template in pod_templates(spec).items():
+        validate_pod_template(template, group)
+    cron = raycronjob()
+    assert set(cron["spec"]) <= RAY_CRON_JOB_SPEC
+    job = cron["spec"]["jobTemplate"]
+    assert set(job) <= RAY_JOB_SPEC
+    validate_pod_template(job["submitterPodTemplate"], "submitter")
+    yaml.safe_load(job["runtimeEnvYAML"])
+
+
+def test_raycronjob_creates_the_same_cluster_as_raycluster() -> None:
+    assert raycronjob()["spec"]["jobTemplate"]["rayClusterSpec"] == raycluster_spec()
+
+
+def test_both_schedules_run_the_cluster_profile_through_the_documented_entry_points() -> None:
+    job = raycronjob()["spec"]["jobTemplate"]
+    assert job["entrypoint"] == f"python -m stages.all --params {CLUSTER_PARAMS}"
+    assert yaml.safe_load(job["runtimeEnvYAML"])["env_vars"]["DDPM_TRIGGER"] == "schedule"
+    (cron,) = docs("k8s-cronjob.yaml")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert f"python -m stages.retrain --params {CLUSTER_PARAMS} --wait" in container["args"][0]
+    assert {"RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI"} <= env_names(container)
+    head_svc = f"http://{docs('raycluster.yaml')[0]['metadata']['name']}-head-svc:8265"
+    address = {e["name"]: e.get("value") for e in container["env"]}["RAY_API_SERVER_ADDRESS"]
+    assert address == head_svc
+
+
+def mount_of(path: str, mounts: list[dict[str, Any]], volumes: dict[str, Any]) -> bool:
+    """Whether `path` lies on a mount of the shared claim."""
+    return any(
+        volumes[m["name"]].get("persistentVolumeClaim", {}).get("claimName") == SHARED_CLAIM
+        and Path(path).is_relative_to(m["mountPath"])
+        for m in mounts
+    )
+
+
+def test_every_ray_pod_mounts_the_shared_volume_where_the_params_put_every_path() -> None:
+    p = cluster_params()
+    wanted = [*vars(p.paths).values(), p.data.root]
+    assert all(isinstance(w, str) and w.startswith("/") for w in wanted), wanted
+    for group, template in pod_templates(raycluster_spec()).items():
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        for c in containers(template):
+            missing = [w for w in wanted if not mount_of(w, c["volumeMounts"], volumes)]
+            assert not missing, (group, missing)
+    # the CronJob pod fingerprints the raw data (read-only) to decide whether to retrain
+    (cron,) = docs("k8s-cronjob.yaml")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mount_of(str(p.data.root), pod["containers"][0]["volumeMounts"], volumes)
+    (claim,) = [d for d in docs("storage.yaml") if d["metadata"]["name"] == SHARED_CLAIM]
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]
+
+
+def quantity(value: str | int) -> float:
+    """A Kubernetes CPU quantity ('500m', '4', 4) in cores."""
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def test_cluster_resources_fit_the_cluster_profile() -> None:
+    spec, p = raycluster_spec(), cluster_params()
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # drivers only
+    for template in pod_templates(spec).values():
+        for c in containers(template):
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][kind]), (c["name"], kind)
+    gpus_per_pod, cpus_per_pod, pods = [], [], 0
+    for g in spec["workerGroupSpecs"]:
+        (c,) = containers(g["template"])
+        limits = c["resources"]["limits"]
+        assert c["resources"]["requests"].get("nvidia.com/gpu") == limits["nvidia.com/gpu"]
+        gpus_per_pod.append(int(limits["nvidia.com/gpu"]))
+        cpus_per_pod.append(quantity(limits["cpu"]))
+        pods += int(g["replicas"])
+    t = p.train
+    assert t.use_gpu and pods * min(gpus_per_pod) >= t.num_workers * t.gpus_per_worker
+    per_pod = math.ceil(t.num_workers / pods)  # train workers that land on one worker pod
+    assert min(cpus_per_pod) >= per_pod * t.cpus_per_worker
+    assert min(gpus_per_pod) >= per_pod * t.gpus_per_worker
+
+
+def test_every_client_and_ray_pod_uses_token_auth_from_the_secret() -> None:
+    (cron,) = docs("k8s-cronjob.yaml")
+    clients = [cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]]
+    clients += containers(raycronjob()["spec"]["jobTemplate"]["submitterPodTemplate"])
+    for template in pod_templates(raycluster_spec()).values():
+        clients += containers(template)
+    for c in clients:
+        env = {e["name"]: e for e in c["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token", c["name"]
+        ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "ray-auth-token", "key": "token"}, c["name"]
 
 
 def test_crontab_line_has_five_time_fields_and_the_entry_point() -> None:
@@ -49,7 +227,7 @@ def _env_entries(doc: object) -> list[dict[str, object]]:
 
 def test_manifests_authenticate_without_credentials_in_uris() -> None:
     """MLflow behind basic auth, credentials only from secrets, no user:token@ in any URI."""
-    for name in ("k8s-cronjob.yaml", "raycronjob.yaml", "mlflow-server.yaml"):
+    for name in ("k8s-cronjob.yaml", "raycronjob.yaml", "raycluster.yaml", "mlflow-server.yaml"):
         text = (DEPLOY / name).read_text()
         assert "@" not in "".join(line.split("#")[0] for line in text.splitlines()), name
         for doc in yaml.safe_load_all(text):

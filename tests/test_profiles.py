@@ -16,7 +16,9 @@ PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
 
 def test_there_are_the_documented_profiles() -> None:
     names = {p.stem for p in PROFILES}
-    assert names == {"cifar10-paper", "cifar10-paper-1gpu", "mnist", "image-folder", "micro"}
+    assert names == {
+        "cifar10-paper", "cifar10-paper-1gpu", "cifar10-cluster", "mnist", "image-folder", "micro",
+    }  # fmt: skip
     readme = (REPO / "README.md").read_text()
     assert all(f"profiles/{n}.yaml" in readme for n in names)
 
@@ -27,7 +29,7 @@ def test_profile_loads_strictly_and_names_itself(path: Path) -> None:
     assert params.profile == path.stem
 
 
-@pytest.mark.parametrize("name", ["cifar10-paper", "cifar10-paper-1gpu"])
+@pytest.mark.parametrize("name", ["cifar10-paper", "cifar10-paper-1gpu", "cifar10-cluster"])
 def test_paper_profile_is_the_official_cifar10_run(name: str) -> None:
     p = load_params(REPO / "profiles" / f"{name}.yaml")
     assert p.diffusion == PAPER_DIFFUSION and p.unet == PAPER_UNET
@@ -66,3 +68,21 @@ def test_one_gpu_profile_differs_from_the_paper_profile_only_in_worker_counts() 
         "bf16", True, "reduce-overhead",
     )  # fmt: skip
     assert (one.sample.precision, one.sample.compile) == ("bf16", "reduce-overhead")
+
+
+def test_cluster_profile_is_the_paper_profile_on_shared_storage() -> None:
+    """deploy/ runs it: the paper's run with every path (and the raw data) under /mnt/ddpm."""
+    paper, cluster = (
+        load_params(REPO / "profiles" / f"{n}.yaml") for n in ("cifar10-paper", "cifar10-cluster")
+    )
+    wanted = [*vars(cluster.paths).values(), cluster.data.root]
+    assert all(Path(str(w)).is_relative_to("/mnt/ddpm") for w in wanted), wanted
+    assert (
+        dataclasses.replace(
+            cluster,
+            profile=paper.profile,
+            paths=paper.paths,
+            data=dataclasses.replace(cluster.data, root=paper.data.root),
+        )
+        == paper
+    )
