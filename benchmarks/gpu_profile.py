@@ -1,6 +1,6 @@
 """GPU profile of the paper's U-Net through the project's own step, sampler and noise code.
 
-Run: `python -m benchmarks.gpu_profile [--profile profiles/cifar10-paper.yaml] [--out PATH]` on
+Run: `python -m benchmarks.gpu_profile [--profile conf/profile/cifar10-paper.yaml] [--out PATH]` on
 a CUDA machine (needs only torch, numpy, safetensors and pyyaml: no Ray, MLflow or DVC), or
 `--smoke` for a tiny U-Net on CPU (the test suite runs it). It drives the code the stages run
 without the Ray wrapper: `make_state` / `prepare_model` / `draw_t_noise` / `train_step` /
@@ -393,7 +393,7 @@ def nll_row(params: Params, mode: Mode, batch: int, plan: Plan, device: torch.de
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", type=Path, default=REPO / "profiles" / "cifar10-paper.yaml")
+    ap.add_argument("--profile", type=Path, default=REPO / "conf" / "profile" / "cifar10-paper.yaml")
     ap.add_argument("--smoke", action="store_true", help="tiny U-Net on CPU (test suite)")
     ap.add_argument("--training", action="store_true", help="only the CUDA-graph training rows")
     ap.add_argument("--out", type=Path, default=None)

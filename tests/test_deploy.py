@@ -4,7 +4,7 @@ Kubernetes-native objects (CronJob, Deployment, Service, PersistentVolumeClaim) 
 strictly against the Kubernetes 1.37 OpenAPI schemas bundled with `kubernetes-validate`. KubeRay's
 CRD schemas are not packaged for pip, so the RayCluster/RayCronJob pod templates (all that
 Kubernetes itself runs) are validated as core `PodTemplate`s, their fields against KubeRay v1's,
-and the cluster against what `profiles/cifar10-cluster.yaml` asks of it.
+and the cluster against what `conf/profile/cifar10-cluster.yaml` asks of it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pipelines.config import Params, load_params
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 K8S_VERSION = "1.37"
-CLUSTER_PARAMS = "profiles/cifar10-cluster.yaml"
+CLUSTER_PARAMS = "conf/profile/cifar10-cluster.yaml"
 SHARED_CLAIM = "ddpm-shared"
 # KubeRay v1 field names (ray-operator/apis/ray/v1: raycluster_types.go, rayjob_types.go,
 # raycronjob_types.go) used to catch misspelt or misplaced keys that no schema here would catch.

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from dvc.utils.hydra import compose_and_dump
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import REPO, MlflowServer, RayHead
@@ -62,6 +63,14 @@ class Pipeline:
         return data
 
 
+def select_profile(root: Path, profile: str, overrides: dict[str, Any]) -> None:
+    """Make `profile` (+ `overrides`) the workspace default as a user would: conf/config.yaml's
+    defaults list, then params.yaml composed by DVC's own Hydra call (what `dvc exp run` does)."""
+    config = {"defaults": [{"profile": profile}, "_self_"], **overrides}
+    (root / "conf" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    compose_and_dump(root / "params.yaml", str(root / "conf"), None, "config", str(root), [])
+
+
 @pytest.fixture(scope="module")
 def pipeline(
     tmp_path_factory: pytest.TempPathFactory,
@@ -72,9 +81,7 @@ def pipeline(
     ray_session.down()  # every stage starts its own local cluster, as under `dvc repro`
     root = tmp_path_factory.mktemp("e2e") / "repo"
     copy_repo(root)
-    raw = yaml.safe_load((root / "profiles" / "micro.yaml").read_text())
-    raw["evaluate"]["inception_weights"] = str(converted_path)  # converted once per session
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    select_profile(root, "micro", {"evaluate": {"inception_weights": str(converted_path)}})
     (root / "dvc.lock").unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "RAY_ADDRESS"))}
     env |= {
@@ -172,18 +179,39 @@ def workspace_state(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in kept}
 
 
-def exp_metrics(shown: object, name: str) -> dict[str, Any]:
-    """The metrics of experiment `name` in `dvc exp show --json` (any nesting of revs)."""
+def exp_metrics(shown: object, name: str, kind: str = "metrics") -> dict[str, Any]:
+    """The metrics (or params) of experiment `name` in `dvc exp show --json` (any nesting)."""
     if isinstance(shown, dict):
         if shown.get("name") == name and isinstance(shown.get("data"), dict):
-            metrics: dict[str, Any] = shown["data"].get("metrics") or {}
+            metrics: dict[str, Any] = shown["data"].get(kind) or {}
             return metrics
         shown = list(shown.values())
     if isinstance(shown, list):
         for item in shown:
-            if found := exp_metrics(item, name):
+            if found := exp_metrics(item, name, kind):
                 return found
     return {}
+
+
+def test_exp_run_selects_a_profile_through_hydra_without_touching_params_yaml(
+    pipeline: Pipeline,
+) -> None:
+    """`dvc exp run --queue -S profile=mnist`: DVC composes the mnist profile (plus this
+    workspace's conf/config.yaml overrides) into the queued experiment's params.yaml; the
+    workspace's params.yaml is untouched. The queued run is removed unstarted."""
+    params = (pipeline.root / "params.yaml").read_bytes()
+    pipeline.dvc("exp", "run", "--queue", "-n", "mnist-q", "-S", "profile=mnist")
+    try:
+        assert (pipeline.root / "params.yaml").read_bytes() == params
+        shown = json.loads(pipeline.dvc("exp", "show", "--json"))
+        queued = exp_metrics(shown, "mnist-q", "params")["params.yaml"]["data"]
+        mnist = yaml.safe_load((REPO / "conf" / "profile" / "mnist.yaml").read_text())
+        assert (queued["profile"], queued["data"], queued["unet"]) == (
+            "mnist", mnist["data"], mnist["unet"],
+        )  # fmt: skip
+        assert queued["evaluate"]["inception_weights"] is not None  # conf/config.yaml's _self_
+    finally:
+        pipeline.dvc("queue", "remove", "mnist-q")
 
 
 def test_queued_and_temporary_experiments_run_in_their_own_workspace(pipeline: Pipeline) -> None:
@@ -258,7 +286,7 @@ def test_scheduled_retrain_runs_the_pipeline_as_a_ray_job(
     with outputs on "shared storage" (absolute paths), and a second tick submits nothing."""
     root, shared = tmp_path / "checkout", tmp_path / "shared"
     copy_repo(root)
-    raw = yaml.safe_load((root / "profiles" / "micro.yaml").read_text())
+    raw = yaml.safe_load((root / "conf" / "profile" / "micro.yaml").read_text())
     raw["evaluate"]["inception_weights"] = str(converted_path)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # what DVC checks
     raw_paths = dict(raw["paths"])

@@ -1,4 +1,5 @@
-"""Every profile loads strictly; the paper profile is the paper's CIFAR-10 recipe exactly."""
+"""Every profile loads strictly and composes through DVC's Hydra call; params.yaml is the
+default profile's composition; the paper profile is the paper's CIFAR-10 recipe exactly."""
 
 from __future__ import annotations
 
@@ -6,21 +7,23 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from dvc.utils.hydra import compose_and_dump
 
 from ddpm_core.unet import UNet
 from pipelines.config import load_params
 from tests.helpers import PAPER_DIFFUSION, PAPER_UNET, REPO
 
-PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
+PROFILES = sorted((REPO / "conf" / "profile").glob("*.yaml"))
 
 
 def test_there_are_the_documented_profiles() -> None:
     names = {p.stem for p in PROFILES}
     assert names == {
-        "cifar10-paper", "cifar10-paper-1gpu", "cifar10-cluster", "mnist", "image-folder", "micro",
+        "default", "cifar10-paper", "cifar10-paper-1gpu", "cifar10-cluster", "mnist",
+        "image-folder", "micro",
     }  # fmt: skip
     readme = (REPO / "README.md").read_text()
-    assert all(f"profiles/{n}.yaml" in readme for n in names)
+    assert all(f"conf/profile/{n}.yaml" in readme for n in names)
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
@@ -29,9 +32,30 @@ def test_profile_loads_strictly_and_names_itself(path: Path) -> None:
     assert params.profile == path.stem
 
 
+def compose(out: Path, overrides: list[str]) -> Path:
+    """params.yaml as `dvc exp run -S <overrides>` writes it (DVC's own Hydra call)."""
+    compose_and_dump(out, str(REPO / "conf"), None, "config", str(REPO), overrides)
+    return out
+
+
+def test_params_yaml_is_the_default_profiles_composition(tmp_path: Path) -> None:
+    """`dvc exp run` with no -S rewrites params.yaml byte for byte as committed."""
+    composed = compose(tmp_path / "params.yaml", [])
+    assert composed.read_text() == (REPO / "params.yaml").read_text()
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_profile_selected_with_dash_s_composes_to_the_profile(path: Path, tmp_path: Path) -> None:
+    composed = compose(tmp_path / "params.yaml", [f"profile={path.stem}", "train.lr=0.5"])
+    want = load_params(path)
+    assert load_params(composed) == dataclasses.replace(
+        want, train=dataclasses.replace(want.train, lr=0.5)
+    )
+
+
 @pytest.mark.parametrize("name", ["cifar10-paper", "cifar10-paper-1gpu", "cifar10-cluster"])
 def test_paper_profile_is_the_official_cifar10_run(name: str) -> None:
-    p = load_params(REPO / "profiles" / f"{name}.yaml")
+    p = load_params(REPO / "conf" / "profile" / f"{name}.yaml")
     assert p.diffusion == PAPER_DIFFUSION and p.unet == PAPER_UNET
     assert (p.data.source, p.data.channels, p.data.resolution, p.data.random_flip) == (
         "cifar10", 3, 32, True,
@@ -49,7 +73,7 @@ def test_paper_profile_is_the_official_cifar10_run(name: str) -> None:
 
 def test_one_gpu_profile_differs_from_the_paper_profile_only_in_worker_counts() -> None:
     eight, one = (
-        load_params(REPO / "profiles" / f"{n}.yaml")
+        load_params(REPO / "conf" / "profile" / f"{n}.yaml")
         for n in ("cifar10-paper", "cifar10-paper-1gpu")
     )
     assert (eight.train.num_workers, one.train.num_workers) == (8, 1)
@@ -73,7 +97,7 @@ def test_one_gpu_profile_differs_from_the_paper_profile_only_in_worker_counts() 
 def test_cluster_profile_is_the_paper_profile_on_shared_storage() -> None:
     """deploy/ runs it: the paper's run with every path (and the raw data) under /mnt/ddpm."""
     paper, cluster = (
-        load_params(REPO / "profiles" / f"{n}.yaml") for n in ("cifar10-paper", "cifar10-cluster")
+        load_params(REPO / "conf" / "profile" / f"{n}.yaml") for n in ("cifar10-paper", "cifar10-cluster")
     )
     wanted = [*vars(cluster.paths).values(), cluster.data.root]
     assert all(Path(str(w)).is_relative_to("/mnt/ddpm") for w in wanted), wanted
