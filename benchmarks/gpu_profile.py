@@ -393,7 +393,8 @@ def nll_row(params: Params, mode: Mode, batch: int, plan: Plan, device: torch.de
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", type=Path, default=REPO / "conf" / "profile" / "cifar10-paper.yaml")
+    paper = REPO / "conf" / "profile" / "cifar10-paper.yaml"
+    ap.add_argument("--profile", type=Path, default=paper)
     ap.add_argument("--smoke", action="store_true", help="tiny U-Net on CPU (test suite)")
     ap.add_argument("--training", action="store_true", help="only the CUDA-graph training rows")
     ap.add_argument("--out", type=Path, default=None)

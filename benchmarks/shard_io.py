@@ -46,6 +46,7 @@ def run(
     cfg = DataConfig(
         source="image_folder",
         root=str(zip_path),
+        raw=str(zip_path),
         download=False,
         resolution=32,
         channels=1,

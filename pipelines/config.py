@@ -56,6 +56,7 @@ class DataConfig:
 
     source: Source
     root: str | None  # local folder of the source (torchvision layout or image folder)
+    raw: str  # the raw data DVC tracks as the shard stage's dep: data.root or a folder holding it
     download: bool  # torchvision download when no local files; needs network
     resolution: int  # target H = W
     channels: int  # 1 (grayscale) or 3 (RGB)
@@ -242,7 +243,8 @@ class Params:
     def __post_init__(self) -> None:
         # Against a stand-in root: relative paths, `.` and `..`; `stages.common` repeats it
         # against the real root (absolute paths that hold the repository).
-        check_paths(self.paths, self.data.root, VIRTUAL_ROOT)
+        check_raw(self.data, VIRTUAL_ROOT)
+        check_paths(self.paths, self.data.raw, VIRTUAL_ROOT)
         # One rule for every stage (ddpm_core.rng.mix_seed takes ints >= 0): checked here, not
         # after training when sampling would first refuse it.
         check(self.seed >= 0, "seed", self.seed, "an int >= 0")
@@ -286,17 +288,39 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def check_paths(paths: PathsConfig, data_root: str | None, root: Path) -> None:
-    """Refuse `paths.*` that share or nest folders, or contain `data.root` or the repo root.
+def _where(root: Path, value: str) -> Path:
+    return Path(os.path.normpath(root / value))
+
+
+def check_raw(data: DataConfig, root: Path) -> None:
+    """Refuse a `data.root` outside `data.raw`: DVC would not see a change to the raw data.
+
+    `data.raw` is the shard stage's DVC dependency (dvc.yaml `${data.raw}`), so it must hold
+    whatever the stage reads: `data.root` itself or a folder above it. Compared lexically.
+    """
+    if data.root is None:
+        return
+    raw, src = _where(root, data.raw), _where(root, data.root)
+    if raw != src and raw not in src.parents:
+        raise ConfigError(
+            f"data.root: got {data.root!r}, which is not inside data.raw={data.raw!r}; expected "
+            "data.raw (the raw data DVC tracks for the shard stage) to be data.root or a "
+            "folder holding it"
+        )
+
+
+def check_paths(paths: PathsConfig, data_raw: str, root: Path) -> None:
+    """Refuse `paths.*` that share or nest folders, or contain `data.raw` or the repo root.
 
     Every stage writes its output folder through `atomic_path`, which replaces the whole
     folder: an output path holding anything else (raw data, another stage's output, the
-    checkpoints, the repository) would be deleted. Relative paths are under `root`; paths
-    are compared lexically (no file-system access), the error names both keys.
+    checkpoints, the repository) would be deleted. `data.raw` holds `data.root`
+    (`check_raw`), so it covers the raw data. Relative paths are under `root`; paths are
+    compared lexically (no file-system access), the error names both keys.
     """
 
     def where(value: str) -> Path:
-        return Path(os.path.normpath(root / value))
+        return _where(root, value)
 
     outs = {f"paths.{f.name}": getattr(paths, f.name) for f in dataclasses.fields(paths)}
     names = list(outs)
@@ -309,9 +333,9 @@ def check_paths(paths: PathsConfig, data_root: str | None, root: Path) -> None:
                 f"{'' if root == VIRTUAL_ROOT else f' {root}'}; expected "
                 "a folder of its own (the stage replaces it as a whole)"
             )
-        if data_root is not None and _overlaps(path, where(data_root)):
+        if _overlaps(path, where(data_raw)):
             raise ConfigError(
-                f"{a}: got {outs[a]!r}, which overlaps data.root={data_root!r}; expected an "
+                f"{a}: got {outs[a]!r}, which overlaps data.raw={data_raw!r}; expected an "
                 "output folder apart from the raw data (the stage replaces it as a whole)"
             )
     for i, a in enumerate(names):

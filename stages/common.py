@@ -57,7 +57,7 @@ def start(
     args = p.parse_args(argv)
     params = load_params(args.params)
     try:
-        check_paths(params.paths, params.data.root, repo_root())
+        check_paths(params.paths, params.data.raw, repo_root())
     except ConfigError as e:
         raise ConfigError(f"{args.params}: {e}") from None
     if args.dry_run:

@@ -31,7 +31,8 @@ RAY_CLUSTER_SPEC = {"rayVersion", "headGroupSpec", "workerGroupSpecs", "enableIn
                     "gcsFaultToleranceOptions", "authOptions"}  # fmt: skip
 HEAD_GROUP = {"rayStartParams", "template", "serviceType", "headService", "enableIngress"}
 WORKER_GROUP = {"groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams",
-                "template", "numOfHosts", "scaleStrategy", "suspend", "idleTimeoutSeconds"}  # fmt: skip
+                "template", "numOfHosts", "scaleStrategy", "suspend",
+                "idleTimeoutSeconds"}  # fmt: skip
 RAY_JOB_SPEC = {"entrypoint", "runtimeEnvYAML", "rayClusterSpec", "clusterSelector",
                 "submissionMode", "backoffLimit", "activeDeadlineSeconds",
                 "shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "deletionStrategy",
@@ -83,9 +84,7 @@ def cluster_params() -> Params:
     return load_params(REPO / CLUSTER_PARAMS)
 
 
-@pytest.mark.parametrize(
-    "name", ["k8s-cronjob.yaml", "mlflow-server.yaml", "storage.yaml"]
-)
+@pytest.mark.parametrize("name", ["k8s-cronjob.yaml", "mlflow-server.yaml", "storage.yaml"])
 def test_kubernetes_objects_validate_against_the_kubernetes_schema(name: str) -> None:
     for doc in docs(name):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -147,7 +146,7 @@ def mount_of(path: str, mounts: list[dict[str, Any]], volumes: dict[str, Any]) -
 
 def test_every_ray_pod_mounts_the_shared_volume_where_the_params_put_every_path() -> None:
     p = cluster_params()
-    wanted = [*vars(p.paths).values(), p.data.root]
+    wanted = [*vars(p.paths).values(), p.data.root, p.data.raw]
     assert all(isinstance(w, str) and w.startswith("/") for w in wanted), wanted
     for group, template in pod_templates(raycluster_spec()).items():
         volumes = {v["name"]: v for v in template["spec"]["volumes"]}
@@ -158,7 +157,7 @@ def test_every_ray_pod_mounts_the_shared_volume_where_the_params_put_every_path(
     (cron,) = docs("k8s-cronjob.yaml")
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert mount_of(str(p.data.root), pod["containers"][0]["volumeMounts"], volumes)
+    assert mount_of(p.data.raw, pod["containers"][0]["volumeMounts"], volumes)
     (claim,) = [d for d in docs("storage.yaml") if d["metadata"]["name"] == SHARED_CLAIM]
     assert "ReadWriteMany" in claim["spec"]["accessModes"]
 

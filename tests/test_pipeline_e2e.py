@@ -136,6 +136,25 @@ def test_second_repro_does_nothing(pipeline: Pipeline) -> None:
     assert all(f"Stage '{s}' didn't change, skipping" in out for s in STAGES)
 
 
+def test_raw_data_and_inception_weights_are_dvc_dependencies(pipeline: Pipeline) -> None:
+    """A change under data.raw reports the shard stage; a change of the Inception weights
+    stored with the reference statistics reports evaluate and quality (which read them)."""
+    readme, weights = pipeline.root / "data/raw/README.md", pipeline.root / "data/fid_stats"
+    weights_file = weights / "inception.pth"
+    text, blob = readme.read_text(), weights_file.read_bytes()
+    try:
+        readme.write_text(text + "one more raw file\n")
+        weights_file.write_bytes(blob + b"\0")
+        status = json.loads(pipeline.dvc("status", "--json"))
+        assert {"changed deps": {"data/raw": "modified"}} in status["shard"]
+        for stage in ("evaluate", "quality"):
+            assert {"changed deps": {"data/fid_stats": "modified"}} in status[stage], status
+    finally:
+        readme.write_text(text)
+        weights_file.write_bytes(blob)
+    assert json.loads(pipeline.dvc("status", "--json")) == {}
+
+
 def test_exp_run_reruns_from_train_and_runs_compare_in_mlflow(pipeline: Pipeline) -> None:
     out = pipeline.dvc("exp", "run", "-n", "lr-x2", "-S", "train.lr=0.002")
     assert "Stage 'shard' didn't change, skipping" in out
@@ -205,7 +224,7 @@ def test_exp_run_selects_a_profile_through_hydra_without_touching_params_yaml(
         assert (pipeline.root / "params.yaml").read_bytes() == params
         shown = json.loads(pipeline.dvc("exp", "show", "--json"))
         queued = exp_metrics(shown, "mnist-q", "params")["params.yaml"]["data"]
-        mnist = yaml.safe_load((REPO / "conf" / "profile" / "mnist.yaml").read_text())
+        mnist = yaml.safe_load((pipeline.root / "conf/profile/mnist.yaml").read_text())
         assert (queued["profile"], queued["data"], queued["unet"]) == (
             "mnist", mnist["data"], mnist["unet"],
         )  # fmt: skip

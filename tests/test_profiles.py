@@ -97,16 +97,17 @@ def test_one_gpu_profile_differs_from_the_paper_profile_only_in_worker_counts() 
 def test_cluster_profile_is_the_paper_profile_on_shared_storage() -> None:
     """deploy/ runs it: the paper's run with every path (and the raw data) under /mnt/ddpm."""
     paper, cluster = (
-        load_params(REPO / "conf" / "profile" / f"{n}.yaml") for n in ("cifar10-paper", "cifar10-cluster")
+        load_params(REPO / "conf" / "profile" / f"{n}.yaml")
+        for n in ("cifar10-paper", "cifar10-cluster")
     )
-    wanted = [*vars(cluster.paths).values(), cluster.data.root]
+    wanted = [*vars(cluster.paths).values(), cluster.data.root, cluster.data.raw]
     assert all(Path(str(w)).is_relative_to("/mnt/ddpm") for w in wanted), wanted
     assert (
         dataclasses.replace(
             cluster,
             profile=paper.profile,
             paths=paper.paths,
-            data=dataclasses.replace(cluster.data, root=paper.data.root),
+            data=dataclasses.replace(cluster.data, root=paper.data.root, raw=paper.data.raw),
         )
         == paper
     )

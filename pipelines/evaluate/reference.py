@@ -13,20 +13,17 @@ from pathlib import Path
 
 from pipelines.artifacts.fid_stats import (
     FidStats,
+    InceptionWeights,
     load_stats,
     reference_key,
     save_stats,
+    save_weights,
     stats_path,
 )
 from pipelines.artifacts.shards import image_shape, load_split, read_manifest
 from pipelines.config import Params
 from pipelines.evaluate.fid import ExtractFn, feature_stats, ray_extractor, weights_id
-from pipelines.evaluate.inception import (
-    POOL3,
-    InceptionWeights,
-    default_cache_dir,
-    resolve_weights,
-)
+from pipelines.evaluate.inception import POOL3, default_cache_dir, resolve_weights
 from pipelines.infra.ray import init_ray
 
 log = logging.getLogger(__name__)
@@ -122,6 +119,7 @@ def compute_reference_stats(
 def run_fid_stats(params: Params, root: Path) -> FidStatsResult:
     """The fid_stats stage: the shards and the weights are checked, then Ray connects."""
     reference_splits(params, root)  # the shards exist and hold the reference split
-    weights = resolve_weights(params.evaluate, default_cache_dir())
+    resolved = resolve_weights(params.evaluate, default_cache_dir())
+    weights = save_weights(root / params.paths.fid_stats, resolved)  # what evaluate will use
     init_ray(params.ray)
     return FidStatsResult(compute_reference_stats(params, root, weights))

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pipelines.artifacts import model_dir, samples, shards
+from pipelines.artifacts.fid_stats import InceptionWeights, load_weights
 from pipelines.config import Params
 from pipelines.evaluate.fid import (
     check_compatible,
@@ -29,10 +30,7 @@ from pipelines.evaluate.fid import (
 from pipelines.evaluate.inception import (
     LOGITS,
     POOL3,
-    InceptionWeights,
-    default_cache_dir,
     hub_weights_path,
-    resolve_weights,
 )
 from pipelines.evaluate.nll import BpdResult, EmaModelLoader, NllSummary, evaluate_bpd
 from pipelines.evaluate.reference import compute_reference_stats
@@ -286,7 +284,7 @@ def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult
     weights_file = root / params.paths.model / model_dir.WEIGHTS_FILE
     samples.check_current(root / params.paths.samples, params, weights_file)
     splits = nll_splits(params, root)
-    weights = resolve_weights(params.evaluate, default_cache_dir())
+    weights = load_weights(root / params.paths.fid_stats)  # what the reference stats used
     init_ray(params.ray)
     t0 = time.perf_counter()
     fid_res, isc_res = fid_and_isc(params, root, weights, n)

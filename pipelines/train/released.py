@@ -77,7 +77,8 @@ def _check_matches(kwargs: dict[str, Any], params: Params, where: Path) -> None:
         if kwargs[key] != value:
             raise ConfigError(
                 f"{where}: the released model has {key}={kwargs[key]!r} but params give "
-                f"{value!r}; use a params file for this model (e.g. conf/profile/cifar10-paper.yaml)"
+                f"{value!r}; use a params file for this model "
+                "(e.g. conf/profile/cifar10-paper.yaml)"
             )
 
 
@@ -118,7 +119,8 @@ def check_scheduler(params: Params, checkpoint: Path) -> None:
         if not same:
             raise ConfigError(
                 f"{path}: the released scheduler has {key}={have!r} but params diffusion.* give "
-                f"{value!r}; use a params file for this model (e.g. conf/profile/cifar10-paper.yaml)"
+                f"{value!r}; use a params file for this model "
+                "(e.g. conf/profile/cifar10-paper.yaml)"
             )
     if config.get("trained_betas") is not None:
         raise ConfigError(f"{path}: trained_betas are set; expected betas from beta_schedule")

@@ -94,8 +94,8 @@ def test_load_params_names_the_file(tmp_path: Path) -> None:
         ({"ray_storage": "data/shards/ckpt"}, None, "which overlaps paths.ray_storage"),
         ({"runs": "."}, None, "paths.runs: got '.', which contains the repository root"),
         ({"metrics": ".."}, None, "paths.metrics: got '..', which contains the repository root"),
-        ({}, "data/shards/raw", "paths.shards: got 'data/shards', which overlaps data.root"),
-        ({"shards": "data/cifar/shards"}, "data/cifar", "overlaps data.root='data/cifar'"),
+        ({}, "data/shards/raw", "paths.shards: got 'data/shards', which overlaps data.raw"),
+        ({"shards": "data/cifar/shards"}, "data/cifar", "overlaps data.raw='data/cifar'"),
     ],
 )
 def test_overlapping_output_folders_are_refused(
@@ -104,8 +104,30 @@ def test_overlapping_output_folders_are_refused(
     raw = copy.deepcopy(default_params_dict())
     raw["paths"].update(paths)
     raw["data"]["root"] = data_root
+    raw["data"]["raw"] = data_root or "elsewhere/raw"
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         from_dict(Params, raw)
+
+
+@pytest.mark.parametrize(
+    ("root", "raw", "ok"),
+    [
+        ("data/cifar10", "data/cifar10", True),
+        ("data/raw/cifar10", "data/raw", True),
+        ("data/raw/../cifar10", "data/raw", False),
+        ("data/cifar10", "data/raw", False),
+        ("data", "data/raw", False),
+    ],
+)
+def test_data_root_must_lie_in_the_raw_data_dvc_tracks(root: str, raw: str, ok: bool) -> None:
+    """`data.raw` is the shard stage's DVC dep: raw data outside it would change unseen."""
+    params = copy.deepcopy(default_params_dict())
+    params["data"].update(source="image_folder", root=root, raw=raw)
+    if ok:
+        assert from_dict(Params, params).data.raw == raw
+        return
+    with pytest.raises(ConfigError, match=f"data.root: got '{root}', which is not inside data.raw"):
+        from_dict(Params, params)
 
 
 def test_absolute_path_holding_the_repo_is_refused_when_a_stage_starts(tmp_path: Path) -> None:

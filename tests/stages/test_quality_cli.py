@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from pipelines.config import Params
 from pipelines.data.stage import build_shards
 from pipelines.infra.tracking import read_run_file, tracking_uri
-from stages import quality
+from stages import fid_stats, quality
 from tests.helpers import make_model_dir, params_file
 
 MakeParams = Callable[..., Params]
@@ -55,7 +55,9 @@ def test_both_curves_score_against_the_cached_reference(
     })  # fmt: skip
     build_shards(params.data, params.seed, Path(params.paths.shards))
     make_model_dir(params)
-    assert quality.main(["--params", str(params_file(params, tmp_path / "p.yaml"))]) == 0
+    path = str(params_file(params, tmp_path / "p.yaml"))
+    assert fid_stats.main(["--params", path]) == 0  # the reference and the weights to use
+    assert quality.main(["--params", path]) == 0
     plots = Path(params.paths.plots)
     header, steps = _rows(plots / "fid_vs_steps.csv")
     assert header == ["steps", "fid_ancestral", "fid_ddim"]  # pool3 weights: no IS columns

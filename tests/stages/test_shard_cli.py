@@ -56,7 +56,9 @@ def test_failure_keeps_previous_shards(tmp_path: Path, make_params: Callable[...
     for i in range(20):  # enough for a test split (test_fraction 0.1)
         write_png(folder / f"{i}.png", np.full((8, 8), i, np.uint8))
     (folder / "1.png").write_bytes(b"corrupt")
-    bad: dict[str, Any] = {"data.source": "image_folder", "data.root": str(folder)}
+    bad: dict[str, Any] = {
+        "data.source": "image_folder", "data.root": str(folder), "data.raw": str(folder),
+    }  # fmt: skip
     argv = ["--params", str(params_file(make_params(bad), tmp_path / "bad.yaml"))]
     with pytest.raises(ValueError, match=r"imgs/1\.png: cannot read image"):
         shard.main(argv)

@@ -1,4 +1,5 @@
-"""Reference statistics files: float64 round trip, the cache key, the file name."""
+"""Reference statistics files: float64 round trip, the cache key, the file name; the Inception
+weights stored beside them."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import numpy as np
 import pytest
 
 from pipelines.artifacts.fid_stats import (
+    WEIGHTS_FILE,
     FidStats,
+    InceptionWeights,
     load_stats,
+    load_weights,
     reference_key,
     save_stats,
+    save_weights,
     stats_path,
 )
 
@@ -37,3 +42,18 @@ def test_round_trip_is_exact_and_the_key_is_checked(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # written atomically
     with pytest.raises(ValueError, match="cache key k, expected other"):
         load_stats(path, "other")
+
+
+def test_weights_are_stored_with_their_label_and_checked_on_load(tmp_path: Path) -> None:
+    src = tmp_path / "w.pth"
+    src.write_bytes(b"weights-v1")
+    stored = save_weights(tmp_path / "stats", InceptionWeights(src, "converted", False))
+    assert stored.path == tmp_path / "stats" / WEIGHTS_FILE
+    assert load_weights(tmp_path / "stats") == stored
+    # the stored copy has no machine-specific path in it: identical bytes on every machine
+    assert str(tmp_path) not in (tmp_path / "stats" / "inception.json").read_text()
+    stored.path.write_bytes(b"weights-v2")  # replaced behind DVC's back
+    with pytest.raises(ValueError, match=r"inception\.pth: sha256 .* rerun the fid_stats stage"):
+        load_weights(tmp_path / "stats")
+    with pytest.raises(FileNotFoundError, match=r"run the fid_stats stage first"):
+        load_weights(tmp_path / "elsewhere")

@@ -30,6 +30,7 @@ from tests.helpers import W, id_images, write_ids
 CFG = DataConfig(
     source="digits",
     root=None,
+    raw="data/raw",
     download=False,
     resolution=12,
     channels=3,

@@ -27,6 +27,7 @@ def cfg(**kw: object) -> DataConfig:
     base = DataConfig(
         source="digits",
         root=None,
+        raw="data/raw",
         download=False,
         resolution=8,
         channels=1,

@@ -23,7 +23,13 @@ POOL3 = InceptionWeights(Path("w.pth"), LABEL_CONVERTED, has_logits=False)
 
 def test_only_the_paper_protocol_is_called_comparable(make_params: MakeParams) -> None:
     cifar = make_params(
-        {"data.source": "cifar10", "data.root": "/data", "data.channels": 3, "data.resolution": 8}
+        {
+            "data.source": "cifar10",
+            "data.root": "/data",
+            "data.raw": "/data",
+            "data.channels": 3,
+            "data.resolution": 8,
+        }
     )
     assert report.comparability(cifar, FULL, 50_000, 50_000) == (
         "comparable with published figures"
@@ -42,7 +48,9 @@ def test_only_the_paper_protocol_is_called_comparable(make_params: MakeParams) -
     assert "DDIM sampler, eta=0 (Song et al. 2021, not the paper)" in report.comparability(
         ddim, FULL, 50_000, 50_000
     )
-    jpeg = make_params({"data.source": "image_folder", "data.root": "cifar10-test-jpeg.zip"})
+    jpeg = make_params(
+        {"data.source": "image_folder", "data.root": "d/cifar10-test-jpeg.zip", "data.raw": "d"}
+    )
     assert "image_folder (cifar10-test-jpeg.zip)" in report.comparability(jpeg, FULL, 5, 5)
 
 
