@@ -238,6 +238,11 @@ def test_queued_and_temporary_experiments_run_in_their_own_workspace(pipeline: P
     temporary copy, writes its outputs there (not over the workspace's), and logs to the one
     MLflow store. q1 retrains (train, sample, evaluate); q2 and t1 rerun evaluate only."""
     root, env = pipeline.root, pipeline.env
+    # Every `dvc exp run` composes params.yaml from conf/ (Hydra) plus its own -S: keep the
+    # workspace's lr (lr-x2's) in conf/config.yaml, as a user keeps a lasting edit.
+    config = yaml.safe_load((root / "conf" / "config.yaml").read_text())
+    config["train"] = {"lr": yaml.safe_load((root / "params.yaml").read_text())["train"]["lr"]}
+    (root / "conf" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "baseline: lr-x2 results"], root, env)  # experiments start here
     before = workspace_state(root)
