@@ -42,6 +42,7 @@ TINY: dict[str, Any] = {
     "train.log_every": 1,
     "train.checkpoint_every": 2,
     "train.sample_every": 0,
+    "train.fid_stride": 5,
     "train.cpus_per_worker": 0.5,
     "sample.num_images": 8,
     "sample.batch_size": 4,
@@ -54,6 +55,7 @@ TINY: dict[str, Any] = {
     "evaluate.nll_images": 4,
     "evaluate.nll_batch_size": 4,
     "evaluate.cpus_per_worker": 0.5,
+    "evaluate.interpolation_t": 10,
     "ray.num_cpus": 2,
 }
 

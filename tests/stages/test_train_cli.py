@@ -8,13 +8,16 @@ from typing import Any
 
 import pytest
 import ray
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
 from ddpm_core.config import ConfigError
 from pipelines.config import to_dict
+from pipelines.train.checkpoint import load_training_state
+from pipelines.train.step import STATE_FILE
 from stages import shard, train
-from tests.helpers import build_params
+from tests.helpers import build_params, ema_weights
 
 
 def _write_params(root: Path, overrides: dict[str, Any] | None = None) -> Path:
@@ -84,3 +87,68 @@ def test_stage_trains_then_rerun_resumes_the_same_run(tmp_path: Path, local_ray:
     assert metrics["steps"] == 3 and metrics["resumed_from"] == 3
     run = MlflowClient(first["uri"]).get_run(first["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["train.steps"] == "3"
+
+
+def _fid_rows(params_plots: str) -> list[tuple[int, float]]:
+    lines = (Path(params_plots) / "train_fid.csv").read_text().splitlines()
+    assert lines[0] == "step,fid"
+    return [(int(s), float(v)) for s, v in (line.split(",") for line in lines[1:])]
+
+
+def _ema_at(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    state = load_training_state(run_dir / f"step_{step:08d}" / STATE_FILE)
+    return dict(state["ema"]["shadow"])
+
+
+@pytest.mark.ray
+def test_best_fid_exports_the_ema_of_the_min_fid_step_and_keeps_it_on_rerun(
+    tmp_path: Path, converted_path: Path, local_ray: object
+) -> None:
+    """train.fid_every=2 over 6 steps: FID points at 2, 4, 6 (plot, MLflow); best_fid exports
+    the EMA weights of the argmin step, and a rerun (resumed from the final checkpoint) keeps
+    them."""
+    overrides = {
+        "train.steps": 6,
+        "train.checkpoint_every": 2,
+        "train.keep_checkpoints": 3,
+        "train.fid_every": 2,
+        "train.fid_images": 6,
+        "train.export": "best_fid",
+        "evaluate.inception_weights": str(converted_path),
+    }
+    path = _write_params(tmp_path, overrides)
+    params = build_params(tmp_path, overrides)
+    assert shard.main(["--params", str(path)]) == 0
+    assert train.main(["--params", str(path)]) == 0
+    curve = _fid_rows(params.paths.plots)
+    assert [s for s, _ in curve] == [2, 4, 6]
+    best_step = min(curve, key=lambda p: (p[1], p[0]))[0]
+    metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
+    assert metrics["steps"] == 6 and metrics["exported_step"] == best_step
+    assert metrics["best_fid_train_small"] == pytest.approx(min(v for _, v in curve), rel=1e-5)
+    run = json.loads((Path(params.paths.runs) / "train.json").read_text())
+    assert f"the EMA at step {best_step}" in run["details"]["export_reason"]
+    assert "NOT comparable" in run["details"]["fid_train_small_label"]
+    exported = ema_weights(params)
+    run_dir = next(Path(params.paths.ray_storage).glob("ddpm-train-*/"))
+    at_best = _ema_at(run_dir, best_step)
+    assert exported.keys() == at_best.keys()
+    assert all(torch.equal(exported[k], at_best[k]) for k in at_best)
+    if best_step != 6:  # the final EMA differs from the exported one
+        final = _ema_at(run_dir, 6)
+        assert not all(torch.equal(exported[k], final[k]) for k in final)
+    history = MlflowClient(run["uri"]).get_metric_history(run["run_id"], "fid_train_small")
+    assert sorted(m.step for m in history) == [2, 4, 6]
+    # Rerun: resumes at the final checkpoint, whose curve and best weights pick the same step.
+    assert train.main(["--params", str(path)]) == 0
+    again = json.loads((Path(params.paths.metrics) / "train.json").read_text())
+    assert again["exported_step"] == best_step and _fid_rows(params.paths.plots) == curve
+    assert all(torch.equal(ema_weights(params)[k], v) for k, v in exported.items())
+
+
+def test_fid_curve_is_header_only_when_off(tmp_path: Path, no_ray: object) -> None:
+    from pipelines.train.export import FID_CSV, write_fid_csv
+    from pipelines.train.selection import FidCurve
+
+    write_fid_csv(tmp_path / FID_CSV, FidCurve())
+    assert (tmp_path / FID_CSV).read_text().splitlines() == ["step,fid"]
