@@ -34,6 +34,7 @@ from pipelines.evaluate.inception import (
     hub_weights_path,
     resolve_weights,
 )
+from pipelines.evaluate.interpolation import source_pairs, write_interpolation
 from pipelines.evaluate.nll import BpdResult, EmaModelLoader, NllSummary, evaluate_bpd
 from pipelines.evaluate.reference import compute_reference_stats
 from pipelines.evaluate.report import (
@@ -286,6 +287,7 @@ def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult
     weights_file = root / params.paths.model / model_dir.WEIGHTS_FILE
     samples.check_current(root / params.paths.samples, params, weights_file)
     splits = nll_splits(params, root)
+    pairs = source_pairs(params, root / params.paths.shards)  # Fig. 8's test images
     weights = resolve_weights(params.evaluate, default_cache_dir())
     init_ray(params.ray)
     t0 = time.perf_counter()
@@ -293,6 +295,7 @@ def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult
     nll_res, bpd = nll_result(params, root, splits)
     label = data_label(params) + ("" if nll_res.split == "test" else f", {nll_res.split} split")
     figures = write_rate_distortion(bpd, root / params.paths.plots, label)
+    figures.append(write_interpolation(params, root, pairs))
     result = EvaluateResult(
         fid_res,
         isc_res,

@@ -12,6 +12,7 @@ import pytest
 import ray
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from pipelines.artifacts.model_dir import WEIGHTS_FILE
 from pipelines.artifacts.samples import (
@@ -132,4 +133,9 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
         "evaluate/rate_distortion.csv",
         "evaluate/rate_distortion.png",
         "evaluate/nll_terms.png",
+        "evaluate/interpolation.png",
     }
+    # Fig. 8: 1 pair x (row at t, row at T), [x_0, 5 lambdas, x'_0]; 8x8 digits at 8x scale
+    # with 2-pixel padding: (7 * 10 + 2) * 8 wide, (2 * 10 + 2) * 8 high.
+    with Image.open(Path(params.paths.plots) / "interpolation.png") as figure:
+        assert figure.size == (576, 176)
