@@ -101,12 +101,12 @@ def _ema_at(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.ray
-def test_best_fid_exports_the_ema_of_the_min_fid_step_and_keeps_it_on_rerun(
+def test_best_fid_exports_the_ema_of_the_min_fid_step_then_last_reexports(
     tmp_path: Path, converted_path: Path, local_ray: object
 ) -> None:
     """train.fid_every=2 over 6 steps: FID points at 2, 4, 6 (plot, MLflow); best_fid exports
-    the EMA weights of the argmin step, and a rerun (resumed from the final checkpoint) keeps
-    them."""
+    the EMA weights of the argmin step; export=last then re-exports the final EMA of the same
+    run (a kill mid-run: tests/pipelines/train/test_stage.py)."""
     overrides = {
         "train.steps": 6,
         "train.checkpoint_every": 2,
@@ -135,15 +135,16 @@ def test_best_fid_exports_the_ema_of_the_min_fid_step_and_keeps_it_on_rerun(
     assert exported.keys() == at_best.keys()
     assert all(torch.equal(exported[k], at_best[k]) for k in at_best)
     if best_step != 6:  # the final EMA differs from the exported one
-        final = _ema_at(run_dir, 6)
-        assert not all(torch.equal(exported[k], final[k]) for k in final)
+        assert not all(torch.equal(exported[k], v) for k, v in _ema_at(run_dir, 6).items())
     history = MlflowClient(run["uri"]).get_metric_history(run["run_id"], "fid_train_small")
     assert sorted(m.step for m in history) == [2, 4, 6]
-    # Rerun: resumes at the final checkpoint, whose curve and best weights pick the same step.
-    assert train.main(["--params", str(path)]) == 0
-    again = json.loads((Path(params.paths.metrics) / "train.json").read_text())
-    assert again["exported_step"] == best_step and _fid_rows(params.paths.plots) == curve
-    assert all(torch.equal(ema_weights(params)[k], v) for k, v in exported.items())
+    # export=last keeps the run key: the finished run is re-exported (its final EMA), not retrained.
+    last = _write_params(tmp_path, {**overrides, "train.export": "last"})
+    assert train.main(["--params", str(last)]) == 0
+    metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
+    assert metrics["exported_step"] == 6 and metrics["resumed_from"] == 6
+    final = _ema_at(run_dir, 6)
+    assert all(torch.equal(ema_weights(params)[k], v) for k, v in final.items())
 
 
 def test_fid_curve_is_header_only_when_off(tmp_path: Path, no_ray: object) -> None:
