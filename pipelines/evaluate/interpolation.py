@@ -89,9 +89,7 @@ def write_interpolation(params: Params, root: Path, pairs: Tensor) -> Path:
     import ray
 
     cfg = params.evaluate
-    task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0)(
-        compute_rows
-    )
+    task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0)(compute_rows)
     rows = ray.get(task.remote(params, root / params.paths.model, pairs, cfg.use_gpu))
     n_cols = rows.shape[1]
     scale = max(1, 64 // params.data.resolution)

@@ -81,12 +81,10 @@ def small_fid(
     """FID of `train.fid_images` samples of `model` (strided Algorithm 2) against `reference`."""
     cfg, c, r = params.train, params.data.channels, params.data.resolution
     chain = diffusion.respaced(cfg.fid_stride)
-    images = torch.cat([
-        sample_indices(
-            model, chain, range(s, min(s + PROBE_BATCH, cfg.fid_images)), params.seed, (c, r, r),
-            device,
-        ).cpu()
-        for s in range(0, cfg.fid_images, PROBE_BATCH)
-    ])  # (N, C, H, W) uint8; fmt: skip
+    n, shape = cfg.fid_images, (c, r, r)
+    batches = [range(s, min(s + PROBE_BATCH, n)) for s in range(0, n, PROBE_BATCH)]
+    images = torch.cat(
+        [sample_indices(model, chain, idx, params.seed, shape, device).cpu() for idx in batches]
+    )  # (N, C, H, W) uint8
     feats = extract_features(images, probe.weights, (POOL3,), device=device)[POOL3]
     return fid(feature_stats(feats, f"{cfg.fid_images} in-training samples"), reference)

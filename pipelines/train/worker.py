@@ -139,7 +139,7 @@ class _Loop:
         self.params, self.cfg, self.spec, self.tracker = params, params.train, spec, tracker
         self.state, self.rank, self.world, self.device = state, rank, world, device
         self.probe = probe if rank == 0 else None  # min-FID selection runs on rank 0 only
-        self.reference = load_reference(probe) if self.probe else None
+        self.reference = load_reference(self.probe) if self.probe else None
         self.autocast = autocast(params.train.precision, device)
         self.window_start = time.perf_counter()
         self.last_loss = float("nan")

@@ -59,7 +59,9 @@ def test_at_small_t_the_endpoints_decode_to_the_sources(setup: tuple) -> None:
 def test_too_few_test_images_are_refused_naming_the_key(
     make_params: Callable[..., Params], shards_dir: Path
 ) -> None:
-    params = replace_path(make_params({"evaluate.interpolation_pairs": 500}), shards=str(shards_dir))
+    params = replace_path(
+        make_params({"evaluate.interpolation_pairs": 500}), shards=str(shards_dir)
+    )
     with pytest.raises(ValueError, match=r"evaluate.interpolation_pairs: 500 pairs need 1000"):
         source_pairs(params, shards_dir)
 
