@@ -22,6 +22,7 @@ from ddpm_core.sampling import from_uint8, interpolate
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.artifacts.shards import load_split, read_manifest
 from pipelines.config import Params
+from pipelines.evaluate.report import data_label
 from pipelines.infra.figures import save_grid
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,17 @@ def interpolation_rows(
             mixed = interpolate(model, diffusion, x0, t_row - 1, lambdas, key, device).cpu()
             rows.append(torch.cat([pair[:1], mixed, pair[1:]]))  # (L + 2, C, H, W)
     return torch.stack(rows)
+
+
+def interpolation_label(params: Params) -> str:
+    """What `interpolation.png` shows (the MLflow tag `interpolation`)."""
+    cfg = params.evaluate
+    return (
+        f"paper Fig. 8 construction on {cfg.interpolation_pairs} pair(s) of {data_label(params)} "
+        f"test images: latent mix at t={cfg.interpolation_t} (paper: 500 of 1000, CelebA-HQ) "
+        f"and at t=T={params.diffusion.T}, lambda in {list(cfg.interpolation_lambdas)}; "
+        "rows [x_0, lambdas..., x'_0]"
+    )
 
 
 def compute_rows(params: Params, model_dir: Path, pairs: Tensor, use_gpu: bool) -> Tensor:

@@ -34,7 +34,11 @@ from pipelines.evaluate.inception import (
     hub_weights_path,
     resolve_weights,
 )
-from pipelines.evaluate.interpolation import source_pairs, write_interpolation
+from pipelines.evaluate.interpolation import (
+    interpolation_label,
+    source_pairs,
+    write_interpolation,
+)
 from pipelines.evaluate.nll import BpdResult, EmaModelLoader, NllSummary, evaluate_bpd
 from pipelines.evaluate.reference import compute_reference_stats
 from pipelines.evaluate.report import (
@@ -317,6 +321,7 @@ def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult
             "fid.comparability": fid_res.comparability,
             "fid.inception_weights": fid_res.inception_weights,
             "isc.status": isc_res.status,
+            "interpolation": interpolation_label(params),
         }
     )
     for path in figures:

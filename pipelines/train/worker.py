@@ -253,6 +253,8 @@ class _Loop:
         """
         assert self.probe is not None and self.reference is not None
         state, t0 = self.state, time.perf_counter()
+        if bool(state.stats.nonfinite):  # never score (or keep) weights after a NaN step: the
+            return  # next log point or checkpoint stops every rank together
         model = state.ema.model.eval()
         value = small_fid(
             model, state.diffusion, self.params, self.probe, self.reference, self.device

@@ -119,6 +119,7 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == train.run_id
     assert run.data.tags["fid.comparability"] == m["comparability"]
+    assert "digits test images: latent mix at t=10" in run.data.tags["interpolation"]
     assert run.data.metrics["fid"] == pytest.approx(m["fid"])
     assert run.data.metrics["nll_bpd"] == pytest.approx(m["nll_bpd"])
     # The headline metrics are on the parent train run too (train runs sort by FID).
