@@ -369,3 +369,13 @@ def loss_history(params: Params) -> list[tuple[int, float]]:
 
     with (Path(params.paths.plots) / LOSS_CSV).open() as f:
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def fid_history(params: Params) -> list[tuple[int, float]]:
+    """The (step, in-training FID) rows of `plots/train_fid.csv`."""
+    import csv
+
+    from pipelines.train.export import FID_CSV
+
+    with (Path(params.paths.plots) / FID_CSV).open() as f:
+        return [(int(r["step"]), float(r["fid"])) for r in csv.DictReader(f)]

@@ -17,7 +17,7 @@ from pipelines.config import to_dict
 from pipelines.train.checkpoint import load_training_state
 from pipelines.train.step import STATE_FILE
 from stages import shard, train
-from tests.helpers import build_params, ema_weights
+from tests.helpers import build_params, ema_weights, fid_history
 
 
 def _write_params(root: Path, overrides: dict[str, Any] | None = None) -> Path:
@@ -42,6 +42,7 @@ def test_dry_run_prints_the_resolved_config(
         ("batch_size", 7, ["train.batch_size", "divisible by train.num_workers=2"]),
         ("attn_resolutions", [2], ["unet.attn_resolutions", "[8, 4]"]),
         ("precision", "fp16", ["train.precision", "bf16"]),
+        ("export", "best_fid", ["train.export", "needs train.fid_every > 0"]),
     ],
 )
 def test_bad_params_fail_naming_the_key(
@@ -89,12 +90,6 @@ def test_stage_trains_then_rerun_resumes_the_same_run(tmp_path: Path, local_ray:
     assert run.info.status == "FINISHED" and run.data.params["train.steps"] == "3"
 
 
-def _fid_rows(params_plots: str) -> list[tuple[int, float]]:
-    lines = (Path(params_plots) / "train_fid.csv").read_text().splitlines()
-    assert lines[0] == "step,fid"
-    return [(int(s), float(v)) for s, v in (line.split(",") for line in lines[1:])]
-
-
 def _ema_at(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     state = load_training_state(run_dir / f"step_{step:08d}" / STATE_FILE)
     return dict(state["ema"]["shadow"])
@@ -120,7 +115,7 @@ def test_best_fid_exports_the_ema_of_the_min_fid_step_then_last_reexports(
     params = build_params(tmp_path, overrides)
     assert shard.main(["--params", str(path)]) == 0
     assert train.main(["--params", str(path)]) == 0
-    curve = _fid_rows(params.paths.plots)
+    curve = fid_history(params)
     assert [s for s, _ in curve] == [2, 4, 6]
     best_step = min(curve, key=lambda p: (p[1], p[0]))[0]
     metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())

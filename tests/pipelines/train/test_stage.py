@@ -38,7 +38,14 @@ from pipelines.train.step import (
     warmup_lr,
 )
 from pipelines.train.worker import train_loop_per_worker
-from tests.helpers import REF_RUN, ema_weights, loss_history, train, train_params
+from tests.helpers import (
+    REF_RUN,
+    ema_weights,
+    fid_history,
+    loss_history,
+    train,
+    train_params,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -264,8 +271,7 @@ def test_min_fid_selection_survives_a_worker_killed_mid_run(
     kill = KillAfterReport(4, 0, str(tmp_path / "killed"))
     result = train(params, tmp_path, loop_fn=kill)
     assert (tmp_path / "killed").exists() and result.resumed_from == 4
-    rows = (Path(params.paths.plots) / "train_fid.csv").read_text().splitlines()[1:]
-    curve = [(int(s), float(v)) for s, v in (row.split(",") for row in rows)]
+    curve = fid_history(params)
     assert [s for s, _ in curve] == [2, 4, 6]
     best_step = min(curve, key=lambda p: (p[1], p[0]))[0]
     assert result.exported_step == best_step and f"step {best_step}" in result.export_reason
