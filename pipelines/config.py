@@ -29,6 +29,7 @@ CompileMode = Literal[False, "default", "reduce-overhead"]
 FidReference = Literal["train", "test"]
 Sampler = Literal["ancestral", "ddim"]
 NllSplit = Literal["test", "train", "both"]
+Export = Literal["last", "best_fid"]  # which EMA weights train exports (best_fid: min-FID step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,10 +111,29 @@ class TrainConfig:
     channels_last: bool
     compile: CompileMode  # the whole loss is one graph; reduce-overhead adds CUDA graphs
     max_failures: int
+    fid_every: int  # small-sample FID of the EMA weights every K steps on rank 0; 0 = off
+    fid_images: int  # generated images per point of that in-training FID curve
+    fid_stride: int  # its sampler: Algorithm 2 over every k-th timestep (cheap, not the paper)
+    export: Export  # last: the final EMA weights; best_fid: those of the min-FID step (paper)
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
             check(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "an int >= 1")
+        check(
+            0 <= self.fid_every <= self.steps,
+            "train.fid_every",
+            self.fid_every,
+            f"0 (off) or an int in 1..train.steps={self.steps}",
+        )
+        check(self.fid_images >= 2, "train.fid_images", self.fid_images, "an int >= 2")
+        check(self.fid_stride >= 1, "train.fid_stride", self.fid_stride, "an int >= 1")
+        check(
+            self.export == "last" or self.fid_every > 0,
+            "train.export",
+            self.export,
+            "'last' when train.fid_every is 0 (best_fid picks the step of the lowest "
+            "in-training FID, so it needs train.fid_every > 0)",
+        )
         check(self.num_workers >= 1, "train.num_workers", self.num_workers, "an int >= 1")
         check(
             self.batch_size % self.num_workers == 0,
@@ -173,6 +193,9 @@ class EvaluateConfig:
     num_workers: int
     cpus_per_worker: float
     use_gpu: bool  # NLL actors and Inception features on a GPU
+    interpolation_pairs: int  # Fig. 8: pairs of test images interpolated in x_t (rows)
+    interpolation_t: int  # Fig. 8: the latent's timestep, 1..diffusion.T (paper: 500)
+    interpolation_lambdas: tuple[float, ...]  # Fig. 8: mixing weights lambda in [0, 1] (columns)
 
     def __post_init__(self) -> None:
         check(self.fid_images >= 2, "evaluate.fid_images", self.fid_images, "an int >= 2")
@@ -182,6 +205,15 @@ class EvaluateConfig:
         check(self.nll_images >= 1, "evaluate.nll_images", self.nll_images, "an int >= 1")
         check(self.nll_batch_size >= 1, "evaluate.nll_batch_size", self.nll_batch_size, ">= 1")
         check(self.num_workers >= 1, "evaluate.num_workers", self.num_workers, "an int >= 1")
+        pairs = self.interpolation_pairs
+        check(pairs >= 1, "evaluate.interpolation_pairs", pairs, "an int >= 1")
+        lams = list(self.interpolation_lambdas)
+        check(
+            len(lams) >= 2 and all(0.0 <= v <= 1.0 for v in lams),
+            "evaluate.interpolation_lambdas",
+            lams,
+            "a list of >= 2 values in [0, 1]",
+        )
 
 
 @dataclass(frozen=True)
@@ -268,6 +300,18 @@ class Params:
             "data.resolution",
             self.data.resolution,
             f"divisible by 2**(len(unet.ch_mult)-1)={2 ** (len(self.unet.ch_mult) - 1)}",
+        )
+        check(
+            1 <= self.evaluate.interpolation_t <= self.diffusion.T,
+            "evaluate.interpolation_t",
+            self.evaluate.interpolation_t,
+            f"an int in 1..diffusion.T={self.diffusion.T} (paper Fig. 8: 500)",
+        )
+        check(
+            self.train.fid_stride <= self.diffusion.T,
+            "train.fid_stride",
+            self.train.fid_stride,
+            f"<= diffusion.T={self.diffusion.T}",
         )
         bad = [s for s in self.quality.steps if s > self.diffusion.T or self.diffusion.T % s]
         check(

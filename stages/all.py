@@ -20,7 +20,7 @@ from pipelines.config import Params
 from pipelines.infra.files import write_json
 from stages.common import parser, repo_root, start
 
-STAGES = ("shard", "train", "sample", "fid_stats", "evaluate", "quality")
+STAGES = ("shard", "fid_stats", "train", "sample", "evaluate", "quality")
 log = logging.getLogger("stages.all")
 RECORD = "all.json"
 

@@ -42,6 +42,7 @@ TINY: dict[str, Any] = {
     "train.log_every": 1,
     "train.checkpoint_every": 2,
     "train.sample_every": 0,
+    "train.fid_stride": 5,
     "train.cpus_per_worker": 0.5,
     "sample.num_images": 8,
     "sample.batch_size": 4,
@@ -54,6 +55,7 @@ TINY: dict[str, Any] = {
     "evaluate.nll_images": 4,
     "evaluate.nll_batch_size": 4,
     "evaluate.cpus_per_worker": 0.5,
+    "evaluate.interpolation_t": 10,
     "ray.num_cpus": 2,
 }
 
@@ -367,3 +369,13 @@ def loss_history(params: Params) -> list[tuple[int, float]]:
 
     with (Path(params.paths.plots) / LOSS_CSV).open() as f:
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def fid_history(params: Params) -> list[tuple[int, float]]:
+    """The (step, in-training FID) rows of `plots/train_fid.csv`."""
+    import csv
+
+    from pipelines.train.export import FID_CSV
+
+    with (Path(params.paths.plots) / FID_CSV).open() as f:
+        return [(int(r["step"]), float(r["fid"])) for r in csv.DictReader(f)]

@@ -8,7 +8,7 @@ all three are unchanged; `load_stats` checks the stored key against the one aske
 
 `inception.pth` + `inception.json` (label, has_logits, sha256) are the weights the stage
 resolved (`pipelines.evaluate.inception.resolve_weights`): evaluate and quality read them from
-here (`load_weights`, sha256 checked), so the weights are part of a DVC output that they depend
+here (`load_inception`, sha256 checked), so the weights are part of a DVC output that they depend
 on. A change of weights reruns them, and a `dvc pull` elsewhere gives the same FID.
 """
 
@@ -73,7 +73,7 @@ def load_stats(path: Path, key: str | None = None) -> FidStats:
         return FidStats(z["mu"].astype(np.float64), z["sigma"].astype(np.float64), int(z["count"]))
 
 
-def save_weights(stats_dir: Path, weights: InceptionWeights) -> InceptionWeights:
+def save_inception(stats_dir: Path, weights: InceptionWeights) -> InceptionWeights:
     """Copy `weights` into `stats_dir` with their label, logits flag and sha256; the copy."""
     dst = stats_dir / WEIGHTS_FILE
     with atomic_path(dst) as tmp:
@@ -83,8 +83,8 @@ def save_weights(stats_dir: Path, weights: InceptionWeights) -> InceptionWeights
     return InceptionWeights(dst, weights.label, weights.has_logits)
 
 
-def load_weights(stats_dir: Path) -> InceptionWeights:
-    """The weights `save_weights` stored; a clear error when missing or not the recorded file."""
+def load_inception(stats_dir: Path) -> InceptionWeights:
+    """The weights `save_inception` stored; a clear error when missing or not the recorded file."""
     meta_path, path = stats_dir / WEIGHTS_META, stats_dir / WEIGHTS_FILE
     if not meta_path.is_file() or not path.is_file():
         raise FileNotFoundError(

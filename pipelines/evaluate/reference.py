@@ -16,8 +16,8 @@ from pipelines.artifacts.fid_stats import (
     InceptionWeights,
     load_stats,
     reference_key,
+    save_inception,
     save_stats,
-    save_weights,
     stats_path,
 )
 from pipelines.artifacts.shards import image_shape, load_split, read_manifest
@@ -120,6 +120,6 @@ def run_fid_stats(params: Params, root: Path) -> FidStatsResult:
     """The fid_stats stage: the shards and the weights are checked, then Ray connects."""
     reference_splits(params, root)  # the shards exist and hold the reference split
     resolved = resolve_weights(params.evaluate, default_cache_dir())
-    weights = save_weights(root / params.paths.fid_stats, resolved)  # what evaluate will use
+    weights = save_inception(root / params.paths.fid_stats, resolved)  # what evaluate will use
     init_ray(params.ray)
     return FidStatsResult(compute_reference_stats(params, root, weights))

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pipelines.artifacts import model_dir, samples, shards
-from pipelines.artifacts.fid_stats import InceptionWeights, load_weights
+from pipelines.artifacts.fid_stats import InceptionWeights, load_inception
 from pipelines.config import Params
 from pipelines.evaluate.fid import (
     check_compatible,
@@ -31,6 +31,11 @@ from pipelines.evaluate.inception import (
     LOGITS,
     POOL3,
     hub_weights_path,
+)
+from pipelines.evaluate.interpolation import (
+    interpolation_label,
+    source_pairs,
+    write_interpolation,
 )
 from pipelines.evaluate.nll import BpdResult, EmaModelLoader, NllSummary, evaluate_bpd
 from pipelines.evaluate.reference import compute_reference_stats
@@ -284,13 +289,15 @@ def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult
     weights_file = root / params.paths.model / model_dir.WEIGHTS_FILE
     samples.check_current(root / params.paths.samples, params, weights_file)
     splits = nll_splits(params, root)
-    weights = load_weights(root / params.paths.fid_stats)  # what the reference stats used
+    pairs = source_pairs(params, root / params.paths.shards)  # Fig. 8's test images
+    weights = load_inception(root / params.paths.fid_stats)  # what the reference stats used
     init_ray(params.ray)
     t0 = time.perf_counter()
     fid_res, isc_res = fid_and_isc(params, root, weights, n)
     nll_res, bpd = nll_result(params, root, splits)
     label = data_label(params) + ("" if nll_res.split == "test" else f", {nll_res.split} split")
     figures = write_rate_distortion(bpd, root / params.paths.plots, label)
+    figures.append(write_interpolation(params, root, pairs))
     result = EvaluateResult(
         fid_res,
         isc_res,
@@ -312,6 +319,7 @@ def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult
             "fid.comparability": fid_res.comparability,
             "fid.inception_weights": fid_res.inception_weights,
             "isc.status": isc_res.status,
+            "interpolation": interpolation_label(params),
         }
     )
     for path in figures:

@@ -25,7 +25,7 @@ import torch
 from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.sampling import SAMPLERS, sample_indices, snapshot_timesteps
 from ddpm_core.unet import UNet
-from pipelines.artifacts.fid_stats import FidStats, InceptionWeights, load_weights
+from pipelines.artifacts.fid_stats import FidStats, InceptionWeights, load_inception
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.config import Params
 from pipelines.evaluate.fid import (
@@ -216,7 +216,7 @@ def run_quality(params: Params, root: Path, tracker: Tracker) -> QualityResult:
     if cfg.steps or cfg.reverse_every:
         model_dir = root / params.paths.model
         load_ema_model(params, model_dir)  # fail fast, before Ray starts
-        weights = load_weights(root / params.paths.fid_stats)  # what the reference stats used
+        weights = load_inception(root / params.paths.fid_stats)  # what the reference stats used
         init_ray(params.ray)
         check_fits(1, cfg.cpus, 1.0 if cfg.use_gpu else 0.0, "quality")
         ref = reference_stats(  # the headline split, cached by the fid_stats stage

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pipelines.artifacts.diffusers_dir import write_diffusers_dir
 from pipelines.artifacts.model_dir import CONFIG_FILE, write_model_dir
 from pipelines.config import Params
@@ -20,11 +22,13 @@ from pipelines.infra.files import atomic_path
 from pipelines.infra.tracking import Tracker
 from pipelines.train.checkpoint import load_training_state
 from pipelines.train.run import resolve
+from pipelines.train.selection import ExportChoice, FidCurve, choose_export
 from pipelines.train.step import STATE_FILE
 
 log = logging.getLogger(__name__)
 
 LOSS_CSV = "train_loss.csv"
+FID_CSV = "train_fid.csv"  # the in-training FID curve (header only with train.fid_every: 0)
 
 
 @dataclass(frozen=True)
@@ -34,25 +38,34 @@ class ExportedModel:
     steps: int
     weights: Path
     history: list[tuple[int, float]]  # (step, mean loss of the logging window)
+    fid_curve: FidCurve  # (step, in-training FID) points, empty when train.fid_every is 0
+    choice: ExportChoice  # which step's EMA weights were written, and why
 
 
 def export_model(
     params: Params, root: Path, checkpoint: Path, metadata: dict[str, str], tracker: Tracker
 ) -> ExportedModel:
-    """EMA weights + resolved config into `paths.model` (and `paths.diffusers`), loss history CSV.
+    """EMA weights + resolved config into `paths.model` (and `paths.diffusers`), loss and FID CSVs.
 
-    The weights and the config are logged to `tracker` (artifact path `model`).
+    `train.export` picks the weights: the final EMA, or (best_fid) the EMA of the min-FID step,
+    kept in the checkpoint. The weights and the config are logged to `tracker` (artifact path
+    `model`).
     """
     state = load_training_state(checkpoint / STATE_FILE)
     steps = int(state["step"])
-    meta = {"step": str(steps), **metadata, "weights": "ema"}
-    weights = write_models(params, root, state["ema"]["shadow"], meta)
+    curve = FidCurve.from_tensor(state.get("fid_curve", torch.zeros(0, 2)))
+    choice = choose_export(params.train.export, curve, steps)
+    ema = state["best_ema"] if choice.best else state["ema"]["shadow"]
+    meta = {"step": str(choice.step), **metadata, "weights": "ema", "export": choice.reason}
+    weights = write_models(params, root, ema, meta)
     history = [(int(s), float(v)) for s, v in state["history"].tolist()]
-    write_loss_csv(resolve(root, params.paths.plots) / LOSS_CSV, history)
+    plots = resolve(root, params.paths.plots)
+    write_loss_csv(plots / LOSS_CSV, history)
+    write_fid_csv(plots / FID_CSV, curve)
     tracker.log_artifact(weights, "model")
     tracker.log_artifact(weights.parent / CONFIG_FILE, "model")
-    log.info("wrote %s (EMA at step %d)", weights, steps)
-    return ExportedModel(steps, weights, history)
+    log.info("wrote %s (%s)", weights, choice.reason)
+    return ExportedModel(steps, weights, history, curve, choice)
 
 
 def write_models(
@@ -73,3 +86,11 @@ def write_loss_csv(path: Path, history: list[tuple[int, float]]) -> None:
         writer = csv.writer(f)
         writer.writerow(["step", "loss"])
         writer.writerows((s, f"{v:.6g}") for s, v in history)
+
+
+def write_fid_csv(path: Path, curve: FidCurve) -> None:
+    """`step,fid` rows of the in-training FID for `dvc plots` (header only when off)."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "fid"])
+        writer.writerows((s, f"{v:.6g}") for s, v in curve.points)

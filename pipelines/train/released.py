@@ -20,8 +20,9 @@ from ddpm_core.convert import state_dict_from_diffusers, unet_config_from_diffus
 from pipelines.artifacts.model_dir import build_unet, model_out_channels
 from pipelines.config import Params
 from pipelines.infra.tracking import Tracker
-from pipelines.train.export import LOSS_CSV, write_loss_csv, write_models
+from pipelines.train.export import FID_CSV, LOSS_CSV, write_fid_csv, write_loss_csv, write_models
 from pipelines.train.run import resolve
+from pipelines.train.selection import FidCurve
 
 log = logging.getLogger(__name__)
 
@@ -158,5 +159,6 @@ def import_released(
     tracker.set_tags({"weights": source})
     tracker.log_artifact(weights, "model")
     write_loss_csv(resolve(root, params.paths.plots) / LOSS_CSV, [])
+    write_fid_csv(resolve(root, params.paths.plots) / FID_CSV, FidCurve())
     log.info("wrote %s from %s (MLflow run %s)", weights, checkpoint, tracker.run_id)
     return ReleasedResult(weights, source, checkpoint, tracker.run_id)

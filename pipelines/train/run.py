@@ -43,6 +43,7 @@ RESUME_NEUTRAL = (
     "max_failures",
     "cpus_per_worker",
     "gpus_per_worker",
+    "export",  # which saved EMA weights are written; a finished run re-exports without training
 )
 
 

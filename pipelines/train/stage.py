@@ -19,8 +19,9 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipelines.config import Params, to_dict
-from pipelines.infra.tracking import Tracker
+from pipelines.infra.tracking import Tracker, numeric
 from pipelines.train.export import export_model
+from pipelines.train.fid_probe import probe_for
 from pipelines.train.run import TrainPlan, plan_run
 from pipelines.train.worker import RunSpec, train_loop_per_worker
 
@@ -46,21 +47,32 @@ class TrainResult:
     run_dir: Path  # Ray's run folder: checkpoints and the run's notes
     model_dir: Path
     run_id: str  # the MLflow run
+    exported_step: int  # the step whose EMA weights are in `model_dir`
+    export_reason: str  # why that step (train.export)
+    best_fid_small: float | None  # the lowest in-training FID; None when train.fid_every is 0
+    fid_label: str  # what the in-training FID is comparable with
 
     def metrics(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "steps": self.steps,
             "final_loss": self.final_loss,
             "images_per_s": self.images_per_s,
             "wall_time_s": round(self.wall_time_s, 3),
             "resumed_from": self.resumed_from,
+            "exported_step": self.exported_step,
+            "export_reason": self.export_reason,  # texts go to runs/train.json details
+            "fid_train_small_label": self.fid_label,
         }
+        if self.best_fid_small is not None:
+            out["best_fid_train_small"] = self.best_fid_small
+        return out
 
     def summary(self) -> str:
         return (
             f"{self.model_dir}: EMA weights at step {self.steps}, final loss "
             f"{self.final_loss:.4f}, {self.images_per_s:.0f} img/s (Ray run {self.run_name}, "
-            f"MLflow run {self.run_id}, resumed from step {self.resumed_from})"
+            f"MLflow run {self.run_id}, resumed from step {self.resumed_from}); exported: "
+            f"{self.export_reason}"
         )
 
 
@@ -108,11 +120,12 @@ def run_train(
     exist for tests (fault injection).
     """
     plan = plan_run(params, root)
+    probe = probe_for(params, root)  # train.fid_every: Inception weights + reference statistics
     folder = plan.folder
     log.info("Ray run %s (storage %s), MLflow run %s", plan.name, plan.storage, tracker.run_id)
     folder.clear_attempt()
     spec = RunSpec(run_name=plan.name, run_dir=str(folder.path), shards=str(plan.shards))
-    config = {"params": to_dict(params), "run": asdict(spec), "tracker": tracker}
+    config = {"params": to_dict(params), "run": asdict(spec), "tracker": tracker, "fid": probe}
     start = time.perf_counter()
     fitted = trainer_for(params, config, plan, loop_fn, callbacks).fit()
     folder.raise_if_nonfinite()
@@ -137,7 +150,12 @@ def run_train(
         run_dir=folder.path,
         model_dir=model.weights.parent,
         run_id=tracker.run_id,
+        exported_step=model.choice.step,
+        export_reason=model.choice.reason,
+        best_fid_small=best[1] if (best := model.fid_curve.best) else None,
+        fid_label=probe.label if probe else "off (train.fid_every: 0)",
     )
-    final = {f"final_{k}": float(v) for k, v in result.metrics().items()}
+    final = {f"final_{k}": v for k, v in numeric(result.metrics()).items()}
     tracker.log_metrics(final, result.steps)
+    tracker.set_tags({"fid_train_small.label": result.fid_label, "export": result.export_reason})
     return result

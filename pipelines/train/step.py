@@ -28,6 +28,7 @@ from pipelines.artifacts.model_dir import build_unet
 from pipelines.config import CompileMode, Params, TrainConfig
 from pipelines.infra.accel import compile_fn, mark_step
 from pipelines.train.checkpoint import load_training_state, save_training_state
+from pipelines.train.selection import FidCurve
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ class TrainState:
     stats: StepStats
     step: int = 0  # updates applied so far
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss)
+    fid_curve: FidCurve = field(default_factory=FidCurve)  # rank 0's in-training FID points
+    best_ema: dict[str, torch.Tensor] | None = None  # CPU copy of the EMA at the min-FID step
     compile_mode: CompileMode = False
     params: list[nn.Parameter] = field(default_factory=list)  # raw's, listed once (clipping)
 
@@ -294,6 +297,9 @@ def save_checkpoint(
             "data_position": state.step,
             "rng": rng_states,
             "history": torch.tensor(state.history, dtype=torch.float64).reshape(-1, 2),
+            # Min-FID selection survives a resume: the curve and the best EMA weights so far.
+            "fid_curve": state.fid_curve.to_tensor(),
+            "best_ema": state.best_ema or {},
         },
     )
     return path
@@ -316,3 +322,5 @@ def load_checkpoint(folder: str | Path, state: TrainState, rank: int) -> None:
     state.stats = StepStats.zeros(state.stats.loss_sum.device, state.step + 1)
     set_rng_state(state.generator, rngs[rank])
     state.history = [(int(s), float(v)) for s, v in ckpt["history"].tolist()]
+    state.fid_curve = FidCurve.from_tensor(ckpt.get("fid_curve", torch.zeros(0, 2)))
+    state.best_ema = ckpt.get("best_ema") or None

@@ -30,6 +30,7 @@ from pipelines.infra.accel import autocast
 from pipelines.infra.device import configure_backends
 from pipelines.infra.figures import save_grid
 from pipelines.infra.tracking import Tracker
+from pipelines.train.fid_probe import FidProbe, load_reference, small_fid
 from pipelines.train.run import RunFolder
 from pipelines.train.step import (
     SEED_DROPOUT,
@@ -66,7 +67,7 @@ class RunSpec:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Algorithm 1 on one Ray Train worker; `config` = {"params", "run", "tracker"}."""
+    """Algorithm 1 on one Ray Train worker; `config` = {"params", "run", "tracker", "fid"}."""
     params = from_dict(Params, config["params"])
     spec = RunSpec(**config["run"])
     tracker: Tracker | None = config["tracker"]
@@ -88,7 +89,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _wrap(state, params, device)
         if rank == 0 and tracker is not None and resumed_from:
             tracker.log_metrics({"resumed_from": resumed_from}, step=resumed_from)
-        loop = _Loop(params, spec, tracker, state, rank, world, device)
+        loop = _Loop(params, spec, tracker, state, rank, world, device, config.get("fid"))
         loop.run(resumed_from, last_ckpt)
 
 
@@ -133,9 +134,12 @@ class _Loop:
         rank: int,
         world: int,
         device: torch.device,
+        probe: FidProbe | None = None,
     ) -> None:
         self.params, self.cfg, self.spec, self.tracker = params, params.train, spec, tracker
         self.state, self.rank, self.world, self.device = state, rank, world, device
+        self.probe = probe if rank == 0 else None  # min-FID selection runs on rank 0 only
+        self.reference = load_reference(self.probe) if self.probe else None
         self.autocast = autocast(params.train.precision, device)
         self.window_start = time.perf_counter()
         self.last_loss = float("nan")
@@ -169,6 +173,8 @@ class _Loop:
                     self.log_window()
                 if self.rank == 0 and cfg.sample_every and step % cfg.sample_every == 0:
                     self.log_sample_grid()
+                if self.probe is not None and step % cfg.fid_every == 0:
+                    self.record_fid()  # before the checkpoint, which stores the curve
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                     self.raise_if_nonfinite()  # never checkpoint weights after a NaN step
                     seconds = time.perf_counter() - session_start
@@ -239,6 +245,29 @@ class _Loop:
         with tempfile.TemporaryDirectory() as tmp:
             save_grid(images, Path(tmp) / name, scale=max(1, 64 // r))
             self.tracker.log_artifact(Path(tmp) / name, "samples")
+
+    def record_fid(self) -> None:
+        """Small-sample FID of the EMA weights; keep a CPU copy of them when it is the lowest.
+
+        One host sync per `train.fid_every` steps; the other ranks wait at their next collective.
+        """
+        assert self.probe is not None and self.reference is not None
+        state, t0 = self.state, time.perf_counter()
+        if bool(state.stats.nonfinite):  # never score (or keep) weights after a NaN step: the
+            return  # next log point or checkpoint stops every rank together
+        model = state.ema.model.eval()
+        value = small_fid(
+            model, state.diffusion, self.params, self.probe, self.reference, self.device
+        )
+        if state.fid_curve.record(state.step, value):
+            state.best_ema = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        best = state.fid_curve.best
+        log.info(
+            "step %d: in-training FID %.3f (best %s, %.0f s)", state.step, value,
+            f"{best[1]:.3f} at step {best[0]}" if best else "none", time.perf_counter() - t0,
+        )  # fmt: skip
+        if self.tracker is not None:
+            self.tracker.log_metrics({"fid_train_small": value}, step=state.step)
 
     def checkpoint(self, metrics: dict[str, Any]) -> str:
         """Report `metrics` with a checkpoint from all ranks (rank 0 writes the files)."""

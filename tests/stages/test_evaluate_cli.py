@@ -12,6 +12,7 @@ import pytest
 import ray
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from pipelines.artifacts.model_dir import WEIGHTS_FILE
 from pipelines.artifacts.samples import (
@@ -118,6 +119,7 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == train.run_id
     assert run.data.tags["fid.comparability"] == m["comparability"]
+    assert "digits test images: latent mix at t=10" in run.data.tags["interpolation"]
     assert run.data.metrics["fid"] == pytest.approx(m["fid"])
     assert run.data.metrics["nll_bpd"] == pytest.approx(m["nll_bpd"])
     # The headline metrics are on the parent train run too (train runs sort by FID).
@@ -132,4 +134,9 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
         "evaluate/rate_distortion.csv",
         "evaluate/rate_distortion.png",
         "evaluate/nll_terms.png",
+        "evaluate/interpolation.png",
     }
+    # Fig. 8: 1 pair x (row at t, row at T), [x_0, 5 lambdas, x'_0]; 8x8 digits at 8x scale
+    # with 2-pixel padding: (7 * 10 + 2) * 8 wide, (2 * 10 + 2) * 8 high.
+    with Image.open(Path(params.paths.plots) / "interpolation.png") as figure:
+        assert figure.size == (576, 176)

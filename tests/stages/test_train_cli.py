@@ -8,13 +8,16 @@ from typing import Any
 
 import pytest
 import ray
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
 from ddpm_core.config import ConfigError
 from pipelines.config import to_dict
-from stages import shard, train
-from tests.helpers import build_params
+from pipelines.train.checkpoint import load_training_state
+from pipelines.train.step import STATE_FILE
+from stages import fid_stats, shard, train
+from tests.helpers import build_params, ema_weights, fid_history
 
 
 def _write_params(root: Path, overrides: dict[str, Any] | None = None) -> Path:
@@ -39,6 +42,7 @@ def test_dry_run_prints_the_resolved_config(
         ("batch_size", 7, ["train.batch_size", "divisible by train.num_workers=2"]),
         ("attn_resolutions", [2], ["unet.attn_resolutions", "[8, 4]"]),
         ("precision", "fp16", ["train.precision", "bf16"]),
+        ("export", "best_fid", ["train.export", "needs train.fid_every > 0"]),
     ],
 )
 def test_bad_params_fail_naming_the_key(
@@ -84,3 +88,64 @@ def test_stage_trains_then_rerun_resumes_the_same_run(tmp_path: Path, local_ray:
     assert metrics["steps"] == 3 and metrics["resumed_from"] == 3
     run = MlflowClient(first["uri"]).get_run(first["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["train.steps"] == "3"
+
+
+def _ema_at(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    state = load_training_state(run_dir / f"step_{step:08d}" / STATE_FILE)
+    return dict(state["ema"]["shadow"])
+
+
+@pytest.mark.ray
+def test_best_fid_exports_the_ema_of_the_min_fid_step_then_last_reexports(
+    tmp_path: Path, converted_path: Path, local_ray: object
+) -> None:
+    """train.fid_every=2 over 6 steps: FID points at 2, 4, 6 (plot, MLflow); best_fid exports
+    the EMA weights of the argmin step; export=last then re-exports the final EMA of the same
+    run (a kill mid-run: tests/pipelines/train/test_stage.py)."""
+    overrides = {
+        "train.steps": 6,
+        "train.checkpoint_every": 2,
+        "train.keep_checkpoints": 3,
+        "train.fid_every": 2,
+        "train.fid_images": 6,
+        "train.export": "best_fid",
+        "evaluate.inception_weights": str(converted_path),
+    }
+    path = _write_params(tmp_path, overrides)
+    params = build_params(tmp_path, overrides)
+    assert shard.main(["--params", str(path)]) == 0
+    assert fid_stats.main(["--params", str(path)]) == 0  # the reference and Inception weights
+    assert train.main(["--params", str(path)]) == 0
+    curve = fid_history(params)
+    assert [s for s, _ in curve] == [2, 4, 6]
+    best_step = min(curve, key=lambda p: (p[1], p[0]))[0]
+    metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
+    assert metrics["steps"] == 6 and metrics["exported_step"] == best_step
+    assert metrics["best_fid_train_small"] == pytest.approx(min(v for _, v in curve), rel=1e-5)
+    run = json.loads((Path(params.paths.runs) / "train.json").read_text())
+    assert f"the EMA at step {best_step}" in run["details"]["export_reason"]
+    assert "NOT comparable" in run["details"]["fid_train_small_label"]
+    exported = ema_weights(params)
+    run_dir = next(Path(params.paths.ray_storage).glob("ddpm-train-*/"))
+    at_best = _ema_at(run_dir, best_step)
+    assert exported.keys() == at_best.keys()
+    assert all(torch.equal(exported[k], at_best[k]) for k in at_best)
+    if best_step != 6:  # the final EMA differs from the exported one
+        assert not all(torch.equal(exported[k], v) for k, v in _ema_at(run_dir, 6).items())
+    history = MlflowClient(run["uri"]).get_metric_history(run["run_id"], "fid_train_small")
+    assert sorted(m.step for m in history) == [2, 4, 6]
+    # export=last keeps the run key: the finished run is re-exported (its final EMA), not retrained.
+    last = _write_params(tmp_path, {**overrides, "train.export": "last"})
+    assert train.main(["--params", str(last)]) == 0
+    metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
+    assert metrics["exported_step"] == 6 and metrics["resumed_from"] == 6
+    final = _ema_at(run_dir, 6)
+    assert all(torch.equal(ema_weights(params)[k], v) for k, v in final.items())
+
+
+def test_fid_curve_is_header_only_when_off(tmp_path: Path, no_ray: object) -> None:
+    from pipelines.train.export import FID_CSV, write_fid_csv
+    from pipelines.train.selection import FidCurve
+
+    write_fid_csv(tmp_path / FID_CSV, FidCurve())
+    assert (tmp_path / FID_CSV).read_text().splitlines() == ["step,fid"]

@@ -12,11 +12,11 @@ from pipelines.artifacts.fid_stats import (
     WEIGHTS_FILE,
     FidStats,
     InceptionWeights,
+    load_inception,
     load_stats,
-    load_weights,
     reference_key,
+    save_inception,
     save_stats,
-    save_weights,
     stats_path,
 )
 
@@ -47,13 +47,13 @@ def test_round_trip_is_exact_and_the_key_is_checked(tmp_path: Path) -> None:
 def test_weights_are_stored_with_their_label_and_checked_on_load(tmp_path: Path) -> None:
     src = tmp_path / "w.pth"
     src.write_bytes(b"weights-v1")
-    stored = save_weights(tmp_path / "stats", InceptionWeights(src, "converted", False))
+    stored = save_inception(tmp_path / "stats", InceptionWeights(src, "converted", False))
     assert stored.path == tmp_path / "stats" / WEIGHTS_FILE
-    assert load_weights(tmp_path / "stats") == stored
+    assert load_inception(tmp_path / "stats") == stored
     # the stored copy has no machine-specific path in it: identical bytes on every machine
     assert str(tmp_path) not in (tmp_path / "stats" / "inception.json").read_text()
     stored.path.write_bytes(b"weights-v2")  # replaced behind DVC's back
     with pytest.raises(ValueError, match=r"inception\.pth: sha256 .* rerun the fid_stats stage"):
-        load_weights(tmp_path / "stats")
+        load_inception(tmp_path / "stats")
     with pytest.raises(FileNotFoundError, match=r"run the fid_stats stage first"):
-        load_weights(tmp_path / "elsewhere")
+        load_inception(tmp_path / "elsewhere")

@@ -97,3 +97,29 @@ def test_checkpoint_folder_restores_the_state_and_this_ranks_streams(
     assert torch.equal(fresh.generator.get_state(), state.generator.get_state())
     with pytest.raises(ValueError, match="RNG states of 1 ranks, this is rank 1"):
         load_checkpoint(tmp_path, make_state(params, cpu, 1, 2), rank=1)
+
+
+def test_checkpoint_keeps_the_fid_curve_and_the_best_ema_for_a_resume(
+    make_params: Callable[..., Params], tmp_path: Path
+) -> None:
+    params = make_params({"train.fid_every": 2, "train.export": "best_fid"})
+    cpu = torch.device("cpu")
+    state = make_state(params, cpu, 0, 1)
+    best = {k: v.clone() for k, v in state.ema.model.state_dict().items()}
+    state.fid_curve.record(2, 7.5)
+    state.fid_curve.record(4, 9.0)
+    state.best_ema = best
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    t, noise = draw_t_noise(state.generator, tuple(x0.shape), params.diffusion.T)
+    train_step(state, x0, t, noise, params.train)  # the live EMA moves away from `best`
+    save_checkpoint(tmp_path, state, gather_rng_states(state.generator))
+    fresh = make_state(params, cpu, 0, 1)
+    load_checkpoint(tmp_path, fresh, rank=0)
+    assert fresh.fid_curve.points == [(2, 7.5), (4, 9.0)] and fresh.fid_curve.best == (2, 7.5)
+    assert fresh.best_ema is not None and fresh.best_ema.keys() == best.keys()
+    assert all(torch.equal(fresh.best_ema[k], v) for k, v in best.items())
+    # Without FID selection the checkpoint holds an empty curve and no best weights.
+    plain = make_state(make_params(), cpu, 0, 1)
+    save_checkpoint(tmp_path, plain, gather_rng_states(plain.generator))
+    load_checkpoint(tmp_path, fresh, rank=0)
+    assert fresh.fid_curve.points == [] and fresh.best_ema is None

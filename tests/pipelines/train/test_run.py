@@ -28,6 +28,13 @@ def test_run_key_changes_with_what_changes_the_weights_only(make_params: MakePar
                "max_failures": 9, "cpus_per_worker": 1.0}  # fmt: skip
     assert set(neutral) <= set(RESUME_NEUTRAL)
     assert run_key(_with_train(params, **neutral), "manifest-a") == key  # a rerun resumes
+    # Min-FID selection: `export` only picks saved weights (same run, re-exported); the FID
+    # curve's estimator (fid_every, fid_images, fid_stride) is the run's, so it starts a new one.
+    probed = _with_train(params, fid_every=2)
+    assert run_key(_with_train(probed, export="best_fid"), "manifest-a") == run_key(
+        probed, "manifest-a"
+    )
+    assert run_key(probed, "manifest-a") != key
     assert run_key(_with_train(params, lr=0.5), "manifest-a") != key
     assert run_key(make_params({"unet.ch": 16}), "manifest-a") != key
     assert run_key(params, "manifest-b") != key  # other shards

@@ -21,13 +21,17 @@ from mlflow.tracking import MlflowClient
 
 from ddpm_core.rng import mix_seed
 from ddpm_core.unet import UNet
+from pipelines.artifacts.fid_stats import InceptionWeights, save_inception
 from pipelines.artifacts.model_dir import CONFIG_FILE, WEIGHTS_FILE, load_weights
 from pipelines.config import Params, to_dict
+from pipelines.evaluate.inception import LABEL_CONVERTED
 from pipelines.infra.files import file_digest
 from pipelines.infra.tracking import split_metrics, tracking_uri
+from pipelines.train.checkpoint import load_training_state
 from pipelines.train.run import RunFolder
 from pipelines.train.stage import TrainResult
 from pipelines.train.step import (
+    STATE_FILE,
     NonFiniteLossError,
     draw_t_noise,
     make_state,
@@ -36,7 +40,14 @@ from pipelines.train.step import (
     warmup_lr,
 )
 from pipelines.train.worker import train_loop_per_worker
-from tests.helpers import REF_RUN, ema_weights, loss_history, train, train_params
+from tests.helpers import (
+    REF_RUN,
+    ema_weights,
+    fid_history,
+    loss_history,
+    train,
+    train_params,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -247,6 +258,32 @@ def test_crash_rerun_resumes_and_lost_worker_restarts(
     torch.testing.assert_close(ema_weights(params), ema_weights(ref_params), rtol=0, atol=1e-6)
     lr = {m.step: m.value for m in client.get_metric_history(run_id, "lr")}
     assert lr[3] == pytest.approx(params.train.lr)
+
+
+def test_min_fid_selection_survives_a_worker_killed_mid_run(
+    shards_dir: Path, converted_path: Path, local_ray: object, tmp_path: Path
+) -> None:
+    """The FID points and the best EMA weights before the kill come back from the step-4
+    checkpoint: the curve has every point once and best_fid exports the argmin step's EMA."""
+    params = train_params(tmp_path, shards_dir, {
+        "train.steps": 6, "train.checkpoint_every": 2, "train.keep_checkpoints": 3,
+        "train.max_failures": 1, "train.fid_every": 2, "train.fid_images": 6,
+        "train.export": "best_fid", "evaluate.inception_weights": str(converted_path),
+    })  # fmt: skip
+    converted = InceptionWeights(converted_path, LABEL_CONVERTED, has_logits=False)
+    save_inception(Path(params.paths.fid_stats), converted)  # as the fid_stats stage does
+    kill = KillAfterReport(4, 0, str(tmp_path / "killed"))
+    result = train(params, tmp_path, loop_fn=kill)
+    assert (tmp_path / "killed").exists() and result.resumed_from == 4
+    curve = fid_history(params)
+    assert [s for s, _ in curve] == [2, 4, 6]
+    best_step = min(curve, key=lambda p: (p[1], p[0]))[0]
+    assert result.exported_step == best_step and f"step {best_step}" in result.export_reason
+    state = load_training_state(result.run_dir / f"step_{best_step:08d}" / STATE_FILE)
+    torch.testing.assert_close(ema_weights(params), dict(state["ema"]["shadow"]), rtol=0, atol=0)
+    client = MlflowClient(tracking_uri(params.mlflow, tmp_path))
+    history = client.get_metric_history(result.run_id, "fid_train_small")
+    assert sorted({m.step for m in history}) == [2, 4, 6]
 
 
 def test_nonfinite_loss_stops_naming_step_and_checkpoint(

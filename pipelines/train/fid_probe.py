@@ -1,0 +1,85 @@
+"""The in-training FID of the EMA weights behind min-FID selection (`train.fid_every`).
+
+The driver (`probe_for`) reads the Inception weights and the cached reference statistics of the
+fid_stats stage (a dep of train); rank 0 (`small_fid`) samples `train.fid_images` images with
+Algorithm 2 over every `train.fid_stride`-th timestep, image i keyed by (seed, i) as in the
+sample stage, and scores them. Few images and a strided chain: the numbers rank checkpoints of one
+run and are NOT comparable with published FIDs (`FidProbe.label` says so wherever they are shown).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ddpm_core.diffusion import GaussianDiffusion
+from ddpm_core.sampling import sample_indices
+from pipelines.artifacts.fid_stats import FidStats, InceptionWeights, load_inception, load_stats
+from pipelines.config import Params
+from pipelines.evaluate.fid import extract_features, feature_stats, fid
+from pipelines.evaluate.inception import POOL3
+from pipelines.evaluate.reference import reference_splits, reference_stats
+
+PROBE_BATCH = 64  # images per sampling batch (image i does not depend on the batch)
+
+
+@dataclass(frozen=True)
+class FidProbe:
+    """What rank 0 needs to score the EMA weights: Inception weights and the reference file."""
+
+    weights: InceptionWeights
+    reference: str  # the fid_stats stage's .npz of the reference split
+    label: str  # what the numbers are comparable with
+
+
+def probe_for(params: Params, root: Path) -> FidProbe | None:
+    """The probe of `train.fid_every` (None when off); the reference statistics come from the
+    fid_stats stage's cache (computed here, in-process, when missing)."""
+    cfg = params.train
+    if cfg.fid_every == 0:
+        return None
+    weights = load_inception(root / params.paths.fid_stats)  # the ones the reference used
+    split = reference_splits(params, root)[0]
+    ref = reference_stats(
+        root / params.paths.shards,
+        root / params.paths.fid_stats,
+        split,
+        params.evaluate.fid_reference_images,
+        weights,
+        extract_features,
+    )
+    label = (
+        f"in-training FID of the EMA weights: {cfg.fid_images} samples, Algorithm 2 over every "
+        f"{cfg.fid_stride}-th of {params.diffusion.T} timesteps, vs {ref.count} "
+        f"{params.data.source} {split} images, {weights.label}; ranks checkpoints of this run, "
+        "NOT comparable with published figures"
+    )
+    return FidProbe(weights, str(ref.path), label)
+
+
+def load_reference(probe: FidProbe) -> FidStats:
+    return load_stats(Path(probe.reference))
+
+
+@torch.no_grad()
+def small_fid(
+    model: nn.Module,
+    diffusion: GaussianDiffusion,
+    params: Params,
+    probe: FidProbe,
+    reference: FidStats,
+    device: torch.device,
+) -> float:
+    """FID of `train.fid_images` samples of `model` (strided Algorithm 2) against `reference`."""
+    cfg, c, r = params.train, params.data.channels, params.data.resolution
+    chain = diffusion.respaced(cfg.fid_stride)
+    n, shape = cfg.fid_images, (c, r, r)
+    batches = [range(s, min(s + PROBE_BATCH, n)) for s in range(0, n, PROBE_BATCH)]
+    images = torch.cat(
+        [sample_indices(model, chain, idx, params.seed, shape, device).cpu() for idx in batches]
+    )  # (N, C, H, W) uint8
+    feats = extract_features(images, probe.weights, (POOL3,), device=device)[POOL3]
+    return fid(feature_stats(feats, f"{cfg.fid_images} in-training samples"), reference)
