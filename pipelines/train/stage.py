@@ -8,6 +8,7 @@ the model folder and the loss history from the final checkpoint (`train.export`)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -19,8 +20,10 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipelines.config import Params, to_dict
+from pipelines.infra.monitor import system_metrics
 from pipelines.infra.tracking import Tracker
 from pipelines.train.export import export_model
+from pipelines.train.mlflow_model import log_mlflow_model
 from pipelines.train.run import TrainPlan, plan_run
 from pipelines.train.worker import RunSpec, train_loop_per_worker
 
@@ -46,6 +49,8 @@ class TrainResult:
     run_dir: Path  # Ray's run folder: checkpoints and the run's notes
     model_dir: Path
     run_id: str  # the MLflow run
+    model_uri: str  # the MLflow Model (models:/<model id>), a pyfunc that samples
+    model_version: str | None  # its version of mlflow.model_name (None: not registered)
 
     def metrics(self) -> dict[str, Any]:
         return {
@@ -60,7 +65,9 @@ class TrainResult:
         return (
             f"{self.model_dir}: EMA weights at step {self.steps}, final loss "
             f"{self.final_loss:.4f}, {self.images_per_s:.0f} img/s (Ray run {self.run_name}, "
-            f"MLflow run {self.run_id}, resumed from step {self.resumed_from})"
+            f"MLflow run {self.run_id}, resumed from step {self.resumed_from}); "
+            f"MLflow Model {self.model_uri}"
+            + (f", version {self.model_version}" if self.model_version else "")
         )
 
 
@@ -114,7 +121,8 @@ def run_train(
     spec = RunSpec(run_name=plan.name, run_dir=str(folder.path), shards=str(plan.shards))
     config = {"params": to_dict(params), "run": asdict(spec), "tracker": tracker}
     start = time.perf_counter()
-    fitted = trainer_for(params, config, plan, loop_fn, callbacks).fit()
+    with system_metrics(tracker, params.mlflow.system_metrics):
+        fitted = trainer_for(params, config, plan, loop_fn, callbacks).fit()
     folder.raise_if_nonfinite()
     if fitted.checkpoint is None:
         raise RuntimeError(f"{folder.path}: training reported no checkpoint")
@@ -137,7 +145,11 @@ def run_train(
         run_dir=folder.path,
         model_dir=model.weights.parent,
         run_id=tracker.run_id,
+        model_uri="",
+        model_version=None,
     )
     final = {f"final_{k}": float(v) for k, v in result.metrics().items()}
     tracker.log_metrics(final, result.steps)
-    return result
+    # After the final metrics: MLflow links the run's metrics at this step to the model.
+    logged = log_mlflow_model(params, tracker, result.model_dir, result.steps)
+    return dataclasses.replace(result, model_uri=logged.model_uri, model_version=logged.version)
