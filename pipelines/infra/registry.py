@@ -143,8 +143,9 @@ def gate(
     for key, value in {FID_TAG: repr(fid), REFERENCE_TAG: reference, LABEL_TAG: label}.items():
         client.set_model_version_tag(name, version, key, value)
     best = champion(client, name)
-    previous = best.version if best is not None else None
-    if best is not None and best.version == version:
+    # Versions are str over REST and int from a local (sqlite) store.
+    previous = str(best.version) if best is not None else None
+    if previous == str(version):
         outcome: Outcome = "champion"
         reason = f"already champion; FID now {fid:.4g}"
     else:

@@ -25,6 +25,7 @@ from pipelines.config import Params
 from pipelines.data.stage import build_shards
 from pipelines.infra.tracking import open_run, tracking_uri, write_run_file
 from pipelines.sample.stage import sample_to_shards
+from pipelines.train.mlflow_model import log_mlflow_model
 from stages import evaluate, fid_stats
 from tests.helpers import make_model_dir, params_file
 
@@ -79,9 +80,10 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     tmp_path: Path, params: Params, local_ray: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
     build_shards(params.data, params.seed, Path(params.paths.shards))
-    make_model_dir(params)
+    model_dir = make_model_dir(params)
     sample_to_shards(params, tmp_path)
     train = open_run(params, "train", tmp_path)
+    logged = log_mlflow_model(params, train, model_dir, params.train.steps)  # as training does
     write_run_file(params, "train", train, tmp_path)
     path = str(params_file(params, tmp_path / "p.yaml"))
 
@@ -126,6 +128,14 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     assert parent.metrics["nll_bpd"] == pytest.approx(m["nll_bpd"])
     assert parent.tags["fid.comparability"] == m["comparability"]
     assert run.data.metrics["nll_gap_bpd"] == pytest.approx(m["nll_gap_bpd"])
+    # FID and NLL are the logged model's metrics; its version, the first, became champion.
+    model_metrics = {x.key: x.value for x in client.get_logged_model(logged.model_id).metrics}
+    assert model_metrics["fid"] == pytest.approx(m["fid"]) and "nll_bpd" in model_metrics
+    name = params.mlflow.model_name
+    assert m["promotion"].startswith(f"{name} v1: champion (first version with a FID")
+    assert run.data.tags["promotion"] == m["promotion"] and "registry:" in out
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert str(champion.version) == "1" and champion.tags["fid.comparability"] == m["comparability"]
     names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
     assert names == {
         "evaluate/eval.json",

@@ -159,3 +159,19 @@ def test_system_metrics_are_logged_to_the_run(
         time.sleep(1.0)
     history = tracker.client.get_metric_history(tracker.run_id, "system/cpu_utilization_percentage")
     assert len(history) >= 2 and [m.step for m in history] == list(range(len(history)))
+
+
+def test_gate_on_a_local_store_keeps_the_champion_on_an_evaluate_rerun(tmp_path: Path) -> None:
+    """A sqlite store (the default) reports versions as ints, a server as strings."""
+    params = build_params(tmp_path)
+    tracker = open_run(params, "train", tmp_path)
+    logged = log_mlflow_model(params, tracker, make_model_dir(params), params.train.steps)
+    name, client = params.mlflow.model_name, tracker.client
+    assert name is not None and logged.version == "1"
+    assert registry.gate(client, name, "1", 5.0, "train", "x").reason.startswith("first version")
+    again = registry.gate(client, name, "1", 4.0, "train", "x")
+    assert (again.outcome, again.previous, again.reason) == (
+        "champion",
+        "1",
+        "already champion; FID now 4",
+    )
