@@ -21,6 +21,7 @@ from pipelines.artifacts.model_dir import build_unet, model_out_channels
 from pipelines.config import Params
 from pipelines.infra.tracking import Tracker
 from pipelines.train.export import LOSS_CSV, write_loss_csv, write_models
+from pipelines.train.mlflow_model import log_mlflow_model
 from pipelines.train.run import resolve
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def import_released(
     weights = write_models(params, root, model.state_dict(), {"weights": source})
     tracker.set_tags({"weights": source})
     tracker.log_artifact(weights, "model")
+    log_mlflow_model(params, tracker, weights.parent, step=0)  # registered like a trained model
     write_loss_csv(resolve(root, params.paths.plots) / LOSS_CSV, [])
     log.info("wrote %s from %s (MLflow run %s)", weights, checkpoint, tracker.run_id)
     return ReleasedResult(weights, source, checkpoint, tracker.run_id)
