@@ -90,12 +90,8 @@ def version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion
 
 def champion(client: MlflowClient, name: str) -> ModelVersion | None:
     """The version holding the `champion` alias, or None."""
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as e:
-        if _is(e, RESOURCE_DOES_NOT_EXIST) or "not found" in str(e).lower():
-            return None
-        raise
+    version = client.get_registered_model(name).aliases.get(CHAMPION)
+    return None if version is None else client.get_model_version(name, str(version))
 
 
 @dataclass(frozen=True)
