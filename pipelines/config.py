@@ -216,7 +216,10 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class MlflowConfig:
-    """Tracking store: null = `MLFLOW_TRACKING_URI` if set, else `sqlite:///<repo>/mlflow.db`."""
+    """Tracking store, experiment, model registry, system metrics.
+
+    tracking_uri null = `MLFLOW_TRACKING_URI` if set, else `sqlite:///<repo>/mlflow.db`.
+    """
 
     tracking_uri: str | None
     experiment: str

@@ -10,6 +10,8 @@ final step are linked to it; evaluate links FID and NLL too. Then it is register
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import tempfile
@@ -20,14 +22,15 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 import ddpm_core
+from pipelines.artifacts.model_dir import load_weights
 from pipelines.config import Params
 from pipelines.infra import pyfunc_model
-from pipelines.infra.files import file_digest
 from pipelines.infra.registry import register
 from pipelines.infra.tracking import Tracker
 
@@ -78,6 +81,17 @@ def requirements() -> list[str]:
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
 
 
+def weights_digest(path: Path) -> str:
+    """sha256 of the tensors and metadata of a weights file, not of its bytes: safetensors
+    writes the metadata in no fixed order, so one state dict saved twice differs byte-wise."""
+    tensors, meta = load_weights(path)
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def logged_model_of(tracker: Tracker, weights_sha256: str) -> str | None:
     """The model id the run already logged for these weights (a rerun of a finished run)."""
     outputs = tracker.client.get_run(tracker.run_id).outputs
@@ -89,7 +103,7 @@ def logged_model_of(tracker: Tracker, weights_sha256: str) -> str | None:
 
 def log_mlflow_model(params: Params, tracker: Tracker, model_dir: Path, step: int) -> LoggedDdpm:
     """Log `model_dir` as a pyfunc of `tracker`'s run (once per weights) and register it."""
-    digest = file_digest(model_dir / pyfunc_model.WEIGHTS_FILE, "sha256")
+    digest = weights_digest(model_dir / pyfunc_model.WEIGHTS_FILE)
     model_id = logged_model_of(tracker, digest)
     if model_id is None:
         with tempfile.TemporaryDirectory() as tmp:

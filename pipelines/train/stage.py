@@ -109,7 +109,8 @@ def run_train(
     loop_fn: LoopFn = train_loop_per_worker,
     callbacks: Sequence[ray.train.UserCallback] = (),
 ) -> TrainResult:
-    """`fit()` (resuming a run of the same key) logging to `tracker`, then the outputs.
+    """`fit()` (resuming a run of the same key) logging to `tracker`, then the outputs and the
+    MLflow Model (`train.mlflow_model`; registered under `mlflow.model_name`).
 
     `tracker` is the run's MLflow run (`train.run.open_train_run`). `loop_fn` and `callbacks`
     exist for tests (fault injection).
