@@ -20,9 +20,9 @@ from mlflow.tracking import MlflowClient
 
 from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.sampling import sample_indices
-from pipelines.artifacts.model_dir import load_ema_model
+from pipelines.artifacts.model_dir import CONFIG_FILE, WEIGHTS_FILE, load_ema_model
 from pipelines.config import Params
-from pipelines.infra import registry
+from pipelines.infra import pyfunc_model, registry
 from pipelines.infra.monitor import system_metrics
 from pipelines.infra.pyfunc_model import check_indices
 from pipelines.infra.tracking import Tracker, open_run
@@ -87,6 +87,12 @@ def test_trained_model_is_a_registered_pyfunc_that_samples_without_this_repo(
     images = np.load(out)
     assert images.dtype == np.uint8 and images.shape == (3, 8, 8, 1)
     np.testing.assert_array_equal(images, want.permute(0, 2, 3, 1).numpy())
+
+
+def test_pyfunc_reads_the_model_folder_format() -> None:
+    """The model's code cannot import `pipelines`: its copy of the folder's file names agrees."""
+    assert (pyfunc_model.WEIGHTS_FILE, pyfunc_model.CONFIG_FILE) == (WEIGHTS_FILE, CONFIG_FILE)
+    assert pyfunc_model.__name__ == pyfunc_model.MODULE  # imported: set_model is not called
 
 
 def test_pyfunc_input_errors_name_the_column() -> None:
