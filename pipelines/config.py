@@ -249,10 +249,24 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class MlflowConfig:
-    """Tracking store: null = `MLFLOW_TRACKING_URI` if set, else `sqlite:///<repo>/mlflow.db`."""
+    """Tracking store, experiment, model registry, system metrics.
+
+    tracking_uri null = `MLFLOW_TRACKING_URI` if set, else `sqlite:///<repo>/mlflow.db`.
+    """
 
     tracking_uri: str | None
     experiment: str
+    model_name: str | None  # registered model of each trained model; null = log, not register
+    system_metrics: bool  # CPU/GPU/memory of the training machine on the train run (psutil)
+
+    def __post_init__(self) -> None:
+        name = self.model_name
+        check(
+            name is None or (name.strip() == name and name != ""),
+            "mlflow.model_name",
+            name,
+            "null or a non-empty name without surrounding spaces",
+        )
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,12 @@ def test_exp_run_reruns_from_train_and_runs_compare_in_mlflow(pipeline: Pipeline
         shown = {a.path for a in client.list_artifacts(evaluated.info.run_id, "evaluate")}
         assert "evaluate/rate_distortion.png" in shown
     assert fids[0] != fids[1]  # different weights, different samples, different FID
+    # Each training registered a version of mlflow.model_name and its evaluate gated it: the
+    # champion is the train run with the lower FID (both carry the same comparability label).
+    versions = client.search_model_versions("name = 'ddpm-digits'")
+    assert sorted(v.run_id for v in versions) == sorted(t.info.run_id for t in trains)
+    best = trains[fids.index(min(fids))].info.run_id
+    assert client.get_model_version_by_alias("ddpm-digits", "champion").run_id == best
 
 
 def workspace_state(root: Path) -> dict[str, str]:

@@ -8,6 +8,7 @@ and the paper's Table 4 rows and Fig. 5. `EvaluateResult` is the typed record of
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -47,6 +48,7 @@ from pipelines.evaluate.report import (
     table4_metrics,
     write_rate_distortion,
 )
+from pipelines.infra import registry
 from pipelines.infra.accel import InferenceOptions
 from pipelines.infra.ray import init_ray
 from pipelines.infra.tracking import HEADLINE_METRICS, Tracker, numeric
@@ -166,6 +168,7 @@ class EvaluateResult:
     figures: tuple[Path, ...]
     wall_time_s: float
     run_id: str  # the MLflow run
+    promotion: str = "not gated"  # the registry's decision on the trained model (`gate_model`)
 
     def metrics(self) -> dict[str, Any]:
         return {
@@ -174,6 +177,7 @@ class EvaluateResult:
             **self.nll.metrics(),
             **table4_metrics(self.rate_distortion),
             "wall_time_s": self.wall_time_s,
+            "promotion": self.promotion,
         }
 
     def summary(self) -> str:
@@ -181,7 +185,7 @@ class EvaluateResult:
         return (
             f"FID {f.headline.fid:.3f} vs {f.reference} ({f.images} samples, "
             f"{f.inception_weights}); IS {self.isc.summary()}; {self.nll.summary()}\n"
-            f"{f.comparability} (MLflow run {self.run_id})"
+            f"{f.comparability} (MLflow run {self.run_id})\nregistry: {self.promotion}"
         )
 
 
@@ -324,16 +328,42 @@ def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult
     )
     for path in figures:
         tracker.log_artifact(path, "evaluate")
-    log_headline(result, tracker, step=params.train.steps)
-    return result
-
-
-def log_headline(result: EvaluateResult, tracker: Tracker, step: int) -> None:
-    """FID and NLL (and FID's comparability label) also on the parent train run: the runs table
-    of train runs then sorts by FID."""
     parent = tracker.parent()
     if parent is None:
-        return
+        return result
+    model_id = log_headline(result, parent, step=params.train.steps)
+    promotion = gate_model(params, parent, model_id, result.fid)
+    tracker.set_tags({"promotion": promotion})
+    return dataclasses.replace(result, promotion=promotion)
+
+
+def log_headline(result: EvaluateResult, parent: Tracker, step: int) -> str | None:
+    """FID and NLL (and FID's comparability label) also on the parent train run: the runs table
+    of train runs then sorts by FID. They are linked to the model the train run logged (MLflow
+    3's LoggedModel), whose id is returned (None when it logged none)."""
     metrics = numeric(result.metrics())
-    parent.log_metrics({k: metrics[k] for k in HEADLINE_METRICS if k in metrics}, step)
+    headline = {k: metrics[k] for k in HEADLINE_METRICS if k in metrics}
+    model_id = registry.logged_model_id(parent.client, parent.run_id)
+    if model_id is None:
+        parent.log_metrics(headline, step)
+    else:
+        registry.log_model_metrics(parent.client, parent.run_id, model_id, headline, step)
     parent.set_tags({"fid.comparability": result.fid.comparability})
+    return model_id
+
+
+def gate_model(params: Params, parent: Tracker, model_id: str | None, fid: FidResult) -> str:
+    """The promotion gate (`infra.registry.gate`) on the train run's registered version."""
+    name = params.mlflow.model_name
+    if name is None:
+        return "not gated: mlflow.model_name is null (the model is not registered)"
+    if model_id is None:
+        return f"not gated: train run {parent.run_id} logged no MLflow Model"
+    version = registry.version_of_run(parent.client, name, parent.run_id)
+    if version is None:
+        return f"not gated: no version of {name!r} from train run {parent.run_id}"
+    decision = registry.gate(
+        parent.client, name, str(version.version), fid.headline.fid, fid.reference,
+        fid.comparability,
+    )  # fmt: skip
+    return f"{name} v{decision.version}: {decision.outcome} ({decision.reason})"

@@ -62,10 +62,8 @@ def _to_pil(grid: np.ndarray) -> Image.Image:
     return Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
 
 
-def save_grid(
-    images: torch.Tensor, path: PathLike, nrow: int | None = None, scale: int = 1
-) -> Path:
-    """Write a lossless PNG grid of (N, C, H, W) uint8 images; `nrow` defaults to ~sqrt(N).
+def grid_image(images: torch.Tensor, nrow: int | None = None, scale: int = 1) -> Image.Image:
+    """A grid of (N, C, H, W) uint8 images as a PIL image; `nrow` defaults to ~sqrt(N).
 
     `scale` enlarges pixels by nearest-neighbour (tiny 8x8/16x16 images stay visible).
     """
@@ -73,6 +71,14 @@ def save_grid(
     img = _to_pil(make_grid(images, nrow))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    return img
+
+
+def save_grid(
+    images: torch.Tensor, path: PathLike, nrow: int | None = None, scale: int = 1
+) -> Path:
+    """Write `grid_image(images, nrow, scale)` as a lossless PNG."""
+    img = grid_image(images, nrow, scale)
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
     log.info("wrote %s (%d images)", path, images.shape[0])

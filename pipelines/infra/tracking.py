@@ -184,6 +184,10 @@ class Tracker:
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_image(self, image: Any, key: str, step: int) -> None:
+        """An image (PIL or (H, W, C) uint8 array) under `key` at `step`: the UI's image panel."""
+        self.client.log_image(self.run_id, image, key=key, step=step)
+
     def log_dataset(
         self, name: str, digest: str, source: Path, profile: Mapping[str, Any], context: str
     ) -> None:

@@ -8,6 +8,7 @@ the model folder and the loss history from the final checkpoint (`train.export`)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -19,9 +20,11 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipelines.config import Params, to_dict
+from pipelines.infra.monitor import system_metrics
 from pipelines.infra.tracking import Tracker, numeric
 from pipelines.train.export import export_model
 from pipelines.train.fid_probe import probe_for
+from pipelines.train.mlflow_model import log_mlflow_model
 from pipelines.train.run import TrainPlan, plan_run
 from pipelines.train.worker import RunSpec, train_loop_per_worker
 
@@ -51,6 +54,8 @@ class TrainResult:
     export_reason: str  # why that step (train.export)
     best_fid_small: float | None  # the lowest in-training FID; None when train.fid_every is 0
     fid_label: str  # what the in-training FID is comparable with
+    model_uri: str  # the MLflow Model (models:/<model id>), a pyfunc that samples
+    model_version: str | None  # its version of mlflow.model_name (None: not registered)
 
     def metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -72,7 +77,8 @@ class TrainResult:
             f"{self.model_dir}: EMA weights at step {self.steps}, final loss "
             f"{self.final_loss:.4f}, {self.images_per_s:.0f} img/s (Ray run {self.run_name}, "
             f"MLflow run {self.run_id}, resumed from step {self.resumed_from}); exported: "
-            f"{self.export_reason}"
+            f"{self.export_reason}; MLflow Model {self.model_uri}"
+            + (f", version {self.model_version}" if self.model_version else "")
         )
 
 
@@ -114,7 +120,8 @@ def run_train(
     loop_fn: LoopFn = train_loop_per_worker,
     callbacks: Sequence[ray.train.UserCallback] = (),
 ) -> TrainResult:
-    """`fit()` (resuming a run of the same key) logging to `tracker`, then the outputs.
+    """`fit()` (resuming a run of the same key) logging to `tracker`, then the outputs and the
+    MLflow Model (`train.mlflow_model`; registered under `mlflow.model_name`).
 
     `tracker` is the run's MLflow run (`train.run.open_train_run`). `loop_fn` and `callbacks`
     exist for tests (fault injection).
@@ -127,7 +134,8 @@ def run_train(
     spec = RunSpec(run_name=plan.name, run_dir=str(folder.path), shards=str(plan.shards))
     config = {"params": to_dict(params), "run": asdict(spec), "tracker": tracker, "fid": probe}
     start = time.perf_counter()
-    fitted = trainer_for(params, config, plan, loop_fn, callbacks).fit()
+    with system_metrics(tracker, params.mlflow.system_metrics):
+        fitted = trainer_for(params, config, plan, loop_fn, callbacks).fit()
     folder.raise_if_nonfinite()
     if fitted.checkpoint is None:
         raise RuntimeError(f"{folder.path}: training reported no checkpoint")
@@ -154,8 +162,12 @@ def run_train(
         export_reason=model.choice.reason,
         best_fid_small=best[1] if (best := model.fid_curve.best) else None,
         fid_label=probe.label if probe else "off (train.fid_every: 0)",
+        model_uri="",
+        model_version=None,
     )
     final = {f"final_{k}": v for k, v in numeric(result.metrics()).items()}
     tracker.log_metrics(final, result.steps)
     tracker.set_tags({"fid_train_small.label": result.fid_label, "export": result.export_reason})
-    return result
+    # After the final metrics: MLflow links the run's metrics at this step to the model.
+    logged = log_mlflow_model(params, tracker, result.model_dir, result.steps)
+    return dataclasses.replace(result, model_uri=logged.model_uri, model_version=logged.version)

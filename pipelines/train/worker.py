@@ -28,7 +28,7 @@ from pipelines.config import Params, from_dict
 from pipelines.data.stream import train_batches
 from pipelines.infra.accel import autocast
 from pipelines.infra.device import configure_backends
-from pipelines.infra.figures import save_grid
+from pipelines.infra.figures import grid_image
 from pipelines.infra.tracking import Tracker
 from pipelines.train.fid_probe import FidProbe, load_reference, small_fid
 from pipelines.train.run import RunFolder
@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 
 GRID_MAX_STEPS = 100  # the MLflow sample grid uses a respaced chain of at most this many steps
 GRID_MAX_IMAGES = 16
+
+
+def grid_key(steps: int) -> str:
+    """The MLflow image key of the EMA sample grids (`mlflow.log_image`: one image per step)."""
+    return f"ema_samples_{steps}steps"
 
 
 @dataclass(frozen=True)
@@ -241,10 +246,8 @@ class _Loop:
         c, r = self.params.data.channels, self.params.data.resolution
         model = self.state.ema.model.eval()
         images = sample_indices(model, chain, range(n), self.params.seed, (c, r, r), self.device)
-        name = f"ema_step{self.state.step:08d}_{chain.num_timesteps}steps_stride{stride}.png"
-        with tempfile.TemporaryDirectory() as tmp:
-            save_grid(images, Path(tmp) / name, scale=max(1, 64 // r))
-            self.tracker.log_artifact(Path(tmp) / name, "samples")
+        grid = grid_image(images, scale=max(1, 64 // r))
+        self.tracker.log_image(grid, grid_key(chain.num_timesteps), self.state.step)
 
     def record_fid(self) -> None:
         """Small-sample FID of the EMA weights; keep a CPU copy of them when it is the lowest.

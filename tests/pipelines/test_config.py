@@ -41,6 +41,9 @@ def test_params_yaml_round_trips() -> None:
         ("evaluate.nll_compile", "max", "evaluate.nll_compile: got 'max', expected one of"),
         ("seed", -3, "seed: got -3, expected an int >= 0"),
         ("data.test_fraction", 0.0, "data.test_fraction: got 0.0, expected 0 < f < 1 for data"),
+        ("mlflow.model_name", "", "mlflow.model_name: got '', expected null or a non-empty"),
+        ("mlflow.model_name", " x", "mlflow.model_name: got ' x', expected null or a non-empty"),
+        ("mlflow.system_metrics", "yes", "mlflow.system_metrics: got 'yes', expected bool"),
     ],
 )
 def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:

@@ -26,6 +26,7 @@ from pipelines.config import Params
 from pipelines.data.stage import build_shards
 from pipelines.infra.tracking import open_run, tracking_uri, write_run_file
 from pipelines.sample.stage import sample_to_shards
+from pipelines.train.mlflow_model import log_mlflow_model
 from stages import evaluate, fid_stats
 from tests.helpers import make_model_dir, params_file
 
@@ -80,9 +81,10 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     tmp_path: Path, params: Params, local_ray: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
     build_shards(params.data, params.seed, Path(params.paths.shards))
-    make_model_dir(params)
+    model_dir = make_model_dir(params)
     sample_to_shards(params, tmp_path)
     train = open_run(params, "train", tmp_path)
+    logged = log_mlflow_model(params, train, model_dir, params.train.steps)  # as training does
     write_run_file(params, "train", train, tmp_path)
     path = str(params_file(params, tmp_path / "p.yaml"))
 
@@ -128,6 +130,14 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     assert parent.metrics["nll_bpd"] == pytest.approx(m["nll_bpd"])
     assert parent.tags["fid.comparability"] == m["comparability"]
     assert run.data.metrics["nll_gap_bpd"] == pytest.approx(m["nll_gap_bpd"])
+    # FID and NLL are the logged model's metrics; its version, the first, became champion.
+    model_metrics = {x.key: x.value for x in client.get_logged_model(logged.model_id).metrics}
+    assert model_metrics["fid"] == pytest.approx(m["fid"]) and "nll_bpd" in model_metrics
+    name = params.mlflow.model_name
+    assert m["promotion"].startswith(f"{name} v1: champion (first version with a FID")
+    assert run.data.tags["promotion"] == m["promotion"] and "registry:" in out
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert str(champion.version) == "1" and champion.tags["fid.comparability"] == m["comparability"]
     names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
     assert names == {
         "evaluate/eval.json",
@@ -140,3 +150,32 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     # with 2-pixel padding: (7 * 10 + 2) * 8 wide, (2 * 10 + 2) * 8 high.
     with Image.open(Path(params.paths.plots) / "interpolation.png") as figure:
         assert figure.size == (576, 176)
+
+
+def test_two_trained_models_the_second_is_gated_against_the_champion(
+    tmp_path: Path, params: Params, local_ray: object
+) -> None:
+    """Train runs A then B (stand-in weights, real samples), each evaluated by the CLI: A becomes
+    champion, B takes the alias only with a lower FID under the same comparability label."""
+    build_shards(params.data, params.seed, Path(params.paths.shards))
+    path = str(params_file(params, tmp_path / "p.yaml"))
+    assert fid_stats.main(["--params", path]) == 0
+    client = MlflowClient(tracking_uri(params.mlflow, tmp_path))
+    name, fids = params.mlflow.model_name, []
+    assert name is not None
+    for seed in (0, 1):  # two trainings: different weights, the same params
+        model_dir = make_model_dir(params, seed=seed)
+        sample_to_shards(params, tmp_path)
+        train = open_run(params, "train", tmp_path)
+        log_mlflow_model(params, train, model_dir, params.train.steps)
+        write_run_file(params, "train", train, tmp_path)
+        assert evaluate.main(["--params", path]) == 0
+        fids.append(json.loads((Path(params.paths.metrics) / "eval.json").read_text())["fid"])
+    second = client.get_model_version(name, "2").tags
+    champion = client.get_model_version_by_alias(name, "champion")
+    if fids[1] < fids[0]:
+        assert second["promotion"] == "champion" and str(champion.version) == "2"
+    else:
+        assert second["promotion"] == "rejected" and str(champion.version) == "1"
+        assert second["promotion.reason"].startswith(f"FID {fids[1]:.4g} >= champion v1's")
+    assert float(second["fid"]) == pytest.approx(fids[1])

@@ -74,8 +74,13 @@ def test_released_weights_become_the_model_folder(
     metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
     info = json.loads((Path(params.paths.runs) / "train.json").read_text())  # texts: not metrics
     assert metrics["steps"] == 0 and info["details"]["weights"].startswith("released: ")
-    run = MlflowClient(tracking_uri(params.mlflow, tmp_path)).get_run(info["run_id"])
+    client = MlflowClient(tracking_uri(params.mlflow, tmp_path))
+    run = client.get_run(info["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["weights"] == info["details"]["weights"]
+    # Released weights are an MLflow Model and a registered version too (gated after evaluate).
+    (output,) = run.outputs.model_outputs
+    version = client.get_model_version(params.mlflow.model_name, "1")
+    assert version.run_id == run.info.run_id and version.source == f"models:/{output.model_id}"
 
 
 def test_architecture_mismatch_and_missing_files_are_named(

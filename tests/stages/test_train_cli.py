@@ -68,9 +68,13 @@ def test_missing_shards_say_run_the_shard_stage(tmp_path: Path, no_ray: object) 
 
 
 @pytest.mark.ray
-def test_stage_trains_then_rerun_resumes_the_same_run(tmp_path: Path, local_ray: object) -> None:
-    path = _write_params(tmp_path, {"train.steps": 3})
-    params = build_params(tmp_path, {"train.steps": 3})
+def test_stage_trains_then_rerun_resumes_the_same_run(
+    tmp_path: Path, local_ray: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    overrides = {"train.steps": 3, "mlflow.system_metrics": True}
+    path = _write_params(tmp_path, overrides)
+    params = build_params(tmp_path, overrides)
     assert shard.main(["--params", str(path)]) == 0
     assert train.main(["--params", str(path)]) == 0
     model = Path(params.paths.model)
@@ -86,8 +90,14 @@ def test_stage_trains_then_rerun_resumes_the_same_run(tmp_path: Path, local_ray:
     assert again["run_id"] == first["run_id"]
     metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
     assert metrics["steps"] == 3 and metrics["resumed_from"] == 3
-    run = MlflowClient(first["uri"]).get_run(first["run_id"])
+    client = MlflowClient(first["uri"])
+    run = client.get_run(first["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["train.steps"] == "3"
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # mlflow.system_metrics
+    # One MLflow Model and one registered version for the run, however often it is rerun.
+    assert len(run.outputs.model_outputs) == 1
+    versions = client.search_model_versions(f"name = '{params.mlflow.model_name}'")
+    assert [v.run_id for v in versions] == [first["run_id"]]
 
 
 def _ema_at(run_dir: Path, step: int) -> dict[str, torch.Tensor]:

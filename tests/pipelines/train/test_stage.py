@@ -39,7 +39,7 @@ from pipelines.train.step import (
     train_step,
     warmup_lr,
 )
-from pipelines.train.worker import train_loop_per_worker
+from pipelines.train.worker import grid_key, train_loop_per_worker
 from tests.helpers import (
     REF_RUN,
     ema_weights,
@@ -102,8 +102,13 @@ def test_two_workers_train_export_and_log(reference: tuple[Params, TrainResult])
     assert [m.value for m in logged] == pytest.approx([v for _, v in history], rel=1e-5)
     lrs = [m.value for m in client.get_metric_history(run_id, "lr")]
     assert lrs == pytest.approx([warmup_lr(s, params.train.lr, 2) for s in range(1, 7)])
-    samples = [a.path for a in client.list_artifacts(run_id, "samples")]
-    assert samples == ["samples/ema_step00000006_20steps_stride1.png"]
+    # The end-of-training EMA grid, by step in the UI's image panel (mlflow.log_image).
+    images = [a.path for a in client.list_artifacts(run_id, "images")]
+    assert any(p.startswith(f"images/{grid_key(20)}+step+6+") for p in images), images
+    # The model as an MLflow Model, registered from this run.
+    assert result.model_uri.startswith("models:/m-") and result.model_version is not None
+    version = client.get_model_version(params.mlflow.model_name, result.model_version)
+    assert version.run_id == run_id and version.source == result.model_uri
     assert {a.path for a in client.list_artifacts(run_id, "model")} == {
         "model/config.json",
         "model/ema.safetensors",
