@@ -19,7 +19,7 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipelines.config import Params, to_dict
-from pipelines.infra.tracking import Tracker
+from pipelines.infra.tracking import Tracker, numeric
 from pipelines.train.export import export_model
 from pipelines.train.run import TrainPlan, plan_run
 from pipelines.train.worker import RunSpec, train_loop_per_worker
@@ -46,15 +46,19 @@ class TrainResult:
     run_dir: Path  # Ray's run folder: checkpoints and the run's notes
     model_dir: Path
     run_id: str  # the MLflow run
+    unusable_checkpoints: tuple[str, ...] = ()  # skipped on resume: they could not be loaded
 
     def metrics(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "steps": self.steps,
             "final_loss": self.final_loss,
             "images_per_s": self.images_per_s,
             "wall_time_s": round(self.wall_time_s, 3),
             "resumed_from": self.resumed_from,
         }
+        if self.unusable_checkpoints:  # a text: goes to details in runs/train.json
+            record["unusable_checkpoints"] = ", ".join(self.unusable_checkpoints)
+        return record
 
     def summary(self) -> str:
         return (
@@ -137,7 +141,13 @@ def run_train(
         run_dir=folder.path,
         model_dir=model.weights.parent,
         run_id=tracker.run_id,
+        unusable_checkpoints=tuple(reported.get("unusable_checkpoints", ())),
     )
-    final = {f"final_{k}": float(v) for k, v in result.metrics().items()}
+    if result.unusable_checkpoints:
+        log.warning(
+            "%s: checkpoints %s could not be loaded; resumed from step %d instead",
+            folder.path, ", ".join(result.unusable_checkpoints), result.resumed_from,
+        )  # fmt: skip
+    final = {f"final_{k}": float(v) for k, v in numeric(result.metrics()).items()}
     tracker.log_metrics(final, result.steps)
     return result

@@ -389,3 +389,43 @@ def test_mlflow_server_down_mid_run_loses_and_repeats_nothing(
         ]
     finally:
         server.stop()
+
+
+# ----------------------------------------------------------------------------------------------
+# A truncated latest checkpoint: fall back to the previous one, or a clear error
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
+    reference: tuple[Params, TrainResult], local_ray: object, tmp_path: Path
+) -> None:
+    from pipelines.train.step import STATE_FILE
+
+    ref_params, ref_result = reference
+    shards = Path(ref_params.paths.shards)
+    # A crash after the step-4 checkpoint (max_failures 0): checkpoints 2 and 4 are kept.
+    params = train_params(tmp_path, shards, {**REF_RUN, "train.max_failures": 0})
+    with pytest.raises(ray.train.TrainingFailedError):
+        train(params, tmp_path, loop_fn=KillAfterReport(4, 1, str(tmp_path / "crash")))
+    run_dir = Path(params.paths.ray_storage) / ref_result.run_name
+    assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_00000002", "step_00000004"]
+    bad = run_dir / "step_00000004" / STATE_FILE
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # a real truncated file
+    # The rerun skips it, names it, and resumes from step 2 to the uninterrupted run's weights.
+    params = train_params(tmp_path, shards, {**REF_RUN, "train.max_failures": 1})
+    result = train(params, tmp_path)
+    assert result.steps == 6 and result.resumed_from == 2
+    assert result.unusable_checkpoints == ("step_00000004",)
+    details = json.loads((Path(params.paths.runs) / "train.json").read_text())["details"]
+    assert details["unusable_checkpoints"] == "step_00000004"
+    torch.testing.assert_close(ema_weights(params), ema_weights(ref_params), rtol=0, atol=1e-6)
+    # The redone step 4 went to a folder of its own: when Ray Train rotated the bad one out it
+    # deleted that folder, not the redone checkpoint.
+    kept = sorted(p.name for p in run_dir.glob("step_*"))
+    assert kept == ["step_00000004-redo", "step_00000006"]
+    # Nothing loadable: a clear error naming every folder tried.
+    for folder in run_dir.glob("step_*"):
+        state = folder / STATE_FILE
+        state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(ray.train.TrainingFailedError) as info:
+        train(params, tmp_path)
+    assert "no checkpoint of this run can be loaded" in str(info.value)
