@@ -429,3 +429,37 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
     with pytest.raises(ray.train.TrainingFailedError) as info:
         train(params, tmp_path)
     assert "no checkpoint of this run can be loaded" in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reproducibility of the DVC outputs
+
+
+def test_identical_trainings_write_byte_identical_models(
+    local_ray: object, shards_dir: Path, tmp_path: Path
+) -> None:
+    """The same params trained twice from scratch (a new Ray run folder, a new MLflow run):
+    `models/` has the same bytes, so DVC sees the same output hashes."""
+    import shutil
+
+    params = train_params(tmp_path, shards_dir, REF_RUN)
+    model_dir = Path(params.paths.model)
+
+    def train_from_scratch() -> tuple[str, dict[str, str]]:
+        result = train(params, tmp_path)
+        shutil.rmtree(result.run_dir)  # no checkpoint to resume from, no run id to reattach to
+        files = sorted(p.name for p in model_dir.iterdir())
+        return result.run_id, {name: file_digest(model_dir / name) for name in files}
+
+    first_run, first = train_from_scratch()
+    first_weights, first_history = ema_weights(params), loss_history(params)
+    first_meta = load_weights(model_dir / WEIGHTS_FILE)[1]
+    second_run, second = train_from_scratch()
+    assert first_run != second_run
+    assert loss_history(params) == first_history
+    diffs = {k: (v - first_weights[k]).abs().max().item() for k, v in ema_weights(params).items()}
+    assert max(diffs.values()) == 0, {k: d for k, d in diffs.items() if d}
+    meta = load_weights(model_dir / WEIGHTS_FILE)[1]
+    assert {k: v for k, v in meta.items() if first_meta.get(k) != v} == {}
+    assert {WEIGHTS_FILE, CONFIG_FILE} <= set(first)
+    assert first == second
