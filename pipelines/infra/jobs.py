@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from pipelines.infra.outbox import first_line
 from pipelines.infra.tracking import GIT_COMMIT_ENV, redact_uri, source_commit
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def submit(
     try:
         client = JobSubmissionClient(address)
     except (OSError, RuntimeError) as e:  # ConnectionError("Failed to connect to Ray at ...")
-        raise ClusterLost(f"Ray at {address} unreachable ({_first_line(e)})") from e
+        raise ClusterLost(f"Ray at {address} unreachable ({first_line(e)})") from e
     submission_id, new = next_submission_id(client, base_id)
     if not new:
         log.info("job %s already exists; not submitting again", submission_id)
@@ -249,7 +250,7 @@ def wait(
             if "does not exist" in str(e) or now - failing_since >= lost_after_s:
                 raise ClusterLost(
                     f"job {submission_id} lost: Ray at {client.get_address()} "
-                    f"stopped answering ({_first_line(e)})"
+                    f"stopped answering ({first_line(e)})"
                 ) from e
             time.sleep(POLL_S)
             continue
@@ -258,7 +259,3 @@ def wait(
         time.sleep(POLL_S)
     log.info("job %s: %s\n%s", submission_id, status, client.get_job_logs(submission_id)[-4000:])
     return status
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

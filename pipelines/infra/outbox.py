@@ -121,7 +121,7 @@ class Outbox:
             where = f" (kept in {self.folder})" if self.folder else ""
             log.warning(
                 "%s unreachable, buffering tracking calls%s and retrying: %s",
-                self.what, where, _first_line(error),
+                self.what, where, first_line(error),
             )  # fmt: skip
         else:
             self.delay = min(self.delay * 2, RETRY_MAX_S)
@@ -177,5 +177,6 @@ def _describe(op: Op) -> str:
     return json.dumps(op)[:200]
 
 
-def _first_line(error: Exception) -> str:
-    return (str(error).splitlines() or [type(error).__name__])[0][:300]
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an error's message (MLflow and Ray append pages of context)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]

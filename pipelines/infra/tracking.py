@@ -34,7 +34,7 @@ from mlflow.utils.mlflow_tags import (
 
 from pipelines.config import MlflowConfig, Params, flatten, to_dict
 from pipelines.infra.files import shared_root, write_json
-from pipelines.infra.outbox import Op, Outbox, PermanentError
+from pipelines.infra.outbox import Op, Outbox, PermanentError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def write_run_file(
         with fast_http():
             experiment: str | None = tracker.client.get_run(tracker.run_id).info.experiment_id
     except MlflowException as e:
-        log.warning("experiment of run %s unknown (%s)", tracker.run_id, str(e).splitlines()[0])
+        log.warning("experiment of run %s unknown (%s)", tracker.run_id, first_line(e))
         experiment = None
     info: dict[str, Any] = {
         "run_id": tracker.run_id,
