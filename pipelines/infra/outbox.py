@@ -65,10 +65,6 @@ class Outbox:
     def __len__(self) -> int:
         return len(self.ops) + self.dropped
 
-    @property
-    def journal(self) -> Path | None:
-        return None if self.folder is None else self.folder / JOURNAL
-
     def submit(self, op: Op) -> None:
         """Send `op` now, or queue it (journaled) while the server is down or others wait."""
         if not self.ops and self.down_since is None and self._try(op):
@@ -101,7 +97,7 @@ class Outbox:
         try:
             self.send(op)
         except PermanentError as e:
-            log.error("%s refused %s for good, dropped: %s", self.what, _describe(op), e)
+            log.error("%s refused %s for good, dropped: %s", self.what, json.dumps(op)[:200], e)
             return True
         except Exception as e:  # connection refused, timeouts, 5xx: the server is down
             self._failed(e)
@@ -171,10 +167,6 @@ def read_journal(path: Path) -> list[Op]:
         except json.JSONDecodeError:
             log.warning("%s: skipping a truncated line", path)
     return ops
-
-
-def _describe(op: Op) -> str:
-    return json.dumps(op)[:200]
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:
