@@ -4,7 +4,9 @@ Idempotent: the submission id is `retrain-<hash of the params files, dvc.lock, t
 raw data under data.root>`, so a repeated
 tick with the same inputs submits nothing while that job is pending, running or succeeded (a
 failed one is retried as `<id>-2`, ...). Exit code 0 when up to date, submitted, or
-already submitted (and, with --wait, when the job succeeded); 1 when the job failed.
+already submitted (and, with --wait, when the job succeeded); 1 when the job failed; 2 when
+--timeout passed first; 3 when the cluster was lost or unreachable (one line says so, the next
+tick submits again). Each tick's outcome is recorded in `.retrain/<job id>.json`.
 Example (cron, or a Kubernetes CronJob; see deploy/):
     python -m stages.retrain --address http://ray-head:8265 --params params.yaml --wait
 """
@@ -12,13 +14,21 @@ Example (cron, or a Kubernetes CronJob; see deploy/):
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
 import shlex
+from pathlib import Path
+
+from ray.job_submission import JobStatus
 
 from pipelines.config import load_params
-from pipelines.infra.jobs import TERMINAL, decide, submit, wait
+from pipelines.infra.files import write_json
+from pipelines.infra.jobs import LOST_AFTER_S, TERMINAL, ClusterLost, decide, submit, wait
 from stages.common import repo_root
+
+EXIT_FAILED, EXIT_TIMEOUT, EXIT_LOST = 1, 2, 3
+STATE_DIR = ".retrain"  # one JSON file per job id: the latest tick's outcome
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,15 +64,44 @@ def main(argv: list[str] | None = None) -> int:
     if not args.address:
         raise SystemExit("retrain: no Ray address: pass --address or set RAY_API_SERVER_ADDRESS")
     entrypoint = f"python -m stages.all --params {shlex.quote(args.params)}"
-    client, sid, new = submit(
-        args.address, entrypoint, decision.submission_id, root, {"DDPM_TRIGGER": "schedule"}
-    )
-    print(f"retrain: {'submitted' if new else 'already submitted'} {sid}")
-    if not args.wait:
-        return 0
-    status = wait(client, sid, args.timeout)
+    timeout = args.timeout if args.wait else None
+    return submit_and_wait(root, args.address, entrypoint, decision.submission_id, timeout)
+
+
+def submit_and_wait(
+    root: Path,
+    address: str,
+    entrypoint: str,
+    base_id: str,
+    timeout_s: float | None,
+    lost_after_s: float = LOST_AFTER_S,
+) -> int:
+    """Submit (unless the job exists), wait up to `timeout_s` (None: do not wait), record the
+    outcome in `<root>/.retrain/<base_id>.json`; returns the CLI's exit code."""
+    sid = base_id
+    try:
+        client, sid, new = submit(address, entrypoint, base_id, root, {"DDPM_TRIGGER": "schedule"})
+        print(f"retrain: {'submitted' if new else 'already submitted'} {sid}")
+        record(root, base_id, sid, address, "SUBMITTED" if new else "EXISTS")
+        if timeout_s is None:
+            return 0
+        status = wait(client, sid, timeout_s, lost_after_s)
+    except ClusterLost as e:
+        print(f"retrain: {e}; the next tick submits again")
+        record(root, base_id, sid, address, "LOST", str(e))
+        return EXIT_LOST
     print(f"retrain: job {sid} ended {status.value}")
-    return 0 if status.value == "SUCCEEDED" else 1 if status in TERMINAL else 2
+    record(root, base_id, sid, address, status.value)
+    if status == JobStatus.SUCCEEDED:
+        return 0
+    return EXIT_FAILED if status in TERMINAL else EXIT_TIMEOUT
+
+
+def record(root: Path, base_id: str, sid: str, address: str, status: str, note: str = "") -> None:
+    """The tick's outcome, for whoever looks after the schedule (not read by the next tick)."""
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    state = {"submission_id": sid, "address": address, "status": status, "time": now}
+    write_json(root / STATE_DIR / f"{base_id}.json", {**state, **({"note": note} if note else {})})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from ddpm_core.config import ConfigError, UNetConfig
 from ddpm_core.diffusion import GaussianDiffusion
@@ -68,10 +68,28 @@ def save_weights(
         raise ValueError(f"state_dict: keys {not_tensor} are not tensors")
     # clone: safetensors refuses tensors that share storage (views, tied weights).
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    blob = canonical_header(save(tensors, metadata=dict(metadata)))
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=dict(metadata))
+        tmp.write_bytes(blob)
     logger.info("saved %d tensors to %s", len(tensors), path)
     return Path(path)
+
+
+def canonical_header(blob: bytes) -> bytes:
+    """A safetensors file's bytes with the header's `__metadata__` in sorted key order.
+
+    safetensors keeps the metadata in a Rust HashMap, whose iteration order changes from call to
+    call: the same weights and metadata would give different bytes (and DVC hashes) on every
+    write. The header is an 8-byte little-endian length, then JSON padded with spaces so the
+    data (unchanged: its offsets are relative to the data) stays 8-byte aligned.
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n :]
 
 
 def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -6,6 +6,10 @@ image i draws its noise from a counter-based stream keyed by (seed, i) only
 (`ddpm_core.rng.CounterNoise`), so the result is the same for any number of workers or chunk
 size. Also the rate-distortion curve (paper Sec. 4.3,
 Fig. 5, Table 4).
+
+A lost actor (killed, its node gone) is restarted and only its chunk in flight is redone
+(`ACTOR_RESTARTS`): finished chunks are kept by the driver, and a chunk's result does not depend
+on which actor, or which attempt, computed it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ log = logging.getLogger(__name__)
 ModelFn = Callable[[], torch.nn.Module]  # picklable factory, called once per actor
 KEYS = ("total_bpd", "prior_bpd", "terms_bpd", "mse")
 EAGER_FP32 = InferenceOptions()
+# Restarts of each actor and retries of its task in flight, bounded: a chunk that kills its
+# actor every time (out of memory) fails the stage instead of looping.
+ACTOR_RESTARTS = 3
 
 
 @dataclass(frozen=True)
@@ -160,7 +167,12 @@ def evaluate_bpd(
         raise ValueError(f"chunk_size={chunk_size}, num_workers={num_workers}: expected >= 1")
     chunks = list(torch.split(images, chunk_size))  # (<=chunk_size, C, H, W) each
     workers = min(num_workers, len(chunks))
-    actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=1 if use_gpu else 0)(BpdWorker)
+    actor_cls = ray.remote(
+        num_cpus=cpus_per_worker,
+        num_gpus=1 if use_gpu else 0,
+        max_restarts=ACTOR_RESTARTS,
+        max_task_retries=ACTOR_RESTARTS,
+    )(BpdWorker)
     threads = max(1, int(cpus_per_worker))
     actors = [
         actor_cls.remote(model_fn, diffusion, threads, use_gpu, options) for _ in range(workers)

@@ -8,6 +8,10 @@ derived from the inputs' hash (params, dvc.lock, code, a fingerprint of the raw 
 later tick with the same inputs finds the job already there (pending, running or succeeded)
 and submits nothing: idempotent. A failed or stopped job is retried under
 `<id>-2`, `<id>-3`, ...
+
+A cluster that stops answering (head lost, address unreachable) raises `ClusterLost`: the
+retrain CLI reports the job as lost and the next tick submits again (a new head has no record of
+the job; one that kept its job table reports it failed, which is retried as `<id>-2`).
 """
 
 from __future__ import annotations
@@ -27,17 +31,24 @@ from typing import Any
 import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from pipelines.infra.outbox import first_line
 from pipelines.infra.tracking import GIT_COMMIT_ENV, redact_uri, source_commit
 
 log = logging.getLogger(__name__)
 
 TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+LOST_AFTER_S = 60.0  # polls failing this long (not a blip) mean the cluster is gone
+POLL_S = 2.0
 # Never upload these with the working dir (.git and .venv are excluded by Ray already); anchored
 # at its root ("/data/"): a bare "data/" would also drop the package pipelines/data/.
 EXCLUDES = ["/data/", "/models/", "/.ray_storage/", "/mlartifacts/", "/mlflow.db", "/.dvc/cache/"]
 # Environment forwarded from the submitter to every task of the job.
 CODE_PACKAGES = ("ddpm_core", "pipelines", "stages")
 FORWARD_ENV = ("MLFLOW_TRACKING_URI", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "DDPM_TRIGGER")
+
+
+class ClusterLost(RuntimeError):
+    """The Ray cluster cannot be reached, or no longer knows the job: its fate is unknown."""
 
 
 @dataclass(frozen=True)
@@ -194,8 +205,14 @@ def submit(
     working_dir: Path,
     extra_env: dict[str, str] | None = None,
 ) -> tuple[JobSubmissionClient, str, bool]:
-    """Submit unless an equivalent job exists; returns (client, submission id, newly submitted)."""
-    client = JobSubmissionClient(address)
+    """Submit unless an equivalent job exists; returns (client, submission id, newly submitted).
+
+    `ClusterLost` when the cluster at `address` does not answer.
+    """
+    try:
+        client = JobSubmissionClient(address)
+    except (OSError, RuntimeError) as e:  # ConnectionError("Failed to connect to Ray at ...")
+        raise ClusterLost(f"Ray at {address} unreachable ({first_line(e)})") from e
     submission_id, new = next_submission_id(client, base_id)
     if not new:
         log.info("job %s already exists; not submitting again", submission_id)
@@ -210,13 +227,35 @@ def submit(
     return client, submission_id, True
 
 
-def wait(client: JobSubmissionClient, submission_id: str, timeout_s: float) -> JobStatus:
-    """Poll until the job ends (or `timeout_s` passes); log its output at the end."""
+def wait(
+    client: JobSubmissionClient,
+    submission_id: str,
+    timeout_s: float,
+    lost_after_s: float = LOST_AFTER_S,
+) -> JobStatus:
+    """Poll until the job ends (or `timeout_s` passes); log its output at the end.
+
+    Polls that keep failing for `lost_after_s` (the head is gone), or a cluster that no longer
+    knows the job (a new head), raise `ClusterLost`.
+    """
     deadline = time.monotonic() + timeout_s
+    failing_since: float | None = None
     while True:
-        status = JobStatus(client.get_job_status(submission_id))
+        try:
+            status = JobStatus(client.get_job_status(submission_id))
+            failing_since = None
+        except (OSError, RuntimeError) as e:  # connection refused/reset; "does not exist"
+            now = time.monotonic()
+            failing_since = now if failing_since is None else failing_since
+            if "does not exist" in str(e) or now - failing_since >= lost_after_s:
+                raise ClusterLost(
+                    f"job {submission_id} lost: Ray at {client.get_address()} "
+                    f"stopped answering ({first_line(e)})"
+                ) from e
+            time.sleep(POLL_S)
+            continue
         if status in TERMINAL or time.monotonic() > deadline:
             break
-        time.sleep(2.0)
+        time.sleep(POLL_S)
     log.info("job %s: %s\n%s", submission_id, status, client.get_job_logs(submission_id)[-4000:])
     return status

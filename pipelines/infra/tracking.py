@@ -10,18 +10,23 @@ the stage's body in its MLflow run, its metrics file written and logged, the run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
+import numpy as np
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import (
@@ -29,9 +34,11 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_GIT_COMMIT,
     MLFLOW_PARENT_RUN_ID,
 )
+from PIL import Image
 
 from pipelines.config import MlflowConfig, Params, flatten, to_dict
 from pipelines.infra.files import shared_root, write_json
+from pipelines.infra.outbox import Op, Outbox, PermanentError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,8 @@ EXPERIMENT_KIND = "custom_model_development"
 GIT_COMMIT_ENV = "DDPM_GIT_COMMIT"
 # The headline metrics also logged on the parent train run, so train runs sort by FID.
 HEADLINE_METRICS = ("fid", "nll_bpd", "nll_bpd_sem")
+OUTBOX = "mlflow_outbox"  # <paths.ray_storage>/mlflow_outbox/<run id>/: a run's unsent calls
+FINAL_WAIT_S = 30.0  # how long a stage's end retries unsent calls before reporting them
 
 
 def tracking_uri(cfg: MlflowConfig, root: Path) -> str:
@@ -73,6 +82,12 @@ def redact_uri(uri: str, mask: str = "***") -> str:
     host = parts.netloc.rsplit("@", 1)[1]
     netloc = f"{mask}@{host}" if mask else host
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def outbox_dir(params: Params, root: Path, run_id: str) -> str:
+    """Where the run's unsent tracking calls are kept: under `paths.ray_storage`, the storage
+    every Ray node sees, and found again by the next process that logs to the same run."""
+    return str((shared_root(root) / params.paths.ray_storage / OUTBOX / run_id).resolve())
 
 
 def _artifact_location(uri: str, root: Path) -> str | None:
@@ -148,13 +163,46 @@ def run_tags(params: Params, stage: str, root: Path) -> dict[str, str]:
     return tags
 
 
+# In-loop calls fail fast and the outbox retries: MLflow's HTTP client would otherwise retry a
+# refused connection 7 times with exponential backoff (minutes) and wait 120 s for each answer.
+FAST_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+# Clients' answers that retrying cannot change (not 408 timeout, not 429 rate limit).
+PERMANENT_HTTP = set(range(400, 500)) - {408, 429}
+
+
+@contextlib.contextmanager
+def fast_http() -> Iterator[None]:
+    """MLflow's HTTP client with `FAST_HTTP` (read from the environment at each request)."""
+    saved = {k: os.environ.get(k) for k in FAST_HTTP}
+    os.environ.update(FAST_HTTP)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @dataclass
 class Tracker:
-    """A picklable handle on one MLflow run: safe to send to Ray workers and actors."""
+    """A picklable handle on one MLflow run: safe to send to Ray workers and actors.
+
+    Metrics, artifacts and the run's end go through an `Outbox`: while the server is down they
+    are buffered (on disk under `outbox_dir` when set) and sent when it is back, so a tracking
+    outage never fails the computation. `pending()` says how many are still unsent.
+    """
 
     uri: str = field(repr=False)  # may hold credentials: never in a repr
     run_id: str
+    outbox_dir: str | None = None  # where unsent calls are kept (shared by driver and rank 0)
     _client: MlflowClient | None = field(default=None, repr=False, compare=False)
+    _outbox: Outbox | None = field(default=None, repr=False, compare=False)
 
     @property
     def client(self) -> MlflowClient:
@@ -162,13 +210,72 @@ class Tracker:
             self._client = MlflowClient(self.uri)
         return self._client
 
+    @property
+    def outbox(self) -> Outbox:
+        if self._outbox is None:
+            folder = Path(self.outbox_dir) if self.outbox_dir else None
+            self._outbox = Outbox(self._send, folder, f"MLflow server {redact_uri(self.uri)}")
+        return self._outbox
+
     def __getstate__(self) -> dict[str, Any]:
-        return {"uri": self.uri, "run_id": self.run_id, "_client": None}
+        return {**self.__dict__, "_client": None, "_outbox": None}
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log `metrics` at `step`; the timestamp is fixed now, so a re-send is stored once."""
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        batch = [[k, float(v), now, step] for k, v in metrics.items()]
+        self.outbox.submit({"op": "metrics", "run_id": self.run_id, "metrics": batch})
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        op = {"op": "artifact", "run_id": self.run_id, "file": str(path), "dir": artifact_path}
+        self.outbox.submit(op)
+
+    def log_image(self, image: Any, key: str, step: int) -> None:
+        """An image (PIL or (H, W, C) uint8 array) under `key` at `step` (the UI's image panel),
+        through the outbox as a PNG file like any artifact."""
+        png = Path(tempfile.mkdtemp(prefix="ddpm-image-")) / f"{key}-{step}.png"
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+        pil.save(png)
+        now = int(time.time() * 1000)
+        op = {"op": "image", "run_id": self.run_id, "file": str(png), "key": key, "step": step}
+        self.outbox.submit(op | {"timestamp": now})
+        if self.outbox_dir is not None:  # sent, or copied into the outbox folder: ours can go
+            shutil.rmtree(png.parent, ignore_errors=True)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.outbox.submit({"op": "end", "run_id": self.run_id, "status": status})
+
+    def pending(self, wait_s: float = 0.0) -> int:
+        """Calls still unsent after retrying for up to `wait_s` seconds (0: all sent)."""
+        self.outbox.flush(wait_s)
+        return len(self.outbox)
+
+    def _send(self, op: Op) -> None:
+        """One MLflow call for an outbox `op`; `PermanentError` when the server refuses it."""
+        run_id = op["run_id"]
+        try:
+            with fast_http():
+                if op["op"] == "metrics":
+                    batch = [Metric(k, v, ts, step) for k, v, ts, step in op["metrics"]]
+                    self.client.log_batch(run_id, metrics=batch)  # one transaction on the server
+                elif op["op"] == "artifact":
+                    if not Path(op["file"]).is_file():  # sent and cleaned up by another process
+                        raise PermanentError(f"{op['file']}: no longer exists")
+                    self.client.log_artifact(run_id, op["file"], op["dir"])
+                elif op["op"] == "image":
+                    with Image.open(op["file"]) as im:
+                        self.client.log_image(
+                            run_id, im.copy(), key=op["key"], step=op["step"],
+                            timestamp=op["timestamp"],
+                        )  # fmt: skip
+                elif op["op"] == "end":
+                    self.client.set_terminated(run_id, op["status"])
+                else:
+                    raise PermanentError(f"unknown tracking call {op['op']!r}")
+        except MlflowException as e:
+            if e.get_http_status_code() in PERMANENT_HTTP:  # type: ignore[no-untyped-call]
+                raise PermanentError(str(e)) from e
+            raise
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params not yet on the run (a resumed run keeps its original values)."""
@@ -180,13 +287,6 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, v)
-
-    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
-
-    def log_image(self, image: Any, key: str, step: int) -> None:
-        """An image (PIL or (H, W, C) uint8 array) under `key` at `step`: the UI's image panel."""
-        self.client.log_image(self.run_id, image, key=key, step=step)
 
     def log_dataset(
         self, name: str, digest: str, source: Path, profile: Mapping[str, Any], context: str
@@ -207,9 +307,6 @@ class Tracker:
         parent = self.client.get_run(self.run_id).data.tags.get(MLFLOW_PARENT_RUN_ID)
         return Tracker(self.uri, parent) if parent else None
 
-    def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
-
 
 def open_run(
     params: Params,
@@ -225,7 +322,7 @@ def open_run(
     client = MlflowClient(uri)
     if resume_run_id is not None:
         client.update_run(resume_run_id, status="RUNNING")
-        tracker = Tracker(uri, resume_run_id)
+        tracker = Tracker(uri, resume_run_id, outbox_dir(params, root, resume_run_id))
     else:
         exp = experiment_id(client, params.mlflow.experiment, uri, root)
         tags = run_tags(params, stage, root)
@@ -233,7 +330,7 @@ def open_run(
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
             tags["upstream.train"] = parent_run_id
         run = client.create_run(exp, tags=tags, run_name=run_name or stage)
-        tracker = Tracker(uri, run.info.run_id)
+        tracker = Tracker(uri, run.info.run_id, outbox_dir(params, root, run.info.run_id))
     logged = flatten(to_dict(params))
     if logged["mlflow.tracking_uri"]:
         logged["mlflow.tracking_uri"] = redact_uri(logged["mlflow.tracking_uri"])
@@ -253,11 +350,19 @@ def write_run_file(
     root: Path,
     details: Mapping[str, Any] | None = None,
 ) -> None:
-    """The hand-off file, with the stage's `details` (texts, hashes, timings) when it has any."""
-    run = tracker.client.get_run(tracker.run_id)
+    """The hand-off file, with the stage's `details` (texts, hashes, timings) when it has any.
+
+    The experiment id is null when the server cannot be reached (the run id is what matters).
+    """
+    try:
+        with fast_http():
+            experiment: str | None = tracker.client.get_run(tracker.run_id).info.experiment_id
+    except MlflowException as e:
+        log.warning("experiment of run %s unknown (%s)", tracker.run_id, first_line(e))
+        experiment = None
     info: dict[str, Any] = {
         "run_id": tracker.run_id,
-        "experiment_id": run.info.experiment_id,
+        "experiment_id": experiment,
         "uri": redact_uri(tracker.uri),  # runs/*.json is tracked by git
     }
     if details:
@@ -325,7 +430,9 @@ def run_tracked(
 
     The metrics file holds the record's numbers; its texts, hashes and timings (`split_metrics`)
     go with the run id into `runs/<stage>.json`. The run ends FINISHED and that file hands it
-    on, or FAILED if anything raises.
+    on, or FAILED if anything raises. A tracking server that is down does not fail the stage:
+    calls it could not take within `FINAL_WAIT_S` are counted in `details.mlflow_unsent` and
+    kept in the run's outbox, which the next process logging to the run sends first.
     """
     try:
         result = run(params, root, tracker)
@@ -334,10 +441,26 @@ def run_tracked(
         tracker.log_artifact(path, stage)
     except BaseException:
         tracker.finish("FAILED")
+        report_unsent(tracker)
         raise
     tracker.finish("FINISHED")
+    unsent = report_unsent(tracker)
+    if unsent:
+        details = {**details, "mlflow_unsent": unsent, "mlflow_outbox": tracker.outbox_dir}
     write_run_file(params, stage, tracker, root, details)
     return result
+
+
+def report_unsent(tracker: Tracker, wait_s: float = FINAL_WAIT_S) -> int:
+    """Retry the run's unsent tracking calls for up to `wait_s`; warn about what is left."""
+    unsent = tracker.pending(wait_s)
+    if unsent:
+        log.warning(
+            "MLflow run %s: %d tracking calls (metrics, artifacts, run status) not sent, the "
+            "server is unreachable; kept in %s and sent by the next process that logs to the run",
+            tracker.run_id, unsent, tracker.outbox_dir or "memory (lost at exit)",
+        )  # fmt: skip
+    return unsent
 
 
 def numeric(metrics: Mapping[str, Any]) -> dict[str, float]:

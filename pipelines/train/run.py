@@ -133,9 +133,13 @@ class RunFolder:
         note = self.path / self.ATTEMPT
         return dict(json.loads(note.read_text())) if note.is_file() else {}
 
-    def begin_attempt(self, resumed_from: int) -> None:
-        """Rank 0, as an attempt starts: the step it resumed from (0 when fresh)."""
-        write_json(self.path / self.ATTEMPT, {"resumed_from": resumed_from})
+    def begin_attempt(self, resumed_from: int, unusable: list[str] | None = None) -> None:
+        """Rank 0, as an attempt starts: the step it resumed from (0 when fresh), and the
+        checkpoint folders it skipped because they could not be loaded."""
+        note: dict[str, Any] = {"resumed_from": resumed_from}
+        if unusable:
+            note["unusable_checkpoints"] = unusable
+        write_json(self.path / self.ATTEMPT, note)
 
     def note_nonfinite(self, error: str, step: int, last_checkpoint: str | None) -> None:
         """Rank 0, when the loss became NaN/inf: all ranks stop, the driver raises (no retries)."""

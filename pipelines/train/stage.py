@@ -57,6 +57,8 @@ class TrainResult:
     model_uri: str  # the MLflow Model (models:/<model id>), a pyfunc that samples
     model_version: str | None  # its version of mlflow.model_name (None: not registered)
 
+    unusable_checkpoints: tuple[str, ...] = ()  # skipped on resume: they could not be loaded
+
     def metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "steps": self.steps,
@@ -70,6 +72,8 @@ class TrainResult:
         }
         if self.best_fid_small is not None:
             out["best_fid_train_small"] = self.best_fid_small
+        if self.unusable_checkpoints:  # a text: goes to details in runs/train.json
+            out["unusable_checkpoints"] = ", ".join(self.unusable_checkpoints)
         return out
 
     def summary(self) -> str:
@@ -164,7 +168,13 @@ def run_train(
         fid_label=probe.label if probe else "off (train.fid_every: 0)",
         model_uri="",
         model_version=None,
+        unusable_checkpoints=tuple(reported.get("unusable_checkpoints", ())),
     )
+    if result.unusable_checkpoints:
+        log.warning(
+            "%s: checkpoints %s could not be loaded; resumed from step %d instead",
+            folder.path, ", ".join(result.unusable_checkpoints), result.resumed_from,
+        )  # fmt: skip
     final = {f"final_{k}": v for k, v in numeric(result.metrics()).items()}
     tracker.log_metrics(final, result.steps)
     tracker.set_tags({"fid_train_small.label": result.fid_label, "export": result.export_reason})

@@ -30,10 +30,16 @@ from pipelines.infra.accel import autocast
 from pipelines.infra.device import configure_backends
 from pipelines.infra.figures import grid_image
 from pipelines.infra.tracking import Tracker
+from pipelines.train.checkpoint import (
+    UnloadableStateError,
+    checkpoint_dir_name,
+    resume_candidates,
+)
 from pipelines.train.fid_probe import FidProbe, load_reference, small_fid
 from pipelines.train.run import RunFolder
 from pipelines.train.step import (
     SEED_DROPOUT,
+    STATE_FILE,
     NonFiniteLossError,
     TrainState,
     WindowStats,
@@ -88,14 +94,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.manual_seed(mix_seed(params.seed, world, rank, SEED_DROPOUT))
         configure_backends(device)
         state = make_state(params, device, rank, world, compile_mode=params.train.compile)
-        resumed_from, last_ckpt = _restore(state, rank)
+        restored = _restore(state, rank)
         if rank == 0:  # the driver reports where the last attempt started (train.json)
-            RunFolder(Path(spec.run_dir)).begin_attempt(resumed_from)
+            RunFolder(Path(spec.run_dir)).begin_attempt(restored.step, sorted(restored.unusable))
         _wrap(state, params, device)
-        if rank == 0 and tracker is not None and resumed_from:
-            tracker.log_metrics({"resumed_from": resumed_from}, step=resumed_from)
-        loop = _Loop(params, spec, tracker, state, rank, world, device, config.get("fid"))
-        loop.run(resumed_from, last_ckpt)
+        if rank == 0 and tracker is not None and restored.step:
+            tracker.log_metrics({"resumed_from": restored.step}, step=restored.step)
+        probe = config.get("fid")
+        loop = _Loop(params, spec, tracker, state, rank, world, device, probe, restored.unusable)
+        loop.run(restored.step, restored.checkpoint)
 
 
 def _worker_logging() -> None:
@@ -106,16 +113,48 @@ def _worker_logging() -> None:
         pkg.addHandler(logging.StreamHandler())
 
 
-def _restore(state: TrainState, rank: int) -> tuple[int, str | None]:
-    """Load the latest committed checkpoint, if any: (step resumed from, its path)."""
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return 0, None
-    with ckpt.as_directory() as folder:
-        load_checkpoint(folder, state, rank)
-    if rank == 0:
-        log.info("resumed from %s at step %d", ckpt.path, state.step)
-    return state.step, str(ckpt.path)
+@dataclass(frozen=True)
+class Restored:
+    """Where an attempt starts: the step, the checkpoint folder, the folders that failed."""
+
+    step: int
+    checkpoint: str | None
+    unusable: frozenset[str]
+
+
+class NoLoadableCheckpointError(RuntimeError):
+    """Every checkpoint folder of the run fails to load (truncated or corrupt files)."""
+
+
+def _restore(state: TrainState, rank: int) -> Restored:
+    """Load the latest committed checkpoint, or the newest earlier one that loads.
+
+    A checkpoint whose file cannot be loaded (truncated by a full disk, a crash mid-copy) is
+    named in a warning and skipped; Ray Train keeps listing it until it rotates it out, so the
+    steps redone after it report to new folders (`checkpoint_dir_name`). Run folders are on a
+    file system every node mounts (`paths.ray_storage`), so they are read in place.
+    """
+    latest = ray.train.get_checkpoint()
+    if latest is None:
+        return Restored(0, None, frozenset())
+    unusable: list[str] = []
+    for folder in resume_candidates(Path(latest.path)):
+        try:
+            load_checkpoint(folder, state, rank)
+        except (FileNotFoundError, UnloadableStateError) as e:
+            unusable.append(folder.name)
+            if rank == 0:
+                log.warning("checkpoint %s skipped: %s", folder / STATE_FILE, e)
+            continue
+        if rank == 0:
+            log.info("resumed from %s at step %d", folder, state.step)
+        if unusable and rank == 0:
+            log.warning("fell back past %s to %s", ", ".join(unusable), folder.name)
+        return Restored(state.step, str(folder), frozenset(unusable))
+    raise NoLoadableCheckpointError(
+        f"{Path(latest.path).parent}: no checkpoint of this run can be loaded (tried "
+        f"{', '.join(unusable)}); delete the run folder to train from scratch"
+    )
 
 
 def _wrap(state: TrainState, params: Params, device: torch.device) -> None:
@@ -140,8 +179,10 @@ class _Loop:
         world: int,
         device: torch.device,
         probe: FidProbe | None = None,
+        unusable: frozenset[str] = frozenset(),
     ) -> None:
         self.params, self.cfg, self.spec, self.tracker = params, params.train, spec, tracker
+        self.unusable = unusable  # checkpoint folders that failed to load: never reused
         self.state, self.rank, self.world, self.device = state, rank, world, device
         self.probe = probe if rank == 0 else None  # min-FID selection runs on rank 0 only
         self.reference = load_reference(self.probe) if self.probe else None
@@ -275,7 +316,7 @@ class _Loop:
     def checkpoint(self, metrics: dict[str, Any]) -> str:
         """Report `metrics` with a checkpoint from all ranks (rank 0 writes the files)."""
         rngs = gather_rng_states(self.state.generator)  # collective: every rank's streams
-        name = f"step_{self.state.step:08d}"
+        name = checkpoint_dir_name(self.state.step, self.unusable)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if self.rank == 0:

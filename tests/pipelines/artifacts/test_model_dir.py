@@ -45,6 +45,28 @@ def test_weights_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["ema.safetensors"]  # no temporary left
 
 
+def test_same_weights_and_metadata_give_the_same_bytes(tmp_path: Path) -> None:
+    """safetensors keeps metadata in a Rust HashMap, whose order changes from call to call:
+    the same model written twice must still be the same bytes (DVC hashes `models/`)."""
+    from safetensors.torch import load
+
+    state = tiny_unet().state_dict()
+    meta = {k: f"value {k}" for k in ("step", "run_key", "weights", "config", "a", "b")}
+    blobs = set()
+    for i in range(8):
+        path = save_weights(tmp_path / f"w{i}.safetensors", state, meta)
+        blobs.add(path.read_bytes())
+    assert len(blobs) == 1
+    (blob,) = blobs
+    header_len = int.from_bytes(blob[:8], "little")
+    assert (8 + header_len) % 8 == 0  # the data stays aligned
+    header = json.loads(blob[8 : 8 + header_len])
+    assert list(header["__metadata__"]) == sorted(meta)
+    loaded = load(blob)  # a valid file: safetensors reads it back
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    assert load_weights(tmp_path / "w0.safetensors")[1] == meta
+
+
 def test_shared_storage_views_are_saved(tmp_path: Path) -> None:
     base = torch.arange(6.0)
     save_weights(tmp_path / "w.safetensors", {"a": base, "b": base[:3]}, {})

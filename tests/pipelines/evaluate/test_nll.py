@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +131,56 @@ def test_bpd_over_ray_independent_of_worker_count(
     local = _local(images, cfg, 2, EmpiricalBayesEps(images, cfg))  # same chunks, in-process
     np.testing.assert_allclose(one.total_bpd, local.total_bpd, rtol=1e-6)
     assert one.total_bpd.shape == (6,)
+
+
+class _SlowEps(EmpiricalBayesEps):
+    """The oracle, slowed down, marking its process busy: a target for a real kill mid-chunk."""
+
+    def __init__(self, images: torch.Tensor, cfg: DiffusionConfig, folder: str) -> None:
+        super().__init__(images, cfg)
+        self.busy = Path(folder) / f"{os.getpid()}.busy"
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.busy.touch()
+        time.sleep(0.05)
+        return super().forward(x_t, t)
+
+
+@pytest.mark.ray
+def test_bpd_actor_killed_mid_chunk_restarts_and_gives_the_same_result(
+    setup: tuple[torch.Tensor, DiffusionConfig], local_ray: object, tmp_path: Path
+) -> None:
+    images, cfg = setup
+    clean = nll.evaluate_bpd(
+        images,
+        functools.partial(EmpiricalBayesEps, images, cfg),
+        cfg,
+        seed=3,
+        chunk_size=2,
+        num_workers=2,
+        cpus_per_worker=0.5,
+    )
+    killed: list[int] = []
+
+    def kill_first_busy_actor() -> None:
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            for busy in tmp_path.glob("*.busy"):
+                pid = int(busy.name.split(".")[0])
+                os.kill(pid, signal.SIGKILL)  # the actor's process, mid-chunk
+                killed.append(pid)
+                break
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_first_busy_actor, daemon=True)
+    killer.start()
+    slow = functools.partial(_SlowEps, images, cfg, str(tmp_path))
+    result = nll.evaluate_bpd(
+        images, slow, cfg, seed=3, chunk_size=2, num_workers=2, cpus_per_worker=0.5
+    )
+    killer.join(timeout=5)
+    assert killed, "no actor was killed"
+    # A restarted actor (a new process) redid the lost chunk: the bound is unchanged.
+    assert {p.name for p in tmp_path.glob("*.busy")} - {f"{killed[0]}.busy"}
+    for key in nll.KEYS:
+        np.testing.assert_array_equal(getattr(result, key), getattr(clean, key))

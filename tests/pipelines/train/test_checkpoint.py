@@ -11,7 +11,12 @@ import torch
 from ddpm_core.ema import EMA
 from ddpm_core.unet import UNet
 from pipelines.config import Params
-from pipelines.train.checkpoint import load_training_state, save_training_state
+from pipelines.train.checkpoint import (
+    checkpoint_dir_name,
+    load_training_state,
+    resume_candidates,
+    save_training_state,
+)
 from pipelines.train.step import (
     draw_t_noise,
     gather_rng_states,
@@ -123,3 +128,20 @@ def test_checkpoint_keeps_the_fid_curve_and_the_best_ema_for_a_resume(
     save_checkpoint(tmp_path, plain, gather_rng_states(plain.generator))
     load_checkpoint(tmp_path, fresh, rank=0)
     assert fresh.fid_curve.points == [] and fresh.best_ema is None
+
+
+def test_resume_falls_back_to_earlier_folders_and_redone_steps_get_new_names(
+    tmp_path: Path,
+) -> None:
+    for name in ("step_00000002", "step_00000004", "step_00000004-redo", "step_00000006"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "checkpoint_manager_snapshot.json").touch()
+    # step_6: a later folder a crashed report left behind, never tried before step_4's.
+    tried = [p.name for p in resume_candidates(tmp_path / "step_00000004-redo")]
+    assert tried == ["step_00000004-redo", "step_00000002"]
+    tried = [p.name for p in resume_candidates(tmp_path / "step_00000006")]
+    assert tried == ["step_00000006", "step_00000004-redo", "step_00000004", "step_00000002"]
+    assert checkpoint_dir_name(4) == "step_00000004"
+    bad = frozenset({"step_00000004", "step_00000004-redo"})
+    assert checkpoint_dir_name(4, bad) == "step_00000004-redo-redo"
+    assert checkpoint_dir_name(6, bad) == "step_00000006"

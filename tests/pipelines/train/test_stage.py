@@ -342,3 +342,166 @@ def test_bad_inputs_fail_before_training(
     assert all(w in str(info.value) for w in words), str(info.value)
     storage = Path(params.paths.ray_storage)  # no Ray run, no MLflow run: at most the run lock
     assert not storage.exists() or all(p.suffix == ".lock" for p in storage.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------
+# The MLflow server stopped mid-run: training goes on, nothing is logged twice or lost
+
+
+@dataclasses.dataclass(frozen=True)
+class StopServerAfterReport:
+    """Test-only loop wrapper: rank 0, after reporting step `step`, asks the test to stop the
+    MLflow server (`<folder>/stop`) and waits until it is down (`<folder>/stopped`)."""
+
+    step: int
+    folder: str
+
+    def __call__(self, config: dict[str, Any]) -> None:
+        real = ray.train.report
+
+        def report(metrics: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            real(metrics, *args, **kwargs)
+            rank = ray.train.get_context().get_world_rank()
+            if rank == 0 and metrics["step"] == self.step:
+                Path(self.folder, "stop").touch()
+                deadline = time.monotonic() + 60
+                while not Path(self.folder, "stopped").exists() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+
+        ray.train.report = report
+        try:
+            train_loop_per_worker(config)
+        finally:
+            ray.train.report = real
+
+
+def test_mlflow_server_down_mid_run_loses_and_repeats_nothing(
+    reference: tuple[Params, TrainResult], local_ray: object, tmp_path: Path
+) -> None:
+    """A real server stopped after step 2 and still down when training ends: the stage finishes
+    and reports the unsent calls; the rerun (server back) sends them, each metric step once."""
+    import threading
+
+    from tests.helpers import MlflowServer
+
+    ref_params, _ = reference
+    server_root = tmp_path / "server"
+    server_root.mkdir()
+    server = MlflowServer(server_root).start()
+    try:
+        params = train_params(tmp_path, Path(ref_params.paths.shards), REF_RUN)
+        mlflow = dataclasses.replace(params.mlflow, tracking_uri=server.url)
+        params = dataclasses.replace(params, mlflow=mlflow)
+
+        def stop_when_asked() -> None:
+            deadline = time.monotonic() + 300
+            while not (tmp_path / "stop").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            server.stop()
+            (tmp_path / "stopped").touch()
+
+        watcher = threading.Thread(target=stop_when_asked, daemon=True)
+        watcher.start()
+        result = train(params, tmp_path, loop_fn=StopServerAfterReport(2, str(tmp_path)))
+        watcher.join(timeout=30)
+        assert (tmp_path / "stopped").exists()  # the server did go down mid-run
+        # The outputs are written; the run file names the unsent calls and where they are.
+        assert result.steps == 6 and (Path(params.paths.model) / WEIGHTS_FILE).is_file()
+        details = json.loads((Path(params.paths.runs) / "train.json").read_text())["details"]
+        outbox = Path(details["mlflow_outbox"])
+        assert details["mlflow_unsent"] > 0 and (outbox / "journal.jsonl").is_file()
+        # The server comes back; the same command (a finished run: nothing to train) sends them.
+        server.start()
+        again = train(params, tmp_path)
+        assert again.run_id == result.run_id and again.steps == 6
+        details = json.loads((Path(params.paths.runs) / "train.json").read_text())["details"]
+        assert "mlflow_unsent" not in details and not outbox.exists()
+        client = MlflowClient(server.url)
+        assert client.get_run(result.run_id).info.status == "FINISHED"
+        for key in ("loss", "grad_norm", "lr", "images_per_s"):
+            steps = [m.step for m in client.get_metric_history(result.run_id, key)]
+            assert sorted(steps) == [1, 2, 3, 4, 5, 6], key
+        history = loss_history(params)
+        logged = {m.step: m.value for m in client.get_metric_history(result.run_id, "loss")}
+        assert [logged[s] for s, _ in history] == pytest.approx([v for _, v in history], rel=1e-5)
+        artifacts = {a.path for a in client.list_artifacts(result.run_id, "model")}
+        assert artifacts == {"model/config.json", "model/ema.safetensors"}
+        assert [a.path for a in client.list_artifacts(result.run_id, "train")] == [
+            "train/train.json"
+        ]
+    finally:
+        server.stop()
+
+
+# ----------------------------------------------------------------------------------------------
+# A truncated latest checkpoint: fall back to the previous one, or a clear error
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
+    reference: tuple[Params, TrainResult], local_ray: object, tmp_path: Path
+) -> None:
+    from pipelines.train.step import STATE_FILE
+
+    ref_params, ref_result = reference
+    shards = Path(ref_params.paths.shards)
+    # A crash after the step-4 checkpoint (max_failures 0): checkpoints 2 and 4 are kept.
+    params = train_params(tmp_path, shards, {**REF_RUN, "train.max_failures": 0})
+    with pytest.raises(ray.train.TrainingFailedError):
+        train(params, tmp_path, loop_fn=KillAfterReport(4, 1, str(tmp_path / "crash")))
+    run_dir = Path(params.paths.ray_storage) / ref_result.run_name
+    assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_00000002", "step_00000004"]
+    bad = run_dir / "step_00000004" / STATE_FILE
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # a real truncated file
+    # The rerun skips it, names it, and resumes from step 2 to the uninterrupted run's weights.
+    params = train_params(tmp_path, shards, {**REF_RUN, "train.max_failures": 1})
+    result = train(params, tmp_path)
+    assert result.steps == 6 and result.resumed_from == 2
+    assert result.unusable_checkpoints == ("step_00000004",)
+    details = json.loads((Path(params.paths.runs) / "train.json").read_text())["details"]
+    assert details["unusable_checkpoints"] == "step_00000004"
+    torch.testing.assert_close(ema_weights(params), ema_weights(ref_params), rtol=0, atol=1e-6)
+    # The redone step 4 went to a folder of its own: when Ray Train rotated the bad one out it
+    # deleted that folder, not the redone checkpoint.
+    kept = sorted(p.name for p in run_dir.glob("step_*"))
+    assert kept == ["step_00000004-redo", "step_00000006"]
+    # Nothing loadable: a clear error naming every folder tried.
+    for folder in run_dir.glob("step_*"):
+        state = folder / STATE_FILE
+        state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(ray.train.TrainingFailedError) as info:
+        train(params, tmp_path)
+    assert "no checkpoint of this run can be loaded" in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reproducibility of the DVC outputs
+
+
+def test_identical_trainings_write_byte_identical_models(
+    local_ray: object, shards_dir: Path, tmp_path: Path
+) -> None:
+    """The same params trained twice from scratch (a new Ray run folder, a new MLflow run):
+    `models/` has the same bytes, so DVC sees the same output hashes."""
+    import shutil
+
+    params = train_params(tmp_path, shards_dir, REF_RUN)
+    model_dir = Path(params.paths.model)
+
+    def train_from_scratch() -> tuple[str, dict[str, str]]:
+        result = train(params, tmp_path)
+        shutil.rmtree(result.run_dir)  # no checkpoint to resume from, no run id to reattach to
+        files = sorted(p.name for p in model_dir.iterdir())
+        return result.run_id, {name: file_digest(model_dir / name) for name in files}
+
+    first_run, first = train_from_scratch()
+    first_weights, first_history = ema_weights(params), loss_history(params)
+    first_meta = load_weights(model_dir / WEIGHTS_FILE)[1]
+    second_run, second = train_from_scratch()
+    assert first_run != second_run
+    assert loss_history(params) == first_history
+    diffs = {k: (v - first_weights[k]).abs().max().item() for k, v in ema_weights(params).items()}
+    assert max(diffs.values()) == 0, {k: d for k, d in diffs.items() if d}
+    meta = load_weights(model_dir / WEIGHTS_FILE)[1]
+    assert {k: v for k, v in meta.items() if first_meta.get(k) != v} == {}
+    assert {WEIGHTS_FILE, CONFIG_FILE} <= set(first)
+    assert first == second
