@@ -51,7 +51,7 @@ from pipelines.evaluate.report import (
 from pipelines.infra import registry
 from pipelines.infra.accel import InferenceOptions
 from pipelines.infra.ray import init_ray
-from pipelines.infra.tracking import HEADLINE_METRICS, Tracker, numeric
+from pipelines.infra.tracking import HEADLINE_METRICS, Tracker, best_effort, numeric
 
 log = logging.getLogger(__name__)
 
@@ -328,13 +328,24 @@ def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult
     )
     for path in figures:
         tracker.log_artifact(path, "evaluate")
-    parent = tracker.parent()
-    if parent is None:
+    promotion = best_effort(
+        "headline metrics on the train run and the promotion gate",
+        lambda: link_to_train_run(params, tracker, result),
+        "not gated: MLflow server unreachable (rerun evaluate)",
+    )
+    if promotion is None:
         return result
-    model_id = log_headline(result, parent, step=params.train.steps)
-    promotion = gate_model(params, parent, model_id, result.fid)
     tracker.set_tags({"promotion": promotion})
     return dataclasses.replace(result, promotion=promotion)
+
+
+def link_to_train_run(params: Params, tracker: Tracker, result: EvaluateResult) -> str | None:
+    """Headline metrics on the train run and its model version gated; None without a parent."""
+    parent = tracker.parent()
+    if parent is None:
+        return None
+    model_id = log_headline(result, parent, step=params.train.steps)
+    return gate_model(params, parent, model_id, result.fid)
 
 
 def log_headline(result: EvaluateResult, parent: Tracker, step: int) -> str | None:

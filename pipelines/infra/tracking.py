@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+import requests
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
@@ -189,6 +190,37 @@ def fast_http() -> Iterator[None]:
                 os.environ[k] = v
 
 
+T = TypeVar("T")
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether `error` says the tracking server is down (connection refused, timeouts, 5xx)
+    rather than that it refused the request (4xx other than 408/429)."""
+    if isinstance(error, MlflowException):
+        return error.get_http_status_code() not in PERMANENT_HTTP  # type: ignore[no-untyped-call]
+    return isinstance(error, ConnectionError | TimeoutError | requests.RequestException)
+
+
+def best_effort(what: str, call: Callable[[], T], fallback: T) -> T:
+    """`call()` against the tracking server; `fallback` and a warning when it is unreachable.
+
+    For the unbuffered calls after a stage's computation (logging the MLflow Model, the
+    registry and its promotion gate): an outage must not lose the work before them, and
+    rerunning the stage repeats them (each is idempotent).
+    """
+    try:
+        with fast_http():
+            return call()
+    except Exception as e:
+        if not unreachable(e):
+            raise
+        log.warning(
+            "MLflow server unreachable: %s skipped (rerun the stage to do it): %s",
+            what, first_line(e),
+        )  # fmt: skip
+        return fallback
+
+
 @dataclass
 class Tracker:
     """A picklable handle on one MLflow run: safe to send to Ray workers and actors.
@@ -268,6 +300,9 @@ class Tracker:
                             run_id, im.copy(), key=op["key"], step=op["step"],
                             timestamp=op["timestamp"],
                         )  # fmt: skip
+                elif op["op"] == "tags":
+                    tags = [RunTag(k, v) for k, v in op["tags"].items()]
+                    self.client.log_batch(run_id, tags=tags)
                 elif op["op"] == "end":
                     self.client.set_terminated(run_id, op["status"])
                 else:
@@ -285,8 +320,9 @@ class Tracker:
             self.client.log_batch(self.run_id, params=new[i : i + MAX_PARAM_BATCH])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, v)
+        """Set `tags` on the run, through the outbox like metrics (idempotent when re-sent)."""
+        op = {"op": "tags", "run_id": self.run_id, "tags": {k: str(v) for k, v in tags.items()}}
+        self.outbox.submit(op)
 
     def log_dataset(
         self, name: str, digest: str, source: Path, profile: Mapping[str, Any], context: str

@@ -10,11 +10,14 @@ final step are linked to it; evaluate links FID and NLL too. Then it is register
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 
 ARTIFACT_NAME = "ddpm"  # the LoggedModel's name
 WEIGHTS_TAG = "ddpm.weights_sha256"
+MLFLOW_TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 REQUIREMENTS = ("torch", "numpy", "pandas", "safetensors", "mlflow")
 
 
@@ -81,6 +85,23 @@ def requirements() -> list[str]:
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
 
 
+@contextlib.contextmanager
+def tracking_store(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to `uri` for the block; after it, the previous one and
+    the `MLFLOW_TRACKING_URI` variable as they were. MLflow's own `_use_tracking_uri` unsets
+    the variable on exit when no global URI was set before, so the next stage in the same
+    process (`stages.all`) would log to the default store instead of the user's server."""
+    saved = os.environ.get(MLFLOW_TRACKING_URI_ENV)
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop(MLFLOW_TRACKING_URI_ENV, None)
+        else:
+            os.environ[MLFLOW_TRACKING_URI_ENV] = saved
+
+
 def weights_digest(path: Path) -> str:
     """sha256 of the tensors and metadata of a weights file, not of its bytes: safetensors
     writes the metadata in no fixed order, so one state dict saved twice differs byte-wise."""
@@ -111,7 +132,7 @@ def log_mlflow_model(params: Params, tracker: Tracker, model_dir: Path, step: in
             folder.mkdir()
             for file in (pyfunc_model.WEIGHTS_FILE, pyfunc_model.CONFIG_FILE):
                 shutil.copy2(model_dir / file, folder / file)
-            with _use_tracking_uri(tracker.uri):  # Model.log resolves the store globally
+            with tracking_store(tracker.uri):  # Model.log resolves the store globally
                 info = Model.log(
                     artifact_path=None,
                     name=ARTIFACT_NAME,
@@ -131,7 +152,7 @@ def log_mlflow_model(params: Params, tracker: Tracker, model_dir: Path, step: in
         model_id = str(info.model_id)
     name, registered = params.mlflow.model_name, None
     if name:
-        with _use_tracking_uri(tracker.uri):  # a local store resolves models:/ globally too
+        with tracking_store(tracker.uri):  # a local store resolves models:/ globally too
             registered = register(tracker.client, name, model_id, tracker.run_id)
     version = str(registered.version) if registered else None
     logged = LoggedDdpm(model_id, f"models:/{model_id}", version)

@@ -19,7 +19,7 @@ from ddpm_core.config import ConfigError
 from ddpm_core.convert import state_dict_from_diffusers, unet_config_from_diffusers
 from pipelines.artifacts.model_dir import build_unet, model_out_channels
 from pipelines.config import Params
-from pipelines.infra.tracking import Tracker
+from pipelines.infra.tracking import Tracker, best_effort
 from pipelines.train.export import FID_CSV, LOSS_CSV, write_fid_csv, write_loss_csv, write_models
 from pipelines.train.mlflow_model import log_mlflow_model
 from pipelines.train.run import resolve
@@ -159,7 +159,11 @@ def import_released(
     weights = write_models(params, root, model.state_dict(), {"weights": source})
     tracker.set_tags({"weights": source})
     tracker.log_artifact(weights, "model")
-    log_mlflow_model(params, tracker, weights.parent, step=0)  # registered like a trained model
+    best_effort(  # registered like a trained model
+        "logging the MLflow Model",
+        lambda: log_mlflow_model(params, tracker, weights.parent, step=0),
+        None,
+    )
     write_loss_csv(resolve(root, params.paths.plots) / LOSS_CSV, [])
     write_fid_csv(resolve(root, params.paths.plots) / FID_CSV, FidCurve())
     log.info("wrote %s from %s (MLflow run %s)", weights, checkpoint, tracker.run_id)

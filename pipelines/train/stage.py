@@ -21,7 +21,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipelines.config import Params, to_dict
 from pipelines.infra.monitor import system_metrics
-from pipelines.infra.tracking import Tracker, numeric
+from pipelines.infra.tracking import Tracker, best_effort, numeric
 from pipelines.train.export import export_model
 from pipelines.train.fid_probe import probe_for
 from pipelines.train.mlflow_model import log_mlflow_model
@@ -179,5 +179,11 @@ def run_train(
     tracker.log_metrics(final, result.steps)
     tracker.set_tags({"fid_train_small.label": result.fid_label, "export": result.export_reason})
     # After the final metrics: MLflow links the run's metrics at this step to the model.
-    logged = log_mlflow_model(params, tracker, result.model_dir, result.steps)
+    logged = best_effort(
+        "logging the MLflow Model",
+        lambda: log_mlflow_model(params, tracker, result.model_dir, result.steps),
+        None,
+    )
+    if logged is None:
+        return dataclasses.replace(result, model_uri="not logged (MLflow server unreachable)")
     return dataclasses.replace(result, model_uri=logged.model_uri, model_version=logged.version)

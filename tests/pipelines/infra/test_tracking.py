@@ -23,6 +23,7 @@ from pipelines.infra.tracking import (
     GIT_COMMIT_ENV,
     Tracker,
     _artifact_location,
+    best_effort,
     experiment_id,
     open_child_run,
     open_run,
@@ -192,3 +193,20 @@ def test_credentials_in_the_tracking_uri_are_never_written(
     env = runtime_env(tmp_path)["env_vars"]
     assert env["MLFLOW_TRACKING_URI"] == mlflow_server.url
     assert secret not in caplog.text
+
+
+def test_best_effort_skips_an_unreachable_server_and_raises_a_refusal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Model logging and the registry after a stage's work: a down server is a warning and the
+    fallback (the work is kept), a refused request (404 here) still an error."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+    got = best_effort("the gate", lambda: MlflowClient(down).get_run("r" * 32), "fallback")
+    assert got == "fallback" and "MLflow server unreachable: the gate skipped" in caplog.text
+    local = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(Exception, match="not found|does not exist|RESOURCE_DOES_NOT_EXIST"):
+        best_effort("the gate", lambda: local.get_run("r" * 32), "fallback")
