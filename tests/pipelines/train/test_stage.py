@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -205,29 +206,43 @@ class KillAfterReport:
     marker: str
 
     def __call__(self, config: dict[str, Any]) -> None:
-        real = ray.train.report
         snapshot = Path(config["run"]["run_dir"]) / "checkpoint_manager_snapshot.json"
 
         def committed() -> bool:
             text = snapshot.read_text() if snapshot.is_file() else ""
             return f'"step_{self.step:08d}"' in text
 
-        def report(metrics: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-            real(metrics, *args, **kwargs)
-            rank = ray.train.get_context().get_world_rank()
+        def after(metrics: dict[str, Any], rank: int) -> None:
             mine = metrics["step"] == self.step and rank == self.rank
             if mine and not os.path.exists(self.marker):
                 Path(self.marker).touch()
-                deadline = time.monotonic() + 60
-                while not committed() and time.monotonic() < deadline:
-                    time.sleep(0.1)
+                wait_for(committed)
                 os._exit(1)
 
-        ray.train.report = report
-        try:
-            train_loop_per_worker(config)
-        finally:
-            ray.train.report = real
+        run_with_report_hook(config, after)
+
+
+def wait_for(done: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def run_with_report_hook(
+    config: dict[str, Any], after: Callable[[dict[str, Any], int], None]
+) -> None:
+    """The worker loop with `after(metrics, rank)` called after each real `ray.train.report`."""
+    real = ray.train.report
+
+    def report(metrics: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        real(metrics, *args, **kwargs)
+        after(metrics, ray.train.get_context().get_world_rank())
+
+    ray.train.report = report
+    try:
+        train_loop_per_worker(config)
+    finally:
+        ray.train.report = real
 
 
 def test_crash_rerun_resumes_and_lost_worker_restarts(
@@ -357,22 +372,12 @@ class StopServerAfterReport:
     folder: str
 
     def __call__(self, config: dict[str, Any]) -> None:
-        real = ray.train.report
-
-        def report(metrics: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-            real(metrics, *args, **kwargs)
-            rank = ray.train.get_context().get_world_rank()
+        def after(metrics: dict[str, Any], rank: int) -> None:
             if rank == 0 and metrics["step"] == self.step:
                 Path(self.folder, "stop").touch()
-                deadline = time.monotonic() + 60
-                while not Path(self.folder, "stopped").exists() and time.monotonic() < deadline:
-                    time.sleep(0.1)
+                wait_for(Path(self.folder, "stopped").exists)
 
-        ray.train.report = report
-        try:
-            train_loop_per_worker(config)
-        finally:
-            ray.train.report = real
+        run_with_report_hook(config, after)
 
 
 def test_mlflow_server_down_mid_run_loses_and_repeats_nothing(
