@@ -106,6 +106,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def dead_pid() -> str:
+    """The pid of a process that has exited (a killed writer's, for leftover temporaries)."""
+    run = [sys.executable, "-c", "import os; print(os.getpid())"]
+    return subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip()
+
+
 class RayHead:
     """A real `ray start --head` on loopback with the dashboard (job server), for job tests.
 

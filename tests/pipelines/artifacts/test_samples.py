@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from pipelines.artifacts.samples import (
     write_shard,
 )
 from pipelines.infra.files import file_digest
+from tests.helpers import dead_pid
 
 SHAPE = (3, 4, 4)
 PLAN_KEYS = {"batch_size": 4, "stride": 1, "image_shape": list(SHAPE), "weights_sha256": "w"}
@@ -89,12 +88,7 @@ def test_prepare_dir_keeps_same_plan_and_drops_other_plans(tmp_path: Path) -> No
     assert not list(tmp_path.glob("samples-*.tar"))
     for s in specs:
         write_shard(_images(4), s, tmp_path)
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    dead = dead_pid()
     temp = tmp_path / f".samples-000000.tar.tmp-{socket.gethostname()}-{dead}-abc123"
     temp.mkdir()  # a killed writer's temporary
     (temp / "samples-000000.tar").write_bytes(b"partial")

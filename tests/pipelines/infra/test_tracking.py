@@ -34,7 +34,7 @@ from pipelines.infra.tracking import (
     tracking_uri,
     write_run_file,
 )
-from tests.helpers import MlflowServer
+from tests.helpers import MlflowServer, free_port
 
 
 @dataclass(frozen=True)
@@ -200,11 +200,7 @@ def test_best_effort_skips_an_unreachable_server_and_raises_a_refusal(
 ) -> None:
     """Model logging and the registry after a stage's work: a down server is a warning and the
     fallback (the work is kept), a refused request (404 here) still an error."""
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on: connection refused
-        s.bind(("127.0.0.1", 0))
-        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
     got = best_effort("the gate", lambda: MlflowClient(down).get_run("r" * 32), "fallback")
     assert got == "fallback" and "MLflow server unreachable: the gate skipped" in caplog.text
     local = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -33,7 +31,7 @@ from pipelines.config import Params
 from pipelines.infra.tracking import open_run, read_run_file, run_tracked, split_metrics
 from pipelines.sample.actor import build_diffusion, image_shape
 from pipelines.sample.stage import run_sample, sample_to_shards
-from tests.helpers import make_model_dir
+from tests.helpers import dead_pid, make_model_dir
 
 MakeParams = Callable[..., Params]
 
@@ -110,13 +108,8 @@ def test_resume_redoes_partial_and_foreign_shards_only(
     tar1 = out / specs[1].name
     write_shard(ref[4:8], specs[1], out)
     tar1.write_bytes(tar1.read_bytes()[:1500])  # shard 1 truncated
-    dead_pid = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    dead = out / f".samples-000002.tar.tmp-{socket.gethostname()}-{dead_pid}-x"
+    pid = dead_pid()
+    dead = out / f".samples-000002.tar.tmp-{socket.gethostname()}-{pid}-x"
     dead.mkdir()  # shard 2 in flight when its writer was killed
     (dead / specs[2].name).write_bytes(b"half a shard")
     mtime0 = (out / specs[0].name).stat().st_mtime_ns
