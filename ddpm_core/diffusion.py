@@ -6,7 +6,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, cast, overload
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -144,7 +144,7 @@ class GaussianDiffusion:
             self.model_variance = np.append(first, pv[1:])
         self.model_log_variance = np.log(self.model_variance)
 
-    def _coefs(self, x: Tensor) -> Coefs:
+    def coefs(self, x: Tensor) -> Coefs:
         """The (T,) tables in x's dtype (float32 unless x is float64) on x's device, cached."""
         key = (x.device, _table_dtype(x))
         if key not in self._cache:
@@ -154,7 +154,7 @@ class GaussianDiffusion:
     def prepare(self, device: torch.device) -> None:
         """Build the coefficient tables on `device` now (before `torch.compile` traces a caller)."""
         for dtype in (torch.float32, torch.float64):
-            self._coefs(torch.empty(0, device=device, dtype=dtype))
+            self.coefs(torch.empty(0, device=device, dtype=dtype))
 
     @classmethod
     def from_config(cls, cfg: DiffusionConfig) -> GaussianDiffusion:
@@ -174,9 +174,11 @@ class GaussianDiffusion:
         return GaussianDiffusion(betas, self.mean_type, self.var_type, self.loss_type, steps)
 
     # ------------------------------------------------------------------------------------------
-    # Input checks
+    # Input checks: once per batch at a boundary (they read values back from the device, a host
+    # sync); the math below does not repeat them.
 
-    def _check_x_t(self, name: str, x: Tensor, t: Tensor | None) -> None:
+    def check_x(self, name: str, x: Tensor, t: Tensor | None = None) -> None:
+        """x: a finite float tensor (B, C, H, W); t (optional): (B,) ints in [0, T-1]."""
         if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
             got = (x.dtype, tuple(x.shape)) if isinstance(x, Tensor) else type(x)
             raise ValueError(f"{name}: expected a float tensor (B, C, H, W), got {got}")
@@ -190,82 +192,73 @@ class GaussianDiffusion:
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
             raise ValueError(f"t: values must be in [0, {self.num_timesteps - 1}]")
 
-    def _check_like(self, name: str, y: Tensor, x: Tensor) -> None:
-        if not isinstance(y, Tensor) or y.shape != x.shape:
-            got = tuple(y.shape) if isinstance(y, Tensor) else y
-            raise ValueError(f"{name}: expected shape {tuple(x.shape)}, got {got}")
-        _check_finite(name, y)
+    def check_batch(self, x0: Tensor, t: Tensor, noise: Tensor) -> None:
+        """A training / scoring batch: x0 (B, C, H, W) finite, t (B,) in range, noise like x0."""
+        self.check_x("x0", x0, t)
+        if not isinstance(noise, Tensor) or noise.shape != x0.shape:
+            got = tuple(noise.shape) if isinstance(noise, Tensor) else noise
+            raise ValueError(f"noise: expected shape {tuple(x0.shape)}, got {got}")
+        _check_finite("noise", noise)
 
     # ------------------------------------------------------------------------------------------
     # Forward process q
 
     def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q(x_t | x_0) = N(sqrt(a_bar) x0, (1 - a_bar) I) (eq. 4): mean, variance, log-variance."""
-        self._check_x_t("x0", x0, t)
-        mean = extract(self._coefs(x0).sqrt_alphas_cumprod, t, x0.shape) * x0
-        var = extract(self._coefs(x0).sqrt_one_minus_alphas_cumprod, t, x0.shape) ** 2
-        return mean, var, extract(self._coefs(x0).log_one_minus_alphas_cumprod, t, x0.shape)
+        c = self.coefs(x0)
+        mean = extract(c.sqrt_alphas_cumprod, t, x0.shape) * x0
+        var = extract(c.sqrt_one_minus_alphas_cumprod, t, x0.shape) ** 2
+        return mean, var, extract(c.log_one_minus_alphas_cumprod, t, x0.shape)
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """x_t = sqrt(a_bar_t) x0 + sqrt(1 - a_bar_t) eps (eq. 4)."""
-        self._check_x_t("x0", x0, t)
-        self._check_like("noise", noise, x0)
-        return self._q_sample(x0, t, noise)
-
-    def _q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = sqrt(a_bar_t) x0 + sqrt(1 - a_bar_t) eps (eq. 4); shapes (B, C, H, W), t (B,)."""
         return (
-            extract(self._coefs(x0).sqrt_alphas_cumprod, t, x0.shape) * x0
-            + extract(self._coefs(x0).sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise
+            extract(self.coefs(x0).sqrt_alphas_cumprod, t, x0.shape) * x0
+            + extract(self.coefs(x0).sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise
         )
 
     def q_posterior_mean_variance(
         self, x0: Tensor, x_t: Tensor, t: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """q(x_{t-1} | x_t, x_0) (eqs. 6-7): mu_tilde, beta_tilde, clipped log beta_tilde."""
-        self._check_x_t("x0", x0, t)
-        self._check_like("x_t", x_t, x0)
-        return self._q_posterior(x0, x_t, t)
-
-    def _q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mean = (
-            extract(self._coefs(x_t).posterior_mean_coef1, t, x_t.shape) * x0
-            + extract(self._coefs(x_t).posterior_mean_coef2, t, x_t.shape) * x_t
+            extract(self.coefs(x_t).posterior_mean_coef1, t, x_t.shape) * x0
+            + extract(self.coefs(x_t).posterior_mean_coef2, t, x_t.shape) * x_t
         )
-        var = extract(self._coefs(x_t).posterior_variance, t, x_t.shape)
-        return mean, var, extract(self._coefs(x_t).posterior_log_variance_clipped, t, x_t.shape)
+        var = extract(self.coefs(x_t).posterior_variance, t, x_t.shape)
+        return mean, var, extract(self.coefs(x_t).posterior_log_variance_clipped, t, x_t.shape)
 
     def predict_x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """Eq. 15: x0 = (x_t - sqrt(1 - a_bar) eps) / sqrt(a_bar)."""
         return (
-            extract(self._coefs(x_t).sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
-            - extract(self._coefs(x_t).sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps
+            extract(self.coefs(x_t).sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
+            - extract(self.coefs(x_t).sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps
         )
 
     def predict_eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
         """Inverse of eq. 15: eps = (x_t / sqrt(a_bar) - x0) / sqrt(1/a_bar - 1)."""
         return (
-            extract(self._coefs(x_t).sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x0
-        ) / extract(self._coefs(x_t).sqrt_recipm1_alphas_cumprod, t, x_t.shape)
+            extract(self.coefs(x_t).sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x0
+        ) / extract(self.coefs(x_t).sqrt_recipm1_alphas_cumprod, t, x_t.shape)
 
     def _predict_x0_from_mean(self, x_t: Tensor, t: Tensor, mean: Tensor) -> Tensor:
         """Invert mu_tilde = coef1 x0 + coef2 x_t for x0."""
-        c1 = extract(self._coefs(x_t).posterior_mean_coef1, t, x_t.shape)
-        return (mean - extract(self._coefs(x_t).posterior_mean_coef2, t, x_t.shape) * x_t) / c1
+        c1 = extract(self.coefs(x_t).posterior_mean_coef1, t, x_t.shape)
+        return (mean - extract(self.coefs(x_t).posterior_mean_coef2, t, x_t.shape) * x_t) / c1
 
     # ------------------------------------------------------------------------------------------
-    # Reverse process p_theta
+    # Reverse process p_theta (the samplers that step it are in ddpm_core.samplers)
 
     def model_out_channels(self, channels: int) -> int:
         """Network output channels: C, or 2C with a learned variance (mean part, log sigma^2)."""
         return 2 * channels if self.var_type == "learned" else channels
 
-    def _model(self, model: Model, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Call the model with the original timestep indices: (mean part, log sigma^2 or None).
+    def model_output(self, model: Model, x_t: Tensor, t: Tensor) -> Tensor:
+        """The network at (x_t, t), called with the original timestep indices; shape-checked.
 
-        With var_type `learned` the output (B, 2C, H, W) splits into the mean parameterisation
-        and the log-variance (official `learned` type, Table 2's learned diagonal Sigma).
+        Returns (B, C, H, W), or (B, 2C, H, W) with var_type `learned` (mean part, log sigma^2).
         """
-        out = model(x_t, self._coefs(x_t).timesteps[t])
+        out = model(x_t, self.coefs(x_t).timesteps[t])
         B, C, *rest = x_t.shape
         want = (B, self.model_out_channels(C), *rest)
         if not isinstance(out, Tensor) or tuple(out.shape) != want:
@@ -273,22 +266,25 @@ class GaussianDiffusion:
             raise ValueError(
                 f"model: output shape {got}, expected {want} for x_t {tuple(x_t.shape)}"
             )
-        if self.var_type != "learned":
-            return out, None
-        mean_part, log_var = out[:, :C], out[:, C:]  # (B, C, H, W) each
-        return mean_part, log_var
+        return out
 
     def p_mean_variance(
         self, model: Model, x_t: Tensor, t: Tensor, clip_denoised: bool = True
     ) -> dict[str, Tensor]:
         """p_theta(x_{t-1} | x_t): dict(mean, variance, log_variance, pred_x0), all (B,C,H,W)."""
-        self._check_x_t("x_t", x_t, t)
-        return self._p_mean_variance(model, x_t, t, clip_denoised)
+        return self.p_from_output(self.model_output(model, x_t, t), x_t, t, clip_denoised)
 
-    def _p_mean_variance(
-        self, model: Model, x_t: Tensor, t: Tensor, clip_denoised: bool
+    def p_from_output(
+        self, out: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True
     ) -> dict[str, Tensor]:
-        out, learned_log_var = self._model(model, x_t, t)
+        """`p_mean_variance` from the network's output `out` (see `model_output`).
+
+        With var_type `learned` the output splits into the mean parameterisation and the
+        log-variance (official `learned` type, Table 2's learned diagonal Sigma).
+        """
+        C = x_t.shape[1]
+        learned_log_var = out[:, C:] if self.var_type == "learned" else None
+        out = out[:, :C] if self.var_type == "learned" else out
         if self.mean_type == "mean":  # the model predicts mu_tilde (x_{t-1}) directly
             mean = out
             pred_x0 = self._predict_x0_from_mean(x_t, t, out)
@@ -296,172 +292,24 @@ class GaussianDiffusion:
         else:
             pred_x0 = out if self.mean_type == "x0" else self.predict_x0_from_eps(x_t, t, out)
             pred_x0 = pred_x0.clamp(-1.0, 1.0) if clip_denoised else pred_x0
-            mean, _, _ = self._q_posterior(pred_x0, x_t, t)
+            mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
         if learned_log_var is not None:
             log_var = learned_log_var
             var = torch.exp(log_var)
         else:
-            var = extract(self._coefs(x_t).model_variance, t, x_t.shape).expand(x_t.shape)
-            log_var = extract(self._coefs(x_t).model_log_variance, t, x_t.shape).expand(x_t.shape)
+            var = extract(self.coefs(x_t).model_variance, t, x_t.shape).expand(x_t.shape)
+            log_var = extract(self.coefs(x_t).model_log_variance, t, x_t.shape).expand(x_t.shape)
         return {"mean": mean, "variance": var, "log_variance": log_var, "pred_x0": pred_x0}
-
-    def p_sample(
-        self, model: Model, x_t: Tensor, t: Tensor, noise: Tensor, clip_denoised: bool = True
-    ) -> Tensor:
-        """x_{t-1} = mu_theta + 1[t > 0] sigma_t z (Algorithm 2, line 4)."""
-        self._check_x_t("x_t", x_t, t)
-        self._check_like("noise", noise, x_t)
-        return self._p_sample(model, x_t, t, noise, clip_denoised)[0]
-
-    def _p_sample(
-        self, model: Model, x_t: Tensor, t: Tensor, noise: Tensor, clip_denoised: bool
-    ) -> tuple[Tensor, Tensor]:
-        out = self._p_mean_variance(model, x_t, t, clip_denoised)
-        nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B,1,1,1)
-        x_prev = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
-        return x_prev, out["pred_x0"]
-
-    @overload
-    def p_sample_loop(
-        self,
-        model: Model,
-        shape: Sequence[int],
-        noise_fn: NoiseFn | None = ...,
-        generator: torch.Generator | None = ...,
-        progress: bool = ...,
-        x0_every: None = ...,
-        clip_denoised: bool = ...,
-        device: torch.device | None = ...,
-    ) -> Tensor: ...
-
-    @overload
-    def p_sample_loop(
-        self,
-        model: Model,
-        shape: Sequence[int],
-        noise_fn: NoiseFn | None = ...,
-        generator: torch.Generator | None = ...,
-        progress: bool = ...,
-        *,
-        x0_every: int,
-        clip_denoised: bool = ...,
-        device: torch.device | None = ...,
-    ) -> tuple[Tensor, list[Tensor]]: ...
-
-    def p_sample_loop(
-        self,
-        model: Model,
-        shape: Sequence[int],
-        noise_fn: NoiseFn | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        x0_every: int | None = None,
-        clip_denoised: bool = True,
-        device: torch.device | None = None,
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Algorithm 2 from x_T ~ N(0, I) (noise_fn draws x_T, then one z per step, t = T-1..0).
-
-        With x0_every = k also returns pred_x0 at every t with t % k == 0, in generation order
-        (t descending), as the official p_sample_loop_progressive (paper Fig. 6).
-        """
-        shape = tuple(int(s) for s in shape)
-        if len(shape) < 2 or min(shape) < 1:
-            raise ValueError(f"shape: expected (B, C, H, W) with positive sizes, got {shape}")
-        if x0_every is not None and (not isinstance(x0_every, int) or x0_every < 1):
-            raise ValueError(f"x0_every: got {x0_every!r}, expected None or an int >= 1")
-        fn = noise_fn or _generator_noise_fn(generator, device)
-        return self._reverse(
-            model, fn(shape), self.num_timesteps - 1, fn, clip_denoised, x0_every, progress
-        )
-
-    def p_sample_from(
-        self,
-        model: Model,
-        x_t: Tensor,
-        t_start: int,
-        noise_fn: NoiseFn,
-        clip_denoised: bool = True,
-    ) -> Tensor:
-        """Algorithm 2 from a given x_t at t = t_start down to 0 (one z per step from noise_fn).
-
-        Used to decode a latent, e.g. the interpolated x_t of paper Sec. 4.3.
-        """
-        self._check_x_t("x_t", x_t, None)
-        if not isinstance(t_start, int) or not 0 <= t_start < self.num_timesteps:
-            raise ValueError(f"t_start: got {t_start!r}, expected 0..{self.num_timesteps - 1}")
-        return cast(Tensor, self._reverse(model, x_t, t_start, noise_fn, clip_denoised))
-
-    def _reverse(
-        self,
-        model: Model,
-        x: Tensor,
-        t_start: int,
-        fn: NoiseFn,
-        clip_denoised: bool,
-        x0_every: int | None = None,
-        progress: bool = False,
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        snapshots: list[Tensor] = []
-        shape = tuple(x.shape)
-        for i in _progress(reversed(range(t_start + 1)), t_start + 1, progress):
-            t = torch.full((shape[0],), i, dtype=torch.long, device=x.device)
-            x, pred_x0 = self._p_sample(model, x, t, fn(shape), clip_denoised)
-            if x0_every is not None and i % x0_every == 0:
-                snapshots.append(pred_x0)
-        return x if x0_every is None else (x, snapshots)
-
-    def ddim_sample_loop(
-        self,
-        model: Model,
-        shape: Sequence[int],
-        noise_fn: NoiseFn,
-        eta: float = 0.0,
-        clip_denoised: bool = True,
-    ) -> Tensor:
-        """DDIM (Song et al. 2021, eq. 12) over this diffusion's timesteps: NOT the paper's sampler.
-
-        x_{t-1} = sqrt(a_bar_{t-1}) x0_pred + sqrt(1 - a_bar_{t-1} - s_t^2) eps + s_t z with
-        s_t = eta sqrt((1 - a_bar_{t-1}) / (1 - a_bar_t)) sqrt(1 - a_bar_t / a_bar_{t-1});
-        eta = 1 is ancestral sampling with sigma_t^2 = beta_tilde_t, eta = 0 is deterministic.
-        Use `respaced(stride)` for fewer steps. noise_fn draws x_T, then one z per step.
-        """
-        shape = tuple(int(s) for s in shape)
-        if not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
-            raise ValueError(f"eta: got {eta!r}, expected a number in [0, 1]")
-        x = noise_fn(shape)
-        for i in reversed(range(self.num_timesteps)):
-            t = torch.full((shape[0],), i, dtype=torch.long, device=x.device)
-            x = self._ddim_step(model, x, t, noise_fn(shape), eta, clip_denoised)
-        return x
-
-    def _ddim_step(
-        self, model: Model, x_t: Tensor, t: Tensor, z: Tensor, eta: float, clip_denoised: bool
-    ) -> Tensor:
-        pred_x0 = self._p_mean_variance(model, x_t, t, clip_denoised)["pred_x0"]
-        eps = self.predict_eps_from_x0(x_t, t, pred_x0)  # consistent with the clipped x0
-        c = self._coefs(x_t)
-        ab = extract(c.alphas_cumprod, t, x_t.shape)
-        ab_prev = extract(c.alphas_cumprod_prev, t, x_t.shape)
-        sigma = eta * torch.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
-        mean = torch.sqrt(ab_prev) * pred_x0 + torch.sqrt(1 - ab_prev - sigma**2) * eps
-        nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B,1,1,1)
-        return mean + nonzero * sigma * z
 
     # ------------------------------------------------------------------------------------------
     # Objectives
 
-    def training_losses(
-        self, model: Model, x0: Tensor, t: Tensor, noise: Tensor, check: bool = True
-    ) -> Tensor:
+    def training_losses(self, model: Model, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """Per-example loss (B,): L_simple (`mse`, eq. 14) or the VLB term L_t in bits (`kl`).
 
-        check=False skips the input checks, which read values back from the device (a host
-        sync): for training loops that validate their data once, outside the hot loop.
+        Unchecked (a training hot loop): validate a batch once with `check_batch`.
         """
-        if check:
-            self._check_x_t("x0", x0, t)
-            self._check_like("noise", noise, x0)
-        x_t = self._q_sample(x0, t, noise)
+        x_t = self.q_sample(x0, t, noise)
         if self.loss_type == "kl":
             return self._vb_terms_bpd(model, x0, x_t, t, clip_denoised=False)[0]
         if self.mean_type == "eps":
@@ -469,15 +317,16 @@ class GaussianDiffusion:
         elif self.mean_type == "x0":
             target = x0
         else:
-            target = self._q_posterior(x0, x_t, t)[0]
-        return meanflat((target - self._model(model, x_t, t)[0]) ** 2)
+            target = self.q_posterior_mean_variance(x0, x_t, t)[0]
+        out = self.model_output(model, x_t, t)[:, : x0.shape[1]]  # the mean part
+        return meanflat((target - out) ** 2)
 
     def _vb_terms_bpd(
         self, model: Model, x0: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool
     ) -> tuple[Tensor, Tensor]:
         """L_t in bits/dim (B,): KL(q(x_{t-1}|x_t,x0) || p_theta) for t > 0, decoder NLL at 0."""
-        true_mean, _, true_log_var = self._q_posterior(x0, x_t, t)
-        out = self._p_mean_variance(model, x_t, t, clip_denoised)
+        true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)
+        out = self.p_mean_variance(model, x_t, t, clip_denoised)
         kl = normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])
         kl = meanflat(kl) / math.log(2.0)
         log_p = discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
@@ -505,14 +354,14 @@ class GaussianDiffusion:
         `noise_fn` (called once per t, in that order) or else `generator`; mse[:, t] is
         meanflat((pred_x0 - x0)^2) for the rate-distortion curve.
         """
-        self._check_x_t("x0", x0, None)
+        self.check_x("x0", x0)
         B, T = x0.shape[0], self.num_timesteps
         fn = noise_fn or _generator_noise_fn(generator, x0.device, x0.dtype)
         terms = torch.zeros(B, T, dtype=x0.dtype, device=x0.device)
         mse = torch.zeros(B, T, dtype=x0.dtype, device=x0.device)
         for i in reversed(range(T)):
             t = torch.full((B,), i, dtype=torch.long, device=x0.device)
-            x_t = self._q_sample(x0, t, fn(tuple(x0.shape)))
+            x_t = self.q_sample(x0, t, fn(tuple(x0.shape)))
             terms[:, i], pred_x0 = self._vb_terms_bpd(model, x0, x_t, t, clip_denoised)
             mse[:, i] = meanflat((pred_x0 - x0) ** 2)
         prior = self.prior_bpd(x0)
@@ -534,11 +383,3 @@ def _generator_noise_fn(
         return z.to(target)
 
     return draw
-
-
-def _progress(it: Any, total: int, enabled: bool) -> Any:
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, total=total, desc="sampling")

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, overload
+from typing import overload
 
 import torch
 from torch import Tensor
 
 from ddpm_core.diffusion import GaussianDiffusion, Model
 from ddpm_core.rng import CounterNoise
+from ddpm_core.samplers import Ancestral, ReverseSampler, reverse_loop, traced_steps
 
 CPU = torch.device("cpu")
-Sampler = Literal["ancestral", "ddim"]
-SAMPLERS: tuple[str, ...] = ("ancestral", "ddim")
+ANCESTRAL = Ancestral()
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -32,8 +32,7 @@ def from_uint8(x: Tensor) -> Tensor:
 
 def snapshot_timesteps(diffusion: GaussianDiffusion, x0_every: int) -> list[int]:
     """Original timestep index of each x0_every snapshot, in generation order (decreasing)."""
-    steps = reversed(range(diffusion.num_timesteps))
-    return [int(diffusion.timesteps[i]) for i in steps if i % x0_every == 0]
+    return [int(diffusion.timesteps[i]) for i in traced_steps(diffusion, x0_every)]
 
 
 @overload
@@ -45,8 +44,7 @@ def sample_indices(
     shape: tuple[int, int, int],
     device: torch.device = ...,
     x0_every: None = ...,
-    sampler: Sampler = ...,
-    eta: float = ...,
+    sampler: ReverseSampler = ...,
 ) -> Tensor: ...
 
 
@@ -60,8 +58,7 @@ def sample_indices(
     device: torch.device = ...,
     *,
     x0_every: int,
-    sampler: Sampler = ...,
-    eta: float = ...,
+    sampler: ReverseSampler = ...,
 ) -> tuple[Tensor, Tensor]: ...
 
 
@@ -74,34 +71,89 @@ def sample_indices(
     shape: tuple[int, int, int],
     device: torch.device = CPU,
     x0_every: int | None = None,
-    sampler: Sampler = "ancestral",
-    eta: float = 0.0,
+    sampler: ReverseSampler = ANCESTRAL,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Samples (N, C, H, W) uint8 for images `indices` of run `seed`, one batch.
 
     x_T and every step's z of image i are counter-based draws keyed by (seed, i)
     (`ddpm_core.rng.CounterNoise`), made on `device` in one batched computation, so image i
     does not depend on the other indices in the batch, the worker count or the device.
-    With x0_every = k also returns the predicted x0 frames (K, N, C, H, W) uint8 at
-    `snapshot_timesteps(diffusion, k)`. sampler "ddim" runs `ddim_sample_loop` with `eta`
-    (Song et al. 2021: NOT the paper's sampler) over the same timesteps and noise keys.
+    `sampler` is any `ddpm_core.samplers` step (Algorithm 2 by default) over `diffusion`'s
+    timesteps. With x0_every = k also returns the predicted x0 frames (K, N, C, H, W) uint8 at
+    `snapshot_timesteps(diffusion, k)`.
     """
     if len(indices) == 0:
         raise ValueError("indices: expected at least one image index")
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"shape: expected (C, H, W) with positive sizes, got {shape}")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler: got {sampler!r}, expected one of {list(SAMPLERS)}")
-    if sampler == "ddim" and x0_every is not None:
-        raise ValueError("x0_every: predicted-x0 frames come from the ancestral sampler only")
     noise = CounterNoise(seed, [int(i) for i in indices], torch.device(device))
-    full = (len(indices), *shape)
-    if sampler == "ddim":
-        return to_uint8(diffusion.ddim_sample_loop(model, full, noise_fn=noise, eta=eta))
+    x_T = noise((len(indices), *shape))
+    run = reverse_loop(model, diffusion, sampler, x_T, noise, x0_every=x0_every)
     if x0_every is None:
-        return to_uint8(diffusion.p_sample_loop(model, full, noise_fn=noise))
-    x, snaps = diffusion.p_sample_loop(model, full, noise_fn=noise, x0_every=x0_every)
-    return to_uint8(x), to_uint8(torch.stack(snaps))
+        return to_uint8(run.sample)
+    return to_uint8(run.sample), to_uint8(torch.stack(run.pred_x0))
+
+
+def batches(indices: Sequence[int], batch_size: int) -> list[Sequence[int]]:
+    """`indices` cut into consecutive runs of at most `batch_size`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: got {batch_size!r}, expected an int >= 1")
+    return [indices[s : s + batch_size] for s in range(0, len(indices), batch_size)]
+
+
+@overload
+def sample_batched(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    indices: Sequence[int],
+    seed: int,
+    shape: tuple[int, int, int],
+    batch_size: int,
+    device: torch.device = ...,
+    sampler: ReverseSampler = ...,
+    x0_every: None = ...,
+) -> Tensor: ...
+
+
+@overload
+def sample_batched(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    indices: Sequence[int],
+    seed: int,
+    shape: tuple[int, int, int],
+    batch_size: int,
+    device: torch.device = ...,
+    sampler: ReverseSampler = ...,
+    *,
+    x0_every: int,
+) -> tuple[Tensor, Tensor]: ...
+
+
+def sample_batched(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    indices: Sequence[int],
+    seed: int,
+    shape: tuple[int, int, int],
+    batch_size: int,
+    device: torch.device = CPU,
+    sampler: ReverseSampler = ANCESTRAL,
+    x0_every: int | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """`sample_indices` over `indices` in batches of `batch_size`, concatenated on the CPU.
+
+    Returns (N, C, H, W) uint8, and with x0_every the frames (K, N, C, H, W) uint8; image i is
+    the same whatever the batch size (it depends only on (seed, i)).
+    """
+    parts = [
+        sample_indices(model, diffusion, idx, seed, shape, device, x0_every, sampler)
+        for idx in batches(indices, batch_size)
+    ]
+    if x0_every is None:
+        return torch.cat([p.cpu() for p in parts])  # type: ignore[union-attr]
+    images = torch.cat([p[0].cpu() for p in parts])
+    return images, torch.cat([p[1].cpu() for p in parts], dim=1)
 
 
 @torch.no_grad()
@@ -130,6 +182,7 @@ def interpolate(
         raise ValueError(f"lambdas: expected values in [0, 1], got {list(lambdas)}")
     x0 = x0_pair.to(device=device, dtype=torch.float32)
     t_vec = torch.full((2,), t, dtype=torch.long, device=device)
+    diffusion.check_x("x0_pair", x0, t_vec)
     x_t = diffusion.q_sample(x0, t_vec, CounterNoise(seed, [0, 1], device)(tuple(x0.shape)))
     lam = lam.reshape(-1, 1, 1, 1)  # (L, 1, 1, 1)
     x_bar = (1.0 - lam) * x_t[0] + lam * x_t[1]  # (L, C, H, W)
@@ -138,4 +191,4 @@ def interpolate(
     def noise(shape: tuple[int, ...]) -> Tensor:
         return shared((1, *shape[1:])).expand(shape)
 
-    return to_uint8(diffusion.p_sample_from(model, x_bar, t, noise))
+    return to_uint8(reverse_loop(model, diffusion, ANCESTRAL, x_bar, noise, t_start=t).sample)

@@ -28,7 +28,8 @@ from safetensors.torch import load_file
 
 from ddpm_core.config import DiffusionConfig, UNetConfig
 from ddpm_core.diffusion import GaussianDiffusion
-from ddpm_core.sampling import SAMPLERS, Sampler, sample_indices
+from ddpm_core.samplers import SAMPLERS, make_sampler
+from ddpm_core.sampling import sample_batched
 from ddpm_core.unet import UNet
 
 MODEL_DIR = "model_dir"  # the artifact key of the model folder (ema.safetensors + config.json)
@@ -87,7 +88,7 @@ class DdpmSampler(PythonModel):
         cfg, p = self.config, dict(params or {})
         seed = int(p.get("seed", cfg["seed"]))
         stride = int(p.get("stride", cfg["sample"]["stride"]))
-        sampler: Sampler = p.get("sampler", cfg["sample"]["sampler"])
+        sampler = str(p.get("sampler", cfg["sample"]["sampler"]))
         eta = float(p.get("eta", cfg["sample"]["ddim_eta"]))
         if seed < 0:
             raise ValueError(f"params.seed: got {seed}, expected an int >= 0")
@@ -101,14 +102,8 @@ class DdpmSampler(PythonModel):
         chain = self.diffusion.respaced(stride)
         c, r = cfg["data"]["channels"], cfg["data"]["resolution"]
         batch = int(cfg["sample"]["batch_size"])
-        shape, dev = (c, r, r), self.device
-        parts = [
-            sample_indices(
-                self.model, chain, indices[i : i + batch], seed, shape, dev, None, sampler, eta
-            )
-            for i in range(0, len(indices), batch)
-        ]
-        images = torch.cat(parts)  # (N, C, H, W) uint8
+        step, shape = make_sampler(sampler, eta), (c, r, r)
+        images = sample_batched(self.model, chain, indices, seed, shape, batch, self.device, step)
         return images.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
 
 

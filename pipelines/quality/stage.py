@@ -23,7 +23,8 @@ from typing import Any, ClassVar
 import torch
 
 from ddpm_core.diffusion import GaussianDiffusion
-from ddpm_core.sampling import SAMPLERS, sample_indices, snapshot_timesteps
+from ddpm_core.samplers import SAMPLERS, make_sampler
+from ddpm_core.sampling import sample_batched, snapshot_timesteps
 from ddpm_core.unet import UNet
 from pipelines.artifacts.fid_stats import FidStats, InceptionWeights, load_inception
 from pipelines.artifacts.model_dir import load_ema_model
@@ -73,10 +74,6 @@ def score(
     return Score(fid(ours, ref), isc)
 
 
-def _batches(n: int, batch_size: int) -> list[range]:
-    return [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-
-
 def steps_curve(
     params: Params, model: UNet, device: torch.device, weights: InceptionWeights, ref: FidStats
 ) -> list[dict[str, Any]]:
@@ -89,13 +86,10 @@ def steps_curve(
         row: dict[str, Any] = {"steps": steps}
         for sampler in SAMPLERS:
             t0 = time.perf_counter()
-            images = torch.cat([
-                sample_indices(
-                    model, diffusion, idx, params.seed, shape, device,
-                    sampler=sampler, eta=params.sample.ddim_eta,  # type: ignore[arg-type]
-                ).cpu()
-                for idx in _batches(cfg.images, cfg.batch_size)
-            ])  # fmt: skip
+            step, n = make_sampler(sampler, params.sample.ddim_eta), range(cfg.images)
+            images = sample_batched(
+                model, diffusion, n, params.seed, shape, cfg.batch_size, device, step
+            )
             s = score(images, weights, ref, _isc_splits(params))
             row[f"fid_{sampler}"] = s.fid
             if s.isc is not None:
@@ -112,13 +106,10 @@ def reverse_curve(
     """Paper Fig. 10: FID (and IS) of predicted x0 every `reverse_every` steps of Algorithm 2."""
     cfg, shape = params.quality, _image_shape(params)
     diffusion = GaussianDiffusion.from_config(params.diffusion)  # all T steps: the paper's pass
-    parts = [
-        sample_indices(
-            model, diffusion, idx, params.seed, shape, device, x0_every=cfg.reverse_every
-        )[1].cpu()
-        for idx in _batches(cfg.reverse_images, cfg.batch_size)
-    ]  # each (K, b, C, H, W) uint8
-    frames = torch.cat(parts, dim=1)  # (K, N, C, H, W)
+    _, frames = sample_batched(
+        model, diffusion, range(cfg.reverse_images), params.seed, shape, cfg.batch_size, device,
+        x0_every=cfg.reverse_every,
+    )  # (K, N, C, H, W) uint8  # fmt: skip
     rows = []
     for t, x0 in zip(snapshot_timesteps(diffusion, cfg.reverse_every), frames, strict=True):
         s = score(x0, weights, ref, _isc_splits(params))

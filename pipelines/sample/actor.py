@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ddpm_core.diffusion import GaussianDiffusion
-from ddpm_core.sampling import sample_indices
+from ddpm_core.samplers import make_sampler
+from ddpm_core.sampling import sample_batched
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.artifacts.samples import ShardSpec, verify_shard, write_shard
 from pipelines.config import Params, from_dict
@@ -50,6 +51,7 @@ class SamplerActor:
         configure_backends(self.device, deterministic=True)  # same images on every rerun
         self.model = sampler_model(self.params, Path(model_dir), self.device)
         self.diffusion = build_diffusion(self.params)
+        self.sampler = make_sampler(self.params.sample.sampler, self.params.sample.ddim_eta)
         self.out_dir = Path(out_dir)
         self.shape = image_shape(self.params)
 
@@ -66,15 +68,15 @@ class SamplerActor:
         digest = verify_shard(self.out_dir / spec.name, spec, self.shape)
         skipped = digest is not None
         if digest is None:
-            images = sample_indices(
+            images = sample_batched(
                 self.model,
                 self.diffusion,
                 range(spec.start, spec.stop),
                 self.params.seed,
                 self.shape,
+                self.params.sample.batch_size,  # one work unit: one batch
                 self.device,
-                sampler=self.params.sample.sampler,
-                eta=self.params.sample.ddim_eta,
+                self.sampler,
             )  # (n, C, H, W) uint8
             digest = write_shard(images, spec, self.out_dir)
         return {

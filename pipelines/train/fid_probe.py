@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ddpm_core.diffusion import GaussianDiffusion
-from ddpm_core.sampling import sample_indices
+from ddpm_core.sampling import sample_batched
 from pipelines.artifacts.fid_stats import FidStats, InceptionWeights, load_inception, load_stats
 from pipelines.config import Params
 from pipelines.evaluate.fid import extract_features, feature_stats, fid
@@ -76,10 +76,8 @@ def small_fid(
     """FID of `train.fid_images` samples of `model` (strided Algorithm 2) against `reference`."""
     cfg, c, r = params.train, params.data.channels, params.data.resolution
     chain = diffusion.respaced(cfg.fid_stride)
-    n, shape = cfg.fid_images, (c, r, r)
-    batches = [range(s, min(s + PROBE_BATCH, n)) for s in range(0, n, PROBE_BATCH)]
-    images = torch.cat(
-        [sample_indices(model, chain, idx, params.seed, shape, device).cpu() for idx in batches]
+    images = sample_batched(
+        model, chain, range(cfg.fid_images), params.seed, (c, r, r), PROBE_BATCH, device
     )  # (N, C, H, W) uint8
     feats = extract_features(images, probe.weights, (POOL3,), device=device)[POOL3]
     return fid(feature_stats(feats, f"{cfg.fid_images} in-training samples"), reference)

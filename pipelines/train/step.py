@@ -178,7 +178,7 @@ def loss_closure(diffusion: GaussianDiffusion, model: nn.Module) -> LossFn:
     """(x0, t, noise) -> diffusion.training_losses(model, ...) (B,), unchecked (hot loop)."""
 
     def losses(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return diffusion.training_losses(model, x0, t, noise, check=False)
+        return diffusion.training_losses(model, x0, t, noise)
 
     return losses
 

@@ -11,12 +11,31 @@ import torch
 from torch import Tensor, nn
 
 from ddpm_core.config import DiffusionConfig
-from ddpm_core.diffusion import GaussianDiffusion, extract
+from ddpm_core.diffusion import GaussianDiffusion, NoiseFn, extract
+from ddpm_core.samplers import DDIM, Ancestral, ReverseSampler, Trajectory, reverse_loop
 from ddpm_core.schedule import make_betas
 from tests.helpers import TinyEps
 
 T = 20
+ANCESTRAL = Ancestral()
 LN2 = math.log(2.0)
+
+
+def _loop(
+    d: GaussianDiffusion,
+    model: Callable[[Tensor, Tensor], Tensor],
+    shape: tuple[int, ...],
+    noise_fn: NoiseFn,
+    sampler: ReverseSampler = ANCESTRAL,
+    x0_every: int | None = None,
+) -> Trajectory:
+    """x_T = noise_fn(shape), then `reverse_loop` (as `sample_indices` does)."""
+    return reverse_loop(model, d, sampler, noise_fn(shape), noise_fn, x0_every=x0_every)
+
+
+def _gen(seed: int) -> NoiseFn:
+    g = torch.Generator().manual_seed(seed)
+    return lambda shape: torch.randn(shape, generator=g)
 
 
 def _ab(betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -50,11 +69,11 @@ def test_extract_shape_and_cache_per_device() -> None:
     c = extract(torch.arange(T, dtype=torch.float32), t, (3, 2, 4, 4))
     assert c.shape == (3, 1, 1, 1) and c.flatten().tolist() == [0.0, 5.0, T - 1.0]
     x = torch.zeros(3, 2, 4, 4)
-    assert d._coefs(x) is d._coefs(x)
-    assert d._coefs(x).posterior_mean_coef1.dtype == torch.float32
-    assert d._coefs(x.double()).posterior_mean_coef1.dtype == torch.float64
+    assert d.coefs(x) is d.coefs(x)
+    assert d.coefs(x).posterior_mean_coef1.dtype == torch.float32
+    assert d.coefs(x.double()).posterior_mean_coef1.dtype == torch.float64
     torch.testing.assert_close(
-        d._coefs(x.double()).posterior_mean_coef1, torch.from_numpy(d.posterior_mean_coef1)
+        d.coefs(x.double()).posterior_mean_coef1, torch.from_numpy(d.posterior_mean_coef1)
     )
 
 
@@ -223,7 +242,8 @@ def test_p_sample_loop_matches_hand_written_loop(dtype: torch.dtype) -> None:
     zs = [torch.randn(shape, generator=g, dtype=dtype) for _ in range(T + 1)]
     it = iter(zs)
     d = GaussianDiffusion(betas)
-    x, snaps = d.p_sample_loop(model, shape, noise_fn=lambda s: next(it), x0_every=5)
+    run = _loop(d, model, shape, lambda s: next(it), x0_every=5)
+    x, snaps = run.sample, run.pred_x0
     want = _hand_loop(betas, model, zs[0], zs)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     assert torch.allclose(x, want, atol=tol)
@@ -234,9 +254,9 @@ def test_p_sample_loop_matches_hand_written_loop(dtype: torch.dtype) -> None:
 def test_p_sample_loop_generator_is_seeded_and_deterministic() -> None:
     d = GaussianDiffusion(make_betas("linear", T))
     model = TinyEps()
-    a = d.p_sample_loop(model, (2, 2, 4, 4), generator=torch.Generator().manual_seed(7))
-    b = d.p_sample_loop(model, (2, 2, 4, 4), generator=torch.Generator().manual_seed(7))
-    c = d.p_sample_loop(model, (2, 2, 4, 4), generator=torch.Generator().manual_seed(8))
+    a = _loop(d, model, (2, 2, 4, 4), _gen(7)).sample
+    b = _loop(d, model, (2, 2, 4, 4), _gen(7)).sample
+    c = _loop(d, model, (2, 2, 4, 4), _gen(8)).sample
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.dtype == torch.float32 and torch.isfinite(a).all()
 
@@ -244,7 +264,7 @@ def test_p_sample_loop_generator_is_seeded_and_deterministic() -> None:
 def test_p_sample_loop_golden_numbers() -> None:
     """A regression pin of Algorithm 2 (schedule, clipping, noise order): recorded values."""
     d = GaussianDiffusion(make_betas("linear", T))
-    x = d.p_sample_loop(TinyEps(), (1, 2, 2, 2), generator=torch.Generator().manual_seed(7))
+    x = _loop(d, TinyEps(), (1, 2, 2, 2), _gen(7)).sample
     golden = [0.068644, 0.279795, 0.967219, -1.0, 1.0, -0.679824, -1.0, 0.926101]
     torch.testing.assert_close(x.flatten(), torch.tensor(golden), rtol=0, atol=2e-5)
 
@@ -278,7 +298,7 @@ def test_respaced_stride_one_is_original_and_stride_k_uses_original_timesteps() 
     assert r.num_timesteps == 5 and r.timesteps.tolist() == [0, 4, 8, 12, 16]
     assert np.allclose(r.alphas_cumprod, d.alphas_cumprod[::4], rtol=1e-12)
     model = TinyEps()
-    r.p_sample_loop(model, (1, 2, 4, 4), generator=torch.Generator().manual_seed(0))
+    _loop(r, model, (1, 2, 4, 4), _gen(0))
     assert [int(c[0]) for c in model.calls] == [16, 12, 8, 4, 0]
     with pytest.raises(ValueError, match="stride"):
         d.respaced(0)
@@ -311,17 +331,19 @@ def test_bad_input_names_argument() -> None:
     d = GaussianDiffusion(betas)
     x = torch.zeros(2, 2, 4, 4)
     with pytest.raises(ValueError, match="t: values"):
-        d.q_sample(x, torch.tensor([0, T]), x)
+        d.check_batch(x, torch.tensor([0, T]), x)
     with pytest.raises(ValueError, match="t: expected"):
-        d.q_sample(x, torch.tensor([0]), x)
+        d.check_batch(x, torch.tensor([0]), x)
     with pytest.raises(ValueError, match="noise"):
-        d.q_sample(x, torch.tensor([0, 1]), x[:1])
+        d.check_batch(x, torch.tensor([0, 1]), x[:1])
     with pytest.raises(ValueError, match="x0"):
-        d.q_sample(x.clone().fill_(float("nan")), torch.tensor([0, 1]), x)
+        d.check_batch(x.clone().fill_(float("nan")), torch.tensor([0, 1]), x)
     with pytest.raises(ValueError, match="model"):
         d.p_mean_variance(lambda a, s: a[:, :1], x, torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="shape"):
-        d.p_sample_loop(TinyEps(), (0, 2, 4, 4))
+    with pytest.raises(ValueError, match="x_t"):
+        reverse_loop(TinyEps(), d, Ancestral(), x[:, 0, 0, 0], _gen(0))
+    with pytest.raises(ValueError, match="x0_every"):
+        reverse_loop(TinyEps(), d, Ancestral(), x, _gen(0), x0_every=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -421,8 +443,8 @@ def _draws(seed: int) -> Callable[[tuple[int, ...]], Tensor]:
 def test_ddim_with_eta_one_is_ancestral_sampling_with_beta_tilde() -> None:
     d = GaussianDiffusion(make_betas("linear", T, 1e-4, 0.1), var_type="fixedsmall")
     shape = (3, 2, 4, 4)
-    ddpm = d.p_sample_loop(TinyEps(), shape, noise_fn=_draws(5))
-    ddim = d.ddim_sample_loop(TinyEps(), shape, noise_fn=_draws(5), eta=1.0)
+    ddpm = _loop(d, TinyEps(), shape, _draws(5)).sample
+    ddim = _loop(d, TinyEps(), shape, _draws(5), DDIM(eta=1.0)).sample
     torch.testing.assert_close(ddim, ddpm, rtol=0, atol=1e-5)
 
 
@@ -431,11 +453,15 @@ def test_ddim_with_eta_zero_is_deterministic_given_x_T() -> None:
     shape = (2, 2, 4, 4)
     x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
-    a = d.ddim_sample_loop(TinyEps(), shape, noise_fn=_first_then(x_T, 1), eta=0.0)
-    b = d.ddim_sample_loop(TinyEps(), shape, noise_fn=_first_then(x_T, 2), eta=0.0)
-    assert torch.equal(a, b) and a.shape == shape and float(a.abs().max()) <= 1.0 + 1e-6
-    with pytest.raises(ValueError, match="eta"):
-        d.ddim_sample_loop(TinyEps(), shape, noise_fn=_draws(0), eta=1.5)
+    a = _loop(d, TinyEps(), shape, _first_then(x_T, 1), DDIM(eta=0.0), x0_every=2)
+    b = _loop(d, TinyEps(), shape, _first_then(x_T, 2), DDIM(eta=0.0), x0_every=2)
+    assert torch.equal(a.sample, b.sample) and a.sample.shape == shape
+    assert float(a.sample.abs().max()) <= 1.0 + 1e-6
+    # the x̂0 trace is the same option for DDIM as for Algorithm 2: t = 4, 2, 0 of 5 steps
+    assert len(a.pred_x0) == 3 and torch.equal(a.pred_x0[-1], a.sample)
+    for eta in (1.5, -0.1, True):
+        with pytest.raises(ValueError, match="eta"):
+            DDIM(eta=eta)
 
 
 def _first_then(first: Tensor, seed: int) -> Callable[[tuple[int, ...]], Tensor]:
@@ -454,9 +480,10 @@ def _first_then(first: Tensor, seed: int) -> Callable[[tuple[int, ...]], Tensor]
 def test_p_sample_from_continues_the_loop() -> None:
     d = GaussianDiffusion(make_betas("linear", T, 1e-4, 0.1))
     shape = (2, 2, 4, 4)
-    full = d.p_sample_loop(TinyEps(), shape, noise_fn=_draws(9))
+    full = _loop(d, TinyEps(), shape, _draws(9)).sample
     draws = _draws(9)
     x_T = draws(shape)
-    torch.testing.assert_close(d.p_sample_from(TinyEps(), x_T, T - 1, draws), full)
+    run = reverse_loop(TinyEps(), d, Ancestral(), x_T, draws, t_start=T - 1)
+    torch.testing.assert_close(run.sample, full)
     with pytest.raises(ValueError, match="t_start"):
-        d.p_sample_from(TinyEps(), x_T, T, draws)
+        reverse_loop(TinyEps(), d, Ancestral(), x_T, draws, t_start=T)

@@ -7,9 +7,12 @@ import torch
 
 from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.rng import CounterNoise
+from ddpm_core.samplers import DDIM, Ancestral, make_sampler, reverse_loop
 from ddpm_core.sampling import (
+    batches,
     from_uint8,
     interpolate,
+    sample_batched,
     sample_indices,
     snapshot_timesteps,
     to_uint8,
@@ -44,7 +47,7 @@ def test_batch_composition_invariance() -> None:
     # float level: image i's sample is the same in any batch, up to batched-conv rounding
     def floats(idx: list[int]) -> torch.Tensor:
         noise = CounterNoise(11, idx, torch.device("cpu"))
-        return d.p_sample_loop(model, (len(idx), *SHAPE), noise_fn=noise)
+        return reverse_loop(model, d, Ancestral(), noise((len(idx), *SHAPE)), noise).sample
 
     f_all = floats([0, 1, 2, 3])
     assert torch.allclose(floats([2]), f_all[2:3], atol=1e-5)
@@ -98,16 +101,36 @@ def test_ddim_sampler_is_per_image_and_deterministic_at_eta_0() -> None:
     """sampler="ddim": image i depends only on (seed, i); eta = 0 draws no per-step noise, so
     the images depend only on x_T; eta = 1 with the same keys differs."""
     d, model = _diffusion().respaced(3), TinyEps()
-    full = sample_indices(model, d, [0, 1, 2], seed=5, shape=SHAPE, sampler="ddim")
-    one = sample_indices(model, d, [2], seed=5, shape=SHAPE, sampler="ddim")
+    ddim = make_sampler("ddim")
+    full = sample_indices(model, d, [0, 1, 2], seed=5, shape=SHAPE, sampler=ddim)
+    one = sample_indices(model, d, [2], seed=5, shape=SHAPE, sampler=ddim)
     assert full.dtype == torch.uint8 and torch.equal(full[2:], one)
     x_t = CounterNoise(5, [0, 1, 2], torch.device("cpu"))((3, *SHAPE))
-    zeros = iter([x_t] + [torch.zeros_like(x_t)] * d.num_timesteps)
-    by_hand = to_uint8(d.ddim_sample_loop(model, (3, *SHAPE), lambda s: next(zeros), eta=0.0))
+    zeros = iter([torch.zeros_like(x_t)] * d.num_timesteps)
+    by_hand = to_uint8(reverse_loop(model, d, DDIM(0.0), x_t, lambda s: next(zeros)).sample)
     assert torch.equal(full, by_hand)
-    noisy = sample_indices(model, d, [0, 1, 2], seed=5, shape=SHAPE, sampler="ddim", eta=1.0)
+    noisy = sample_indices(model, d, [0, 1, 2], seed=5, shape=SHAPE, sampler=DDIM(1.0))
     assert not torch.equal(full, noisy)
     with pytest.raises(ValueError, match="sampler"):
-        sample_indices(model, d, [0], seed=5, shape=SHAPE, sampler="euler")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="x0_every"):
-        sample_indices(model, d, [0], seed=5, shape=SHAPE, sampler="ddim", x0_every=2)
+        make_sampler("euler")
+    # DDIM has the x̂0 trace too: the last frame (t = 0) is the sample
+    x, frames = sample_indices(model, d, [0, 1, 2], seed=5, shape=SHAPE, sampler=ddim, x0_every=2)
+    assert torch.equal(x, full) and frames.shape == (2, 3, *SHAPE) and torch.equal(frames[-1], x)
+
+
+@pytest.mark.parametrize("sampler", [Ancestral(), DDIM(0.0), DDIM(1.0)])
+def test_sample_batched_equals_one_batch_for_any_batch_size(sampler: object) -> None:
+    """The one batched helper: batch size changes nothing in uint8 (image i keyed by (seed, i))."""
+    d, model = _diffusion().respaced(2), TinyEps()
+    idx = [4, 0, 7, 1, 2]
+    one = sample_indices(model, d, idx, seed=3, shape=SHAPE, sampler=sampler)  # type: ignore[arg-type]
+    for bs in (1, 2, 5, 9):
+        got = sample_batched(model, d, idx, 3, SHAPE, bs, sampler=sampler)  # type: ignore[arg-type]
+        assert got.shape == (5, *SHAPE) and (got.int() - one.int()).abs().max() <= 1
+    x, frames = sample_batched(model, d, idx, 3, SHAPE, 2, x0_every=3)
+    x1, frames1 = sample_indices(model, d, idx, seed=3, shape=SHAPE, x0_every=3)
+    assert frames.shape == frames1.shape == (2, 5, *SHAPE)
+    assert (frames.int() - frames1.int()).abs().max() <= 1
+    assert [list(b) for b in batches(range(5), 2)] == [[0, 1], [2, 3], [4]]
+    with pytest.raises(ValueError, match="batch_size"):
+        batches([0], 0)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddpm_core.samplers import DDIM
 from ddpm_core.sampling import sample_indices
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.artifacts.samples import ShardSpec, read_shard_images
@@ -53,7 +54,7 @@ def test_actor_samples_with_ddim_when_selected(make_params: Callable[..., Params
         build_diffusion(params),
         image_shape(params),
     )
-    ddim = sample_indices(model, d, [2], params.seed, shape, sampler="ddim", eta=0.5)
+    ddim = sample_indices(model, d, [2], params.seed, shape, sampler=DDIM(0.5))
     assert torch.equal(images[2:], ddim)
     assert not torch.equal(images[2:], sample_indices(model, d, [2], params.seed, shape))
     plan = sampling_plan(params, model_dir / WEIGHTS_FILE)
