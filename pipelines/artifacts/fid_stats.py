@@ -7,7 +7,7 @@ shard sha256 list, the count and the Inception weights' id, so a file is reused 
 all three are unchanged; `load_stats` checks the stored key against the one asked for.
 
 `inception.pth` + `inception.json` (label, has_logits, sha256) are the weights the stage
-resolved (`pipelines.evaluate.inception.resolve_weights`): evaluate and quality read them from
+resolved (`pipelines.fid.inception.resolve_weights`): evaluate and quality read them from
 here (`load_inception`, sha256 checked), so the weights are part of a DVC output that they depend
 on. A change of weights reruns them, and a `dvc pull` elsewhere gives the same FID.
 """

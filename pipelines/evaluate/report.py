@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import Params
-from pipelines.evaluate.inception import LABEL_FULL, InceptionWeights
 from pipelines.evaluate.nll import BpdResult
+from pipelines.fid.inception import LABEL_FULL, InceptionWeights
 from pipelines.infra.figures import save_line_plot
 from pipelines.infra.files import atomic_path
 

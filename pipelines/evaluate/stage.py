@@ -16,30 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
 from pipelines.artifacts import model_dir, samples, shards
 from pipelines.artifacts.fid_stats import InceptionWeights, load_inception
 from pipelines.config import Params
-from pipelines.evaluate.fid import (
-    check_compatible,
-    feature_stats,
-    fid,
-    inception_score,
-    ray_extractor,
-)
-from pipelines.evaluate.inception import (
-    LOGITS,
-    POOL3,
-    hub_weights_path,
-)
 from pipelines.evaluate.interpolation import (
     interpolation_label,
     source_pairs,
     write_interpolation,
 )
 from pipelines.evaluate.nll import BpdResult, EmaModelLoader, NllSummary, evaluate_bpd
-from pipelines.evaluate.reference import compute_reference_stats
 from pipelines.evaluate.report import (
     Table4Row,
     comparability,
@@ -48,6 +33,10 @@ from pipelines.evaluate.report import (
     table4_metrics,
     write_rate_distortion,
 )
+from pipelines.fid.features import check_compatible, ray_extractor
+from pipelines.fid.inception import hub_weights_path
+from pipelines.fid.reference import read_references
+from pipelines.fid.score import score
 from pipelines.infra import registry
 from pipelines.infra.accel import InferenceOptions
 from pipelines.infra.ray import init_ray
@@ -201,17 +190,18 @@ def check_counts(params: Params, samples_dir: Path) -> int:
     return want
 
 
-def isc_result(params: Params, weights: InceptionWeights, logits: np.ndarray | None) -> IscResult:
+def isc_result(
+    params: Params, weights: InceptionWeights, isc: tuple[float, float] | None
+) -> IscResult:
     """IS mean/std over `isc_splits`, or the reason it is unavailable."""
     if not params.evaluate.isc:
         return IscResult("off (evaluate.isc: false)")
-    if logits is None:
+    if isc is None:
         return IscResult(
             f"unavailable: {weights.label} has no logits layer; put torch-fidelity's full "
             f"weights at {hub_weights_path()} or name them in evaluate.inception_weights"
         )
-    mean, std = inception_score(logits, params.evaluate.isc_splits)
-    return IscResult("ok", mean, std)
+    return IscResult("ok", *isc)
 
 
 def fid_and_isc(
@@ -221,19 +211,24 @@ def fid_and_isc(
     cfg = params.evaluate
     samples_dir = root / params.paths.samples
     images = samples.load_samples(samples_dir, n)  # (n, C, H, W) uint8
-    want = (POOL3, LOGITS) if cfg.isc and weights.has_logits else (POOL3,)
-    t0 = time.perf_counter()
-    feats = ray_extractor(cfg.num_workers, cfg.cpus_per_worker, cfg.use_gpu)(images, weights, want)
-    rate = n / (time.perf_counter() - t0)
-    ours = feature_stats(feats[POOL3], f"{n} samples in {samples_dir}")
-    splits = []
-    for ref in compute_reference_stats(params, root, weights):
+    refs = read_references(params, root, weights)  # the fid_stats stage's, verified
+    for ref in refs:
         check_compatible(images, ref.image_shape, f"FID vs the {ref.split} split")
-        splits.append(SplitFid(ref.split, fid(ours, ref.stats), ref.count))
+    t0 = time.perf_counter()
+    s = score(
+        images,
+        weights,
+        [ref.stats for ref in refs],
+        cfg.isc_splits if cfg.isc else None,
+        ray_extractor(cfg.num_workers, cfg.cpus_per_worker, cfg.use_gpu),
+        f"samples in {samples_dir}",
+    )
+    rate = n / (time.perf_counter() - t0)
+    splits = [SplitFid(r.split, f, r.count) for r, f in zip(refs, s.fid, strict=True)]
     headline = next(s for s in splits if s.split == cfg.fid_reference)
     label = comparability(params, weights, n, headline.reference_images)
     result = FidResult(n, rate, cfg.fid_reference, tuple(splits), weights.label, label)
-    return result, isc_result(params, weights, feats.get(LOGITS))
+    return result, isc_result(params, weights, s.isc)
 
 
 def nll_splits(params: Params, root: Path) -> tuple[str, ...]:

@@ -29,18 +29,8 @@ from ddpm_core.unet import UNet
 from pipelines.artifacts.fid_stats import FidStats, InceptionWeights, load_inception
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.config import Params
-from pipelines.evaluate.fid import (
-    extract_features,
-    feature_stats,
-    fid,
-    inception_score,
-    ray_extractor,
-)
-from pipelines.evaluate.inception import (
-    LOGITS,
-    POOL3,
-)
-from pipelines.evaluate.reference import reference_splits, reference_stats
+from pipelines.fid.reference import reference_splits, reference_stats
+from pipelines.fid.score import Score, score
 from pipelines.infra.files import atomic_path
 from pipelines.infra.ray import check_fits, init_ray
 from pipelines.infra.tracking import Tracker, numeric
@@ -52,26 +42,13 @@ REVERSE_CSV = "fid_over_reverse.csv"
 
 
 # ----------------------------------------------------------------------------------------------
-# Scoring
+# Curves
 
 
-@dataclass(frozen=True)
-class Score:
-    """FID of a set of generated images against the reference, and IS when the weights allow."""
-
-    fid: float
-    isc: float | None  # IS mean over `evaluate.isc_splits`; None without logits or isc: false
-
-
-def score(
-    images: torch.Tensor, weights: InceptionWeights, ref: FidStats, isc_splits: int | None
-) -> Score:
-    """images: (N, C, H, W) uint8. IS only when `isc_splits` is set and the weights have logits."""
-    want = (POOL3, LOGITS) if isc_splits is not None and weights.has_logits else (POOL3,)
-    feats = extract_features(images, weights, want)
-    ours = feature_stats(feats[POOL3], f"{len(images)} generated images")
-    isc = inception_score(feats[LOGITS], isc_splits)[0] if LOGITS in feats else None
-    return Score(fid(ours, ref), isc)
+def _row(s: Score, suffix: str = "") -> dict[str, float]:
+    """{"fid<suffix>": FID} and, when measured, {"isc<suffix>": IS mean}."""
+    isc = {f"isc{suffix}": s.isc[0]} if s.isc is not None else {}
+    return {f"fid{suffix}": s.fid[0]} | isc
 
 
 def steps_curve(
@@ -90,11 +67,9 @@ def steps_curve(
             images = sample_batched(
                 model, diffusion, n, params.seed, shape, cfg.batch_size, device, step
             )
-            s = score(images, weights, ref, _isc_splits(params))
-            row[f"fid_{sampler}"] = s.fid
-            if s.isc is not None:
-                row[f"isc_{sampler}"] = s.isc
-            log.info("quality: %s, %d steps: FID %.3f (%.0f s)", sampler, steps, s.fid,
+            s = score(images, weights, [ref], _isc_splits(params))
+            row |= _row(s, f"_{sampler}")
+            log.info("quality: %s, %d steps: FID %.3f (%.0f s)", sampler, steps, s.fid[0],
                      time.perf_counter() - t0)  # fmt: skip
         rows.append(row)
     return rows
@@ -112,9 +87,8 @@ def reverse_curve(
     )  # (K, N, C, H, W) uint8  # fmt: skip
     rows = []
     for t, x0 in zip(snapshot_timesteps(diffusion, cfg.reverse_every), frames, strict=True):
-        s = score(x0, weights, ref, _isc_splits(params))
-        row: dict[str, Any] = {"reverse_steps": params.diffusion.T - t, "t": t, "fid": s.fid}
-        rows.append(row | ({"isc": s.isc} if s.isc is not None else {}))
+        s = score(x0, weights, [ref], _isc_splits(params))
+        rows.append({"reverse_steps": params.diffusion.T - t, "t": t} | _row(s))
     return rows
 
 
@@ -216,7 +190,6 @@ def run_quality(params: Params, root: Path, tracker: Tracker) -> QualityResult:
             reference_splits(params, root)[0],
             params.evaluate.fid_reference_images,
             weights,
-            ray_extractor(params.evaluate.num_workers, params.evaluate.cpus_per_worker),
         )
         import ray
 

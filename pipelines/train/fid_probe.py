@@ -10,6 +10,7 @@ run and are NOT comparable with published FIDs (`FidProbe.label` says so whereve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,9 +20,9 @@ from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.sampling import sample_batched
 from pipelines.artifacts.fid_stats import FidStats, InceptionWeights, load_inception, load_stats
 from pipelines.config import Params
-from pipelines.evaluate.fid import extract_features, feature_stats, fid
-from pipelines.evaluate.inception import POOL3
-from pipelines.evaluate.reference import reference_splits, reference_stats
+from pipelines.fid.features import extract_features
+from pipelines.fid.reference import reference_splits, reference_stats
+from pipelines.fid.score import score
 
 PROBE_BATCH = 64  # images per sampling batch (image i does not depend on the batch)
 
@@ -37,7 +38,7 @@ class FidProbe:
 
 def probe_for(params: Params, root: Path) -> FidProbe | None:
     """The probe of `train.fid_every` (None when off); the reference statistics come from the
-    fid_stats stage's cache (computed here, in-process, when missing)."""
+    fid_stats stage (a dep of train; an error when missing or stale)."""
     cfg = params.train
     if cfg.fid_every == 0:
         return None
@@ -49,7 +50,6 @@ def probe_for(params: Params, root: Path) -> FidProbe | None:
         split,
         params.evaluate.fid_reference_images,
         weights,
-        extract_features,
     )
     label = (
         f"in-training FID of the EMA weights: {cfg.fid_images} samples, Algorithm 2 over every "
@@ -79,5 +79,5 @@ def small_fid(
     images = sample_batched(
         model, chain, range(cfg.fid_images), params.seed, (c, r, r), PROBE_BATCH, device
     )  # (N, C, H, W) uint8
-    feats = extract_features(images, probe.weights, (POOL3,), device=device)[POOL3]
-    return fid(feature_stats(feats, f"{cfg.fid_images} in-training samples"), reference)
+    extract = partial(extract_features, device=device)  # in-process, on this rank's device
+    return score(images, probe.weights, [reference], None, extract, "in-training samples").fid[0]

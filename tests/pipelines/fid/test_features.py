@@ -10,8 +10,8 @@ import torch
 from torch_fidelity.metric_fid import fid_statistics_to_metric
 
 from ddpm_core.metrics import frechet_distance
-from pipelines.evaluate import fid
-from pipelines.evaluate.inception import LABEL_CONVERTED, InceptionWeights
+from pipelines.fid import features as fid
+from pipelines.fid.inception import LABEL_CONVERTED, InceptionWeights
 
 
 @pytest.fixture
