@@ -41,9 +41,9 @@ from pipelines.artifacts.model_dir import model_out_channels
 from pipelines.artifacts.shards import load_split
 from pipelines.config import Params, from_dict
 from pipelines.data.stage import build_shards
+from pipelines.evaluate.nll import evaluate_bpd
 from pipelines.fid.features import ray_extractor
 from pipelines.fid.inception import InceptionWeights, default_cache_dir, resolve_weights
-from pipelines.evaluate.nll import evaluate_bpd
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "eval_throughput.md"

@@ -1,6 +1,7 @@
 """Random streams of the project: one seed mixer and counter-based per-image noise.
 
-`mix_seed` turns a tuple of ints (seed, rank, purpose, ...) into one 63-bit generator seed.
+`mix_seed` turns a tuple of ints (seed, rank, purpose, ...) into one 63-bit generator seed;
+`SeedPurpose` is the one table of the purposes mixed in, so two streams never share a seed.
 `CounterNoise` draws the Gaussian noise of image `i` from a counter-based generator keyed by
 (seed, i) and counted by the draw number, so image i depends only on (seed, i) whatever the
 batch it is in, the number of workers or the device, and a whole batch is drawn by a few
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Final
 
 import numpy as np
 import torch
@@ -22,6 +24,34 @@ MASK32 = 0xFFFFFFFF
 _ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
 _PARITY = 0x1BD11BDA
 _ROUNDS = 20
+
+
+class SeedPurpose:
+    """Every random stream of the project and the purpose number in its key (the run's `seed`
+    first). A stream is its whole key, so numbers repeat across key layouts, never within one;
+    the numbers are those the streams always had, so every stream stays the same.
+
+    | purpose          | key                                      | draws                       |
+    |------------------|------------------------------------------|-----------------------------|
+    | DATA_SPLIT  = 1  | numpy default_rng([seed, 1])             | the train/test split        |
+    | DATA_CAP    = 2  | numpy default_rng([seed, 2])             | the data.max_images subset  |
+    | NLL         = 3  | mix_seed(seed, 3), then (., i)           | NLL's q(x_t|x_0) noise      |
+    | INTERPOLATION=7  | mix_seed(seed, 7, pair), then (., 0..2)  | the Fig. 8 rows' noise      |
+    | T_NOISE     = 1  | mix_seed(seed, world, rank, 1)           | training t and eps          |
+    | DROPOUT     = 2  | mix_seed(seed, world, rank, 2)           | training dropout            |
+    | FLIPS       = 7  | mix_seed(seed, step, 7)                  | horizontal flips per step   |
+
+    Not in the table (no purpose number): the sample stage's per-image noise (seed, i) and the
+    epoch permutation mix_seed(seed, epoch).
+    """
+
+    DATA_SPLIT: Final = 1
+    DATA_CAP: Final = 2
+    NLL: Final = 3
+    INTERPOLATION: Final = 7
+    T_NOISE: Final = 1
+    DROPOUT: Final = 2
+    FLIPS: Final = 7
 
 
 def mix_seed(*ints: int) -> int:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ddpm_core.diffusion import GaussianDiffusion, Model
-from ddpm_core.rng import mix_seed
+from ddpm_core.rng import SeedPurpose, mix_seed
 from ddpm_core.sampling import from_uint8, interpolate
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.artifacts.shards import load_split, read_manifest
@@ -28,7 +28,6 @@ from pipelines.infra.figures import save_grid
 log = logging.getLogger(__name__)
 
 INTERP_PNG = "interpolation.png"
-SEED_INTERPOLATION = 7  # purpose mixed into the figure's noise keys
 
 
 def source_pairs(params: Params, shards_dir: Path) -> Tensor:
@@ -62,7 +61,7 @@ def interpolation_rows(
     rows = []
     for p, pair in enumerate(pairs):
         x0 = from_uint8(pair)  # (2, C, H, W) in [-1, 1]
-        key = mix_seed(seed, SEED_INTERPOLATION, p)
+        key = mix_seed(seed, SeedPurpose.INTERPOLATION, p)
         for t_row in (t, diffusion.num_timesteps):
             mixed = interpolate(model, diffusion, x0, t_row - 1, lambdas, key, device).cpu()
             rows.append(torch.cat([pair[:1], mixed, pair[1:]]))  # (L + 2, C, H, W)

@@ -26,7 +26,7 @@ import torch
 from ddpm_core.config import DiffusionConfig
 from ddpm_core.diffusion import GaussianDiffusion, Model
 from ddpm_core.metrics import rate_distortion
-from ddpm_core.rng import CounterNoise
+from ddpm_core.rng import CounterNoise, SeedPurpose, mix_seed
 from ddpm_core.sampling import from_uint8
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.config import Params
@@ -106,8 +106,10 @@ def bpd_chunk(
 ) -> dict[str, np.ndarray]:
     """`calc_bpd_loop` (clip_denoised=True, as the official code) on uint8 images (B, C, H, W)
     whose dataset indices are first .. first + B - 1: image i's noise depends on (seed, i) only
-    (counter-based, drawn on `device`), so its bound does not depend on the chunking."""
-    noise = CounterNoise(seed, range(first, first + len(images)), torch.device(device))
+    (counter-based on NLL's own stream `SeedPurpose.NLL`, not the sample stage's, drawn on
+    `device`), so its bound does not depend on the chunking."""
+    key, idx = mix_seed(seed, SeedPurpose.NLL), range(first, first + len(images))
+    noise = CounterNoise(key, idx, torch.device(device))
     x0 = from_uint8(images).to(device)  # (B, C, H, W) in [-1, 1]
     out = diffusion.calc_bpd_loop(model, x0, clip_denoised=True, noise_fn=noise)
     return {k: out[k].to(torch.float64).cpu().numpy() for k in KEYS}

@@ -22,7 +22,7 @@ from torch import nn
 
 from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.ema import EMA
-from ddpm_core.rng import seeded_generator
+from ddpm_core.rng import SeedPurpose, seeded_generator
 from ddpm_core.unet import UNet
 from pipelines.artifacts.model_dir import build_unet
 from pipelines.config import CompileMode, Params, TrainConfig
@@ -36,8 +36,7 @@ STATE_FILE = "training_state.pt"
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-# Purposes mixed into per-rank seeds, so two streams never share a seed.
-SEED_T_NOISE, SEED_DROPOUT = 1, 2
+SEED_T_NOISE, SEED_DROPOUT = SeedPurpose.T_NOISE, SeedPurpose.DROPOUT  # per-rank streams
 
 
 class NonFiniteLossError(FloatingPointError):

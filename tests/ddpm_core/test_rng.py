@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm_core.rng import CounterNoise, image_keys, mix_seed, threefry2x32
+from ddpm_core.rng import CounterNoise, SeedPurpose, image_keys, mix_seed, threefry2x32
 
 CPU = torch.device("cpu")
 
@@ -63,3 +63,26 @@ def test_counter_noise_checks_inputs() -> None:
         image_keys(-1, torch.arange(2))
     with pytest.raises(ValueError, match="batch 3 != 2"):
         CounterNoise(0, [0, 1], CPU)((3, 1, 2, 2))
+
+
+def test_seed_purposes_keep_their_numbers() -> None:
+    """The table's numbers are the ones the streams always had (changing one changes a stream:
+    the data split, the training noise, the figures); NLL's stream is new."""
+    table = {k: v for k, v in vars(SeedPurpose).items() if k.isupper()}
+    assert table == {
+        "DATA_SPLIT": 1,
+        "DATA_CAP": 2,
+        "NLL": 3,
+        "INTERPOLATION": 7,
+        "T_NOISE": 1,
+        "DROPOUT": 2,
+        "FLIPS": 7,
+    }
+    # within one key layout (seed, purpose) no two purposes share a number
+    layout = [
+        SeedPurpose.DATA_SPLIT,
+        SeedPurpose.DATA_CAP,
+        SeedPurpose.NLL,
+        SeedPurpose.INTERPOLATION,
+    ]
+    assert len(set(layout)) == len(layout)

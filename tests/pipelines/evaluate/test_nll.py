@@ -17,6 +17,7 @@ import torch
 
 from ddpm_core.config import DiffusionConfig
 from ddpm_core.diffusion import GaussianDiffusion
+from ddpm_core.rng import CounterNoise, SeedPurpose, mix_seed
 from ddpm_core.sampling import from_uint8
 from pipelines.config import Params
 from pipelines.evaluate import nll
@@ -57,6 +58,24 @@ def setup(make_params: Callable[..., Params]) -> tuple[torch.Tensor, DiffusionCo
     digits = load_digits().images[:6]  # (6, 8, 8), 0..16: real, mutually similar images
     images = torch.from_numpy((digits * 255 / 16).round().astype(np.uint8))[:, None]
     return images, params.diffusion
+
+
+def test_nll_draws_its_own_noise_not_the_sample_stages(
+    setup: tuple[torch.Tensor, DiffusionConfig],
+) -> None:
+    """NLL's q(x_t | x_0) noise of image i comes from (mix_seed(seed, NLL), i), a stream of its
+    own: not the (seed, i) stream behind sample i of the sample stage."""
+    images, cfg = setup
+    model, d = EmpiricalBayesEps(images[:2], cfg), GaussianDiffusion.from_config(cfg)
+    x0 = from_uint8(images[:2])
+    got = nll.bpd_chunk(model, d, images[:2], seed=3, first=4)["terms_bpd"]
+
+    def bound(key: int) -> np.ndarray:
+        noise = CounterNoise(key, [4, 5], torch.device("cpu"))
+        return d.calc_bpd_loop(model, x0, noise_fn=noise)["terms_bpd"].double().numpy()
+
+    np.testing.assert_allclose(got, bound(mix_seed(3, SeedPurpose.NLL)), rtol=1e-6)
+    assert not np.allclose(got, bound(3))  # the sample stage's keys
 
 
 def _local(images: torch.Tensor, cfg: DiffusionConfig, chunk: int, model: torch.nn.Module):
