@@ -36,7 +36,8 @@ from ddpm_core.rng import mix_seed
 from pipelines.config import Params, from_dict
 from pipelines.data.stage import build_shards
 from pipelines.data.stream import train_batches
-from pipelines.infra.tracking import Tracker, run_tracked
+from pipelines.infra.lifecycle import run_tracked
+from pipelines.infra.tracking import Tracker
 from pipelines.train.run import open_train_run
 from pipelines.train.stage import run_train
 from pipelines.train.step import (

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipelines.config import Params
-from pipelines.infra.tracking import run_tracked
+from pipelines.infra.lifecycle import run_tracked
 from pipelines.train.run import open_train_run, run_lock
 from pipelines.train.stage import TrainResult, run_train
 from stages.common import main_for

@@ -352,7 +352,7 @@ def train(params: Params, root: Path, **kwargs: Any) -> Any:
     `kwargs` go to `run_train` (test-only loop wrappers). Returns the `TrainResult`."""
     import functools
 
-    from pipelines.infra.tracking import run_tracked
+    from pipelines.infra.lifecycle import run_tracked
     from pipelines.train.run import open_train_run, run_lock
     from pipelines.train.stage import run_train
 

@@ -24,7 +24,8 @@ from pipelines.artifacts.samples import (
 )
 from pipelines.config import Params
 from pipelines.data.stage import build_shards
-from pipelines.infra.tracking import open_run, tracking_uri, write_run_file
+from pipelines.infra.run_files import write_run_file
+from pipelines.infra.tracking import open_run, tracking_uri
 from pipelines.sample.stage import sample_to_shards
 from pipelines.train.mlflow_model import log_mlflow_model
 from stages import evaluate, fid_stats
