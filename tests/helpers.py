@@ -355,12 +355,14 @@ def train(params: Params, root: Path, **kwargs: Any) -> Any:
     import functools
 
     from pipelines.infra.lifecycle import run_tracked
-    from pipelines.train.run import open_train_run, run_lock
+    from pipelines.train.run import open_train_run, plan_run, run_lock
     from pipelines.train.stage import run_train
 
-    with run_lock(params, root):
-        tracker = open_train_run(params, root)
-        return run_tracked(params, root, "train", tracker, functools.partial(run_train, **kwargs))
+    plan = plan_run(params, root)
+    with run_lock(plan):
+        tracker = open_train_run(params, root, plan)
+        body = functools.partial(run_train, plan=plan, **kwargs)
+        return run_tracked(params, root, "train", tracker, body)
 
 
 def ema_weights(params: Params) -> dict[str, torch.Tensor]:
