@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import platform
 import tempfile
@@ -36,8 +37,9 @@ from ddpm_core.rng import mix_seed
 from pipelines.config import Params, from_dict
 from pipelines.data.stage import build_shards
 from pipelines.data.stream import train_batches
-from pipelines.infra.tracking import Tracker, run_tracked
-from pipelines.train.run import open_train_run
+from pipelines.infra.lifecycle import run_tracked
+from pipelines.infra.tracking import Tracker
+from pipelines.train.run import open_train_run, plan_run
 from pipelines.train.stage import run_train
 from pipelines.train.step import (
     SEED_DROPOUT,
@@ -173,8 +175,10 @@ def ray_train(setup: Setup, workers: int, storage: str) -> Measurement:
     start = time.perf_counter()
     ray.init(address="local", num_cpus=max(2, setup.threads), include_dashboard=False)
     try:
-        tracker = open_train_run(params, setup.root)
-        result = run_tracked(params, setup.root, "train", tracker, run_train)
+        plan = plan_run(params, setup.root)
+        tracker = open_train_run(params, setup.root, plan)
+        body = functools.partial(run_train, plan=plan)
+        result = run_tracked(params, setup.root, "train", tracker, body)
         wall = time.perf_counter() - start
     finally:
         ray.shutdown()

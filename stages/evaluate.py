@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipelines.config import Params
 from pipelines.evaluate.stage import EvaluateResult, run_evaluate
-from pipelines.infra.tracking import open_child_run, run_tracked
+from pipelines.infra.lifecycle import open_child_run, run_tracked
 from stages.common import main_for
 
 

@@ -14,7 +14,8 @@ import functools
 from pathlib import Path
 
 from pipelines.config import Params
-from pipelines.infra.tracking import open_run, run_tracked
+from pipelines.infra.lifecycle import run_tracked
+from pipelines.infra.tracking import open_run
 from pipelines.train.released import ReleasedResult, check_released, import_released
 from stages.common import main_for
 

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from pipelines.config import Params
-from pipelines.infra.tracking import open_child_run, run_tracked
+from pipelines.infra.lifecycle import open_child_run, run_tracked
 from pipelines.quality.stage import QualityResult, run_quality
 from stages.common import main_for
 

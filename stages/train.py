@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from pipelines.config import Params
-from pipelines.infra.tracking import run_tracked
-from pipelines.train.run import open_train_run, run_lock
+from pipelines.infra.lifecycle import run_tracked
+from pipelines.train.run import open_train_run, plan_run, run_lock
 from pipelines.train.stage import TrainResult, run_train
 from stages.common import main_for
 
 
 def run(params: Params, root: Path, _: argparse.Namespace) -> TrainResult:
-    with run_lock(params, root):  # a second process on the same run key is refused
-        tracker = open_train_run(params, root)  # inputs and cluster checked first; resumes
-        return run_tracked(params, root, "train", tracker, run_train)
+    plan = plan_run(params, root)  # inputs checked, manifest hashed, run named: once
+    with run_lock(plan):  # a second process on the same run key is refused
+        tracker = open_train_run(params, root, plan)  # the cluster checked first; resumes
+        return run_tracked(params, root, "train", tracker, functools.partial(run_train, plan=plan))
 
 
 def main(argv: list[str] | None = None) -> int:

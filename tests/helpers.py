@@ -19,7 +19,7 @@ import yaml
 from torch import Tensor, nn
 
 from ddpm_core.config import DiffusionConfig, UNetConfig
-from pipelines.artifacts.model_dir import build_unet, write_model_dir
+from pipelines.artifacts.model_dir import STEP_KEY, build_unet, write_model_dir
 from pipelines.artifacts.shards import SourceData, Split, write_shards
 from pipelines.config import Params, from_dict, to_dict
 
@@ -248,15 +248,17 @@ def params_file(params: Params, path: Path) -> Path:
     return path
 
 
-def make_model_dir(params: Params, seed: int = 0) -> Path:
-    """A stand-in for the train stage's outputs: random (non-zero) EMA weights + config.json."""
+def make_model_dir(params: Params, seed: int = 0, step: int | None = None) -> Path:
+    """A stand-in for the train stage's outputs: random (non-zero) EMA weights + config.json;
+    `step` is the training step the weights are said to be from (none: like released weights)."""
     torch.manual_seed(seed)
     model = build_unet(params)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))  # the zero-initialised output conv would give eps=0
     model_dir = Path(params.paths.model)
-    write_model_dir(params, model.state_dict(), {}, model_dir)
+    meta = {} if step is None else {STEP_KEY: str(step)}
+    write_model_dir(params, model.state_dict(), meta, model_dir)
     return model_dir
 
 
@@ -352,13 +354,15 @@ def train(params: Params, root: Path, **kwargs: Any) -> Any:
     `kwargs` go to `run_train` (test-only loop wrappers). Returns the `TrainResult`."""
     import functools
 
-    from pipelines.infra.tracking import run_tracked
-    from pipelines.train.run import open_train_run, run_lock
+    from pipelines.infra.lifecycle import run_tracked
+    from pipelines.train.run import open_train_run, plan_run, run_lock
     from pipelines.train.stage import run_train
 
-    with run_lock(params, root):
-        tracker = open_train_run(params, root)
-        return run_tracked(params, root, "train", tracker, functools.partial(run_train, **kwargs))
+    plan = plan_run(params, root)
+    with run_lock(plan):
+        tracker = open_train_run(params, root, plan)
+        body = functools.partial(run_train, plan=plan, **kwargs)
+        return run_tracked(params, root, "train", tracker, body)
 
 
 def ema_weights(params: Params) -> dict[str, torch.Tensor]:

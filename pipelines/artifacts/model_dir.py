@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "ema.safetensors"
 CONFIG_FILE = "config.json"
+STEP_KEY = "step"  # weights metadata: the training step of the EMA weights (trained runs only)
 # Keys the trained weights depend on; a fixed var_type is a sampling choice (sigma^2 = beta or
 # beta~), a learned one is part of the network (2C output channels): checked apart.
 TRAINED_DIFFUSION_KEYS = ("T", "beta_schedule", "beta_start", "beta_end", "mean_type")
@@ -158,6 +159,23 @@ def check_trained_config(trained: dict[str, Any], params: Params, where: Path) -
             f"{now['diffusion']['var_type']!r}; a learned variance changes the network's output "
             "channels: retrain (dvc repro) or restore the params"
         )
+
+
+def exported_step(model_dir: Path) -> int:
+    """The training step whose EMA weights `<model_dir>/ema.safetensors` holds (its `step`
+    metadata); 0 for released weights, which carry none (their MLflow Model is logged at 0)."""
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"weights file not found: {weights} (run the train stage first)")
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            step = (f.metadata() or {}).get(STEP_KEY, "0")
+    except (SafetensorError, OSError) as err:
+        message = f"weights file {weights}: not a readable safetensors file ({err})"
+        raise ValueError(message) from err
+    if not step.isdigit():
+        raise ValueError(f"weights file {weights}: metadata step={step!r}, expected an integer")
+    return int(step)
 
 
 def load_ema_model(params: Params, model_dir: Path) -> UNet:

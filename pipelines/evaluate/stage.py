@@ -157,7 +157,7 @@ class EvaluateResult:
     figures: tuple[Path, ...]
     wall_time_s: float
     run_id: str  # the MLflow run
-    promotion: str = "not gated"  # the registry's decision on the trained model (`gate_model`)
+    promotion: str = "not gated"  # the registry's decision on the model (`registry.promote`)
 
     def metrics(self) -> dict[str, Any]:
         return {
@@ -312,7 +312,8 @@ def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult
         fid_res.comparability,
         nll_res.bound.bpd,
     )
-    tracker.log_metrics(numeric(result.metrics()), step=params.train.steps)
+    step = model_dir.exported_step(root / params.paths.model)  # of the weights evaluated
+    tracker.log_metrics(numeric(result.metrics()), step=step)
     tracker.set_tags(
         {
             "fid.comparability": fid_res.comparability,
@@ -325,7 +326,7 @@ def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult
         tracker.log_artifact(path, "evaluate")
     promotion = best_effort(
         "headline metrics on the train run and the promotion gate",
-        lambda: link_to_train_run(params, tracker, result),
+        lambda: link_to_train_run(params, tracker, result, step),
         "not gated: MLflow server unreachable (rerun evaluate)",
     )
     if promotion is None:
@@ -334,13 +335,20 @@ def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult
     return dataclasses.replace(result, promotion=promotion)
 
 
-def link_to_train_run(params: Params, tracker: Tracker, result: EvaluateResult) -> str | None:
-    """Headline metrics on the train run and its model version gated; None without a parent."""
+def link_to_train_run(
+    params: Params, tracker: Tracker, result: EvaluateResult, step: int
+) -> str | None:
+    """Headline metrics on the train run (at the exported `step`) and its model version gated
+    (`infra.registry.promote`); None without a parent."""
     parent = tracker.parent()
     if parent is None:
         return None
-    model_id = log_headline(result, parent, step=params.train.steps)
-    return gate_model(params, parent, model_id, result.fid)
+    model_id = log_headline(result, parent, step)
+    fid = result.fid
+    return registry.promote(
+        parent.client, params.mlflow.model_name, parent.run_id, model_id, fid.headline.fid,
+        fid.reference, fid.comparability,
+    )  # fmt: skip
 
 
 def log_headline(result: EvaluateResult, parent: Tracker, step: int) -> str | None:
@@ -356,20 +364,3 @@ def log_headline(result: EvaluateResult, parent: Tracker, step: int) -> str | No
         registry.log_model_metrics(parent.client, parent.run_id, model_id, headline, step)
     parent.set_tags({"fid.comparability": result.fid.comparability})
     return model_id
-
-
-def gate_model(params: Params, parent: Tracker, model_id: str | None, fid: FidResult) -> str:
-    """The promotion gate (`infra.registry.gate`) on the train run's registered version."""
-    name = params.mlflow.model_name
-    if name is None:
-        return "not gated: mlflow.model_name is null (the model is not registered)"
-    if model_id is None:
-        return f"not gated: train run {parent.run_id} logged no MLflow Model"
-    version = registry.version_of_run(parent.client, name, parent.run_id)
-    if version is None:
-        return f"not gated: no version of {name!r} from train run {parent.run_id}"
-    decision = registry.gate(
-        parent.client, name, str(version.version), fid.headline.fid, fid.reference,
-        fid.comparability,
-    )  # fmt: skip
-    return f"{name} v{decision.version}: {decision.outcome} ({decision.reason})"

@@ -1,11 +1,13 @@
 """The model registry: one version per trained model, and the promotion gate on its FID.
 
 The train stage logs the model as an MLflow Model (`train.mlflow_model`) and registers it under
-`mlflow.model_name` (null: logged, not registered). After evaluation `gate` decides whether the
-new version becomes the `champion` alias: only when its FID beats the champion's (lower is
-better) under the same FID reference split and the same comparability label; the first version
-with a FID becomes champion. Every decision is tagged on the version (`promotion`,
-`promotion.reason`, the FID and its labels), so the registry says why a version is not champion.
+`mlflow.model_name` (null: logged, not registered). After evaluation `promote` gates the train
+run's version (`gate`): it becomes the `champion` alias only when its FID beats the champion's
+(lower is better) under the same FID reference split and the same comparability label; the first
+version with a FID becomes champion. The alias is settled as a function of every version's tags
+(`winner`), re-read after each move, so two evaluates racing on it agree on the result. Every
+decision is tagged on the version (`promotion`, `promotion.reason`, the FID and its labels), so
+the registry says why a version is not champion.
 """
 
 from __future__ import annotations
@@ -129,26 +131,100 @@ def decide(
     return "rejected", f"FID {fid:.4g} >= champion v{best.version}'s {best_fid:.4g}"
 
 
+def _fid(version: ModelVersion) -> float:
+    try:
+        return float(version.tags.get(FID_TAG, "nan"))
+    except ValueError:
+        return math.nan
+
+
+def _key(version: ModelVersion) -> tuple[str | None, str | None]:
+    return version.tags.get(REFERENCE_TAG), version.tags.get(LABEL_TAG)
+
+
+def winner(versions: list[ModelVersion], holder: ModelVersion | None) -> ModelVersion | None:
+    """The rule, as a function of the gated versions (so racing gates agree on it): among the
+    versions whose FID is comparable with the alias holder's (the lowest-numbered gated version
+    when nobody holds it), the lowest finite FID; ties go to the lower version number."""
+    gated = [v for v in versions if math.isfinite(_fid(v))]
+    if holder is None:
+        if not gated:
+            return None
+        holder = min(gated, key=lambda v: int(v.version))
+    anchor = _key(holder)
+    pool = [v for v in gated if _key(v) == anchor]
+    return min(pool, key=lambda v: (_fid(v), int(v.version)), default=None)
+
+
+SETTLE_ROUNDS = 20  # re-reads after moving the alias before a gate gives up (a live-lock guard)
+
+
+def settle_champion(client: MlflowClient, name: str) -> ModelVersion | None:
+    """Move `champion` to `winner` until a re-read finds it there; returns the champion.
+
+    Every gate runs this after tagging its own version, so whichever gate moves the alias last
+    re-reads every version's tags after its move: the alias ends on the winner of all of them,
+    whatever the order of two racing gates.
+    """
+    for _ in range(SETTLE_ROUNDS):
+        holder = champion(client, name)
+        best = winner(list(client.search_model_versions(f"name = '{name}'")), holder)
+        if best is None or (holder is not None and str(holder.version) == str(best.version)):
+            return holder
+        client.set_registered_model_alias(name, CHAMPION, str(best.version))
+    raise RuntimeError(f"{name}: the champion alias did not settle in {SETTLE_ROUNDS} rounds")
+
+
 def gate(
     client: MlflowClient, name: str, version: str, fid: float, reference: str, label: str
 ) -> Promotion:
-    """Tag `version` with its FID and labels, then move `champion` to it only if it wins.
+    """Tag `version` with its FID and labels, then settle `champion` (`settle_champion`): it
+    moves to `version` only if it wins (`decide` says why, against the champion before).
 
-    Re-gating the champion itself (an evaluate rerun) updates its FID and keeps the alias.
+    Re-gating the champion itself (an evaluate rerun) updates its FID; it keeps the alias unless
+    a comparable version now has a lower FID.
     """
-    for key, value in {FID_TAG: repr(fid), REFERENCE_TAG: reference, LABEL_TAG: label}.items():
-        client.set_model_version_tag(name, version, key, value)
     best = champion(client, name)
     # Versions are str over REST and int from a local (sqlite) store.
     previous = str(best.version) if best is not None else None
-    if previous == str(version):
+    # The FID last: a version with a FID tag has its labels (racing gates read tags midway).
+    for key, value in {REFERENCE_TAG: reference, LABEL_TAG: label, FID_TAG: repr(fid)}.items():
+        client.set_model_version_tag(name, version, key, value)
+    holder = settle_champion(client, name)
+    if holder is not None and str(holder.version) == str(version):
         outcome: Outcome = "champion"
-        reason = f"already champion; FID now {fid:.4g}"
+        reason = (
+            f"already champion; FID now {fid:.4g}"
+            if previous == str(version)
+            else decide(fid, reference, label, best)[1]
+        )
     else:
-        outcome, reason = decide(fid, reference, label, best)
-    if outcome == "champion":
-        client.set_registered_model_alias(name, CHAMPION, version)
+        outcome, reason = decide(fid, reference, label, holder)
+        if outcome == "champion":  # a tie, or a gate racing this one moved the alias on
+            outcome, reason = "rejected", f"FID {fid:.4g}: v{holder and holder.version} won"
     client.set_model_version_tag(name, version, PROMOTION_TAG, outcome)
     client.set_model_version_tag(name, version, REASON_TAG, reason)
     log.info("%s v%s: %s (%s)", name, version, outcome, reason)
     return Promotion(name, version, outcome, reason, previous)
+
+
+def promote(
+    client: MlflowClient,
+    name: str | None,
+    run_id: str,
+    model_id: str | None,
+    fid: float,
+    reference: str,
+    label: str,
+) -> str:
+    """The gate on the version registered from train run `run_id` -> the decision, as text
+    (also when there is nothing to gate: no `mlflow.model_name`, no logged model, no version)."""
+    if name is None:
+        return "not gated: mlflow.model_name is null (the model is not registered)"
+    if model_id is None:
+        return f"not gated: train run {run_id} logged no MLflow Model"
+    version = version_of_run(client, name, run_id)
+    if version is None:
+        return f"not gated: no version of {name!r} from train run {run_id}"
+    decision = gate(client, name, str(version.version), fid, reference, label)
+    return f"{name} v{decision.version}: {decision.outcome} ({decision.reason})"

@@ -1,11 +1,10 @@
-"""MLflow tracking for the pipeline: one run per training run, sample/evaluate as its children.
+"""MLflow tracking for the pipeline: the client side of one run, and its HTTP retry policy.
 
-Runs are created in the driver (never in Ray workers, which would make one run per retry) and
-handed between DVC stages through small JSON files `runs/<stage>.json` (run_id, experiment_id).
+Runs are created in the driver (never in Ray workers, which would make one run per retry).
 `Tracker` is a picklable handle (tracking URI + run id) that rank 0 of a Ray Train run or a Ray
-actor can use to log metrics to the driver's run. `run_tracked` is how every tracked stage runs:
-the stage's body in its MLflow run, its metrics file written and logged, the run ended FINISHED
-(and handed on in `runs/<stage>.json`) or FAILED.
+actor can use to log metrics to the driver's run; its calls go through an outbox
+(`infra.outbox`) and fail fast (`fast_http`). The DVC hand-off files are `infra.run_files`, the
+stage lifecycle (open, run, end, replay what an earlier run left unsent) `infra.lifecycle`.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import requests
@@ -38,7 +37,7 @@ from mlflow.utils.mlflow_tags import (
 from PIL import Image
 
 from pipelines.config import MlflowConfig, Params, flatten, to_dict
-from pipelines.infra.files import shared_root, write_json
+from pipelines.infra.files import shared_root
 from pipelines.infra.outbox import Op, Outbox, PermanentError, first_line
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,6 @@ GIT_COMMIT_ENV = "DDPM_GIT_COMMIT"
 # The headline metrics also logged on the parent train run, so train runs sort by FID.
 HEADLINE_METRICS = ("fid", "nll_bpd", "nll_bpd_sem")
 OUTBOX = "mlflow_outbox"  # <paths.ray_storage>/mlflow_outbox/<run id>/: a run's unsent calls
-FINAL_WAIT_S = 30.0  # how long a stage's end retries unsent calls before reporting them
 
 
 def tracking_uri(cfg: MlflowConfig, root: Path) -> str:
@@ -372,131 +370,6 @@ def open_run(
         logged["mlflow.tracking_uri"] = redact_uri(logged["mlflow.tracking_uri"])
     tracker.log_params(logged)
     return tracker
-
-
-def run_file(params: Params, stage: str, root: Path) -> Path:
-    """`<paths.runs>/<stage>.json`: the run-id hand-off between DVC stages."""
-    return root / params.paths.runs / f"{stage}.json"
-
-
-def write_run_file(
-    params: Params,
-    stage: str,
-    tracker: Tracker,
-    root: Path,
-    details: Mapping[str, Any] | None = None,
-) -> None:
-    """The hand-off file, with the stage's `details` (texts, hashes, timings) when it has any.
-
-    The experiment id is null when the server cannot be reached (the run id is what matters).
-    """
-    try:
-        with fast_http():
-            experiment: str | None = tracker.client.get_run(tracker.run_id).info.experiment_id
-    except MlflowException as e:
-        log.warning("experiment of run %s unknown (%s)", tracker.run_id, first_line(e))
-        experiment = None
-    info: dict[str, Any] = {
-        "run_id": tracker.run_id,
-        "experiment_id": experiment,
-        "uri": redact_uri(tracker.uri),  # runs/*.json is tracked by git
-    }
-    if details:
-        info["details"] = dict(details)
-    write_json(run_file(params, stage, root), info)
-
-
-def read_run_file(params: Params, stage: str, root: Path) -> dict[str, Any] | None:
-    path = run_file(params, stage, root)
-    if not path.exists():
-        return None
-    info: dict[str, Any] = json.loads(path.read_text())
-    return info
-
-
-TIMINGS = ("_time_s", "_per_s")  # wall_time_s, images_per_s, ...: vary run to run
-
-
-def split_metrics(record: Mapping[str, Any]) -> tuple[dict[str, float | int], dict[str, Any]]:
-    """(numbers, details) of a stage's record: the numbers go to the DVC metrics file, so
-    `dvc exp show` and `dvc metrics diff` stay readable; texts (comparability, statuses), hashes,
-    flags and timings go to `details` in the non-metrics `runs/<stage>.json`."""
-    numbers: dict[str, float | int] = {}
-    details: dict[str, Any] = {}
-    for key, value in record.items():
-        is_number = isinstance(value, int | float) and not isinstance(value, bool)
-        if is_number and not key.endswith(TIMINGS):
-            numbers[key] = value
-        else:
-            details[key] = value
-    return numbers, details
-
-
-def open_child_run(params: Params, stage: str, root: Path, parent_stage: str = "train") -> Tracker:
-    """A run for `stage`, a child of the upstream stage's run when its run file exists."""
-    upstream = read_run_file(params, parent_stage, root)
-    here = redact_uri(tracking_uri(params.mlflow, root))
-    if upstream is not None and upstream.get("uri") != here:
-        log.warning("upstream run %s is in another tracking store; not nesting", upstream)
-        upstream = None
-    parent = upstream["run_id"] if upstream else None
-    return open_run(params, stage, root, parent_run_id=parent)
-
-
-class TrackedResult(Protocol):
-    """What a tracked stage returns: the name of its metrics file and the metrics in it."""
-
-    metrics_file: ClassVar[str]
-
-    def metrics(self) -> dict[str, Any]: ...
-
-
-R = TypeVar("R", bound=TrackedResult)
-
-
-def run_tracked(
-    params: Params,
-    root: Path,
-    stage: str,
-    tracker: Tracker,
-    run: Callable[[Params, Path, Tracker], R],
-) -> R:
-    """`run(params, root, tracker)` inside the MLflow run `tracker`, the one place that writes
-    a stage's metrics file (`<paths.metrics>/<result.metrics_file>`, also logged to the run).
-
-    The metrics file holds the record's numbers; its texts, hashes and timings (`split_metrics`)
-    go with the run id into `runs/<stage>.json`. The run ends FINISHED and that file hands it
-    on, or FAILED if anything raises. A tracking server that is down does not fail the stage:
-    calls it could not take within `FINAL_WAIT_S` are counted in `details.mlflow_unsent` and
-    kept in the run's outbox, which the next process logging to the run sends first.
-    """
-    try:
-        result = run(params, root, tracker)
-        numbers, details = split_metrics(result.metrics())
-        path = write_json(root / params.paths.metrics / result.metrics_file, numbers)
-        tracker.log_artifact(path, stage)
-    except BaseException:
-        tracker.finish("FAILED")
-        report_unsent(tracker)
-        raise
-    tracker.finish("FINISHED")
-    unsent = report_unsent(tracker)
-    if unsent:
-        details = {**details, "mlflow_unsent": unsent, "mlflow_outbox": tracker.outbox_dir}
-    write_run_file(params, stage, tracker, root, details)
-    return result
-
-
-def report_unsent(tracker: Tracker, wait_s: float = FINAL_WAIT_S) -> int:
-    """Retry the run's unsent tracking calls for up to `wait_s`; warn about what is left."""
-    unsent = tracker.pending(wait_s)
-    if unsent:
-        log.warning(
-            "MLflow run %s: %d tracking calls (metrics, artifacts, run status) not sent, the "
-            "server is unreachable; kept in %s and sent by the next process that logs to the run",
-            tracker.run_id, unsent, tracker.outbox_dir or "memory (lost at exit)",
-        )  # fmt: skip
-    return unsent
 
 
 def numeric(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from pipelines.artifacts.diffusers_dir import write_diffusers_dir
-from pipelines.artifacts.model_dir import CONFIG_FILE, write_model_dir
+from pipelines.artifacts.model_dir import CONFIG_FILE, STEP_KEY, write_model_dir
 from pipelines.config import Params
 from pipelines.infra.files import atomic_path
 from pipelines.infra.tracking import Tracker
@@ -56,7 +56,7 @@ def export_model(
     curve = FidCurve.from_tensor(state.get("fid_curve", torch.zeros(0, 2)))
     choice = choose_export(params.train.export, curve, steps)
     ema = state["best_ema"] if choice.best else state["ema"]["shadow"]
-    meta = {"step": str(choice.step), **metadata, "weights": "ema", "export": choice.reason}
+    meta = {STEP_KEY: str(choice.step), **metadata, "weights": "ema", "export": choice.reason}
     weights = write_models(params, root, ema, meta)
     history = [(int(s), float(v)) for s, v in state["history"].tolist()]
     plots = resolve(root, params.paths.plots)

@@ -178,15 +178,20 @@ class TrainPlan:
 
 
 def plan_run(params: Params, root: Path) -> TrainPlan:
-    """Check the inputs, connect to Ray and check the cluster fits, name the run.
+    """The run's one plan, made once by the CLI and passed to `run_lock`, `open_train_run` and
+    `train.stage.run_train`: the inputs checked (once), the manifest hashed (once), the run named.
 
     Every failure here comes before a Ray worker starts or an MLflow run is opened.
     """
     validate_inputs(params, root)
+    return name_run(params, root)
+
+
+def connect(params: Params) -> None:
+    """Connect to Ray and check the cluster fits `train.num_workers` workers."""
     init_ray(params.ray)
     cfg = params.train
     check_fits(cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker * cfg.use_gpu, "train")
-    return name_run(params, root)
 
 
 def name_run(params: Params, root: Path) -> TrainPlan:
@@ -203,7 +208,7 @@ class RunLockedError(RuntimeError):
 
 
 @contextlib.contextmanager
-def run_lock(params: Params, root: Path) -> Iterator[Path]:
+def run_lock(plan: TrainPlan) -> Iterator[Path]:
     """Hold `<paths.ray_storage>/ddpm-train-<key>.lock` for the whole training run, or refuse.
 
     Two processes training the same run key would interleave checkpoints in one folder and log
@@ -211,8 +216,6 @@ def run_lock(params: Params, root: Path) -> Iterator[Path]:
     the kernel drops it when its holder dies (a kill leaves no stale lock). On a shared file
     system it holds only where the file system supports `flock` (local, NFSv4).
     """
-    validate_inputs(params, root)
-    plan = name_run(params, root)
     plan.storage.mkdir(parents=True, exist_ok=True)
     path = plan.storage / f"{plan.name}.lock"
     with path.open("a+") as f:
@@ -235,9 +238,12 @@ def run_lock(params: Params, root: Path) -> Iterator[Path]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def open_train_run(params: Params, root: Path) -> Tracker:
-    """The MLflow run of this training run: reattach to the folder's run id, else create one."""
-    plan = plan_run(params, root)
+def open_train_run(params: Params, root: Path, plan: TrainPlan) -> Tracker:
+    """The MLflow run of this training run: reattach to the folder's run id, else create one.
+
+    Ray is connected and the cluster checked first (`connect`), before a run is opened.
+    """
+    connect(params)
     folder = plan.folder
     tracker = None
     run_id = folder.mlflow_run_id()

@@ -1,6 +1,6 @@
 """The train stage: Algorithm 1 on Ray Train (V2), from the shards to the EMA model folder.
 
-`run_train` plans the run (`train.run.plan_run`: inputs, cluster, run key), starts
+`run_train` takes the run's plan (`train.run.plan_run`: inputs, run key, folders), starts
 `TorchTrainer.fit()` on `train.num_workers` workers (`train.worker`) under the run's name, so a
 rerun of the same command resumes from the latest checkpoint in `paths.ray_storage`, then writes
 the model folder and the loss history from the final checkpoint (`train.export`).
@@ -19,13 +19,13 @@ from typing import Any, ClassVar
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from pipelines.config import Params, to_dict
+from pipelines.config import Params
 from pipelines.infra.monitor import system_metrics
 from pipelines.infra.tracking import Tracker, best_effort, numeric
 from pipelines.train.export import export_model
 from pipelines.train.fid_probe import probe_for
 from pipelines.train.mlflow_model import log_mlflow_model
-from pipelines.train.run import TrainPlan, plan_run
+from pipelines.train.run import TrainPlan
 from pipelines.train.worker import RunSpec, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -121,22 +121,22 @@ def run_train(
     root: Path,
     tracker: Tracker,
     *,
+    plan: TrainPlan,
     loop_fn: LoopFn = train_loop_per_worker,
     callbacks: Sequence[ray.train.UserCallback] = (),
 ) -> TrainResult:
     """`fit()` (resuming a run of the same key) logging to `tracker`, then the outputs and the
     MLflow Model (`train.mlflow_model`; registered under `mlflow.model_name`).
 
-    `tracker` is the run's MLflow run (`train.run.open_train_run`). `loop_fn` and `callbacks`
-    exist for tests (fault injection).
+    `plan` is the CLI's (`train.run.plan_run`), `tracker` the run's MLflow run
+    (`train.run.open_train_run`). `loop_fn` and `callbacks` exist for tests (fault injection).
     """
-    plan = plan_run(params, root)
     probe = probe_for(params, root)  # train.fid_every: Inception weights + reference statistics
     folder = plan.folder
     log.info("Ray run %s (storage %s), MLflow run %s", plan.name, plan.storage, tracker.run_id)
     folder.clear_attempt()
     spec = RunSpec(run_name=plan.name, run_dir=str(folder.path), shards=str(plan.shards))
-    config = {"params": to_dict(params), "run": asdict(spec), "tracker": tracker, "fid": probe}
+    config = {"params": params, "run": asdict(spec), "tracker": tracker, "fid": probe}
     start = time.perf_counter()
     with system_metrics(tracker, params.mlflow.system_metrics):
         fitted = trainer_for(params, config, plan, loop_fn, callbacks).fit()

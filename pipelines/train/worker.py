@@ -24,7 +24,7 @@ import torch
 
 from ddpm_core.rng import mix_seed
 from ddpm_core.sampling import sample_indices
-from pipelines.config import Params, from_dict
+from pipelines.config import Params
 from pipelines.data.stream import train_batches
 from pipelines.infra.accel import autocast
 from pipelines.infra.device import configure_backends
@@ -79,7 +79,7 @@ class RunSpec:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Algorithm 1 on one Ray Train worker; `config` = {"params", "run", "tracker", "fid"}."""
-    params = from_dict(Params, config["params"])
+    params: Params = config["params"]  # typed: Ray pickles the frozen dataclasses
     spec = RunSpec(**config["run"])
     tracker: Tracker | None = config["tracker"]
     _worker_logging()

@@ -24,7 +24,8 @@ from pipelines.artifacts.samples import (
 )
 from pipelines.config import Params
 from pipelines.data.stage import build_shards
-from pipelines.infra.tracking import open_run, tracking_uri, write_run_file
+from pipelines.infra.run_files import write_run_file
+from pipelines.infra.tracking import open_run, tracking_uri
 from pipelines.sample.stage import sample_to_shards
 from pipelines.train.mlflow_model import log_mlflow_model
 from stages import evaluate, fid_stats
@@ -81,10 +82,12 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     tmp_path: Path, params: Params, local_ray: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
     build_shards(params.data, params.seed, Path(params.paths.shards))
-    model_dir = make_model_dir(params)
+    exported = params.train.steps // 2  # train.export: best_fid picked an earlier step
+    assert exported != params.train.steps
+    model_dir = make_model_dir(params, step=exported)
     sample_to_shards(params, tmp_path)
     train = open_run(params, "train", tmp_path)
-    logged = log_mlflow_model(params, train, model_dir, params.train.steps)  # as training does
+    logged = log_mlflow_model(params, train, model_dir, exported)  # as training does
     write_run_file(params, "train", train, tmp_path)
     path = str(params_file(params, tmp_path / "p.yaml"))
 
@@ -130,6 +133,9 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     assert parent.metrics["nll_bpd"] == pytest.approx(m["nll_bpd"])
     assert parent.tags["fid.comparability"] == m["comparability"]
     assert run.data.metrics["nll_gap_bpd"] == pytest.approx(m["nll_gap_bpd"])
+    # ... at the step of the weights evaluated, on both runs.
+    for run_id in (run.info.run_id, train.run_id):
+        assert [x.step for x in client.get_metric_history(run_id, "fid")] == [exported]
     # FID and NLL are the logged model's metrics; its version, the first, became champion.
     model_metrics = {x.key: x.value for x in client.get_logged_model(logged.model_id).metrics}
     assert model_metrics["fid"] == pytest.approx(m["fid"]) and "nll_bpd" in model_metrics

@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.config import Params
 from pipelines.data.stage import build_shards
-from pipelines.infra.tracking import read_run_file, tracking_uri
+from pipelines.infra.run_files import read_run_file
+from pipelines.infra.tracking import tracking_uri
 from stages import fid_stats, quality
 from tests.helpers import make_model_dir, params_file
 

@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.artifacts.samples import load_samples
 from pipelines.config import Params, to_dict
-from pipelines.infra.tracking import open_run, tracking_uri, write_run_file
+from pipelines.infra.run_files import write_run_file
+from pipelines.infra.tracking import open_run, tracking_uri
 from stages import sample
 from tests.helpers import make_model_dir, params_file
 

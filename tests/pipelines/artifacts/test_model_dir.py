@@ -15,6 +15,7 @@ from pipelines.artifacts.model_dir import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     build_unet,
+    exported_step,
     load_ema_model,
     load_weights,
     save_weights,
@@ -224,3 +225,13 @@ def test_nonfinite_weights_are_refused_naming_the_file(make_params: MakeParams, 
     save_weights(model_dir / WEIGHTS_FILE, state, meta)
     with pytest.raises(ValueError, match=rf"ema.safetensors: tensors \['{key}'\] .*NaN or inf"):
         load_ema_model(params, model_dir)
+
+
+def test_exported_step_is_the_weights_step_and_zero_for_released_weights(
+    make_params: MakeParams,
+) -> None:
+    params = make_params()
+    assert exported_step(make_model_dir(params, step=7)) == 7
+    assert exported_step(make_model_dir(params)) == 0  # released weights carry no step
+    with pytest.raises(FileNotFoundError):
+        exported_step(Path(params.paths.model).parent / "missing")

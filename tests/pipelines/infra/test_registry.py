@@ -9,8 +9,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -181,3 +183,59 @@ def test_gate_on_a_local_store_keeps_the_champion_on_an_evaluate_rerun(tmp_path:
         "1",
         "already champion; FID now 4",
     )
+
+
+class RacingClient(MlflowClient):
+    """A real client that holds its gate at two points, to run two gates in a set interleaving:
+    both read the registry only after both tagged their versions (`get_registered_model`), and
+    the `later` one moves the alias only after the `first` one has moved it."""
+
+    def __init__(self, url: str, barrier: threading.Barrier, moved: threading.Event, first: bool):
+        super().__init__(url)
+        self.barrier, self.moved, self.first = barrier, moved, first
+        self.read = self.set = False
+
+    def get_registered_model(self, name: str) -> Any:
+        if not self.read:
+            self.read = True
+            self.barrier.wait()
+        return super().get_registered_model(name)
+
+    def set_registered_model_alias(self, name: str, alias: str, version: str | int) -> None:
+        if not self.set and not self.first:
+            self.moved.wait()
+        super().set_registered_model_alias(name, alias, version)
+        if not self.set and self.first:
+            self.moved.set()
+        self.set = True
+
+
+def test_two_racing_promotions_leave_the_champion_on_the_better_fid(
+    tmp_path: Path, mlflow_server: MlflowServer
+) -> None:
+    """Two evaluates gate at once with no champion yet: both see none, both would promote; the
+    worse one moves the alias last. The alias must still end on the better FID."""
+    name = "ddpm-race"
+    params = server_params(tmp_path, mlflow_server.url, name=name)
+    tracker = open_run(params, "train", tmp_path)
+    logged = log_mlflow_model(params, tracker, make_model_dir(params), params.train.steps)
+    client = MlflowClient(mlflow_server.url)
+    worse_v = str(registry.register(client, name, logged.model_id, "other-run").version)
+    barrier, moved = threading.Barrier(2), threading.Event()
+    fids = {str(logged.version): 5.0, worse_v: 8.0}
+    results: dict[str, registry.Promotion] = {}
+
+    def gate(version: str) -> None:
+        racer = RacingClient(mlflow_server.url, barrier, moved, first=fids[version] == 5.0)
+        results[version] = registry.gate(racer, name, version, fids[version], "train", "x")
+
+    threads = [threading.Thread(target=gate, args=(v,)) for v in fids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert set(results) == set(fids)
+    assert client.get_model_version_by_alias(name, registry.CHAMPION).version == logged.version
+    assert results[str(logged.version)].promoted and not results[worse_v].promoted
+    tags = client.get_model_version(name, worse_v).tags
+    assert tags[registry.PROMOTION_TAG] == "rejected"

@@ -17,6 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.config import MlflowConfig, Params
 from pipelines.infra.jobs import runtime_env
+from pipelines.infra.lifecycle import open_child_run, run_tracked
+from pipelines.infra.run_files import read_run_file, split_metrics, write_run_file
 from pipelines.infra.tracking import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -25,14 +27,9 @@ from pipelines.infra.tracking import (
     _artifact_location,
     best_effort,
     experiment_id,
-    open_child_run,
     open_run,
-    read_run_file,
     redact_uri,
-    run_tracked,
-    split_metrics,
     tracking_uri,
-    write_run_file,
 )
 from tests.helpers import MlflowServer, free_port
 

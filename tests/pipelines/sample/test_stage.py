@@ -28,7 +28,9 @@ from pipelines.artifacts.samples import (
     write_shard,
 )
 from pipelines.config import Params
-from pipelines.infra.tracking import open_run, read_run_file, run_tracked, split_metrics
+from pipelines.infra.lifecycle import run_tracked
+from pipelines.infra.run_files import read_run_file, split_metrics
+from pipelines.infra.tracking import open_run
 from pipelines.sample.actor import build_diffusion, image_shape
 from pipelines.sample.stage import run_sample, sample_to_shards
 from tests.helpers import dead_pid, make_model_dir

@@ -84,7 +84,7 @@ def test_a_second_process_on_the_same_run_key_is_refused(
     import yaml
 
     from pipelines.config import replace_path, to_dict
-    from pipelines.train.run import RunLockedError, run_lock
+    from pipelines.train.run import RunLockedError, plan_run, run_lock
 
     params = replace_path(make_params(), shards=str(shards_dir))
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(to_dict(params)))
@@ -92,8 +92,8 @@ def test_a_second_process_on_the_same_run_key_is_refused(
 import time
 from pathlib import Path
 from pipelines.config import load_params
-from pipelines.train.run import run_lock
-with run_lock(load_params({str(tmp_path / "p.yaml")!r}), Path("/")):
+from pipelines.train.run import plan_run, run_lock
+with run_lock(plan_run(load_params({str(tmp_path / "p.yaml")!r}), Path("/"))):
     print("locked", flush=True)
     time.sleep(120)
 """
@@ -101,15 +101,16 @@ with run_lock(load_params({str(tmp_path / "p.yaml")!r}), Path("/")):
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         locked = rf"ddpm-train-.*\.lock: .*pid {holder.pid}"
-        with pytest.raises(RunLockedError, match=locked), run_lock(params, Path("/")):
+        with pytest.raises(RunLockedError, match=locked), run_lock(plan_run(params, Path("/"))):
             pass
         other = replace_path(make_params({"seed": 1}), shards=str(shards_dir))
-        with run_lock(other, Path("/")):  # another run key: not blocked
+        with run_lock(plan_run(other, Path("/"))):  # another run key: not blocked
             pass
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     start = time.monotonic()
-    with run_lock(params, Path("/")) as path:  # the kernel dropped the killed holder's lock
+    # The kernel dropped the killed holder's lock.
+    with run_lock(plan_run(params, Path("/"))) as path:
         assert f"pid {__import__('os').getpid()}" in path.read_text()
     assert time.monotonic() - start < 5

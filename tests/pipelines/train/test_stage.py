@@ -27,7 +27,8 @@ from pipelines.artifacts.model_dir import CONFIG_FILE, WEIGHTS_FILE, load_weight
 from pipelines.config import Params, to_dict
 from pipelines.fid.inception import LABEL_CONVERTED
 from pipelines.infra.files import file_digest
-from pipelines.infra.tracking import split_metrics, tracking_uri
+from pipelines.infra.run_files import split_metrics
+from pipelines.infra.tracking import tracking_uri
 from pipelines.train.checkpoint import load_training_state
 from pipelines.train.run import RunFolder
 from pipelines.train.stage import TrainResult
