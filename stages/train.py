@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
+from typing import Any
 
 from pipelines.config import Params
 from pipelines.infra.tracking import run_tracked
@@ -12,10 +14,15 @@ from pipelines.train.stage import TrainResult, run_train
 from stages.common import main_for
 
 
-def run(params: Params, root: Path, _: argparse.Namespace) -> TrainResult:
+def train(params: Params, root: Path, **loop: Any) -> TrainResult:
+    """The stage under its run lock; `loop` goes to `run_train` (the fault tests' wrappers)."""
     with run_lock(params, root):  # a second process on the same run key is refused
         tracker = open_train_run(params, root)  # inputs and cluster checked first; resumes
-        return run_tracked(params, root, "train", tracker, run_train)
+        return run_tracked(params, root, "train", tracker, functools.partial(run_train, **loop))
+
+
+def run(params: Params, root: Path, _: argparse.Namespace) -> TrainResult:
+    return train(params, root)
 
 
 def main(argv: list[str] | None = None) -> int:

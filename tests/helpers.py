@@ -348,17 +348,11 @@ def train_params(root: Path, shards: Path, overrides: dict[str, Any] | None = No
 
 
 def train(params: Params, root: Path, **kwargs: Any) -> Any:
-    """The train stage as its CLI runs it (open or reattach the MLflow run, fit, outputs);
-    `kwargs` go to `run_train` (test-only loop wrappers). Returns the `TrainResult`."""
-    import functools
+    """The train stage as its CLI runs it (`stages.train.train`: run lock, MLflow run, fit,
+    outputs); `kwargs` go to `run_train` (test-only loop wrappers). Returns the `TrainResult`."""
+    from stages.train import train as train_stage
 
-    from pipelines.infra.tracking import run_tracked
-    from pipelines.train.run import open_train_run, run_lock
-    from pipelines.train.stage import run_train
-
-    with run_lock(params, root):
-        tracker = open_train_run(params, root)
-        return run_tracked(params, root, "train", tracker, functools.partial(run_train, **kwargs))
+    return train_stage(params, root, **kwargs)
 
 
 def ema_weights(params: Params) -> dict[str, torch.Tensor]:
