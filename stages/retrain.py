@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="submit even if DVC reports no change")
     p.add_argument("--wait", action="store_true", help="block until the job ends")
     p.add_argument("--timeout", type=float, default=24 * 3600.0, help="--wait limit in seconds")
+    p.add_argument(
+        "--lost-after",
+        type=float,
+        default=LOST_AFTER_S,
+        help=f"--wait: seconds polls must keep failing before the job counts as lost "
+        f"(default {LOST_AFTER_S:g}: a blip is not a loss)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the decision, submit nothing")
     return p
 
@@ -65,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("retrain: no Ray address: pass --address or set RAY_API_SERVER_ADDRESS")
     entrypoint = f"python -m stages.all --params {shlex.quote(args.params)}"
     timeout = args.timeout if args.wait else None
-    return submit_and_wait(root, args.address, entrypoint, decision.submission_id, timeout)
+    sid = decision.submission_id
+    return submit_and_wait(root, args.address, entrypoint, sid, timeout, args.lost_after)
 
 
 def submit_and_wait(

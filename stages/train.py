@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 from pathlib import Path
+from typing import Any
 
 from pipelines.config import Params
 from pipelines.infra.lifecycle import run_tracked
@@ -13,11 +14,17 @@ from pipelines.train.stage import TrainResult, run_train
 from stages.common import main_for
 
 
-def run(params: Params, root: Path, _: argparse.Namespace) -> TrainResult:
+def train(params: Params, root: Path, **loop: Any) -> TrainResult:
+    """The stage under its run lock; `loop` goes to `run_train` (the fault tests' wrappers)."""
     plan = plan_run(params, root)  # inputs checked, manifest hashed, run named: once
     with run_lock(plan):  # a second process on the same run key is refused
         tracker = open_train_run(params, root, plan)  # the cluster checked first; resumes
-        return run_tracked(params, root, "train", tracker, functools.partial(run_train, plan=plan))
+        body = functools.partial(run_train, plan=plan, **loop)
+        return run_tracked(params, root, "train", tracker, body)
+
+
+def run(params: Params, root: Path, _: argparse.Namespace) -> TrainResult:
+    return train(params, root)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -350,19 +350,11 @@ def train_params(root: Path, shards: Path, overrides: dict[str, Any] | None = No
 
 
 def train(params: Params, root: Path, **kwargs: Any) -> Any:
-    """The train stage as its CLI runs it (open or reattach the MLflow run, fit, outputs);
-    `kwargs` go to `run_train` (test-only loop wrappers). Returns the `TrainResult`."""
-    import functools
+    """The train stage as its CLI runs it (`stages.train.train`: run lock, MLflow run, fit,
+    outputs); `kwargs` go to `run_train` (test-only loop wrappers). Returns the `TrainResult`."""
+    from stages.train import train as train_stage
 
-    from pipelines.infra.lifecycle import run_tracked
-    from pipelines.train.run import open_train_run, plan_run, run_lock
-    from pipelines.train.stage import run_train
-
-    plan = plan_run(params, root)
-    with run_lock(plan):
-        tracker = open_train_run(params, root, plan)
-        body = functools.partial(run_train, plan=plan, **kwargs)
-        return run_tracked(params, root, "train", tracker, body)
+    return train_stage(params, root, **kwargs)
 
 
 def ema_weights(params: Params) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ folder; every stage runs as DVC runs it, each starting its own local Ray cluster
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -358,3 +359,44 @@ def test_scheduled_retrain_runs_the_pipeline_as_a_ray_job(
     # the new dvc.lock, or the same job id already succeeded).
     again = run(retrain, root, env)
     assert "retrain: up to date" in again or f"retrain: already submitted {job_id}" in again
+
+
+def test_a_sample_stage_killed_mid_repro_resumes_its_verified_shards(pipeline: Pipeline) -> None:
+    """`dvc repro sample` (1 actor, 2 shards of 8) whose stage is SIGKILLed, with its Ray
+    processes, once the first shard is on disk (the tree is frozen by SIGSTOP first, so the
+    count is exact). The rerun keeps that shard (same file: `persist: true` stops DVC from
+    deleting the output), samples only the other, and ends byte-identical to the
+    uninterrupted run that made the workspace's samples."""
+    import psutil
+
+    root, samples = pipeline.root, pipeline.root / "data" / "samples"
+    assert json.loads(pipeline.dvc("status", "--json")) == {}  # the samples are current
+    reference = {p.name: p.read_bytes() for p in samples.iterdir()}
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["sample"]["num_workers"] = 1  # shards one after the other; same pixels for any count
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    shutil.rmtree(samples)
+    log = (root.parent / "killed-repro.log").open("w")
+    repro = subprocess.Popen([str(BIN / "dvc"), "repro", "sample"], cwd=root, env=pipeline.env,
+                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 600  # bounds the wait only
+    while not list(samples.glob("samples-*.tar")):
+        assert repro.poll() is None and time.monotonic() < deadline, "no shard was written"
+        time.sleep(0.02)
+    tree = psutil.Process(repro.pid).children(recursive=True)
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            proc.suspend()  # SIGSTOP: nothing more is written
+    kept = {p.name: p.stat().st_ino for p in samples.glob("samples-*.tar")}
+    stage = [p for p in tree if "stages.sample" in " ".join(p.cmdline())]
+    for proc in [*stage, *tree]:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()  # SIGKILL: the stage process first, then its Ray processes
+    repro.wait()
+    assert repro.returncode != 0 and stage and len(kept) == 1, (repro.returncode, kept)
+
+    out = pipeline.dvc("repro", "sample")
+    assert "Running stage 'sample'" in out
+    assert pipeline.json("metrics/sample.json")["new_images"] == 8  # only the other shard
+    assert {n: (samples / n).stat().st_ino for n in kept} == kept  # the verified one kept
+    assert {p.name: p.read_bytes() for p in samples.iterdir()} == reference

@@ -17,6 +17,7 @@ def test_smoke_profile_writes_every_section(tmp_path: Path) -> None:
         assert section in text
     rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
     assert len(rows) == 4 + 2 + 1  # smoke plan: training, sampling, NLL rows
-    assert re.search(r"max \|device - CPU\|: 0\.00e\+00", text)
+    noise = float(re.search(r"max \|device - float64 CPU\|: ([\d.e+-]+)", text).group(1))  # type: ignore[union-attr]
+    assert 0 < noise < 1e-5  # float32 Box-Muller against a float64 recomputation
     error = float(re.search(r"relative L2 error \(max over t\): ([\d.]+)", text).group(1))  # type: ignore[union-attr]
     assert 0 < error < 0.02

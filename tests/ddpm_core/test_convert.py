@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import diffusers
 import pytest
 import torch
 
@@ -15,8 +16,6 @@ from ddpm_core.convert import (
 )
 from ddpm_core.unet import UNet
 from tests.helpers import CIFAR10_CONFIG, random_diffusers
-
-diffusers = pytest.importorskip("diffusers")
 
 
 def tiny_config(levels: int) -> dict[str, Any]:

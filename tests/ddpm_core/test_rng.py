@@ -30,9 +30,11 @@ def test_threefry_known_answers(
 
 
 def test_mix_seed_is_stable_and_rejects_negatives() -> None:
-    assert mix_seed(3, 1, 0) == mix_seed(3, 1, 0)
-    assert mix_seed(3, 1, 0) != mix_seed(3, 0, 1)
-    assert 0 <= mix_seed(2**40, 7) < 2**63
+    # Known answers (NumPy's SeedSequence is stable across versions and processes): a change
+    # of the mixer would silently change every seeded stream of the project.
+    assert mix_seed(3, 1, 0) == 2202556205912566664
+    assert mix_seed(3, 0, 1) == 485160162170122974  # order matters
+    assert mix_seed(2**40, 7) == 9186923392040190078  # wide parts, still < 2**63
     with pytest.raises(ValueError, match="expected ints >= 0"):
         mix_seed(-3, 1)
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -19,7 +20,6 @@ from pipelines.infra.tracking import tracking_uri
 from stages import import_diffusers
 from tests.helpers import CIFAR10_CONFIG, params_file, random_diffusers
 
-diffusers = pytest.importorskip("diffusers")
 MakeParams = Callable[..., Params]
 # The released CIFAR-10 layout, scaled down: 32 and 64 channels, attention at 4x4, 8x8 grey.
 SMALL = {

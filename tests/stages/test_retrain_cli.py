@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -11,6 +15,7 @@ from pathlib import Path
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from pipelines.infra import jobs
 from stages import retrain
 from tests.helpers import RayHead, free_port
 
@@ -67,3 +72,132 @@ def test_a_lost_head_is_reported_as_lost_and_the_next_tick_resubmits(
     nowhere = f"http://127.0.0.1:{free_port()}"
     assert retrain.submit_and_wait(tmp_path, nowhere, "python job.py", base, None) == 3
     assert "unreachable" in capsys.readouterr().out
+
+
+class FlakyProxy:
+    """A TCP proxy in front of a real Ray head's job server that can fail every connection
+    (accept, then reset: a failed poll, the head itself untouched) and later recover."""
+
+    def __init__(self, target: str) -> None:
+        self.target = ("127.0.0.1", int(target.rsplit(":", 1)[1]))
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.failing, self.failed = threading.Event(), 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            if self.failing.is_set():
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # connection reset: the poll fails
+                self.failed += 1
+                continue
+            upstream = socket.create_connection(self.target)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _job(tmp_path: Path, code: str) -> str:
+    (tmp_path / "job.py").write_text(code)
+    return "python job.py"
+
+
+def _wait_job_running(address: str, submission_id: str) -> None:
+    client = JobSubmissionClient(address)
+    deadline = time.monotonic() + 120  # bounds the wait only
+    while time.monotonic() < deadline:
+        with contextlib.suppress(RuntimeError):  # not submitted yet
+            if client.get_job_status(submission_id) == JobStatus.RUNNING:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"job {submission_id} never ran")
+
+
+def test_lost_after_defaults_to_60_s() -> None:
+    assert retrain.build_parser().parse_args([]).lost_after == 60.0 == jobs.LOST_AFTER_S
+    assert retrain.build_parser().parse_args(["--lost-after", "5"]).lost_after == 5.0
+    default = inspect.signature(retrain.submit_and_wait).parameters["lost_after_s"].default
+    assert default == 60.0
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("blip", [True, False], ids=["blip", "stays-down"])
+def test_failing_polls_are_a_loss_only_after_lost_after(
+    blip: bool,
+    ray_head: RayHead,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Polls through a proxy that resets every connection once the job runs. A blip (2 failed
+    polls, then the proxy recovers and the job finishes) with a long --lost-after: the job
+    SUCCEEDED, exit 0. Failing on with --lost-after 3: LOST, exit 3 (the head still runs)."""
+    monkeypatch.setenv("PATH", ray_head.env()["PATH"])
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    go = tmp_path / "go"
+    entry = _job(tmp_path, f"import os, time\nwhile not os.path.exists({str(go)!r}):\n"
+                           "    time.sleep(0.2)\n")  # fmt: skip
+    base = f"retrain-{uuid.uuid4().hex[:8]}"
+    proxy = FlakyProxy(ray_head.address)
+
+    def outage() -> None:
+        _wait_job_running(ray_head.address, base)
+        proxy.failing.set()
+        deadline = time.monotonic() + 120  # bounds the wait only
+        while blip and proxy.failed < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if blip:
+            proxy.failing.clear()
+            go.touch()
+
+    thread = threading.Thread(target=outage, daemon=True)
+    thread.start()
+    try:
+        lost_after = 600.0 if blip else 3.0
+        code = retrain.submit_and_wait(tmp_path, proxy.address, entry, base, 600, lost_after)
+    finally:
+        thread.join(timeout=130)
+        proxy.close()
+        go.touch()
+    state = json.loads((tmp_path / retrain.STATE_DIR / f"{base}.json").read_text())
+    assert proxy.failed >= 2  # the polls did fail
+    if blip:
+        assert code == 0 and state["status"] == JobStatus.SUCCEEDED.value
+    else:
+        assert code == retrain.EXIT_LOST and state["status"] == "LOST"
+        assert "stopped answering" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+def test_a_failed_job_exits_1_and_a_timeout_exits_2(
+    ray_head: RayHead, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", ray_head.env()["PATH"])
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    failing = _job(tmp_path, "raise SystemExit(7)\n")
+    base = f"retrain-{uuid.uuid4().hex[:8]}"
+    assert retrain.submit_and_wait(tmp_path, ray_head.address, failing, base, 600) == 1
+    state = json.loads((tmp_path / retrain.STATE_DIR / f"{base}.json").read_text())
+    assert state["status"] == JobStatus.FAILED.value
+    # --timeout 0: the first poll finds it pending or running, past the deadline.
+    (tmp_path / "job.py").write_text("import time\ntime.sleep(600)\n")
+    slow = f"retrain-{uuid.uuid4().hex[:8]}"
+    try:
+        assert retrain.submit_and_wait(tmp_path, ray_head.address, failing, slow, 0) == 2
+    finally:
+        JobSubmissionClient(ray_head.address).stop_job(slow)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +20,10 @@ from mlflow.tracking import MlflowClient
 from ddpm_core.config import ConfigError
 from pipelines.config import to_dict
 from pipelines.train.checkpoint import load_training_state
+from pipelines.train.run import run_lock
 from pipelines.train.step import STATE_FILE
 from stages import fid_stats, shard, train
-from tests.helpers import build_params, ema_weights, fid_history
+from tests.helpers import REPO, build_params, ema_weights, fid_history, params_file, train_params
 
 
 def _write_params(root: Path, overrides: dict[str, Any] | None = None) -> Path:
@@ -159,3 +165,36 @@ def test_fid_curve_is_header_only_when_off(tmp_path: Path, no_ray: object) -> No
 
     write_fid_csv(tmp_path / FID_CSV, FidCurve())
     assert (tmp_path / FID_CSV).read_text().splitlines() == ["step,fid"]
+
+
+def test_a_second_cli_on_the_same_run_key_is_refused_until_the_holder_is_killed(
+    tmp_path: Path, shards_dir: Path, no_ray: object
+) -> None:
+    """Two `python -m stages.train` on one run key: the second is refused naming the first's
+    pid (the first is frozen by SIGSTOP while it holds the lock, so it cannot finish first);
+    once the first is SIGKILLed the lock is free (the kernel drops an flock with its holder)."""
+    params = train_params(tmp_path, shards_dir)
+    path = params_file(params, tmp_path / "params.yaml")
+    cli = [sys.executable, "-m", "stages.train", "--params", str(path)]
+    lock: Path | None = None
+    first = subprocess.Popen(cli, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        storage = Path(params.paths.ray_storage)
+        deadline = time.monotonic() + 300  # bounds the wait only
+        while lock is None:
+            held = [p for p in storage.glob("ddpm-train-*.lock") if f"pid {first.pid} " in
+                    p.read_text()] if storage.is_dir() else []  # fmt: skip
+            lock = held[0] if held else None
+            assert first.poll() is None and time.monotonic() < deadline, "first CLI never locked"
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGSTOP)  # holds the lock, frozen
+        second = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert second.returncode != 0
+        assert "RunLockedError" in second.stderr and f"pid {first.pid} " in second.stderr
+        assert str(lock) in second.stderr, second.stderr[-2000:]
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    with run_lock(params, REPO) as again:  # no stale lock after the kill
+        assert again == lock and f"pid {os.getpid()} " in again.read_text()

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import diffusers
 import pytest
 import torch
 
@@ -21,7 +22,6 @@ from pipelines.artifacts.diffusers_dir import (
 )
 from pipelines.config import Params
 
-diffusers = pytest.importorskip("diffusers")
 MakeParams = Callable[..., Params]
 # The smallest model diffusers can express: every width >= 32 (one GroupNorm group count).
 EXPORTABLE = {"unet.ch": 32, "unet.ch_mult": [1, 2], "unet.attn_resolutions": [4]}

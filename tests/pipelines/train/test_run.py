@@ -79,7 +79,6 @@ def test_a_second_process_on_the_same_run_key_is_refused(
     import signal
     import subprocess
     import sys
-    import time
 
     import yaml
 
@@ -109,8 +108,6 @@ with run_lock(plan_run(load_params({str(tmp_path / "p.yaml")!r}), Path("/"))):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    start = time.monotonic()
-    # The kernel dropped the killed holder's lock.
+    # The kernel dropped the killed holder's lock: a non-blocking acquire succeeds at once.
     with run_lock(plan_run(params, Path("/"))) as path:
         assert f"pid {__import__('os').getpid()}" in path.read_text()
-    assert time.monotonic() - start < 5
