@@ -130,6 +130,17 @@ def test_no_retired_cli(doc: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_relative_links_resolve(doc: Path) -> None:
+    for tok in _tokens(doc):
+        for child in tok.children or []:
+            href = child.attrs.get("href") if child.type == "link_open" else None
+            if not href or "://" in href or href.startswith(("#", "mailto:")):
+                continue
+            target = (doc.parent / href.split("#")[0]).resolve()
+            assert target.exists(), f"{doc.name}: link to {href}, which does not exist"
+
+
 def test_table2_rows_train_on_cifar10() -> None:
     """A Table 2 row quotes CIFAR-10 figures, so its command selects the paper profile."""
     rows = [
