@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -40,7 +41,13 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="validate params, print the resolved config, stop"
     )
+    p.add_argument("--verbose", action="store_true", help="on an error, show the Python traceback")
     return p
+
+
+# Input errors a user can fix (params, missing or damaged inputs, unreachable services): one line
+# naming what and why, exit 2; the traceback only with --verbose (as dvc and ray do).
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, OSError, ValueError, ConnectionError)
 
 
 def print_config(params: Params) -> None:
@@ -80,9 +87,18 @@ def main_for(
     p = parser(description.splitlines()[0] if description else "")
     if add_arguments is not None:
         add_arguments(p)
-    started = start(p, argv)
-    if started is None:
-        return 0  # --dry-run printed the resolved config
-    params, args = started
-    print(run(params, repo_root(), args).summary())
+    # From the command line (argv None) a user error is one line; callers passing argv (tests,
+    # stages.all) get the exception itself, as with --verbose.
+    verbose = argv is not None or "--verbose" in sys.argv[1:]
+    try:
+        started = start(p, argv)
+        if started is None:
+            return 0  # --dry-run printed the resolved config
+        params, args = started
+        print(run(params, repo_root(), args).summary())
+    except USER_ERRORS as e:
+        if verbose:
+            raise
+        print(f"error: {e} (--verbose for the traceback)", file=sys.stderr)
+        return 2
     return 0
