@@ -33,7 +33,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from benchmarks.report import load_average, write_result
-from ddpm_core.rng import mix_seed
+from ddpm_core.rng import SeedPurpose, mix_seed
 from pipelines.config import Params, from_dict
 from pipelines.data.stage import build_shards
 from pipelines.data.stream import train_batches
@@ -42,7 +42,6 @@ from pipelines.infra.tracking import Tracker
 from pipelines.train.run import open_train_run, plan_run
 from pipelines.train.stage import run_train
 from pipelines.train.step import (
-    SEED_DROPOUT,
     TrainState,
     draw_t_noise,
     make_state,
@@ -141,7 +140,7 @@ def plain_loop(setup: Setup) -> Measurement:
     torch.set_num_threads(setup.threads)
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # dropout seeded per rank, as in the worker
-        torch.manual_seed(mix_seed(params.seed, 1, 0, SEED_DROPOUT))
+        torch.manual_seed(mix_seed(params.seed, 1, 0, SeedPurpose.DROPOUT))
         state = make_state(params, torch.device("cpu"), 0, 1)
         session_start = time.perf_counter()
         batches = train_batches(

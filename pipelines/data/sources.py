@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ddpm_core.config import ConfigError
+from ddpm_core.rng import SeedPurpose
 from pipelines.artifacts.shards import SourceData, Split
 from pipelines.config import DataConfig
 
@@ -76,7 +77,7 @@ def split_indices(
     ValueError naming `where` when either split would be empty (checked before any shard is
     written: FID against the test split and the NLL need test images).
     """
-    perm = np.random.default_rng([seed, 1]).permutation(n)
+    perm = np.random.default_rng([seed, SeedPurpose.DATA_SPLIT]).permutation(n)
     n_test = int(round(n * test_fraction))
     if n_test < 1 or n_test >= n:
         raise ValueError(
@@ -91,7 +92,7 @@ def cap_indices(n: int, max_images: int | None, seed: int) -> np.ndarray:
     """All of range(n), or a seeded subset of `max_images` in natural order (mixes classes)."""
     if max_images is None or n <= max_images:
         return np.arange(n)
-    return np.sort(np.random.default_rng([seed, 2]).permutation(n)[:max_images])
+    return np.sort(np.random.default_rng([seed, SeedPurpose.DATA_CAP]).permutation(n)[:max_images])
 
 
 # ----------------------------------------------------------------------------------------------

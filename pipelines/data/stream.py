@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_core.rng import seeded_generator
+from ddpm_core.rng import SeedPurpose, seeded_generator
 from ddpm_core.sampling import from_uint8
 from pipelines.artifacts.shards import image_shape, read_entries, read_manifest, shard_entries
 
@@ -75,8 +75,9 @@ def batch_indices(
 def flips(batch_size: int, step: int, seed: int, rank: int, world_size: int) -> torch.Tensor:
     """Whether each image of rank `rank`'s batch `step` is flipped (B,) bool: drawn for the
     whole global batch, so a position's flip does not depend on the worker count."""
-    g = torch.rand(batch_size * world_size, generator=seeded_generator(seed, step, 7)) < 0.5
-    return g[rank * batch_size : (rank + 1) * batch_size]
+    g = seeded_generator(seed, step, SeedPurpose.FLIPS)
+    flipped = torch.rand(batch_size * world_size, generator=g) < 0.5
+    return flipped[rank * batch_size : (rank + 1) * batch_size]
 
 
 def train_batches(

@@ -36,7 +36,6 @@ STATE_FILE = "training_state.pt"
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-SEED_T_NOISE, SEED_DROPOUT = SeedPurpose.T_NOISE, SeedPurpose.DROPOUT  # per-rank streams
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -167,7 +166,9 @@ def make_state(
             raw.parameters(), lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=fused or None
         ),
         diffusion=diffusion,
-        generator=seeded_generator(params.seed, world_size, rank, SEED_T_NOISE, device=device),
+        generator=seeded_generator(
+            params.seed, world_size, rank, SeedPurpose.T_NOISE, device=device
+        ),
         stats=StepStats.zeros(device),
         compile_mode=compile_mode,
     )

@@ -22,7 +22,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from ddpm_core.rng import mix_seed
+from ddpm_core.rng import SeedPurpose, mix_seed
 from ddpm_core.sampling import sample_indices
 from pipelines.config import Params
 from pipelines.data.stream import train_batches
@@ -38,7 +38,6 @@ from pipelines.train.checkpoint import (
 from pipelines.train.fid_probe import FidProbe, load_reference, small_fid
 from pipelines.train.run import RunFolder
 from pipelines.train.step import (
-    SEED_DROPOUT,
     STATE_FILE,
     NonFiniteLossError,
     TrainState,
@@ -91,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # Dropout draws from torch's global generator (nn.Dropout takes none): seed it per rank
     # inside fork_rng so this process's global state is restored afterwards.
     with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(mix_seed(params.seed, world, rank, SEED_DROPOUT))
+        torch.manual_seed(mix_seed(params.seed, world, rank, SeedPurpose.DROPOUT))
         configure_backends(device)
         state = make_state(params, device, rank, world, compile_mode=params.train.compile)
         restored = _restore(state, rank)
