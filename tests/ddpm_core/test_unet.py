@@ -40,6 +40,13 @@ def test_param_count_256() -> None:
     assert n_params(model) == 113_673_219
 
 
+def test_param_count_256_large() -> None:
+    """The large LSUN Bedroom model (ch 192): 255,677,955 (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        model = UNet(ch=192, ch_mult=(1, 1, 2, 2, 4, 4), attn_resolutions=(16,), resolution=256)
+    assert n_params(model) == 255_677_955
+
+
 def test_shapes_and_dtype() -> None:
     model = tiny(in_channels=1, out_channels=2)
     x = torch.randn(3, 1, 8, 8)
