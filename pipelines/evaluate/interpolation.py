@@ -23,7 +23,7 @@ from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.artifacts.shards import load_split, read_manifest
 from pipelines.config import Params
 from pipelines.evaluate.report import data_label
-from pipelines.infra.figures import save_grid
+from pipelines.infra.figures import display_scale, save_grid
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def write_interpolation(params: Params, root: Path, pairs: Tensor) -> Path:
     task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0)(compute_rows)
     rows = ray.get(task.remote(params, root / params.paths.model, pairs, cfg.use_gpu))
     n_cols = rows.shape[1]
-    scale = max(1, 64 // params.data.resolution)
+    scale = display_scale(params.data.resolution)
     path = save_grid(rows.flatten(0, 1), root / params.paths.plots / INTERP_PNG, n_cols, scale)
     log.info("interpolation figure %s: %d rows x %d columns", path, rows.shape[0], n_cols)
     return path

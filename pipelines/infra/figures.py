@@ -62,6 +62,11 @@ def _to_pil(grid: np.ndarray) -> Image.Image:
     return Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
 
 
+def display_scale(resolution: int) -> int:
+    """The nearest-neighbour enlargement that shows a `resolution`² image at about 64 pixels."""
+    return max(1, 64 // resolution)
+
+
 def grid_image(images: torch.Tensor, nrow: int | None = None, scale: int = 1) -> Image.Image:
     """A grid of (N, C, H, W) uint8 images as a PIL image; `nrow` defaults to ~sqrt(N).
 

@@ -32,7 +32,8 @@ from pipelines.artifacts.samples import (
     write_manifest,
 )
 from pipelines.config import Params, to_dict
-from pipelines.infra.figures import save_grid, save_progressive
+from pipelines.infra.figures import display_scale, save_grid, save_progressive
+from pipelines.infra.progress import format_duration
 from pipelines.infra.ray import check_fits, init_ray
 from pipelines.infra.tracking import Tracker, numeric
 from pipelines.sample.actor import SamplerActor, build_diffusion, image_shape
@@ -70,7 +71,7 @@ class Progress:
             self.done,
             self.total,
             rate,
-            _fmt_seconds(eta),
+            format_duration(eta),
         )
         if self.tracker is not None:
             self.tracker.log_metrics({"images_done": self.done, "images_per_s": rate}, self.done)
@@ -80,14 +81,6 @@ class Progress:
 
     def rate(self) -> float:
         return self.new / max(self.elapsed(), 1e-9)
-
-
-def _fmt_seconds(s: float) -> str:
-    if s != s:  # nan
-        return "?"
-    m, sec = divmod(int(round(s)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
 
 
 def _actor_resources(params: Params) -> dict[str, float]:
@@ -242,8 +235,7 @@ def run_sample(params: Params, root: Path, tracker: Tracker) -> SampleResult:
     manifest, progress = sample_to_shards(params, root, tracker)
     out_dir, plots = root / params.paths.samples, root / params.paths.plots
     grid = load_samples(out_dir, params.sample.grid_images)  # (N, C, H, W) uint8
-    scale = max(1, 64 // params.data.resolution)
-    figures = [save_grid(grid, plots / GRID_PNG, scale=scale)]
+    figures = [save_grid(grid, plots / GRID_PNG, scale=display_scale(params.data.resolution))]
     frames, steps = progressive_frames(params, load_ema_model(params, root / params.paths.model))
     figures.append(save_progressive(frames, steps, plots / PROGRESSIVE_PNG))
     result = SampleResult(

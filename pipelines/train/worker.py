@@ -28,7 +28,8 @@ from pipelines.config import Params
 from pipelines.data.stream import train_batches
 from pipelines.infra.accel import autocast
 from pipelines.infra.device import configure_backends
-from pipelines.infra.figures import grid_image
+from pipelines.infra.figures import display_scale, grid_image
+from pipelines.infra.progress import format_duration
 from pipelines.infra.tracking import Tracker
 from pipelines.train.checkpoint import (
     UnloadableStateError,
@@ -268,7 +269,7 @@ class _Loop:
         eta = (steps - step) * seconds / max(n, 1)
         log.info(
             "step %d/%d  loss %.4f  grad %.3f  lr %.2e  %.0f img/s  ETA %s",
-            step, steps, loss, window.grad_norm, lr, img_s, _hms(eta),
+            step, steps, loss, window.grad_norm, lr, img_s, format_duration(eta),
         )  # fmt: skip
         self.state.history.append((step, loss))
         if self.tracker is not None:
@@ -286,7 +287,7 @@ class _Loop:
         c, r = self.params.data.channels, self.params.data.resolution
         model = self.state.ema.model.eval()
         images = sample_indices(model, chain, range(n), self.params.seed, (c, r, r), self.device)
-        grid = grid_image(images, scale=max(1, 64 // r))
+        grid = grid_image(images, scale=display_scale(r))
         self.tracker.log_image(grid, grid_key(chain.num_timesteps), self.state.step)
 
     def record_fid(self) -> None:
@@ -330,8 +331,3 @@ class _Loop:
             return
         RunFolder(Path(self.spec.run_dir)).note_nonfinite(str(error), self.state.step, last_ckpt)
         log.error("%s; last good checkpoint: %s", error, last_ckpt)
-
-
-def _hms(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
