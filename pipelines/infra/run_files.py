@@ -1,9 +1,10 @@
 """The DVC hand-off files of tracked stages: `<paths.runs>/<stage>.json`.
 
 A stage's MLflow run is handed to the stages after it through this small JSON file (run id,
-experiment id, the redacted tracking URI, and the stage's `details`: the texts, hashes, flags and
-timings of its record that do not belong in the DVC metrics file, `split_metrics`). Nothing here
-opens or ends a run (`infra.lifecycle`), and nothing talks to MLflow but the experiment look-up.
+experiment id, the redacted tracking URI, a sqlite store relative to the repository, and the
+stage's `details`: the texts, hashes, flags and timings of its record that do not belong in the
+DVC metrics file, `split_metrics`). Nothing here opens or ends a run (`infra.lifecycle`), and
+nothing talks to MLflow but the experiment look-up.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from pipelines.config import Params
 from pipelines.infra.files import write_json
 from pipelines.infra.outbox import first_line
-from pipelines.infra.tracking import Tracker, fast_http, redact_uri
+from pipelines.infra.tracking import Tracker, absolute_uri, fast_http, portable_uri, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ def write_run_file(
     info: dict[str, Any] = {
         "run_id": tracker.run_id,
         "experiment_id": experiment,
-        "uri": redact_uri(tracker.uri),  # runs/*.json is tracked by git
+        # runs/*.json is tracked by git: no credentials, no machine's absolute path
+        "uri": portable_uri(redact_uri(tracker.uri), root),
     }
     if details:
         info["details"] = dict(details)
@@ -57,10 +59,13 @@ def write_run_file(
 
 
 def read_run_file(params: Params, stage: str, root: Path) -> dict[str, Any] | None:
+    """The hand-off file of `stage` (its tracking URI resolved against `root`), or None."""
     path = run_file(params, stage, root)
     if not path.exists():
         return None
     info: dict[str, Any] = json.loads(path.read_text())
+    if isinstance(info.get("uri"), str):
+        info["uri"] = absolute_uri(info["uri"], root)  # the store as this machine sees it
     return info
 
 

@@ -63,9 +63,26 @@ def tracking_uri(cfg: MlflowConfig, root: Path) -> str:
     second database.
     """
     uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + str((shared_root(root) / uri[len(prefix) :]).resolve())
+    return absolute_uri(uri, root)
+
+
+SQLITE = "sqlite:///"
+
+
+def absolute_uri(uri: str, root: Path) -> str:
+    """A relative sqlite URI made absolute against `shared_root(root)`; others as they are."""
+    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
+        return SQLITE + str((shared_root(root) / uri[len(SQLITE) :]).resolve())
+    return uri
+
+
+def portable_uri(uri: str, root: Path) -> str:
+    """`uri` as a committed file may hold it: a sqlite store inside `shared_root(root)` relative
+    to it (`sqlite:///mlflow.db`), so two machines write the same file; others as they are."""
+    if uri.startswith(SQLITE + "/"):
+        path, base = Path(uri[len(SQLITE) :]).resolve(), shared_root(root).resolve()
+        if path.is_relative_to(base):
+            return SQLITE + str(path.relative_to(base))
     return uri
 
 

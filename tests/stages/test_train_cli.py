@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from ddpm_core.config import ConfigError
 from pipelines.config import to_dict
+from pipelines.infra.run_files import read_run_file
 from pipelines.train.checkpoint import load_training_state
 from pipelines.train.run import run_lock
 from pipelines.train.step import STATE_FILE
@@ -89,10 +90,10 @@ def test_stage_trains_then_rerun_resumes_the_same_run(
     assert metrics["steps"] == 3 and metrics["resumed_from"] == 0
     csv_rows = (Path(params.paths.plots) / "train_loss.csv").read_text().splitlines()
     assert csv_rows[0] == "step,loss" and len(csv_rows) == 4
-    first = json.loads((Path(params.paths.runs) / "train.json").read_text())
+    first = read_run_file(params, "train", REPO)
     # Rerun: the same run key resumes at the final checkpoint and reattaches the MLflow run.
     assert train.main(["--params", str(path)]) == 0
-    again = json.loads((Path(params.paths.runs) / "train.json").read_text())
+    again = read_run_file(params, "train", REPO)
     assert again["run_id"] == first["run_id"]
     metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
     assert metrics["steps"] == 3 and metrics["resumed_from"] == 3
@@ -138,7 +139,7 @@ def test_best_fid_exports_the_ema_of_the_min_fid_step_then_last_reexports(
     metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
     assert metrics["steps"] == 6 and metrics["exported_step"] == best_step
     assert metrics["best_fid_train_small"] == pytest.approx(min(v for _, v in curve), rel=1e-5)
-    run = json.loads((Path(params.paths.runs) / "train.json").read_text())
+    run = read_run_file(params, "train", REPO)
     assert f"the EMA at step {best_step}" in run["details"]["export_reason"]
     assert "NOT comparable" in run["details"]["fid_train_small_label"]
     exported = ema_weights(params)

@@ -106,6 +106,23 @@ def test_stage_runs_nest_under_train(tmp_path: Path, make_params: Callable[..., 
     assert len(client.get_metric_history(train.run_id, "loss")) == 2
 
 
+def test_run_files_name_no_machines_absolute_store_path(
+    tmp_path: Path, make_params: Callable[..., Params]
+) -> None:
+    """runs/*.json is committed: a sqlite store inside the repository is written relative to it
+    (two machines write the same file) and read back as this machine's absolute URI."""
+    params = make_params()  # tracking_uri sqlite:///<tmp_path>/mlflow.db
+    train = open_run(params, "train", tmp_path)
+    train.finish()
+    write_run_file(params, "train", train, tmp_path)
+    written = json.loads((Path(params.paths.runs) / "train.json").read_text())
+    assert written["uri"] == "sqlite:///mlflow.db"
+    assert str(tmp_path) not in (Path(params.paths.runs) / "train.json").read_text()
+    info = read_run_file(params, "train", tmp_path)
+    assert info is not None and info["uri"] == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    assert MlflowClient(info["uri"]).get_run(train.run_id).info.status == "FINISHED"
+
+
 def test_failed_stage_marks_run_failed_and_writes_no_file(
     tmp_path: Path, make_params: Callable[..., Params]
 ) -> None:
