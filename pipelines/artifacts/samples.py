@@ -152,7 +152,8 @@ def ordered_hash(shard_hashes: list[str]) -> str:
 
 
 def sampling_plan(params: Params, weights: Path) -> dict[str, Any]:
-    """What the shards' pixels depend on; a change invalidates existing shards."""
+    """What the shards depend on: their pixels (seed, stride, shape, diffusion, weights, sampler)
+    and their layout (`batch_size`: one shard a batch). A change invalidates existing shards."""
     c, r = params.data.channels, params.data.resolution
     plan: dict[str, Any] = {
         "seed": params.seed,
