@@ -88,6 +88,11 @@ class DataConfig:
             "null or an int >= 1",
         )
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image after preprocessing."""
+        return (self.channels, self.resolution, self.resolution)
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -154,12 +154,11 @@ def ordered_hash(shard_hashes: list[str]) -> str:
 def sampling_plan(params: Params, weights: Path) -> dict[str, Any]:
     """What the shards depend on: their pixels (seed, stride, shape, diffusion, weights, sampler)
     and their layout (`batch_size`: one shard a batch). A change invalidates existing shards."""
-    c, r = params.data.channels, params.data.resolution
     plan: dict[str, Any] = {
         "seed": params.seed,
         "batch_size": params.sample.batch_size,
         "stride": params.sample.stride,
-        "image_shape": [c, r, r],
+        "image_shape": list(params.data.image_shape),
         "diffusion": to_dict(params.diffusion),
         "weights_sha256": file_digest(weights),
     }

@@ -55,7 +55,7 @@ def steps_curve(
     params: Params, model: UNet, device: torch.device, weights: InceptionWeights, ref: FidStats
 ) -> list[dict[str, Any]]:
     """One row per step count: FID (and IS) of both samplers at stride T / steps."""
-    cfg, shape = params.quality, _image_shape(params)
+    cfg, shape = params.quality, params.data.image_shape
     full = GaussianDiffusion.from_config(params.diffusion)
     rows = []
     for steps in sorted(cfg.steps):
@@ -79,7 +79,7 @@ def reverse_curve(
     params: Params, model: UNet, device: torch.device, weights: InceptionWeights, ref: FidStats
 ) -> list[dict[str, Any]]:
     """Paper Fig. 10: FID (and IS) of predicted x0 every `reverse_every` steps of Algorithm 2."""
-    cfg, shape = params.quality, _image_shape(params)
+    cfg, shape = params.quality, params.data.image_shape
     diffusion = GaussianDiffusion.from_config(params.diffusion)  # all T steps: the paper's pass
     _, frames = sample_batched(
         model, diffusion, range(cfg.reverse_images), params.seed, shape, cfg.batch_size, device,
@@ -94,10 +94,6 @@ def reverse_curve(
 
 def _isc_splits(params: Params) -> int | None:
     return params.evaluate.isc_splits if params.evaluate.isc else None
-
-
-def _image_shape(params: Params) -> tuple[int, int, int]:
-    return (params.data.channels, params.data.resolution, params.data.resolution)
 
 
 def compute_curves(

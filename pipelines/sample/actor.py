@@ -25,10 +25,6 @@ from pipelines.infra.accel import InferenceModel, InferenceOptions
 from pipelines.infra.device import configure_backends, pick_device
 
 
-def image_shape(params: Params) -> tuple[int, int, int]:
-    return (params.data.channels, params.data.resolution, params.data.resolution)
-
-
 def build_diffusion(params: Params) -> GaussianDiffusion:
     """p_theta's sampler: all T steps (paper), or every `sample.stride`-th (fast, not paper)."""
     return GaussianDiffusion.from_config(params.diffusion).respaced(params.sample.stride)
@@ -53,7 +49,7 @@ class SamplerActor:
         self.diffusion = build_diffusion(self.params)
         self.sampler = make_sampler(self.params.sample.sampler, self.params.sample.ddim_eta)
         self.out_dir = Path(out_dir)
-        self.shape = image_shape(self.params)
+        self.shape = self.params.data.image_shape
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """batch: columns index/start/stop (one row per shard) -> one result row per shard."""

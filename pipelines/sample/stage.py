@@ -36,7 +36,7 @@ from pipelines.infra.figures import display_scale, save_grid, save_progressive
 from pipelines.infra.progress import format_duration
 from pipelines.infra.ray import check_fits, init_ray
 from pipelines.infra.tracking import Tracker, numeric
-from pipelines.sample.actor import SamplerActor, build_diffusion, image_shape
+from pipelines.sample.actor import SamplerActor, build_diffusion
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def progressive_frames(params: Params, model: UNet) -> tuple[torch.Tensor, list[
     diffusion = build_diffusion(params)
     n = min(cfg.progressive_images, cfg.num_images)
     _, frames = sample_indices(
-        model, diffusion, range(n), params.seed, image_shape(params), x0_every=every
+        model, diffusion, range(n), params.seed, params.data.image_shape, x0_every=every
     )
     return frames, snapshot_timesteps(diffusion, every)
 

@@ -74,10 +74,10 @@ def small_fid(
     device: torch.device,
 ) -> float:
     """FID of `train.fid_images` samples of `model` (strided Algorithm 2) against `reference`."""
-    cfg, c, r = params.train, params.data.channels, params.data.resolution
+    cfg, shape = params.train, params.data.image_shape
     chain = diffusion.respaced(cfg.fid_stride)
     images = sample_batched(
-        model, chain, range(cfg.fid_images), params.seed, (c, r, r), PROBE_BATCH, device
+        model, chain, range(cfg.fid_images), params.seed, shape, PROBE_BATCH, device
     )  # (N, C, H, W) uint8
     extract = partial(extract_features, device=device)  # in-process, on this rank's device
     return score(images, probe.weights, [reference], None, extract, "in-training samples").fid[0]

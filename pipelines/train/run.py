@@ -61,7 +61,7 @@ def validate_inputs(params: Params, root: Path) -> dict[str, Any]:
             "run `dvc repro shard` (or `python -m stages.shard --params params.yaml`) first"
         )
     manifest = read_manifest(shards)
-    want = [params.data.channels, params.data.resolution, params.data.resolution]
+    want = list(params.data.image_shape)
     if list(manifest["image_shape"]) != want:
         raise ValueError(
             f"{shards / MANIFEST}: image_shape {manifest['image_shape']} does not match "

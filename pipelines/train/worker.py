@@ -284,10 +284,11 @@ class _Loop:
         stride = max(1, -(-diffusion.num_timesteps // GRID_MAX_STEPS))  # ceil(T / max steps)
         chain = diffusion.respaced(stride)
         n = min(self.params.sample.grid_images, GRID_MAX_IMAGES)
-        c, r = self.params.data.channels, self.params.data.resolution
-        model = self.state.ema.model.eval()
-        images = sample_indices(model, chain, range(n), self.params.seed, (c, r, r), self.device)
-        grid = grid_image(images, scale=display_scale(r))
+        data, model = self.params.data, self.state.ema.model.eval()
+        images = sample_indices(
+            model, chain, range(n), self.params.seed, data.image_shape, self.device
+        )
+        grid = grid_image(images, scale=display_scale(data.resolution))
         self.tracker.log_image(grid, grid_key(chain.num_timesteps), self.state.step)
 
     def record_fid(self) -> None:

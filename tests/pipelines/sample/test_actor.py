@@ -13,7 +13,7 @@ from ddpm_core.sampling import sample_indices
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.artifacts.samples import ShardSpec, read_shard_images
 from pipelines.config import Params, to_dict
-from pipelines.sample.actor import SamplerActor, build_diffusion, image_shape, sampler_model
+from pipelines.sample.actor import SamplerActor, build_diffusion, sampler_model
 from tests.helpers import make_model_dir
 
 
@@ -28,7 +28,9 @@ def test_actor_writes_its_range_then_skips_it(make_params: Callable[..., Params]
     assert first["file"].tolist() == ["samples-000001.tar"] and not first["skipped"][0]
     images = read_shard_images((out / "samples-000001.tar").read_bytes(), ShardSpec(1, 3, 6), "")
     model = load_ema_model(params, model_dir)
-    alone = sample_indices(model, build_diffusion(params), [4], params.seed, image_shape(params))
+    alone = sample_indices(
+        model, build_diffusion(params), [4], params.seed, params.data.image_shape
+    )
     assert torch.equal(torch.from_numpy(images[1:2]), alone)  # image 4 alone == in its range
     again = actor(batch)
     assert again["skipped"][0] and again["sha256"][0] == first["sha256"][0]
@@ -52,7 +54,7 @@ def test_actor_samples_with_ddim_when_selected(make_params: Callable[..., Params
     model, d, shape = (
         load_ema_model(params, model_dir),
         build_diffusion(params),
-        image_shape(params),
+        params.data.image_shape,
     )
     ddim = sample_indices(model, d, [2], params.seed, shape, sampler=DDIM(0.5))
     assert torch.equal(images[2:], ddim)
@@ -72,9 +74,9 @@ def test_actor_runs_the_network_with_the_sample_options(make_params: Callable[..
     wrapped = sampler_model(fast, model_dir, torch.device("cpu"))
     assert wrapped.precision == "bf16" and wrapped.channels_last
     plain = load_ema_model(fast, model_dir)
-    a = sample_indices(wrapped, build_diffusion(fast), range(4), fast.seed, image_shape(fast))
-    b = sample_indices(plain, build_diffusion(fast), range(4), fast.seed, image_shape(fast))
-    assert a.shape == b.shape == (4, *image_shape(fast)) and a.dtype == torch.uint8
+    a = sample_indices(wrapped, build_diffusion(fast), range(4), fast.seed, fast.data.image_shape)
+    b = sample_indices(plain, build_diffusion(fast), range(4), fast.seed, fast.data.image_shape)
+    assert a.shape == b.shape == (4, *fast.data.image_shape) and a.dtype == torch.uint8
     # bf16 takes effect (fp32 is deterministic: equal pixels would mean autocast did nothing)
     # and stays within 2% (relative L2 over the uint8 images).
     diff = a.float() - b.float()

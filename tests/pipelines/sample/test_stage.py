@@ -31,7 +31,7 @@ from pipelines.config import Params
 from pipelines.infra.lifecycle import run_tracked
 from pipelines.infra.run_files import read_run_file, split_metrics
 from pipelines.infra.tracking import open_run
-from pipelines.sample.actor import build_diffusion, image_shape
+from pipelines.sample.actor import build_diffusion
 from pipelines.sample.stage import run_sample, sample_to_shards
 from tests.helpers import dead_pid, make_model_dir
 
@@ -45,7 +45,7 @@ def _params(make_params: MakeParams, **overrides: Any) -> Params:
 def _reference(params: Params) -> torch.Tensor:
     """Each shard's range sampled in one plain call (same batch composition as the pool)."""
     model = load_ema_model(params, Path(params.paths.model))
-    diffusion, shape = build_diffusion(params), image_shape(params)
+    diffusion, shape = build_diffusion(params), params.data.image_shape
     specs = plan_shards(params.sample.num_images, params.sample.batch_size)
     chunks = [sample_indices(model, diffusion, range(s.start, s.stop), params.seed, shape)
               for s in specs]  # fmt: skip
