@@ -21,7 +21,7 @@ from ddpm_core.config import ConfigError
 from pipelines.config import to_dict
 from pipelines.infra.run_files import read_run_file
 from pipelines.train.checkpoint import load_training_state
-from pipelines.train.run import run_lock
+from pipelines.train.run import plan_run, run_lock
 from pipelines.train.step import STATE_FILE
 from stages import fid_stats, shard, train
 from tests.helpers import REPO, build_params, ema_weights, fid_history, params_file, train_params
@@ -197,5 +197,5 @@ def test_a_second_cli_on_the_same_run_key_is_refused_until_the_holder_is_killed(
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-    with run_lock(params, REPO) as again:  # no stale lock after the kill
+    with run_lock(plan_run(params, REPO)) as again:  # no stale lock after the kill
         assert again == lock and f"pid {os.getpid()} " in again.read_text()
