@@ -22,10 +22,9 @@ from mlflow.tracking import MlflowClient
 
 from ddpm_core.rng import mix_seed
 from ddpm_core.unet import UNet
-from pipelines.artifacts.fid_stats import InceptionWeights, save_inception
 from pipelines.artifacts.model_dir import CONFIG_FILE, WEIGHTS_FILE, load_weights
 from pipelines.config import Params, to_dict
-from pipelines.fid.inception import LABEL_CONVERTED
+from pipelines.fid.stage import run_fid_stats
 from pipelines.infra.files import file_digest
 from pipelines.infra.run_files import split_metrics
 from pipelines.infra.tracking import tracking_uri
@@ -291,8 +290,7 @@ def test_min_fid_selection_survives_a_worker_killed_mid_run(
         "train.max_failures": 1, "train.fid_every": 2, "train.fid_images": 6,
         "train.export": "best_fid", "evaluate.inception_weights": str(converted_path),
     })  # fmt: skip
-    converted = InceptionWeights(converted_path, LABEL_CONVERTED, has_logits=False)
-    save_inception(Path(params.paths.fid_stats), converted)  # as the fid_stats stage does
+    run_fid_stats(params, tmp_path)  # the probe's reference: only the fid_stats stage writes it
     kill = KillAfterReport(4, 0, str(tmp_path / "killed"))
     result = train(params, tmp_path, loop_fn=kill)
     assert (tmp_path / "killed").exists() and result.resumed_from == 4
