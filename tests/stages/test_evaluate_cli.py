@@ -29,7 +29,7 @@ from pipelines.infra.tracking import open_run, tracking_uri
 from pipelines.sample.stage import sample_to_shards
 from pipelines.train.mlflow_model import log_mlflow_model
 from stages import evaluate, fid_stats
-from tests.helpers import make_model_dir, params_file
+from tests.helpers import REPO, make_model_dir, params_file
 
 MakeParams = Callable[..., Params]
 
@@ -88,7 +88,7 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     sample_to_shards(params, tmp_path)
     train = open_run(params, "train", tmp_path)
     logged = log_mlflow_model(params, train, model_dir, exported)  # as training does
-    write_run_file(params, "train", train, tmp_path)
+    write_run_file(params, "train", train, REPO)  # the root the CLIs run in
     path = str(params_file(params, tmp_path / "p.yaml"))
 
     assert fid_stats.main(["--params", path]) == 0
@@ -174,7 +174,7 @@ def test_two_trained_models_the_second_is_gated_against_the_champion(
         sample_to_shards(params, tmp_path)
         train = open_run(params, "train", tmp_path)
         log_mlflow_model(params, train, model_dir, params.train.steps)
-        write_run_file(params, "train", train, tmp_path)
+        write_run_file(params, "train", train, REPO)  # the root the CLIs run in
         assert evaluate.main(["--params", path]) == 0
         fids.append(json.loads((Path(params.paths.metrics) / "eval.json").read_text())["fid"])
     second = client.get_model_version(name, "2").tags

@@ -16,7 +16,7 @@ from pipelines.config import Params, to_dict
 from pipelines.infra.run_files import write_run_file
 from pipelines.infra.tracking import open_run, tracking_uri
 from stages import sample
-from tests.helpers import make_model_dir, params_file
+from tests.helpers import REPO, make_model_dir, params_file
 
 MakeParams = Callable[..., Params]
 
@@ -59,7 +59,7 @@ def test_run_logs_to_a_child_of_the_train_run(
     params = make_params()
     make_model_dir(params)
     train = open_run(params, "train", tmp_path)  # what the train stage leaves: a run + its file
-    write_run_file(params, "train", train, tmp_path)
+    write_run_file(params, "train", train, REPO)  # as the train CLI writes it (root: the repo)
     assert sample.main(["--params", str(params_file(params, tmp_path / "p.yaml"))]) == 0
     assert "8 images (ancestral, all 20 steps" in capsys.readouterr().out
 
