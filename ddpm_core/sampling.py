@@ -146,12 +146,18 @@ def sample_batched(
     Returns (N, C, H, W) uint8, and with x0_every the frames (K, N, C, H, W) uint8; image i is
     the same whatever the batch size (it depends only on (seed, i)).
     """
-    parts = [
-        sample_indices(model, diffusion, idx, seed, shape, device, x0_every, sampler)
-        for idx in batches(indices, batch_size)
-    ]
+    chunks = batches(indices, batch_size)
     if x0_every is None:
-        return torch.cat([p.cpu() for p in parts])  # type: ignore[union-attr]
+        return torch.cat([
+            sample_indices(model, diffusion, idx, seed, shape, device, sampler=sampler).cpu()
+            for idx in chunks
+        ])  # fmt: skip
+    parts = [
+        sample_indices(
+            model, diffusion, idx, seed, shape, device, x0_every=x0_every, sampler=sampler
+        )
+        for idx in chunks
+    ]
     images = torch.cat([p[0].cpu() for p in parts])
     return images, torch.cat([p[1].cpu() for p in parts], dim=1)
 
