@@ -93,6 +93,8 @@ class DDIM:
         return StepOutput(mean + _nonzero(t, x_t) * sigma * z, pred_x0)
 
 
+StepHook = Callable[[int], None]  # on_step(k): k reverse steps of the loop are done
+
 SAMPLERS: dict[str, Callable[[float], ReverseSampler]] = {
     "ancestral": lambda eta: Ancestral(),
     "ddim": lambda eta: DDIM(eta),
@@ -129,11 +131,14 @@ def reverse_loop(
     t_start: int | None = None,
     x0_every: int | None = None,
     progress: bool = False,
+    on_step: StepHook | None = None,
 ) -> Trajectory:
     """x_t (B, C, H, W) at t_start (default T-1) -> x_0 by `sampler`, one z from noise_fn per step.
 
     With x0_every = k also traces x̂0 at every t with t % k == 0 (paper Fig. 6; official
-    p_sample_loop_progressive); x0_every=None traces nothing.
+    p_sample_loop_progressive); x0_every=None traces nothing. `on_step(k)` is called after the
+    k-th reverse step (k = 1 .. t_start + 1), e.g. to report progress; it reads nothing from the
+    device, so the loop never waits for it.
     """
     T = diffusion.num_timesteps
     start = T - 1 if t_start is None else t_start
@@ -149,6 +154,8 @@ def reverse_loop(
         x = out.prev
         if x0_every is not None and i % x0_every == 0:
             trace.append(out.pred_x0)
+        if on_step is not None:
+            on_step(start + 1 - i)
     return Trajectory(x, tuple(trace))
 
 

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ddpm_core.diffusion import GaussianDiffusion, Model
 from ddpm_core.rng import CounterNoise
-from ddpm_core.samplers import Ancestral, ReverseSampler, reverse_loop, traced_steps
+from ddpm_core.samplers import Ancestral, ReverseSampler, StepHook, reverse_loop, traced_steps
 
 CPU = torch.device("cpu")
 ANCESTRAL = Ancestral()
@@ -45,6 +45,7 @@ def sample_indices(
     device: torch.device = ...,
     x0_every: None = ...,
     sampler: ReverseSampler = ...,
+    on_step: StepHook | None = ...,
 ) -> Tensor: ...
 
 
@@ -59,6 +60,7 @@ def sample_indices(
     *,
     x0_every: int,
     sampler: ReverseSampler = ...,
+    on_step: StepHook | None = ...,
 ) -> tuple[Tensor, Tensor]: ...
 
 
@@ -72,6 +74,7 @@ def sample_indices(
     device: torch.device = CPU,
     x0_every: int | None = None,
     sampler: ReverseSampler = ANCESTRAL,
+    on_step: StepHook | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Samples (N, C, H, W) uint8 for images `indices` of run `seed`, one batch.
 
@@ -80,7 +83,7 @@ def sample_indices(
     does not depend on the other indices in the batch, the worker count or the device.
     `sampler` is any `ddpm_core.samplers` step (Algorithm 2 by default) over `diffusion`'s
     timesteps. With x0_every = k also returns the predicted x0 frames (K, N, C, H, W) uint8 at
-    `snapshot_timesteps(diffusion, k)`.
+    `snapshot_timesteps(diffusion, k)`. `on_step(k)` after each reverse step (`reverse_loop`).
     """
     if len(indices) == 0:
         raise ValueError("indices: expected at least one image index")
@@ -88,7 +91,7 @@ def sample_indices(
         raise ValueError(f"shape: expected (C, H, W) with positive sizes, got {shape}")
     noise = CounterNoise(seed, [int(i) for i in indices], torch.device(device))
     x_T = noise((len(indices), *shape))
-    run = reverse_loop(model, diffusion, sampler, x_T, noise, x0_every=x0_every)
+    run = reverse_loop(model, diffusion, sampler, x_T, noise, x0_every=x0_every, on_step=on_step)
     if x0_every is None:
         return to_uint8(run.sample)
     return to_uint8(run.sample), to_uint8(torch.stack(run.pred_x0))
@@ -112,6 +115,7 @@ def sample_batched(
     device: torch.device = ...,
     sampler: ReverseSampler = ...,
     x0_every: None = ...,
+    on_step: StepHook | None = ...,
 ) -> Tensor: ...
 
 
@@ -127,6 +131,7 @@ def sample_batched(
     sampler: ReverseSampler = ...,
     *,
     x0_every: int,
+    on_step: StepHook | None = ...,
 ) -> tuple[Tensor, Tensor]: ...
 
 
@@ -140,21 +145,33 @@ def sample_batched(
     device: torch.device = CPU,
     sampler: ReverseSampler = ANCESTRAL,
     x0_every: int | None = None,
+    on_step: StepHook | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """`sample_indices` over `indices` in batches of `batch_size`, concatenated on the CPU.
 
     Returns (N, C, H, W) uint8, and with x0_every the frames (K, N, C, H, W) uint8; image i is
-    the same whatever the batch size (it depends only on (seed, i)).
+    the same whatever the batch size (it depends only on (seed, i)). `on_step(k)` after the
+    k-th reverse step of each batch.
     """
     chunks = batches(indices, batch_size)
     if x0_every is None:
         return torch.cat([
-            sample_indices(model, diffusion, idx, seed, shape, device, sampler=sampler).cpu()
+            sample_indices(
+                model, diffusion, idx, seed, shape, device, sampler=sampler, on_step=on_step
+            ).cpu()
             for idx in chunks
         ])  # fmt: skip
     parts = [
         sample_indices(
-            model, diffusion, idx, seed, shape, device, x0_every=x0_every, sampler=sampler
+            model,
+            diffusion,
+            idx,
+            seed,
+            shape,
+            device,
+            x0_every=x0_every,
+            sampler=sampler,
+            on_step=on_step,
         )
         for idx in chunks
     ]

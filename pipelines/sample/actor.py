@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 
 from ddpm_core.diffusion import GaussianDiffusion
@@ -23,6 +24,7 @@ from pipelines.artifacts.samples import ShardSpec, verify_shard, write_shard
 from pipelines.config import Params, from_dict
 from pipelines.infra.accel import InferenceModel, InferenceOptions
 from pipelines.infra.device import configure_backends, pick_device
+from pipelines.sample.progress import Reporter
 
 
 def build_diffusion(params: Params) -> GaussianDiffusion:
@@ -40,8 +42,15 @@ def sampler_model(params: Params, model_dir: Path, device: torch.device) -> Infe
 class SamplerActor:
     """Ray Data callable class: one model copy per actor, one shard per input row."""
 
-    def __init__(self, params: dict[str, Any], model_dir: str, out_dir: str) -> None:
+    def __init__(
+        self,
+        params: dict[str, Any],
+        model_dir: str,
+        out_dir: str,
+        board: ray.actor.ActorHandle | None = None,
+    ) -> None:
         self.params = from_dict(Params, params)
+        self.board = board  # progress.StepBoard: denoising steps done, for the driver's ETA
         torch.set_num_threads(max(1, int(self.params.sample.cpus_per_worker)))
         self.device = pick_device(self.params.sample.use_gpu, "sample.use_gpu")
         configure_backends(self.device, deterministic=True)  # same images on every rerun
@@ -63,6 +72,9 @@ class SamplerActor:
         t0 = time.perf_counter()
         digest = verify_shard(self.out_dir / spec.name, spec, self.shape)
         skipped = digest is not None
+        reporter = self._reporter(spec)
+        if reporter is not None and skipped:
+            reporter.skipped()
         if digest is None:
             images = sample_batched(
                 self.model,
@@ -73,6 +85,7 @@ class SamplerActor:
                 self.params.sample.batch_size,  # one work unit: one batch
                 self.device,
                 self.sampler,
+                on_step=None if reporter is None else reporter.on_step,
             )  # (n, C, H, W) uint8
             digest = write_shard(images, spec, self.out_dir)
         return {
@@ -85,3 +98,9 @@ class SamplerActor:
             "skipped": skipped,
             "seconds": time.perf_counter() - t0,
         }
+
+    def _reporter(self, spec: ShardSpec) -> Reporter | None:
+        if self.board is None:
+            return None
+        steps = self.diffusion.num_timesteps
+        return Reporter(self.board, spec.index, spec.count, steps, max(1, steps // 20))

@@ -37,11 +37,13 @@ from pipelines.infra.progress import format_duration
 from pipelines.infra.ray import check_fits, init_ray
 from pipelines.infra.tracking import Tracker, numeric
 from pipelines.sample.actor import SamplerActor, build_diffusion
+from pipelines.sample.progress import Watcher, board
 
 log = logging.getLogger(__name__)
 
 GRID_PNG = "sample_grid.png"
 PROGRESSIVE_PNG = "progressive_generation.png"
+PROGRESS_EVERY_S = 15.0  # the denoising progress line, from the first step on
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,8 +98,12 @@ def run_pool(
     model_dir: Path,
     out_dir: Path,
     tracker: Tracker | None = None,
+    progress_every_s: float = PROGRESS_EVERY_S,
 ) -> tuple[list[dict[str, Any]], Progress]:
     """Run every shard on an actor pool of `sample.num_workers`; returns rows in index order.
+
+    From the first reverse step on, a line with the denoising progress, images/s and ETA is
+    logged every `progress_every_s` seconds (`sample.progress`); one more line per finished shard.
 
     The input is `from_items` (no read tasks): with `ray.data.range` a read task needs a CPU
     too, and a pool that takes every CPU of the cluster then deadlocks.
@@ -105,6 +111,7 @@ def run_pool(
     resources = _actor_resources(params)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # `Progress` logs shards, rate and ETA instead
+    steps_board = board()
     items = [{"index": s.index, "start": s.start, "stop": s.stop} for s in specs]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         SamplerActor,
@@ -112,16 +119,21 @@ def run_pool(
             "params": to_dict(params),
             "model_dir": str(model_dir),
             "out_dir": str(out_dir),
+            "board": steps_board,
         },
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=min(params.sample.num_workers, len(specs))),
         **resources,
     )
-    progress = Progress(sum(s.count for s in specs), tracker)
+    total = sum(s.count for s in specs)
+    progress = Progress(total, tracker)
     rows: dict[int, dict[str, Any]] = {}
-    for row in ds.iter_rows():
-        rows[int(row["index"])] = row  # a retried shard may report twice: same file, same hash
-        progress.update(row)
+    steps = build_diffusion(params).num_timesteps
+    with Watcher(steps_board, total * steps, steps, progress_every_s):
+        for row in ds.iter_rows():
+            rows[int(row["index"])] = row  # a retried shard may report twice: same file, hash
+            progress.update(row)
+    ray.kill(steps_board)
     missing = [s.index for s in specs if s.index not in rows]
     if missing:
         raise RuntimeError(f"sample: shards {missing} returned no result")
