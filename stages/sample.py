@@ -1,7 +1,7 @@
 """DVC stage `sample`: EMA model -> N images (Algorithm 2 on a Ray actor pool), figures, metrics.
 
-Rerunning after a crash resumes: shards already complete and verified are kept. `dvc repro`
-deletes the stage's outputs first, so there a rerun starts over (see README, Sampling).
+Rerunning after a crash resumes: shards already complete and verified are kept, under `dvc repro`
+too (the samples folder is `persist: true` in dvc.yaml; docs/stages.md, Sampling).
 """
 
 from __future__ import annotations
