@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -359,6 +360,27 @@ class Tracker:
         return Tracker(self.uri, parent) if parent else None
 
 
+SERVER_CONNECT_TIMEOUT_S = 10.0
+
+
+def require_server(uri: str) -> None:
+    """A stage starts only with its tracking server up: a `ConnectionError` naming the URI at
+    once when an http(s) server does not accept a connection (the HTTP client would retry for
+    minutes and end in a traceback). Outages after the start are the outbox's job."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or parts.hostname is None:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=SERVER_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise ConnectionError(
+            f"MLflow tracking server {redact_uri(uri)} unreachable ({e.strerror or e}): start it, "
+            "or point mlflow.tracking_uri / MLFLOW_TRACKING_URI at a running one"
+        ) from None
+
+
 def open_run(
     params: Params,
     stage: str,
@@ -370,6 +392,7 @@ def open_run(
 ) -> Tracker:
     """Create a run (or reattach to `resume_run_id`), tag it and log all resolved params."""
     uri = tracking_uri(params.mlflow, root)
+    require_server(uri)
     client = MlflowClient(uri)
     if resume_run_id is not None:
         client.update_run(resume_run_id, status="RUNNING")

@@ -29,7 +29,7 @@ from pipelines.artifacts.shards import MANIFEST, read_manifest
 from pipelines.config import Params
 from pipelines.infra.files import file_digest, shared_root, write_json
 from pipelines.infra.ray import check_fits, init_ray
-from pipelines.infra.tracking import Tracker, open_run
+from pipelines.infra.tracking import Tracker, open_run, require_server, tracking_uri
 from pipelines.train.step import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -241,8 +241,10 @@ def run_lock(plan: TrainPlan) -> Iterator[Path]:
 def open_train_run(params: Params, root: Path, plan: TrainPlan) -> Tracker:
     """The MLflow run of this training run: reattach to the folder's run id, else create one.
 
-    Ray is connected and the cluster checked first (`connect`), before a run is opened.
+    The tracking server is checked first, then Ray is connected and the cluster checked
+    (`connect`), before a run is opened.
     """
+    require_server(tracking_uri(params.mlflow, root))
     connect(params)
     folder = plan.folder
     tracker = None
