@@ -36,6 +36,7 @@ def cfg(**kw: object) -> DataConfig:
         shard_size=16,
         test_fraction=0.1,
         random_flip=False,
+        shard_workers=1,
     )
     return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
