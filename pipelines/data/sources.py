@@ -602,29 +602,18 @@ class LmdbItems:
 
     Memory: the key list only (LSUN's ids are 40-byte hex strings: ~90 bytes each as Python
     bytes, ~270 MiB for Bedroom's 3M). The environment is opened read-only without the lock
-    file (lock=False: the distributed LMDB is never written) once per process and object,
-    never pickled: a Ray task re-opens it.
+    file (lock=False: the distributed LMDB is never written), once per process (`_lmdb_env`;
+    py-lmdb refuses a second open of one environment), never pickled: a Ray task re-opens it.
     """
 
     path: str
     keys: list[bytes]
-    _env: list[Any] = field(default_factory=list, compare=False, repr=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "keys": self.keys}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        object.__setattr__(self, "path", state["path"])
-        object.__setattr__(self, "keys", state["keys"])
-        object.__setattr__(self, "_env", [])
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def load(self, i: int) -> Image.Image:
-        if not self._env:
-            self._env.append(_open_lmdb(Path(self.path)))
-        with self._env[0].begin(write=False) as txn:
+        with _lmdb_env(self.path).begin(write=False) as txn:
             value = txn.get(self.keys[i])
         if value is None:
             raise ValueError(
@@ -655,21 +644,25 @@ def _open_lmdb(folder: Path) -> Any:
             f"{folder / 'data.mdb'} not found; expected an LSUN LMDB folder (data.mdb, lock.mdb)"
         )
     try:
-        return lmdb.open(
-            str(folder), readonly=True, lock=False, readahead=False, meminit=False, max_readers=1
-        )
+        return lmdb.open(str(folder), readonly=True, lock=False, readahead=False, meminit=False)
     except lmdb.Error as e:
         raise ValueError(f"{folder}: not a readable LMDB environment: {e}") from None
 
 
+_LMDB_ENVS: dict[str, Any] = {}  # this process's open environments, by resolved folder
+
+
+def _lmdb_env(path: str) -> Any:
+    key = str(Path(path).resolve())
+    if key not in _LMDB_ENVS:
+        _LMDB_ENVS[key] = _open_lmdb(Path(path))
+    return _LMDB_ENVS[key]
+
+
 def _lsun_keys(folder: Path) -> list[bytes]:
     """Every key in LMDB cursor order (sorted bytes order), values not read."""
-    env = _open_lmdb(folder)
-    try:
-        with env.begin(write=False) as txn:
-            return [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
-    finally:
-        env.close()
+    with _lmdb_env(str(folder)).begin(write=False) as txn:
+        return [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
 
 
 def _lsun(cfg: DataConfig, seed: int) -> Loaded:
