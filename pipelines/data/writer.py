@@ -157,29 +157,39 @@ class Progress:
         )
 
 
-def _jobs(source: LazySource, cfg: DataConfig, skip: dict[str, ShardInfo]) -> list[ShardJob]:
-    """Every shard of every split still to write, in output order (item refs taken lazily)."""
-    jobs = []
+Spec = tuple[str, int, int, int]  # (split, shard, start, stop)
+
+
+def _pending(source: LazySource, cfg: DataConfig, skip: dict[str, ShardInfo]) -> list[Spec]:
+    """Every shard of every split still to write, in output order."""
+    specs = []
     for name, split in source.splits.items():
-        size = first_size(split, cfg)
         for k, (start, stop) in enumerate(shard_ranges(len(split), cfg.shard_size)):
             kept = skip.get(shard_file(name, k))
             if kept is None or kept.num_images != stop - start:
-                jobs.append(ShardJob(name, k, start, split.take(range(start, stop)), cfg, size))
-    return jobs
+                specs.append((name, k, start, stop))
+    return specs
 
 
-def _results(jobs: list[ShardJob], workers: int) -> Iterator[tuple[bytes, ShardInfo]]:
+def _jobs(source: LazySource, cfg: DataConfig, specs: list[Spec]) -> Iterator[ShardJob]:
+    """The jobs of `specs`, made as they are submitted: each holds only its shard's item refs
+    (names or keys), so the driver holds one list of every item (`source`'s), not two."""
+    sizes = {name: first_size(split, cfg) for name, split in source.splits.items()}
+    for name, k, start, stop in specs:
+        part = source.splits[name].take(range(start, stop))
+        yield ShardJob(name, k, start, part, cfg, sizes[name])
+
+
+def _results(jobs: Iterator[ShardJob], workers: int) -> Iterator[tuple[bytes, ShardInfo]]:
     """(tar bytes, info) of every job, here (workers 1) or by <= `workers` Ray tasks in flight."""
     if workers == 1:
         for job in jobs:
             yield run_job(job)
         return
     task = ray.remote(num_cpus=1)(run_job)
-    pending = iter(jobs)
     in_flight: list[Any] = []
     while True:
-        while len(in_flight) < workers and (job := next(pending, None)) is not None:
+        while len(in_flight) < workers and (job := next(jobs, None)) is not None:
             in_flight.append(task.remote(job))
         if not in_flight:
             return
@@ -207,13 +217,13 @@ def write_shards_into(
 ) -> dict[str, Any]:
     """Write the shards of `source` missing from `kept` into `work`, then `manifest.json`."""
     infos = dict(kept)
-    jobs = _jobs(source, cfg, kept)
+    specs = _pending(source, cfg, kept)
     total = sum(len(s) for s in source.splits.values())
     n_shards = _shard_count(source, cfg.shard_size)
-    progress = Progress(total, total - sum(len(j.part) for j in jobs))
+    progress = Progress(total, total - sum(stop - start for _, _, start, stop in specs))
     if kept:
-        logger.info("%s: resuming: %d shards kept, %d to write", work, len(kept), len(jobs))
-    for data, info in _results(jobs, cfg.shard_workers):
+        logger.info("%s: resuming: %d shards kept, %d to write", work, len(kept), len(specs))
+    for data, info in _results(_jobs(source, cfg, specs), cfg.shard_workers):
         write_bytes(work / info.file, data)
         if sidecars:  # after the tar: a sidecar names a complete tar
             write_json(work / f"{info.file}{SIDECAR_SUFFIX}", info.to_json())
