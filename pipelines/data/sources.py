@@ -374,7 +374,7 @@ def _digits(cfg: DataConfig, seed: int) -> Loaded:
     pixels = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
     targets = np.asarray(bunch.target, dtype=np.int64)
     train, test = split_indices(len(pixels), cfg.test_fraction, seed, "scikit-learn digits")
-    raw = {
+    raw: RawSplits = {
         "train": (ArrayItems.of(pixels[train], "digits/train"), targets[train]),
         "test": (ArrayItems.of(pixels[test], "digits/test"), targets[test]),
     }

@@ -183,14 +183,13 @@ def _jobs(source: LazySource, cfg: DataConfig, specs: list[Spec]) -> Iterator[Sh
 def _results(jobs: Iterator[ShardJob], workers: int) -> Iterator[tuple[bytes, ShardInfo]]:
     """(tar bytes, info) of every job, here (workers 1) or by <= `workers` Ray tasks in flight."""
     if workers == 1:
-        for job in jobs:
-            yield run_job(job)
+        yield from map(run_job, jobs)
         return
     task = ray.remote(num_cpus=1)(run_job)
     in_flight: list[Any] = []
     while True:
-        while len(in_flight) < workers and (job := next(jobs, None)) is not None:
-            in_flight.append(task.remote(job))
+        while len(in_flight) < workers and (nxt := next(jobs, None)) is not None:
+            in_flight.append(task.remote(nxt))
         if not in_flight:
             return
         done, in_flight = ray.wait(in_flight, num_returns=1)
