@@ -57,6 +57,27 @@ def test_lsun_lmdb_shards_are_identical_on_1_and_2_ray_workers(
     assert outs[1] == outs[2]
 
 
+def test_a_bad_image_in_a_ray_task_is_named_and_leaves_nothing(
+    tmp_path: Path, make_params: Callable[..., Params], local_ray: object
+) -> None:
+    import lmdb
+
+    lmdb_dir = tmp_path / "church_lmdb"
+    keys = write_lsun_lmdb(lmdb_dir, 12)
+    with lmdb.open(str(lmdb_dir)) as env, env.begin(write=True) as txn:
+        txn.put(keys[5], b"not an image")
+    over: dict[str, Any] = {
+        "data.source": "lsun", "data.root": str(lmdb_dir), "data.raw": str(lmdb_dir),
+        "data.channels": 3, "data.resize": "center_crop", "data.test_fraction": 0.25,
+        "data.shard_size": 2, "data.max_images": None, "data.shard_workers": 2,
+    }  # fmt: skip
+    params = make_params(over)
+    with pytest.raises(ValueError, match=rf"church_lmdb:{keys[5].decode()}: cannot read image"):
+        run_shard(params, tmp_path)
+    out = Path(params.paths.shards)
+    assert not out.exists() and not staging_dir(out).exists()
+
+
 def test_killed_shard_stage_resumes_keeping_its_finished_shards(
     tmp_path: Path, make_params: Callable[..., Params]
 ) -> None:
