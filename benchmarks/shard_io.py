@@ -55,6 +55,7 @@ def run(
         shard_size=1000,
         test_fraction=0.1,
         random_flip=True,
+        shard_workers=1,
     )
     data, t_src = timed(lambda: load_source(cfg, 0))
     n = sum(len(s.images) for s in data.splits.values())  # type: ignore[attr-defined]

@@ -20,8 +20,10 @@ import yaml
 
 from ddpm_core.config import ConfigError, DiffusionConfig, UNetConfig, check
 
-Source = Literal["digits", "mnist", "fashion_mnist", "cifar10", "image_folder"]
-ResizeMode = Literal["pad", "resize"]
+Source = Literal["digits", "mnist", "fashion_mnist", "cifar10", "image_folder", "lsun"]
+# pad: centre on a zero canvas; resize: bilinear to R x R; center_crop: the official 256^2
+# preprocessing (centre square of side min(w, h), then a Lanczos/antialiased resize to R x R).
+ResizeMode = Literal["pad", "resize", "center_crop"]
 Precision = Literal["fp32", "bf16"]  # bf16: autocast of the network (its output back in fp32)
 # torch.compile: false = eager; default = Inductor kernels; reduce-overhead = Inductor + CUDA
 # graphs (one graph replay per call: what makes a small per-GPU batch fast).
@@ -61,14 +63,22 @@ class DataConfig:
     download: bool  # torchvision download when no local files; needs network
     resolution: int  # target H = W
     channels: int  # 1 (grayscale) or 3 (RGB)
-    resize: ResizeMode  # pad (centre, zero) or resize (bilinear) to `resolution`
+    resize: ResizeMode  # pad (centre, zero), resize (bilinear) or center_crop (+ Lanczos)
     max_images: int | None  # cap per split for quick runs
     shard_size: int  # images per tar shard
     test_fraction: float  # for sources without a test split (digits, unsplit folders)
     random_flip: bool  # paper: horizontal flip for CIFAR-10; off for digits
+    shard_workers: int  # parallel Ray tasks writing shards (1: in process); output is the same
 
     def __post_init__(self) -> None:
         check(self.channels in (1, 3), "data.channels", self.channels, "1 or 3")
+        check(self.shard_workers >= 1, "data.shard_workers", self.shard_workers, "an int >= 1")
+        check(
+            self.resize in get_args(ResizeMode),
+            "data.resize",
+            self.resize,
+            " | ".join(get_args(ResizeMode)),
+        )
         check(self.resolution >= 4, "data.resolution", self.resolution, "an int >= 4")
         check(self.shard_size >= 1, "data.shard_size", self.shard_size, "an int >= 1")
         check(

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pipelines.artifacts.tars import ShardError, decode_png, encode_png, read_tar, write_tar
-from pipelines.infra.files import bytes_digest, file_digest, listed_file, write_json
+from pipelines.artifacts.tars import ShardError, decode_png, encode_png, read_tar, tar_bytes
+from pipelines.infra.files import bytes_digest, file_digest, listed_file, write_bytes, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -53,63 +55,187 @@ def sample_key(split: str, index: int) -> str:
     return f"{split}-{index:08d}"
 
 
-def write_split(out_dir: Path, name: str, split: Split, shard_size: int) -> list[dict[str, Any]]:
-    """`<name>-000000.tar`, ... of `shard_size` samples each; returns the manifest entries."""
-    entries = []
-    for shard, start in enumerate(range(0, len(split.images), shard_size)):
-        path = out_dir / f"{name}-{shard:06d}.tar"
-        stop = min(start + shard_size, len(split.images))
-        samples = (
-            (
-                sample_key(name, i),
-                {"png": encode_png(split.images[i]), "cls": str(int(split.labels[i])).encode()},
-            )
-            for i in range(start, stop)
+def shard_file(split: str, shard: int) -> str:
+    return f"{split}-{shard:06d}.tar"
+
+
+def shard_ranges(num_images: int, shard_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of every shard of a split of `num_images`, `shard_size` images each."""
+    return [
+        (start, min(start + shard_size, num_images)) for start in range(0, num_images, shard_size)
+    ]
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One written shard: its manifest entry plus the exact pixel sums of its images.
+
+    `pixel_sum[c]` = sum of channel c's uint8 values, `pixel_sq_sum[c]` = sum of their squares
+    (Python ints: exact for any dataset size).
+    """
+
+    file: str
+    num_images: int
+    sha256: str
+    pixels_per_channel: int  # num_images * H * W
+    pixel_sum: tuple[int, ...]
+    pixel_sq_sum: tuple[int, ...]
+
+    def entry(self) -> dict[str, Any]:
+        return {"file": self.file, "num_images": self.num_images, "sha256": self.sha256}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.entry(),
+            "pixels_per_channel": self.pixels_per_channel,
+            "pixel_sum": list(self.pixel_sum),
+            "pixel_sq_sum": list(self.pixel_sq_sum),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ShardInfo:
+        return cls(
+            str(obj["file"]),
+            int(obj["num_images"]),
+            str(obj["sha256"]),
+            int(obj["pixels_per_channel"]),
+            tuple(int(v) for v in obj["pixel_sum"]),
+            tuple(int(v) for v in obj["pixel_sq_sum"]),
         )
-        data = write_tar(path, samples, OWNER)
-        entries.append(
-            {"file": path.name, "num_images": stop - start, "sha256": bytes_digest(data)}
+
+
+def encode_shard(
+    split: str, shard: int, start: int, images: np.ndarray, labels: np.ndarray
+) -> tuple[bytes, ShardInfo]:
+    """The tar bytes of shard `shard` of `split` (samples start, start+1, ...) and its info.
+
+    images (n, C, H, W) uint8, labels (n,) int64.
+    """
+    samples = (
+        (
+            sample_key(split, start + i),
+            {"png": encode_png(images[i]), "cls": str(int(labels[i])).encode()},
         )
-    return entries
+        for i in range(len(images))
+    )
+    data = tar_bytes(samples, OWNER)
+    sums, sq_sums = pixel_sums(images)
+    n, _, h, w = images.shape
+    info = ShardInfo(shard_file(split, shard), n, bytes_digest(data), n * h * w, sums, sq_sums)
+    return data, info
+
+
+def write_split(out_dir: Path, name: str, split: Split, shard_size: int) -> list[ShardInfo]:
+    """`<name>-000000.tar`, ... of `shard_size` samples each; returns what each shard holds."""
+    infos = []
+    for shard, (start, stop) in enumerate(shard_ranges(len(split.images), shard_size)):
+        data, info = encode_shard(
+            name, shard, start, split.images[start:stop], split.labels[start:stop]
+        )
+        write_bytes(out_dir / info.file, data)
+        infos.append(info)
+    return infos
+
+
+def pixel_sums(images: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per-channel exact sums of the values and of their squares of (N, C, H, W) uint8 images."""
+    x = images.astype(np.int64)
+    return (
+        tuple(int(v) for v in x.sum(axis=(0, 2, 3))),
+        tuple(int(v) for v in (x * x).sum(axis=(0, 2, 3))),
+    )
+
+
+def moments_stats(
+    count: int, sums: list[int], sq_sums: list[int]
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) std, rounded to 6 decimals, from exact integer sums.
+
+    mean = S / n, var = (n Q - S^2) / n^2, both exact rationals before the final rounding: the
+    values numpy's float64 mean/std of the same pixels round to.
+    """
+    if count == 0:
+        return [0.0] * len(sums), [0.0] * len(sums)
+    mean = [s / count for s in sums]  # int / int: correctly rounded
+    std = [
+        math.sqrt(float(Fraction(count * q - s * s, count * count)))
+        for s, q in zip(sums, sq_sums, strict=True)
+    ]
+    return [round(m, 6) for m in mean], [round(v, 6) for v in std]
 
 
 def pixel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of (N, C, H, W) uint8 images, in 0..255 units."""
-    x = images.astype(np.float64)
-    mean = x.mean(axis=(0, 2, 3)) if len(x) else np.zeros(images.shape[1])
-    std = x.std(axis=(0, 2, 3)) if len(x) else np.zeros(images.shape[1])
-    return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+    sums, sq_sums = pixel_sums(images)
+    n, _, h, w = images.shape
+    return moments_stats(n * h * w, list(sums), list(sq_sums))
 
 
-def write_shards(
-    data: SourceData, out_dir: Path, shard_size: int, params: dict[str, Any], source: str
+def train_stats(infos: list[ShardInfo], channels: int) -> tuple[list[float], list[float]]:
+    """`moments_stats` over the shards of the train split (any order: integer sums)."""
+    count = sum(i.pixels_per_channel for i in infos)
+    sums = [sum(i.pixel_sum[c] for i in infos) for c in range(channels)]
+    sq_sums = [sum(i.pixel_sq_sum[c] for i in infos) for c in range(channels)]
+    return moments_stats(count, sums, sq_sums)
+
+
+def build_manifest(
+    *,
+    source: str,
+    description: str,
+    classes: list[str],
+    image_shape: tuple[int, int, int],
+    params: dict[str, Any],
+    splits: dict[str, list[ShardInfo]],
 ) -> dict[str, Any]:
-    """Write every split and `manifest.json` into the (new, empty) folder `out_dir`.
-
-    Callers write into a temporary folder and rename it into place (`infra.files.atomic_path`).
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir}: expected a new empty folder for the shards")
-    train = data.splits["train"]
-    mean, std = pixel_stats(train.images)
+    """The manifest of a complete shard set (`splits`: each split's shards in order)."""
+    mean, std = train_stats(splits["train"], image_shape[0])
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "source": source,
-        "description": data.description,
-        "image_shape": list(train.images.shape[1:]),
-        "classes": data.classes,
+        "description": description,
+        "image_shape": list(image_shape),
+        "classes": classes,
         "pixel_mean": mean,
         "pixel_std": std,
         "pixel_stats_split": "train",
         "members": {"png": "uint8 image, lossless PNG", "cls": "label index as text"},
         "params": params,
-        "splits": {},
+        "splits": {
+            name: {
+                "num_images": sum(i.num_images for i in infos),
+                "shards": [i.entry() for i in infos],
+            }
+            for name, infos in splits.items()
+        },
     }
+    return manifest
+
+
+def write_shards(
+    data: SourceData, out_dir: Path, shard_size: int, params: dict[str, Any], source: str
+) -> dict[str, Any]:
+    """Write every split (in memory) and `manifest.json` into the new, empty folder `out_dir`.
+
+    For tests and small sets; the shard stage streams (`pipelines.data.writer`), same bytes.
+    Callers write into a temporary folder and rename it into place (`infra.files.atomic_path`).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir}: expected a new empty folder for the shards")
+    infos = {}
     for name, split in data.splits.items():
-        entries = write_split(out_dir, name, split, shard_size)
-        manifest["splits"][name] = {"num_images": len(split.images), "shards": entries}
-        logger.info("%s: %d images in %d shards", name, len(split.images), len(entries))
+        infos[name] = write_split(out_dir, name, split, shard_size)
+        logger.info("%s: %d images in %d shards", name, len(split.images), len(infos[name]))
+    shape = data.splits["train"].images.shape[1:]
+    manifest = build_manifest(
+        source=source,
+        description=data.description,
+        classes=data.classes,
+        image_shape=(int(shape[0]), int(shape[1]), int(shape[2])),
+        params=params,
+        splits=infos,
+    )
     write_json(out_dir / MANIFEST, manifest)
     return manifest
 

@@ -1,18 +1,22 @@
-"""Dataset sources (digits, MNIST, Fashion-MNIST, CIFAR-10, image folders) -> uint8 arrays."""
+"""Dataset sources (digits, MNIST, Fashion-MNIST, CIFAR-10, image folders, LSUN LMDB).
+
+`open_source` lists a source lazily (`LazySource`: per split the items in stored order and
+their labels, nothing decoded); `preprocess` decodes a few items (one shard) to uint8 arrays.
+`load_source` decodes everything at once (tests, small sets).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import gzip
+import hashlib
 import io
 import logging
 import pickle
 import struct
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -32,41 +36,72 @@ MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 MAX_IMAGE_BYTES = 64 * 2**20  # one image member of a zip, uncompressed
 
 
-# A raw split: named images (PIL) in a fixed order, read lazily, plus labels.
-RawItem = tuple[str, Callable[[], Image.Image]]
-RawSplits = dict[str, tuple[list[RawItem], np.ndarray]]
+# Lazy splits: an ordered list of items (names + labels) and a picklable way to load item i
+# (`Items`: paths and indices, never open handles), so a Ray task re-opens what it reads.
+RawSplits = dict[str, tuple["Items", np.ndarray]]
 Loaded = tuple[RawSplits, list[str], str]  # raw splits, class names, description
 
 
-def load_source(cfg: DataConfig, seed: int) -> SourceData:
-    """Read `cfg.source`, split it, cap it and bring it to (channels, resolution, resolution)."""
+@dataclass(frozen=True)
+class LazySplit:
+    """One split before decoding: `items` in stored order and their labels (N,) int64."""
+
+    items: Items
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def take(self, index: np.ndarray | range) -> LazySplit:
+        """The items at `index` (in that order), as a new split (small: one shard's refs)."""
+        idx = np.asarray(index, dtype=np.int64)
+        return LazySplit(self.items.take(idx), self.labels[idx])
+
+
+@dataclass(frozen=True)
+class LazySource:
+    """Every split of a source, not decoded, with class names (label i is `classes[i]`)."""
+
+    splits: dict[str, LazySplit]
+    classes: list[str]
+    description: str
+
+
+def open_source(cfg: DataConfig, seed: int) -> LazySource:
+    """List `cfg.source`, split it and cap it; nothing is decoded (item lists only).
+
+    Item order is the stored order of the shards (`split_indices`, `cap_indices`).
+    """
     if cfg.source == "digits":
         raw, classes, desc = _digits(cfg, seed)
     elif cfg.source in MNIST_FOLDERS:
         raw, classes, desc = _mnist_like(cfg)
     elif cfg.source == "cifar10":
         raw, classes, desc = _cifar10(cfg)
+    elif cfg.source == "lsun":
+        raw, classes, desc = _lsun(cfg, seed)
     else:
-        with _ImageTree.open(_require_root(cfg)) as tree:  # decode while the zip is open
-            return _finish(*_image_folder(tree, cfg, seed), cfg, seed)
-    return _finish(raw, classes, desc, cfg, seed)
-
-
-def _finish(
-    raw: RawSplits,
-    classes: list[str],
-    desc: str,
-    cfg: DataConfig,
-    seed: int,
-) -> SourceData:
-    if not raw["train"][0]:
+        raw, classes, desc = _image_folder(_tree_items(_require_root(cfg)), cfg, seed)
+    if not len(raw["train"][0]):
         raise ValueError(f"data.source={cfg.source}: the train split is empty ({desc})")
     splits = {}
     for name, (items, labels) in raw.items():
         keep = cap_indices(len(items), cfg.max_images, seed)
-        images = preprocess([items[i] for i in keep], cfg)
-        splits[name] = Split(images, labels[keep].astype(np.int64))
-    return SourceData(splits, classes, desc)
+        splits[name] = LazySplit(items, labels.astype(np.int64)).take(keep)
+    return LazySource(splits, classes, desc)
+
+
+def load_source(cfg: DataConfig, seed: int) -> SourceData:
+    """`open_source`, every split decoded and brought to (channels, resolution, resolution).
+
+    Holds the whole dataset in memory: for tests and small sets; the shard stage streams.
+    """
+    lazy = open_source(cfg, seed)
+    splits = {
+        name: Split(preprocess(s.items, cfg, first_size(s, cfg)), s.labels)
+        for name, s in lazy.splits.items()
+    }
+    return SourceData(splits, lazy.classes, lazy.description)
 
 
 def split_indices(
@@ -99,21 +134,49 @@ def cap_indices(n: int, max_images: int | None, seed: int) -> np.ndarray:
 # Preprocessing
 
 
-def preprocess(items: Sequence[RawItem], cfg: DataConfig) -> np.ndarray:
-    """Decode, convert to L/RGB, pad or resize to `cfg.resolution`: (N, C, R, R) uint8."""
+def first_size(split: LazySplit, cfg: DataConfig) -> tuple[int, int] | None:
+    """data.resize=pad: the (w, h) every image of `split` must share (its first image's)."""
+    if cfg.resize != "pad" or not len(split):
+        return None
+    mode = "L" if cfg.channels == 1 else "RGB"
+    size: tuple[int, int] = to_mode(split.items.load(0), mode, split.items.describe(0)).size
+    return size
+
+
+def preprocess(items: Items, cfg: DataConfig, size: tuple[int, int] | None) -> np.ndarray:
+    """Decode, convert to L/RGB, pad, resize or centre-crop to `cfg.resolution`.
+
+    `size`: for data.resize=pad, the split's common (w, h) (`first_size`). Returns
+    (N, C, R, R) uint8 for the N = len(items) images.
+    """
     r, mode = cfg.resolution, ("L" if cfg.channels == 1 else "RGB")
     out = np.zeros((len(items), cfg.channels, r, r), dtype=np.uint8)
-    first_size: tuple[int, int] | None = None
-    for i, (name, load) in enumerate(items):
-        img = to_mode(load(), mode, name)
+    for i in range(len(items)):
+        name = items.describe(i)
+        img = to_mode(items.load(i), mode, name)
         if cfg.resize == "resize":
             img = img.resize((r, r), Image.Resampling.BILINEAR) if img.size != (r, r) else img
+        elif cfg.resize == "center_crop":
+            img = center_crop(img, r)
         else:
-            first_size = first_size or img.size
-            img = _pad(img, r, name, first_size)
+            img = _pad(img, r, name, size or img.size)
         arr = np.asarray(img, dtype=np.uint8)
         out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (H,W,C) -> (C,H,W)
     return out
+
+
+def center_crop(img: Image.Image, r: int) -> Image.Image:
+    """The official 256^2 preprocessing: the centre square of side min(w, h), then r x r.
+
+    As StyleGAN's `dataset_tool.py create_lsun` that made the paper's LSUN (and CelebA-HQ)
+    TFRecords for hojonathanho/diffusion: crop rows/cols [(h - s) // 2, (h + s) // 2), then
+    PIL's antialiased resize `ANTIALIAS` (= LANCZOS). No resize when the square is r x r.
+    """
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    img = img.crop((left, top, left + s, top + s)) if (w, h) != (s, s) else img
+    return img.resize((r, r), Image.Resampling.LANCZOS) if s != r else img
 
 
 def to_mode(img: Image.Image, mode: str, name: str) -> Image.Image:
@@ -159,9 +222,145 @@ def _pad(img: Image.Image, r: int, name: str, first_size: tuple[int, int]) -> Im
     return canvas
 
 
-def _array_items(arrays: np.ndarray, prefix: str) -> list[RawItem]:
-    """(N, H, W) or (N, H, W, 3) uint8 -> lazily converted PIL images named prefix[i]."""
-    return [(f"{prefix}[{i}]", functools.partial(Image.fromarray, a)) for i, a in enumerate(arrays)]
+# ----------------------------------------------------------------------------------------------
+# Items: what a split lists, and how one item is loaded (picklable: re-opened in a Ray task)
+
+
+class Items(Protocol):
+    """N images in a fixed order, loaded one at a time; `take` selects a (small) subset."""
+
+    def __len__(self) -> int: ...
+
+    def load(self, i: int) -> Image.Image: ...
+
+    def describe(self, i: int) -> str: ...
+
+    def take(self, index: np.ndarray) -> Items: ...
+
+    def identity(self) -> str:
+        """A digest of what decides the pixels: names, and sizes/mtimes or bytes of the files."""
+        ...
+
+
+@dataclass(frozen=True)
+class ArrayItems:
+    """Images of an array (N, H, W) or (N, H, W, 3) uint8 (MNIST idx, CIFAR batches, digits).
+
+    Bounded by the fixed file sizes of those sources; `take` copies the selected rows only.
+    """
+
+    arrays: np.ndarray
+    prefix: str
+    numbers: np.ndarray  # (N,) the index shown in names: `prefix[numbers[i]]`
+
+    @classmethod
+    def of(cls, arrays: np.ndarray, prefix: str) -> ArrayItems:
+        return cls(arrays, prefix, np.arange(len(arrays)))
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def load(self, i: int) -> Image.Image:
+        return Image.fromarray(self.arrays[i])
+
+    def describe(self, i: int) -> str:
+        return f"{self.prefix}[{int(self.numbers[i])}]"
+
+    def take(self, index: np.ndarray) -> ArrayItems:
+        return ArrayItems(self.arrays[index], self.prefix, self.numbers[index])
+
+    def identity(self) -> str:
+        return _digest(self.prefix.encode(), np.ascontiguousarray(self.arrays).tobytes())
+
+
+def _decode(data: bytes, where: str) -> Image.Image:
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as e:  # PIL raises many types for corrupt data
+        raise ValueError(f"{where}: cannot read image: {e}") from None
+    return img
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def _stat_bytes(path: Path) -> bytes:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}".encode()
+
+
+@dataclass(frozen=True)
+class FileItems:
+    """Image files `root/names[i]` (relative posix paths)."""
+
+    root: str
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, i: int) -> Image.Image:
+        path = Path(self.root) / self.names[i]
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read image: {e}") from None
+        return _decode(data, str(path))
+
+    def describe(self, i: int) -> str:
+        return str(Path(self.root) / self.names[i])
+
+    def take(self, index: np.ndarray) -> FileItems:
+        return FileItems(self.root, [self.names[int(i)] for i in index])
+
+    def identity(self) -> str:
+        root = Path(self.root)
+        return _digest(*(p for n in self.names for p in (n.encode(), _stat_bytes(root / n))))
+
+
+@dataclass(frozen=True)
+class ZipItems:
+    """Image members `names[i]` of the zip file `path`, read in place (opened once per process
+    and object, never pickled: a Ray task re-opens the zip)."""
+
+    path: str
+    names: list[str]
+    _zip: list[zipfile.ZipFile] = field(default_factory=list, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "names": self.names}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        object.__setattr__(self, "path", state["path"])
+        object.__setattr__(self, "names", state["names"])
+        object.__setattr__(self, "_zip", [])
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, i: int) -> Image.Image:
+        if not self._zip:
+            self._zip.append(zipfile.ZipFile(self.path))
+        return _decode(self._zip[0].read(self.names[i]), self.describe(i))
+
+    @property
+    def root(self) -> str:
+        return self.path
+
+    def describe(self, i: int) -> str:
+        return f"{self.path}:{self.names[i]}"
+
+    def take(self, index: np.ndarray) -> ZipItems:
+        return ZipItems(self.path, [self.names[int(i)] for i in index])
+
+    def identity(self) -> str:
+        return _digest(_stat_bytes(Path(self.path)), *(n.encode() for n in self.names))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,9 +374,9 @@ def _digits(cfg: DataConfig, seed: int) -> Loaded:
     pixels = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
     targets = np.asarray(bunch.target, dtype=np.int64)
     train, test = split_indices(len(pixels), cfg.test_fraction, seed, "scikit-learn digits")
-    raw = {
-        "train": (_array_items(pixels[train], "digits/train"), targets[train]),
-        "test": (_array_items(pixels[test], "digits/test"), targets[test]),
+    raw: RawSplits = {
+        "train": (ArrayItems.of(pixels[train], "digits/train"), targets[train]),
+        "test": (ArrayItems.of(pixels[test], "digits/test"), targets[test]),
     }
     return raw, [str(d) for d in range(10)], "scikit-learn load_digits (8x8, 1797 images)"
 
@@ -203,7 +402,7 @@ def _mnist_like(cfg: DataConfig) -> Loaded:
         labels = _read_idx(_idx_path(raw_dir, f"{prefix}-labels-idx1-ubyte", cfg), 1)
         if len(images) != len(labels):
             raise ValueError(f"{raw_dir}/{prefix}-*: {len(images)} images but {len(labels)} labels")
-        raw[split] = (_array_items(images, f"{raw_dir}/{prefix}"), labels.astype(np.int64))
+        raw[split] = (ArrayItems.of(images, f"{raw_dir}/{prefix}"), labels.astype(np.int64))
     classes = [str(c) for c in cls.classes]
     return raw, classes, f"torchvision {cls.__name__} from {root}"
 
@@ -255,7 +454,7 @@ def _cifar10(cfg: DataConfig) -> Loaded:
         batches = [_read_cifar_batch(folder / n, cfg) for n in names]
         images = np.concatenate([b[0] for b in batches])
         labels = np.concatenate([b[1] for b in batches])
-        raw[split] = (_array_items(images, f"{folder}/{split}"), labels)
+        raw[split] = (ArrayItems.of(images, f"{folder}/{split}"), labels)
     return raw, list(CIFAR10_CLASSES), f"CIFAR-10 python batches from {folder}"
 
 
@@ -306,58 +505,39 @@ def _read_cifar_batch(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarr
 # Image folders and zip files
 
 
-class _ImageTree:
-    """Image files under a folder or inside a .zip (read in place), by relative posix path."""
+def _tree_items(root: Path) -> FileItems | ZipItems:
+    """The image files under a folder or inside a .zip (read in place), by relative posix path.
 
-    def __init__(self, root: Path, names: list[str], read: Callable[[str], bytes]) -> None:
-        self.root, self.names, self.read = root, names, read
-
-    @classmethod
-    @contextlib.contextmanager
-    def open(cls, root: Path) -> Iterator[_ImageTree]:
-        if not root.exists():
-            raise FileNotFoundError(f"data.root: {root} does not exist (data.source=image_folder)")
-        if root.is_dir():
-            names = _image_names(
-                [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-            )
-            inside = root.resolve()
-            for n in names:  # a link may point anywhere: only files inside the folder are read
-                if not (root / n).resolve().is_relative_to(inside):
-                    raise ValueError(
-                        f"{root / n}: a symlink to {(root / n).resolve()}, outside data.root="
-                        f"{root}; refused (copy the file into the folder)"
-                    )
-            yield cls(root, names, lambda n: (root / n).read_bytes())
-            return
-        try:
-            zf = zipfile.ZipFile(root)
-        except (zipfile.BadZipFile, OSError) as e:
-            raise ValueError(f"{root}: not a folder or a readable .zip file: {e}") from None
-        with zf:
-            names = _image_names(zf.namelist())
-            for n in names:  # the declared size bounds what zf.read inflates
-                size = zf.getinfo(n).file_size
-                if size > MAX_IMAGE_BYTES:
-                    raise ValueError(
-                        f"{root}:{n}: {size} bytes uncompressed, over the {MAX_IMAGE_BYTES} "
-                        "byte cap for one image member (a zip bomb or not an image)"
-                    )
-            yield cls(root, names, zf.read)
-
-    def describe(self, name: str) -> str:
-        return f"{self.root}:{name}" if self.root.is_file() else str(self.root / name)
-
-    def loader(self, name: str) -> Callable[[], Image.Image]:
-        def load() -> Image.Image:
-            try:
-                img = Image.open(io.BytesIO(self.read(name)))
-                img.load()
-            except Exception as e:  # PIL raises many types for corrupt data
-                raise ValueError(f"{self.describe(name)}: cannot read image: {e}") from None
-            return img
-
-        return load
+    Only names are listed (and checked: no symlink out of the folder, no oversized zip member).
+    """
+    if not root.exists():
+        raise FileNotFoundError(f"data.root: {root} does not exist (data.source=image_folder)")
+    if root.is_dir():
+        names = _image_names(
+            [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+        )
+        inside = root.resolve()
+        for n in names:  # a link may point anywhere: only files inside the folder are read
+            if not (root / n).resolve().is_relative_to(inside):
+                raise ValueError(
+                    f"{root / n}: a symlink to {(root / n).resolve()}, outside data.root="
+                    f"{root}; refused (copy the file into the folder)"
+                )
+        return FileItems(str(root), names)
+    try:
+        zf = zipfile.ZipFile(root)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{root}: not a folder or a readable .zip file: {e}") from None
+    with zf:
+        names = _image_names(zf.namelist())
+        for n in names:  # the declared size bounds what zf.read inflates
+            size = zf.getinfo(n).file_size
+            if size > MAX_IMAGE_BYTES:
+                raise ValueError(
+                    f"{root}:{n}: {size} bytes uncompressed, over the {MAX_IMAGE_BYTES} "
+                    "byte cap for one image member (a zip bomb or not an image)"
+                )
+    return ZipItems(str(root), names)
 
 
 def _image_names(names: list[str]) -> list[str]:
@@ -367,40 +547,137 @@ def _image_names(names: list[str]) -> list[str]:
     return sorted(n for n in names if n.lower().endswith(IMAGE_SUFFIXES) and visible(n))
 
 
-def _image_folder(tree: _ImageTree, cfg: DataConfig, seed: int) -> Loaded:
+def _tree_where(tree: FileItems | ZipItems, name: str) -> str:
+    return f"{tree.root}:{name}" if isinstance(tree, ZipItems) else str(Path(tree.root) / name)
+
+
+def _image_folder(tree: FileItems | ZipItems, cfg: DataConfig, seed: int) -> Loaded:
     """train/ and test/ top-level folders if both exist, else one pool split by test_fraction."""
-    if not tree.names:
-        raise ValueError(f"{tree.root}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
-    tops = {n.split("/", 1)[0] for n in tree.names if "/" in n}
+    root, names = tree.root, tree.names
+    if not names:
+        raise ValueError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
+    tops = {n.split("/", 1)[0] for n in names if "/" in n}
     if {"train", "test"} <= tops:
-        pools = {s: [n for n in tree.names if n.startswith(f"{s}/")] for s in ("train", "test")}
-        rel = {s: [n.split("/", 1)[1] for n in pools[s]] for s in pools}
+        pools = {
+            s: np.array([i for i, n in enumerate(names) if n.startswith(f"{s}/")], dtype=np.int64)
+            for s in ("train", "test")
+        }
+        rel = {s: [names[i].split("/", 1)[1] for i in pools[s]] for s in pools}
         how = "train/ and test/ folders"
     else:
-        only = [
-            f"{s}/" for s in ("train", "test") if all(n.startswith(f"{s}/") for n in tree.names)
-        ]
+        only = [f"{s}/" for s in ("train", "test") if all(n.startswith(f"{s}/") for n in names)]
         prefix = only[0] if only else ""  # e.g. a zip holding only test/<class>/...
-        pool = [n for n in tree.names if n.startswith(prefix)]
+        pool = np.array([i for i, n in enumerate(names) if n.startswith(prefix)], dtype=np.int64)
         train, test = split_indices(
-            len(pool), cfg.test_fraction, seed, tree.describe(prefix or ".")
+            len(pool), cfg.test_fraction, seed, _tree_where(tree, prefix or ".")
         )
-        pools = {"train": [pool[i] for i in train], "test": [pool[i] for i in test]}
-        rel = {s: [n[len(prefix) :] for n in pools[s]] for s in pools}
+        pools = {"train": pool[train], "test": pool[test]}
+        rel = {s: [names[i][len(prefix) :] for i in pools[s]] for s in pools}
         how = f"{prefix or 'all images'} split by data.test_fraction={cfg.test_fraction}"
-    classes = sorted({_class_of(n) for names in rel.values() for n in names})
+    classes = sorted({_class_of(n) for rels in rel.values() for n in rels})
     label = {c: i for i, c in enumerate(classes)}
-    raw = {
+    raw: RawSplits = {
         s: (
-            [(tree.describe(n), tree.loader(n)) for n in pools[s]],
+            tree.take(pools[s]),
             np.array([label[_class_of(n)] for n in rel[s]], dtype=np.int64),
         )
         for s in ("train", "test")
     }
-    logger.info("image_folder %s: %d classes, %s", tree.root, len(classes), how)
-    return raw, classes, f"image folder {tree.root} ({how})"
+    logger.info("image_folder %s: %d classes, %s", root, len(classes), how)
+    return raw, classes, f"image folder {root} ({how})"
 
 
 def _class_of(relative: str) -> str:
     """The first folder under the split root, or '' for images directly in it."""
     return relative.split("/", 1)[0] if "/" in relative else ""
+
+
+# ----------------------------------------------------------------------------------------------
+# LSUN: the distributed LMDB (data.mdb, lock.mdb) of encoded images (webp/jpeg) keyed by id
+
+
+@dataclass(frozen=True)
+class LmdbItems:
+    """Values `keys[i]` of the LMDB environment in folder `path` (encoded images).
+
+    Memory: the key list only (LSUN's ids are 40-byte hex strings: ~90 bytes each as Python
+    bytes, ~270 MiB for Bedroom's 3M). The environment is opened read-only without the lock
+    file (lock=False: the distributed LMDB is never written), once per process (`_lmdb_env`;
+    py-lmdb refuses a second open of one environment), never pickled: a Ray task re-opens it.
+    """
+
+    path: str
+    keys: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def load(self, i: int) -> Image.Image:
+        with _lmdb_env(self.path).begin(write=False) as txn:
+            value = txn.get(self.keys[i])
+        if value is None:
+            raise ValueError(
+                f"{self.describe(i)}: key not found in the LMDB (changed since listed?)"
+            )
+        return _decode(bytes(value), self.describe(i))
+
+    def describe(self, i: int) -> str:
+        return f"{self.path}:{self.keys[i].decode('utf-8', 'backslashreplace')}"
+
+    def take(self, index: np.ndarray) -> LmdbItems:
+        return LmdbItems(self.path, [self.keys[int(i)] for i in index])
+
+    def identity(self) -> str:
+        return _digest(_stat_bytes(Path(self.path) / "data.mdb"), *self.keys)
+
+
+def _open_lmdb(folder: Path) -> Any:
+    import lmdb
+
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"data.root: {folder} is not a folder; expected an LSUN LMDB folder holding data.mdb "
+            "(e.g. church_outdoor_train_lmdb/, unpacked from church_outdoor_train_lmdb.zip)"
+        )
+    if not (folder / "data.mdb").is_file():
+        raise FileNotFoundError(
+            f"{folder / 'data.mdb'} not found; expected an LSUN LMDB folder (data.mdb, lock.mdb)"
+        )
+    try:
+        return lmdb.open(str(folder), readonly=True, lock=False, readahead=False, meminit=False)
+    except lmdb.Error as e:
+        raise ValueError(f"{folder}: not a readable LMDB environment: {e}") from None
+
+
+_LMDB_ENVS: dict[str, Any] = {}  # this process's open environments, by resolved folder
+
+
+def _lmdb_env(path: str) -> Any:
+    key = str(Path(path).resolve())
+    if key not in _LMDB_ENVS:
+        _LMDB_ENVS[key] = _open_lmdb(Path(path))
+    return _LMDB_ENVS[key]
+
+
+def _lsun_keys(folder: Path) -> list[bytes]:
+    """Every key in LMDB cursor order (sorted bytes order), values not read."""
+    with _lmdb_env(str(folder)).begin(write=False) as txn:
+        return [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+
+
+def _lsun(cfg: DataConfig, seed: int) -> Loaded:
+    """One LSUN category: keys in sorted order split by data.test_fraction (LSUN's train LMDBs
+    have no test split); every label 0, the one class named after the folder."""
+    root = _require_root(cfg)
+    keys = _lsun_keys(root)
+    if not keys:
+        raise ValueError(f"{root}: the LMDB holds no entries; expected encoded LSUN images")
+    train, test = split_indices(len(keys), cfg.test_fraction, seed, f"the LMDB {root}")
+    items = LmdbItems(str(root), keys)
+    raw: RawSplits = {
+        "train": (items.take(train), np.zeros(len(train), dtype=np.int64)),
+        "test": (items.take(test), np.zeros(len(test), dtype=np.int64)),
+    }
+    name = root.resolve().name
+    logger.info("lsun %s: %d images", root, len(keys))
+    return raw, [name], f"LSUN LMDB {root} ({len(keys)} images split by data.test_fraction)"

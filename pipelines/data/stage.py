@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.artifacts.shards import write_shards
-from pipelines.config import DataConfig, Params, to_dict
-from pipelines.data.sources import load_source
-from pipelines.infra.files import atomic_path
+from pipelines.config import Params
+from pipelines.data.writer import build_shards, write_resumable
+
+__all__ = ["ShardResult", "build_shards", "run_shard"]
 
 
 @dataclass(frozen=True)
@@ -33,17 +33,11 @@ class ShardResult:
         return "\n".join(lines)
 
 
-def build_shards(cfg: DataConfig, seed: int, out_dir: Path) -> dict[str, Any]:
-    """Read `cfg.source` and write its shards + manifest into the new folder `out_dir`."""
-    data = load_source(cfg, seed)
-    return write_shards(
-        data, out_dir, cfg.shard_size, {"data": to_dict(cfg), "seed": seed}, cfg.source
-    )
-
-
 def run_shard(params: Params, root: Path) -> ShardResult:
-    """Shards of `data.source` into `paths.shards`; a failure leaves the previous set untouched."""
+    """Shards of `data.source` into `paths.shards`; a failure leaves the previous set untouched.
+
+    Streamed and resumable (`pipelines.data.writer`): a killed run's finished shards are kept.
+    """
     out = root / params.paths.shards
-    with atomic_path(out) as tmp:
-        manifest = build_shards(params.data, params.seed, tmp)
+    manifest = write_resumable(params.data, params.seed, out, params.ray)
     return ShardResult(out, manifest)

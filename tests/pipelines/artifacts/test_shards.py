@@ -38,6 +38,7 @@ CFG = DataConfig(
     shard_size=16,
     test_fraction=0.25,
     random_flip=False,
+    shard_workers=1,
 )
 
 

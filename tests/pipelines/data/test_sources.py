@@ -9,14 +9,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn.datasets import load_digits
 
 from ddpm_core.config import ConfigError
 from pipelines.config import DataConfig
-from pipelines.data.sources import load_source, split_indices
+from pipelines.data.sources import (
+    ZipItems,
+    center_crop,
+    load_source,
+    open_source,
+    preprocess,
+    split_indices,
+)
 from tests.fixtures import (
     write_cifar10_batches,
     write_image_folder,
+    write_lsun_lmdb,
     write_mnist_raw,
     write_png,
 )
@@ -36,6 +45,7 @@ def cfg(**kw: object) -> DataConfig:
         shard_size=16,
         test_fraction=0.1,
         random_flip=False,
+        shard_workers=1,
     )
     return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
@@ -314,3 +324,101 @@ def test_symlinks_out_of_the_folder_and_huge_zip_members_are_refused(tmp_path: P
     assert archive.stat().st_size < 2**20
     with pytest.raises(ValueError, match=r"bomb\.zip:a/1\.png: 68157440 bytes uncompressed"):
         load_source(_folder_cfg(archive, resolution=4), 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Lazy listing, data.resize: center_crop, LSUN LMDB
+
+
+def test_center_crop_keeps_the_centre_square_known_answer() -> None:
+    """12x8 (w x h): columns 0-1 black, 10-11 white, the centre 8x8 square 100; a 5x9 (w x h)
+    image's rows 0-1 and 7-8 differ from its centre 5x5: both crops keep only the centre."""
+    wide = np.full((8, 12), 100, np.uint8)
+    wide[:, :2], wide[:, 10:] = 0, 255
+    out = center_crop(Image.fromarray(wide), 4)  # 8x8 centre, then Lanczos 8 -> 4
+    np.testing.assert_array_equal(np.asarray(out), np.full((4, 4), 100, np.uint8))
+    tall = np.arange(45, dtype=np.uint8).reshape(9, 5)  # distinct rows
+    same = center_crop(Image.fromarray(tall), 5)  # the square is already 5x5: no resize
+    np.testing.assert_array_equal(np.asarray(same), tall[2:7])
+    # The resize is PIL's antialiased Lanczos of that square (what StyleGAN's dataset_tool ran).
+    rng = np.random.default_rng(0)
+    pic = rng.integers(0, 256, (10, 16, 3), dtype=np.uint8)
+    want = Image.fromarray(pic[:, 3:13]).resize((4, 4), Image.Resampling.LANCZOS)
+    np.testing.assert_array_equal(np.asarray(center_crop(Image.fromarray(pic), 4)), want)
+
+
+def test_center_crop_mode_in_preprocess(tmp_path: Path) -> None:
+    wide = np.full((8, 12), 100, np.uint8)
+    wide[:, :2], wide[:, 10:] = 0, 255
+    for i in range(10):
+        write_png(tmp_path / f"{i}.png", wide)
+    c = cfg(source="image_folder", root=str(tmp_path), resize="center_crop", resolution=4)
+    images = load_source(c, 0).splits["train"].images
+    assert images.shape == (9, 1, 4, 4) and (images == 100).all()
+    with pytest.raises(ConfigError, match="data.resize"):
+        cfg(resize="crop")
+
+
+def test_listing_decodes_nothing_and_items_reopen_after_pickling(tmp_path: Path) -> None:
+    for i in range(12):
+        write_png(tmp_path / "d" / f"{i:02d}.png", np.full((8, 8), i, np.uint8))
+    train_idx, _ = split_indices(12, 0.25, 0)
+    bad = f"{train_idx[-1]:02d}.png"
+    (tmp_path / "d" / bad).write_bytes(b"corrupt")  # only found when decoded
+    archive = tmp_path / "d.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted((tmp_path / "d").iterdir()):
+            zf.write(p, p.name)
+    c = cfg(source="image_folder", root=str(archive), test_fraction=0.25)
+    lazy = open_source(c, 0)  # lists the zip, decodes nothing: no error yet
+    train = lazy.splits["train"]
+    assert isinstance(train.items, ZipItems) and len(train) == 9
+    first = train.take(np.arange(2))
+    want = [f"{archive}:{i:02d}.png" for i in train_idx[:2]]
+    assert [first.items.describe(i) for i in range(2)] == want
+    first.items.load(0)  # opens the zip in this object
+    again = pickle.loads(pickle.dumps(first))  # a Ray task gets paths and names, not the handle
+    assert again.items == first.items and not again.items._zip
+    np.testing.assert_array_equal(preprocess(again.items, c, (8, 8))[:, 0, 0, 0], train_idx[:2])
+    with pytest.raises(ValueError, match=rf"d\.zip:{bad}: cannot read image"):
+        load_source(c, 0)
+
+
+def test_lsun_lmdb_sorted_keys_split_and_one_class(tmp_path: Path) -> None:
+    keys = write_lsun_lmdb(tmp_path / "church_outdoor_train_lmdb", 20)
+    c = cfg(
+        source="lsun",
+        root=str(tmp_path / "church_outdoor_train_lmdb"),
+        channels=3,
+        resize="center_crop",
+        test_fraction=0.25,
+    )
+    lazy = open_source(c, 0)
+    train_idx, test_idx = split_indices(20, 0.25, 0)
+    assert lazy.splits["train"].items.keys == [keys[i] for i in train_idx]  # type: ignore[attr-defined]
+    assert lazy.splits["test"].items.keys == [keys[i] for i in test_idx]  # type: ignore[attr-defined]
+    assert lazy.classes == ["church_outdoor_train_lmdb"]
+    data = load_source(c, 0)
+    assert data.splits["train"].images.shape == (15, 3, 8, 8)
+    assert (data.splits["train"].labels == 0).all() and len(data.splits["test"].labels) == 5
+    assert data.splits["train"].images.std() > 20  # decoded pixels, not a blank canvas
+
+
+def test_lsun_bad_inputs_are_named(tmp_path: Path) -> None:
+    c = cfg(source="lsun", channels=3, resize="center_crop", test_fraction=0.25)
+    with pytest.raises(FileNotFoundError, match=r"nowhere is not a folder; expected an LSUN LMDB"):
+        open_source(dataclasses.replace(c, root=str(tmp_path / "nowhere")), 0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty/data\.mdb not found"):
+        open_source(dataclasses.replace(c, root=str(tmp_path / "empty")), 0)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "data.mdb").write_bytes(b"not an lmdb" * 500)
+    with pytest.raises(ValueError, match=r"junk: not a readable LMDB environment"):
+        open_source(dataclasses.replace(c, root=str(tmp_path / "junk")), 0)
+    import lmdb
+
+    keys = write_lsun_lmdb(tmp_path / "bad", 8)
+    with lmdb.open(str(tmp_path / "bad")) as env, env.begin(write=True) as txn:
+        txn.put(keys[3], b"\x00garbage")
+    with pytest.raises(ValueError, match=rf"bad:{keys[3].decode()}: cannot read image"):
+        load_source(dataclasses.replace(c, root=str(tmp_path / "bad")), 0)
