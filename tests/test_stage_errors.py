@@ -58,7 +58,7 @@ def _closed_port() -> int:
 
 @pytest.mark.parametrize("stage", ["sample", "train"])
 def test_an_unreachable_tracking_server_is_one_line_before_any_work(
-    stage: str, tmp_path: Path, capsys, monkeypatch, shards_dir: Path
+    stage: str, tmp_path: Path, capsys, monkeypatch, shards_dir: Path, no_ray: object
 ) -> None:
     """At once (no HTTP retries for minutes, no Ray started): one line naming the URI, exit 2."""
     from stages import sample
