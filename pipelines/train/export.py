@@ -56,6 +56,11 @@ def export_model(
     curve = FidCurve.from_tensor(state.get("fid_curve", torch.zeros(0, 2)))
     choice = choose_export(params.train.export, curve, steps)
     ema = state["best_ema"] if choice.best else state["ema"]["shadow"]
+    if not ema:  # a resume that lost the min-FID copy would otherwise export an empty model
+        raise ValueError(
+            f"{checkpoint / STATE_FILE}: train.export={params.train.export} picks the EMA at step "
+            f"{choice.step}, but the checkpoint holds no copy of it (`best_ema` is empty)"
+        )
     meta = {STEP_KEY: str(choice.step), **metadata, "weights": "ema", "export": choice.reason}
     weights = write_models(params, root, ema, meta)
     history = [(int(s), float(v)) for s, v in state["history"].tolist()]

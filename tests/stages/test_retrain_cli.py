@@ -1,23 +1,28 @@
-"""`stages.retrain`'s submit-and-wait against real Ray heads, one of them killed mid-job."""
+"""`stages.retrain` against real Ray heads: its submit-and-wait (one head killed mid-job, a
+flaky proxy) and the CLI process itself."""
 
 from __future__ import annotations
 
 import contextlib
 import inspect
 import json
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from pipelines.infra import jobs
 from stages import retrain
-from tests.helpers import RayHead, free_port
+from tests.helpers import REPO, RayHead, free_port
 
 
 def _stop_when_running(head: RayHead, submission_id: str) -> None:
@@ -201,3 +206,55 @@ def test_a_failed_job_exits_1_and_a_timeout_exits_2(
         assert retrain.submit_and_wait(tmp_path, ray_head.address, failing, slow, 0) == 2
     finally:
         JobSubmissionClient(ray_head.address).stop_job(slow)
+
+
+def _checkout(root: Path, params: dict[str, object]) -> None:
+    """A checkout of the code (the packages and pyproject.toml) under DVC, with `params`."""
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for pkg in jobs.CODE_PACKAGES:
+        shutil.copytree(REPO / pkg, root / pkg, ignore=skip)
+    shutil.copy2(REPO / "pyproject.toml", root / "pyproject.toml")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run([jobs.dvc_executable(), "init", "--no-scm", "-q"], cwd=root, check=True)
+
+
+@pytest.mark.ray
+def test_the_cli_exits_2_on_timeout_and_1_when_its_pipeline_job_fails(
+    ray_head: RayHead, tmp_path: Path
+) -> None:
+    """`python -m stages.retrain` as a process on a real head, submitting the real entrypoint
+    (`stages.all`). The params read the raw data from `data.root` (outside DVC: the tick
+    submits), a folder that does not exist, so the job's shard stage fails within seconds.
+    `--timeout 0`: exit 2; the next tick resubmits (`-2`) and waits: exit 1, FAILED."""
+    root = tmp_path / "checkout"
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"] |= {"source": "image_folder", "root": "raw/missing", "raw": "raw"}
+    _checkout(root, raw)
+    env = ray_head.env()
+    cli = [sys.executable, "-m", "stages.retrain", "--params", "params.yaml"]
+    cli += ["--address", ray_head.address, "--wait", "--lost-after", "60"]
+
+    timed_out = subprocess.run([*cli, "--timeout", "0"], cwd=root, env=env, capture_output=True,
+                               text=True, timeout=300)  # fmt: skip
+    assert timed_out.returncode == retrain.EXIT_TIMEOUT == 2, timed_out.stderr[-3000:]
+    assert "data.root=" in timed_out.stdout and "retrain: submitted retrain-" in timed_out.stdout
+    base = timed_out.stdout.split("retrain: submitted ")[1].split()[0]
+    client = JobSubmissionClient(ray_head.address)
+    client.stop_job(base)
+    _wait_job_ended(client, base)
+
+    failed = subprocess.run([*cli, "--timeout", "300"], cwd=root, env=env, capture_output=True,
+                            text=True, timeout=400)  # fmt: skip
+    assert failed.returncode == retrain.EXIT_FAILED == 1, failed.stderr[-3000:]
+    assert f"retrain: submitted {base}-2" in failed.stdout
+    assert f"retrain: job {base}-2 ended FAILED" in failed.stdout
+    assert "raw/missing" in failed.stderr  # the job's log: its shard stage named the folder
+    state = json.loads((root / retrain.STATE_DIR / f"{base}.json").read_text())
+    assert state["submission_id"] == f"{base}-2" and state["status"] == JobStatus.FAILED.value
+
+
+def _wait_job_ended(client: JobSubmissionClient, submission_id: str) -> None:
+    deadline = time.monotonic() + 120  # bounds the wait only
+    while JobStatus(client.get_job_status(submission_id)) not in jobs.TERMINAL:
+        assert time.monotonic() < deadline, f"job {submission_id} never ended"
+        time.sleep(0.2)

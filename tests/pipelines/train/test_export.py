@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -35,3 +36,21 @@ def test_export_writes_the_ema_weights_and_the_loss_history(
         assert torch.equal(ema.state_dict()[k], v)
     arts = {a.path for a in MlflowClient(tracker.uri).list_artifacts(tracker.run_id, "model")}
     assert arts == {"model/config.json", "model/ema.safetensors"}
+
+
+def test_best_fid_without_the_best_ema_in_the_checkpoint_is_an_error(
+    make_params: Callable[..., Params], tmp_path: Path
+) -> None:
+    """A checkpoint whose curve has its minimum at step 2 but no EMA copy of that step (what a
+    resume that dropped `best_ema` writes) fails naming the file, never exports empty weights."""
+    params = make_params({"train.export": "best_fid", "train.fid_every": 2})
+    state = make_state(params, torch.device("cpu"), 0, 1)
+    state.step, state.history = 4, [(2, 0.75), (4, 0.5)]
+    state.fid_curve.record(2, 10.0)
+    state.fid_curve.record(4, 12.0)
+    ckpt = tmp_path / "step_00000004"
+    save_checkpoint(ckpt, state, gather_rng_states(state.generator))
+    tracker = open_run(params, "train", tmp_path)
+    with pytest.raises(ValueError, match=r"step_00000004/training_state.pt.*step 2.*best_ema"):
+        export_model(params, tmp_path, ckpt, {"run_key": "k"}, tracker)
+    assert not Path(params.paths.model).exists()

@@ -283,26 +283,42 @@ def test_crash_rerun_resumes_and_lost_worker_restarts(
 def test_min_fid_selection_survives_a_worker_killed_mid_run(
     shards_dir: Path, converted_path: Path, local_ray: object, tmp_path: Path
 ) -> None:
-    """The FID points and the best EMA weights before the kill come back from the step-4
-    checkpoint: the curve has every point once and best_fid exports the argmin step's EMA."""
-    params = train_params(tmp_path, shards_dir, {
-        "train.steps": 6, "train.checkpoint_every": 2, "train.keep_checkpoints": 3,
+    """The minimum is forced before the kill by the probe schedule: 5 steps, FID at 2 and 4 (no
+    probe at step 5), rank 0 killed after the step-4 checkpoint. The resumed run records no new
+    point, so the curve and the best EMA can only come from that checkpoint: best_fid exports
+    the argmin step's EMA (not the final one), exactly as an uninterrupted run does."""
+    overrides = {
+        "train.steps": 5, "train.checkpoint_every": 2, "train.keep_checkpoints": 3,
         "train.max_failures": 1, "train.fid_every": 2, "train.fid_images": 6,
         "train.export": "best_fid", "evaluate.inception_weights": str(converted_path),
-    })  # fmt: skip
-    run_fid_stats(params, tmp_path)  # the probe's reference: only the fid_stats stage writes it
-    kill = KillAfterReport(4, 0, str(tmp_path / "killed"))
-    result = train(params, tmp_path, loop_fn=kill)
-    assert (tmp_path / "killed").exists() and result.resumed_from == 4
+    }  # fmt: skip
+    params = train_params(tmp_path / "killed", shards_dir, overrides)
+    run_fid_stats(params, tmp_path / "killed")  # the probe's reference: only fid_stats writes it
+    kill = KillAfterReport(4, 0, str(tmp_path / "killed.marker"))
+    result = train(params, tmp_path / "killed", loop_fn=kill)
+    assert (tmp_path / "killed.marker").exists() and result.resumed_from == 4
     curve = fid_history(params)
-    assert [s for s, _ in curve] == [2, 4, 6]
+    assert [s for s, _ in curve] == [2, 4]  # every point once, all of them before the kill
     best_step = min(curve, key=lambda p: (p[1], p[0]))[0]
-    assert result.exported_step == best_step and f"step {best_step}" in result.export_reason
-    state = load_training_state(result.run_dir / f"step_{best_step:08d}" / STATE_FILE)
-    torch.testing.assert_close(ema_weights(params), dict(state["ema"]["shadow"]), rtol=0, atol=0)
-    client = MlflowClient(tracking_uri(params.mlflow, tmp_path))
+    assert result.steps == 5 and result.exported_step == best_step < 5
+    assert f"step {best_step}" in result.export_reason
+    exported = ema_weights(params)
+    at_best = load_training_state(result.run_dir / f"step_{best_step:08d}" / STATE_FILE)
+    torch.testing.assert_close(exported, dict(at_best["ema"]["shadow"]), rtol=0, atol=0)
+    final = load_training_state(result.run_dir / f"step_{5:08d}" / STATE_FILE)["ema"]["shadow"]
+    assert not all(torch.equal(exported[k], v) for k, v in final.items())  # not the last EMA
+    client = MlflowClient(tracking_uri(params.mlflow, tmp_path / "killed"))
     history = client.get_metric_history(result.run_id, "fid_train_small")
-    assert sorted({m.step for m in history}) == [2, 4, 6]
+    assert sorted({m.step for m in history}) == [2, 4]
+    # The same params uninterrupted: the same curve and the same exported weights.
+    plain = train_params(tmp_path / "plain", shards_dir, overrides)
+    run_fid_stats(plain, tmp_path / "plain")
+    plain_result = train(plain, tmp_path / "plain")
+    assert plain_result.resumed_from == 0 and plain_result.exported_step == best_step
+    plain_curve = fid_history(plain)
+    assert [s for s, _ in plain_curve] == [2, 4]
+    assert [v for _, v in plain_curve] == pytest.approx([v for _, v in curve], rel=1e-5)
+    torch.testing.assert_close(exported, ema_weights(plain), rtol=0, atol=1e-6)
 
 
 def test_nonfinite_loss_stops_naming_step_and_checkpoint(
