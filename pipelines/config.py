@@ -112,6 +112,7 @@ class TrainConfig:
     use_gpu: bool
     cpus_per_worker: float
     gpus_per_worker: float
+    activation_checkpointing: bool  # U-Net blocks recompute activations in backward (less memory)
     precision: Precision  # bf16 autocast (GPU; also runs on CPU); fp32 uses TF32 on CUDA
     channels_last: bool
     compile: CompileMode  # the whole loss is one graph; reduce-overhead adds CUDA graphs
