@@ -95,9 +95,7 @@ def write_shared_latent(params: Params, root: Path) -> Path:
     import ray
 
     cfg = params.evaluate
-    task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0)(
-        compute_cells
-    )
+    task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0)(compute_cells)
     cells = ray.get(task.remote(params, root / params.paths.model, cfg.use_gpu))
     path = draw_shared_latent(params, cells, root / params.paths.plots / SHARED_LATENT_PNG)
     log.info("shared-latent figure %s: %d rows x %d columns", path, *cells.shape[:2])
