@@ -25,6 +25,7 @@ BENCHMARKS = (
     "sample_scaling",
     "train_overhead",
     "eval_throughput",
+    "activation_checkpointing",
 )
 
 

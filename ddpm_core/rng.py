@@ -37,6 +37,8 @@ class SeedPurpose:
     | DATA_CAP    = 2  | numpy default_rng([seed, 2])             | the data.max_images subset  |
     | NLL         = 3  | mix_seed(seed, 3), then (., i)           | NLL's q(x_t|x_0) noise      |
     | INTERPOLATION=7  | mix_seed(seed, 7, pair), then (., 0..2)  | the Fig. 8 rows' noise      |
+    | SHARED_LATENT=8  | mix_seed(seed, 8) = k, then              | Fig. 7: the trajectories    |
+    |                  | (mix_seed(k, 0), n), (mix_seed(k, t, n), j) | to x_t, the draws from x_t |
     | T_NOISE     = 1  | mix_seed(seed, world, rank, 1)           | training t and eps          |
     | DROPOUT     = 2  | mix_seed(seed, world, rank, 2)           | training dropout            |
     | FLIPS       = 7  | mix_seed(seed, step, 7)                  | horizontal flips per step   |
@@ -49,6 +51,7 @@ class SeedPurpose:
     DATA_CAP: Final = 2
     NLL: Final = 3
     INTERPOLATION: Final = 7
+    SHARED_LATENT: Final = 8
     T_NOISE: Final = 1
     DROPOUT: Final = 2
     FLIPS: Final = 7

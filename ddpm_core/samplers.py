@@ -10,8 +10,9 @@ so the previous t is carried by the diffusion and a step needs nothing else.
 - `DDIM`: Song et al. 2021, eq. 12, with `eta` (0 deterministic, 1 = ancestral with
   sigma_t^2 = beta_tilde_t). NOT the paper's sampler.
 
-`reverse_loop` runs any of them from x_t at `t_start` down to 0, with the same options for all
-(the x̂0 trace every k steps, a progress bar); `noise_fn` gives one z per step, in step order.
+`reverse_loop` runs any of them from x_t at `t_start` down to `t_end` (0: to x_0), with the same
+options for all (the x̂0 trace every k steps, a progress bar); `noise_fn` gives one z per step,
+in step order.
 """
 
 from __future__ import annotations
@@ -131,24 +132,30 @@ def reverse_loop(
     t_start: int | None = None,
     x0_every: int | None = None,
     progress: bool = False,
+    t_end: int = 0,
     on_step: StepHook | None = None,
 ) -> Trajectory:
     """x_t (B, C, H, W) at t_start (default T-1) -> x_0 by `sampler`, one z from noise_fn per step.
 
+    The steps are t_start, t_start - 1, ..., t_end (0-indexed); the step at index i maps the
+    paper's x_{i+1} to x_i, so `sample` is x_{t_end} (x_0 by default; an intermediate t_end stops
+    the reverse process there, e.g. to freeze a shared x_t, paper Fig. 7).
     With x0_every = k also traces x̂0 at every t with t % k == 0 (paper Fig. 6; official
     p_sample_loop_progressive); x0_every=None traces nothing. `on_step(k)` is called after the
-    k-th reverse step (k = 1 .. t_start + 1), e.g. to report progress; it reads nothing from the
-    device, so the loop never waits for it.
+    k-th reverse step (k = 1 .. t_start + 1 - t_end), e.g. to report progress; it reads nothing
+    from the device, so the loop never waits for it.
     """
     T = diffusion.num_timesteps
     start = T - 1 if t_start is None else t_start
     if not isinstance(start, int) or not 0 <= start < T:
         raise ValueError(f"t_start: got {t_start!r}, expected 0..{T - 1}")
+    if not isinstance(t_end, int) or not 0 <= t_end <= start:
+        raise ValueError(f"t_end: got {t_end!r}, expected 0..t_start={start}")
     if x0_every is not None and (not isinstance(x0_every, int) or x0_every < 1):
         raise ValueError(f"x0_every: got {x0_every!r}, expected None or an int >= 1")
     diffusion.check_x("x_t", x_t)
     x, trace, shape = x_t, [], tuple(x_t.shape)
-    for i in _progress(reversed(range(start + 1)), start + 1, progress):
+    for i in _progress(reversed(range(t_end, start + 1)), start + 1 - t_end, progress):
         t = torch.full((shape[0],), i, dtype=torch.long, device=x.device)
         out = sampler.step(diffusion, diffusion.model_output(model, x, t), t, x, noise_fn(shape))
         x = out.prev

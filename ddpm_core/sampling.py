@@ -1,15 +1,20 @@
-"""Per-image deterministic sampling (Algorithm 2): image i depends only on (seed, i)."""
+"""Per-image deterministic sampling (Algorithm 2): image i depends only on (seed, i).
+
+Also the paper's Sec. 4.3 constructions on the same loop: latent interpolation (Fig. 8) and
+stochastic predictions sharing a frozen x_t (Fig. 7).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import overload
 
 import torch
 from torch import Tensor
 
 from ddpm_core.diffusion import GaussianDiffusion, Model
-from ddpm_core.rng import CounterNoise
+from ddpm_core.rng import CounterNoise, mix_seed
 from ddpm_core.samplers import Ancestral, ReverseSampler, StepHook, reverse_loop, traced_steps
 
 CPU = torch.device("cpu")
@@ -215,3 +220,82 @@ def interpolate(
         return shared((1, *shape[1:])).expand(shape)
 
     return to_uint8(reverse_loop(model, diffusion, ANCESTRAL, x_bar, noise, t_start=t).sample)
+
+
+@dataclass(frozen=True)
+class SharedLatent:
+    """Paper Fig. 7: frozen latents x_t and the draws x̂0 ~ p_theta(x_0 | x_t) from each.
+
+    x_t: (N, R, C, H, W) float, image n's reverse trajectory frozen at each of the R t values;
+    x0: (N, R, K, C, H, W) float, K reverse-process draws from each frozen x_t.
+    """
+
+    t: tuple[int, ...]  # the R timesteps, 1..T (the paper's indexing: x_T is t = T)
+    x_t: Tensor
+    x0: Tensor
+
+
+def _check_shared_latent_args(ts: Sequence[int], draws: int, images: int, T: int) -> None:
+    bad = [t for t in ts if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= T]
+    if not ts or bad or len(set(ts)) != len(ts):
+        raise ValueError(f"ts: got {list(ts)}, expected distinct ints in 1..T={T}")
+    for name, v in (("draws", draws), ("images", images)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name}: got {v!r}, expected an int >= 1")
+
+
+@torch.no_grad()
+def shared_latent(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    ts: Sequence[int],
+    draws: int,
+    images: int,
+    seed: int,
+    shape: tuple[int, int, int],
+    device: torch.device = CPU,
+) -> SharedLatent:
+    """Stochastic predictions sharing one latent (Ho et al. 2020, Sec. 4.3, Fig. 7).
+
+    As the official `p_sample_loop_trajectory` (`repeat_noise_steps` = T - t): each of `images`
+    reverse processes (Algorithm 2) starts at its own x_T and runs with its own noise down to
+    x_t, which is frozen; from it `draws` reverse processes with DIFFERENT noise run on to x_0.
+    Every t of `ts` (1..T, any order; t = T freezes x_T itself) is a point of the SAME
+    trajectory, so the rows differ only in how much of it is kept: at a large t the draws share
+    only coarse attributes, at a small t all but fine details (at t = 1 the one remaining step
+    adds no noise, so the draws are equal).
+
+    Noise: image n's trajectory (x_T and its z) is the counter stream (mix_seed(seed, 0), n), so
+    x_t does not depend on the other t values or images; draw j from image n's x_t is the
+    stream (mix_seed(seed, t, n), j), independent of `draws`' size and the other rows.
+    Returns floats (x_t unclipped, x̂0 as the reverse process ends it).
+    """
+    T = diffusion.num_timesteps
+    _check_shared_latent_args(ts, draws, images, T)
+    trajectory = CounterNoise(mix_seed(seed, 0), list(range(images)), device)
+    x = trajectory((images, *shape))  # x_T (N, C, H, W)
+    now, frozen, preds = T, {}, {}
+    for t in sorted(ts, reverse=True):
+        if t < now:  # steps now-1 .. t (0-indexed) take x_now to x_t on the shared noise
+            x = reverse_loop(model, diffusion, ANCESTRAL, x, trajectory, now - 1, t_end=t).sample
+            now = t
+        frozen[t] = x
+        preds[t] = _draws_from(model, diffusion, x, t, draws, seed)  # (N, K, C, H, W)
+    order = tuple(ts)
+    x_t = torch.stack([frozen[t] for t in order], dim=1)  # (N, R, C, H, W)
+    return SharedLatent(order, x_t, torch.stack([preds[t] for t in order], dim=1))
+
+
+def _draws_from(
+    model: Model, diffusion: GaussianDiffusion, x_t: Tensor, t: int, draws: int, seed: int
+) -> Tensor:
+    """(N, K, C, H, W): K reverse processes from each frozen x_t (N, C, H, W) at t (1-based)."""
+    n = x_t.shape[0]
+    streams = [CounterNoise(mix_seed(seed, t, i), list(range(draws)), x_t.device) for i in range(n)]
+
+    def noise(shape: tuple[int, ...]) -> Tensor:  # rows image-major: (n, j) at n * K + j
+        return torch.cat([s((draws, *shape[1:])) for s in streams])
+
+    start = x_t.repeat_interleave(draws, dim=0)  # (N K, C, H, W), the same x_t for every draw
+    x0 = reverse_loop(model, diffusion, ANCESTRAL, start, noise, t_start=t - 1).sample
+    return x0.reshape(n, draws, *x_t.shape[1:])

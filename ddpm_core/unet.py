@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ddpm_core.layers import (
     ZERO_INIT_SCALE,
@@ -25,8 +26,26 @@ if TYPE_CHECKING:
     from ddpm_core.config import UNetConfig
 
 
+def run_block(
+    fn: Callable[..., torch.Tensor], *args: torch.Tensor, checkpointed: bool
+) -> torch.Tensor:
+    """fn(*args); with `checkpointed` while gradients are recorded, under activation
+    checkpointing (torch.utils.checkpoint, non-reentrant): the block keeps only its inputs for
+    backward and recomputes its inside then, trading one more forward of the block for the
+    memory of its activations. The recomputation sees the same autocast state and the same
+    dropout mask (the RNG state is restored), so losses and gradients are those without it."""
+    if checkpointed and torch.is_grad_enabled():
+        out: torch.Tensor = checkpoint(fn, *args, use_reentrant=False)
+        return out
+    return fn(*args)
+
+
 class Level(nn.Module):
-    """One resolution level: residual blocks, optional attention after each, optional resampler."""
+    """One resolution level: residual blocks, optional attention after each, optional resampler.
+
+    `checkpointed`: every ResBlock and AttnBlock runs under activation checkpointing in training
+    (`run_block`; set by `UNet.set_activation_checkpointing`).
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,12 +53,14 @@ class Level(nn.Module):
         self.attn = nn.ModuleList()
         self.downsample: Downsample | None = None
         self.upsample: Upsample | None = None
+        self.checkpointed = False
 
     def forward_down(self, hs: list[torch.Tensor], temb_act: torch.Tensor) -> None:
         """Push every block output (after attention) and the downsampled map onto `hs`."""
+        on = self.checkpointed
         for j, block in enumerate(self.block):
-            h: torch.Tensor = block(hs[-1], temb_act)
-            hs.append(self.attn[j](h) if len(self.attn) else h)
+            h = run_block(block, hs[-1], temb_act, checkpointed=on)
+            hs.append(run_block(self.attn[j], h, checkpointed=on) if len(self.attn) else h)
         if self.downsample is not None:
             hs.append(self.downsample(hs[-1]))
 
@@ -47,10 +68,11 @@ class Level(nn.Module):
         self, h: torch.Tensor, hs: list[torch.Tensor], temb_act: torch.Tensor
     ) -> torch.Tensor:
         """Consume one skip per block from the end of `hs`: (B, C, H, W) -> (B, C', 2H, 2W)."""
+        on = self.checkpointed
         for j, block in enumerate(self.block):
-            h = block(torch.cat([h, hs.pop()], dim=1), temb_act)
+            h = run_block(block, torch.cat([h, hs.pop()], dim=1), temb_act, checkpointed=on)
             if len(self.attn):
-                h = self.attn[j](h)
+                h = run_block(self.attn[j], h, checkpointed=on)
         return h if self.upsample is None else self.upsample(h)
 
 
@@ -77,11 +99,14 @@ class Mid(nn.Module):
         self.block_1 = ResBlock(c, c, temb_ch, dropout, num_groups)
         self.attn_1 = AttnBlock(c, num_groups)
         self.block_2 = ResBlock(c, c, temb_ch, dropout, num_groups)
+        self.checkpointed = False  # as `Level.checkpointed`
 
     def forward(self, h: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        out: torch.Tensor = self.block_2(self.attn_1(self.block_1(h, temb_act)), temb_act)
-        return out
+        on = self.checkpointed
+        h = run_block(self.block_1, h, temb_act, checkpointed=on)
+        h = run_block(self.attn_1, h, checkpointed=on)
+        return run_block(self.block_2, h, temb_act, checkpointed=on)
 
 
 class UNet(nn.Module):
@@ -97,6 +122,11 @@ class UNet(nn.Module):
 
     `forward(x, t)`: x (B, in_channels, resolution, resolution) float, t (B,) integer timesteps
     (0-indexed) -> (B, out_channels, resolution, resolution). Works unchanged in `channels_last`.
+
+    `activation_checkpointing` (or `set_activation_checkpointing`): in training (gradients
+    recorded) every ResBlock and AttnBlock keeps only its inputs and recomputes its activations
+    in backward (`run_block`), e.g. so that a 256x256 batch fits in memory; the outputs and
+    gradients are unchanged, inference is unaffected.
     """
 
     def __init__(
@@ -110,6 +140,7 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         resolution: int = 32,
         num_groups: int = 32,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         _check_arch(ch, tuple(ch_mult), num_res_blocks, tuple(attn_resolutions), resolution)
@@ -125,6 +156,17 @@ class UNet(nn.Module):
         self.up = self._build_up(args, num_groups, skip_chs)
         self.norm_out = group_norm(ch, num_groups)
         self.conv_out = conv2d(ch, out_channels, 3, padding=1, scale=ZERO_INIT_SCALE)
+        self.set_activation_checkpointing(activation_checkpointing)
+
+    def set_activation_checkpointing(self, on: bool) -> UNet:
+        """Turn activation checkpointing of every ResBlock / AttnBlock on or off; returns self."""
+        if not isinstance(on, bool):
+            raise ValueError(f"activation_checkpointing: got {on!r}, expected a bool")
+        self.activation_checkpointing = on
+        parts: list[Level | Mid] = [*self._levels(self.down), *self._levels(self.up), self.mid]
+        for part in parts:
+            part.checkpointed = on
+        return self
 
     def _build_down(
         self, args: tuple[int, float, int], num_groups: int

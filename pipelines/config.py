@@ -122,6 +122,7 @@ class TrainConfig:
     use_gpu: bool
     cpus_per_worker: float
     gpus_per_worker: float
+    activation_checkpointing: bool  # U-Net blocks recompute activations in backward (less memory)
     precision: Precision  # bf16 autocast (GPU; also runs on CPU); fp32 uses TF32 on CUDA
     channels_last: bool
     compile: CompileMode  # the whole loss is one graph; reduce-overhead adds CUDA graphs
@@ -211,6 +212,9 @@ class EvaluateConfig:
     interpolation_pairs: int  # Fig. 8: pairs of test images interpolated in x_t (rows)
     interpolation_t: int  # Fig. 8: the latent's timestep, 1..diffusion.T (paper: 500)
     interpolation_lambdas: tuple[float, ...]  # Fig. 8: mixing weights lambda in [0, 1] (columns)
+    shared_latent_t: tuple[int, ...]  # Fig. 7: where x_t is frozen, distinct, 1..diffusion.T (rows)
+    shared_latent_draws: int  # Fig. 7: draws x̂0 ~ p_theta(x_0 | x_t) per frozen x_t (columns)
+    shared_latent_images: int  # Fig. 7: reverse trajectories, each its own block of rows
 
     def __post_init__(self) -> None:
         check(self.fid_images >= 2, "evaluate.fid_images", self.fid_images, "an int >= 2")
@@ -229,6 +233,17 @@ class EvaluateConfig:
             lams,
             "a list of >= 2 values in [0, 1]",
         )
+        ts = list(self.shared_latent_t)
+        check(
+            len(ts) >= 1 and len(set(ts)) == len(ts),
+            "evaluate.shared_latent_t",
+            ts,
+            "a non-empty list of distinct timesteps",
+        )
+        draws = self.shared_latent_draws
+        check(draws >= 2, "evaluate.shared_latent_draws", draws, "an int >= 2 (draws to compare)")
+        n = self.shared_latent_images
+        check(n >= 1, "evaluate.shared_latent_images", n, "an int >= 1")
 
 
 @dataclass(frozen=True)
@@ -335,6 +350,13 @@ class Params:
             "evaluate.interpolation_t",
             self.evaluate.interpolation_t,
             f"an int in 1..diffusion.T={self.diffusion.T} (paper Fig. 8: 500)",
+        )
+        ts = list(self.evaluate.shared_latent_t)
+        check(
+            all(1 <= t <= self.diffusion.T for t in ts),
+            "evaluate.shared_latent_t",
+            ts,
+            f"timesteps in 1..diffusion.T={self.diffusion.T} (t = T freezes x_T itself)",
         )
         check(
             self.train.fid_stride <= self.diffusion.T,

@@ -56,6 +56,8 @@ TINY: dict[str, Any] = {
     "evaluate.nll_batch_size": 4,
     "evaluate.cpus_per_worker": 0.5,
     "evaluate.interpolation_t": 10,
+    "evaluate.shared_latent_t": [20, 10, 5],
+    "evaluate.shared_latent_draws": 2,
     "ray.num_cpus": 2,
 }
 

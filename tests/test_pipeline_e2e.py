@@ -116,6 +116,7 @@ def test_repro_runs_every_stage_and_writes_the_outputs(pipeline: Pipeline) -> No
         "plots/train_loss.csv",
         "plots/train_fid.csv",  # train.fid_every is 0 in the micro profile: header only
         "plots/interpolation.png",
+        "plots/shared_latent.png",
         "plots/fid_vs_steps.csv",  # the quality stage, off in the micro profile: header only
         "plots/fid_over_reverse.csv",
         "dvc.lock",

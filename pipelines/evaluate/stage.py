@@ -3,7 +3,8 @@
 Inputs are checked before Ray starts (the samples exist and are enough, the Inception weights
 resolve); then FID against the cached reference statistics (`pipelines.fid.reference`), IS when the
 weights have logits, the bound on the first `evaluate.nll_images` test images over Ray actors,
-and the paper's Table 4 rows and Fig. 5. `EvaluateResult` is the typed record of all of it.
+and the paper's Table 4 rows and Figs. 5, 7 (`shared_latent`) and 8 (`interpolation`).
+`EvaluateResult` is the typed record of all of it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pipelines.evaluate.report import (
     table4_metrics,
     write_rate_distortion,
 )
+from pipelines.evaluate.shared_latent import shared_latent_label, write_shared_latent
 from pipelines.fid.features import check_compatible, ray_extractor
 from pipelines.fid.inception import hub_weights_path
 from pipelines.fid.reference import read_references
@@ -297,6 +299,7 @@ def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult
     label = data_label(params) + ("" if nll_res.split == "test" else f", {nll_res.split} split")
     figures = write_rate_distortion(bpd, root / params.paths.plots, label)
     figures.append(write_interpolation(params, root, pairs))
+    figures.append(write_shared_latent(params, root))  # Fig. 7
     result = EvaluateResult(
         fid_res,
         isc_res,
@@ -320,6 +323,7 @@ def run_evaluate(params: Params, root: Path, tracker: Tracker) -> EvaluateResult
             "fid.inception_weights": fid_res.inception_weights,
             "isc.status": isc_res.status,
             "interpolation": interpolation_label(params),
+            "shared_latent": shared_latent_label(params),
         }
     )
     for path in figures:

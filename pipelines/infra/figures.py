@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -115,6 +116,48 @@ def save_progressive(
             ax.set_yticks([])
         axes[0][col].set_title(f"t={timesteps[col]}", fontsize=7)
     fig.suptitle("predicted $\\hat{x}_0$ during sampling", fontsize=9)
+    return _save_fig(fig, path, dpi)
+
+
+def save_image_table(
+    cells: torch.Tensor,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    title: str,
+    path: PathLike,
+    dpi: int = 100,
+) -> Path:
+    """A table of images with labelled rows and columns (e.g. paper Fig. 7: one row per t).
+
+    Args:
+        cells: (R, K, C, H, W) uint8; cells[r, k] is drawn in row r, column k.
+        row_labels: R labels (left of each row); col_labels: K labels (above the first row).
+        title: the figure's title (what it shows, on which data); may hold newlines.
+        path: PNG path; the bytes depend only on the inputs.
+    """
+    _check_uint8(cells, 5, "save_image_table(cells)")
+    r, k = cells.shape[:2]
+    if len(row_labels) != r or len(col_labels) != k:
+        raise ValueError(
+            f"save_image_table: {r} x {k} cells but {len(row_labels)} row and "
+            f"{len(col_labels)} column labels"
+        )
+    width = 0.9 * k + 0.9  # inches; about 18 characters an inch at 7 pt
+    wrapped = "\n".join(textwrap.fill(part, int(18 * width)) for part in title.split("\n"))
+    lines = wrapped.count("\n") + 1
+    fig = Figure(figsize=(width, 0.9 * r + 0.15 * lines + 0.3), layout="constrained")
+    axes = fig.subplots(r, k, squeeze=False)
+    for row in range(r):
+        for col in range(k):
+            ax = axes[row][col]
+            img = cells[row, col].permute(1, 2, 0).cpu().numpy()  # (H, W, C)
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row][0].set_ylabel(row_labels[row], fontsize=7)
+    for col in range(k):
+        axes[0][col].set_title(col_labels[col], fontsize=7)
+    fig.suptitle(wrapped, fontsize=7)
     return _save_fig(fig, path, dpi)
 
 

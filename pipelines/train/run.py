@@ -43,6 +43,9 @@ RESUME_NEUTRAL = (
     "max_failures",
     "cpus_per_worker",
     "gpus_per_worker",
+    # memory only: the blocks recompute the same activations in backward (the same gradients),
+    # so a run that ran out of memory resumes with it switched on
+    "activation_checkpointing",
     "export",  # which saved EMA weights are written; a finished run re-exports without training
 )
 

@@ -151,10 +151,18 @@ def make_state(
     """Fresh state on `device`: seeded model, EMA, Adam and this rank's t/eps generator.
 
     On CUDA Adam is fused (one kernel for all parameters); on CPU it keeps the default
-    for-each implementation, so CPU runs stay bit-identical to earlier releases.
+    for-each implementation, so CPU runs stay bit-identical to earlier releases. With
+    `train.activation_checkpointing` the U-Net's blocks recompute their activations in backward
+    (`UNet.set_activation_checkpointing`; the same losses and gradients, less memory).
     """
     raw = (raw or build_model(params)).to(device)
     cfg = params.train
+    if isinstance(raw, UNet):
+        raw.set_activation_checkpointing(cfg.activation_checkpointing)
+    elif cfg.activation_checkpointing:
+        raise ValueError(
+            f"train.activation_checkpointing: true needs the project's U-Net, got {type(raw)}"
+        )
     fused = device.type == "cuda"
     diffusion = GaussianDiffusion.from_config(params.diffusion)
     return TrainState(

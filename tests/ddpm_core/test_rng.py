@@ -76,6 +76,7 @@ def test_seed_purposes_keep_their_numbers() -> None:
         "DATA_CAP": 2,
         "NLL": 3,
         "INTERPOLATION": 7,
+        "SHARED_LATENT": 8,
         "T_NOISE": 1,
         "DROPOUT": 2,
         "FLIPS": 7,
@@ -86,5 +87,6 @@ def test_seed_purposes_keep_their_numbers() -> None:
         SeedPurpose.DATA_CAP,
         SeedPurpose.NLL,
         SeedPurpose.INTERPOLATION,
+        SeedPurpose.SHARED_LATENT,
     ]
     assert len(set(layout)) == len(layout)

@@ -174,3 +174,70 @@ def test_bad_inputs(x: torch.Tensor, t: torch.Tensor, match: str) -> None:
 def test_bad_architecture(kw: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         UNet(**{**TINY, **kw})  # type: ignore[arg-type]
+
+
+def _trained_like(dropout: float = 0.1) -> UNet:
+    """The tiny U-Net in train mode with dropout and every weight moved off its (partly zero)
+    init, so every block gets a gradient."""
+    model = tiny(dropout=dropout).train()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _loss_and_grads(model: UNet, bf16: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(2)
+    x, t = torch.randn(4, 3, 8, 8, generator=g), torch.tensor([0, 3, 7, 9])
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(3)  # the dropout masks
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = model(x, t).float().square().mean()
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_activation_checkpointing_keeps_loss_and_gradients(bf16: bool) -> None:
+    """Checkpointed blocks recompute the same activations (same dropout masks, same autocast)."""
+    plain = _trained_like()
+    ckpt = _trained_like().set_activation_checkpointing(True)
+    assert not plain.activation_checkpointing and ckpt.activation_checkpointing
+    loss_a, grads_a = _loss_and_grads(plain, bf16)
+    loss_b, grads_b = _loss_and_grads(ckpt, bf16)
+    torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=0)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    assert sum(float(g.abs().sum()) for g in grads_a) > 0
+
+
+def _saved_bytes(model: UNet) -> int:
+    """Bytes autograd keeps for backward after one forward (saved_tensors_hooks see them)."""
+    total = 0
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += x.numel() * x.element_size()
+        return x
+
+    x, t = torch.randn(4, 3, 8, 8), torch.tensor([0, 3, 7, 9])
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        model(x, t).sum()
+    return total
+
+
+def test_activation_checkpointing_keeps_less_for_backward() -> None:
+    """The flag takes effect: with it, autograd saves well under half the bytes (the blocks keep
+    only their inputs); it is off in inference (no gradients: nothing to save either way)."""
+    model = _trained_like()
+    plain = _saved_bytes(model)
+    ckpt = _saved_bytes(model.set_activation_checkpointing(True))
+    assert ckpt < 0.5 * plain, (ckpt, plain)
+    with torch.no_grad():
+        x, t = torch.randn(2, 3, 8, 8), torch.tensor([1, 5])
+        on = model.eval()(x, t)
+        assert torch.equal(on, model.set_activation_checkpointing(False)(x, t))
+    with pytest.raises(ValueError, match="activation_checkpointing"):
+        model.set_activation_checkpointing(1)  # type: ignore[arg-type]
+    assert UNet(**TINY, activation_checkpointing=True).activation_checkpointing  # type: ignore[arg-type]

@@ -125,6 +125,7 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     assert run.data.tags["mlflow.parentRunId"] == train.run_id
     assert run.data.tags["fid.comparability"] == m["comparability"]
     assert "digits test images: latent mix at t=10" in run.data.tags["interpolation"]
+    assert "paper Fig. 7 construction on digits 8x8" in run.data.tags["shared_latent"]
     assert run.data.metrics["fid"] == pytest.approx(m["fid"])
     assert run.data.metrics["nll_bpd"] == pytest.approx(m["nll_bpd"])
     # The headline metrics are on the parent train run too (train runs sort by FID).
@@ -151,11 +152,14 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
         "evaluate/rate_distortion.png",
         "evaluate/nll_terms.png",
         "evaluate/interpolation.png",
+        "evaluate/shared_latent.png",
     }
     # Fig. 8: 1 pair x (row at t, row at T), [x_0, 5 lambdas, x'_0]; 8x8 digits at 8x scale
     # with 2-pixel padding: (7 * 10 + 2) * 8 wide, (2 * 10 + 2) * 8 high.
     with Image.open(Path(params.paths.plots) / "interpolation.png") as figure:
         assert figure.size == (576, 176)
+    with Image.open(Path(params.paths.plots) / "shared_latent.png") as figure:  # Fig. 7
+        assert figure.format == "PNG" and figure.height > figure.width  # 3 rows of t, 1 + 2 columns
 
 
 def test_two_trained_models_the_second_is_gated_against_the_champion(

@@ -9,7 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.infra.figures import make_grid, save_grid, save_line_plot, save_progressive
+from pipelines.infra.figures import (
+    make_grid,
+    save_grid,
+    save_image_table,
+    save_line_plot,
+    save_progressive,
+)
 
 
 def _images(n: int, c: int, h: int = 4, w: int = 5) -> torch.Tensor:
@@ -54,6 +60,21 @@ def test_save_progressive_writes_png_and_checks_labels(tmp_path: Path) -> None:
     assert Image.open(path).format == "PNG"
     with pytest.raises(ValueError, match="3 frames but 2"):
         save_progressive(frames, [10, 0], tmp_path / "bad.png")
+
+
+def test_save_image_table_writes_stable_png_and_checks_labels(tmp_path: Path) -> None:
+    cells = torch.stack([_images(3, 1)] * 2)  # (R=2, K=3, 1, 4, 5)
+    a = save_image_table(
+        cells, ["t=9", "t=1"], ["x_t", "1", "2"], "what\non which data", tmp_path / "a.png"
+    )
+    b = save_image_table(
+        cells, ["t=9", "t=1"], ["x_t", "1", "2"], "what\non which data", tmp_path / "b.png"
+    )
+    assert Image.open(a).format == "PNG" and a.read_bytes() == b.read_bytes()
+    with pytest.raises(ValueError, match="2 x 3 cells but 1 row and 3 column labels"):
+        save_image_table(cells, ["t=9"], ["x_t", "1", "2"], "t", tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="uint8"):
+        save_image_table(cells.float(), ["a", "b"], ["x", "1", "2"], "t", tmp_path / "bad.png")
 
 
 def test_save_line_plot(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ def test_run_key_changes_with_what_changes_the_weights_only(make_params: MakePar
     key = run_key(params, "manifest-a")
     assert len(key) == 12 and key == run_key(make_params(), "manifest-a")
     neutral = {"log_every": 7, "sample_every": 3, "checkpoint_every": 1, "keep_checkpoints": 5,
-               "max_failures": 9, "cpus_per_worker": 1.0}  # fmt: skip
+               "max_failures": 9, "cpus_per_worker": 1.0,
+               "activation_checkpointing": True}  # fmt: skip
     assert set(neutral) <= set(RESUME_NEUTRAL)
     assert run_key(_with_train(params, **neutral), "manifest-a") == key  # a rerun resumes
     # Min-FID selection: `export` only picks saved weights (same run, re-exported); the FID
