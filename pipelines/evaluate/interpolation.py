@@ -23,7 +23,7 @@ from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.artifacts.shards import load_split, read_manifest
 from pipelines.config import Params
 from pipelines.evaluate.report import data_label
-from pipelines.infra.figures import display_scale, save_grid
+from pipelines.infra.figures import save_image_table
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,24 @@ def write_interpolation(params: Params, root: Path, pairs: Tensor) -> Path:
     cfg = params.evaluate
     task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0)(compute_rows)
     rows = ray.get(task.remote(params, root / params.paths.model, pairs, cfg.use_gpu))
-    n_cols = rows.shape[1]
-    scale = display_scale(params.data.resolution)
-    path = save_grid(rows.flatten(0, 1), root / params.paths.plots / INTERP_PNG, n_cols, scale)
-    log.info("interpolation figure %s: %d rows x %d columns", path, rows.shape[0], n_cols)
+    path = draw_interpolation(params, rows, root / params.paths.plots / INTERP_PNG)
+    log.info("interpolation figure %s: %d rows x %d columns", path, *rows.shape[:2])
     return path
+
+
+def interpolation_axes(params: Params) -> tuple[list[str], list[str]]:
+    """The figure's row labels (pair and t, two rows a pair) and column labels (x_0, λ, x'_0)."""
+    cfg = params.evaluate
+    rows = [
+        f"pair {p + 1}, t={t_row}"
+        for p in range(cfg.interpolation_pairs)
+        for t_row in (cfg.interpolation_t, params.diffusion.T)
+    ]
+    return rows, ["x_0", *(f"λ={lam:g}" for lam in cfg.interpolation_lambdas), "x'_0"]
+
+
+def draw_interpolation(params: Params, rows: Tensor, path: Path) -> Path:
+    """`rows` (2P, L + 2, C, H, W) as a table whose rows name the pair and t, columns λ."""
+    row_labels, col_labels = interpolation_axes(params)
+    title = interpolation_label(params).replace(": ", ":\n", 1)
+    return save_image_table(rows, row_labels, col_labels, title, path)

@@ -154,10 +154,9 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
         "evaluate/interpolation.png",
         "evaluate/shared_latent.png",
     }
-    # Fig. 8: 1 pair x (row at t, row at T), [x_0, 5 lambdas, x'_0]; 8x8 digits at 8x scale
-    # with 2-pixel padding: (7 * 10 + 2) * 8 wide, (2 * 10 + 2) * 8 high.
+    # Fig. 8: 1 pair x (row at t, row at T), [x_0, 5 lambdas, x'_0], rows and columns labelled
     with Image.open(Path(params.paths.plots) / "interpolation.png") as figure:
-        assert figure.size == (576, 176)
+        assert figure.format == "PNG" and figure.width > 2 * figure.height  # 2 rows, 7 columns
     with Image.open(Path(params.paths.plots) / "shared_latent.png") as figure:  # Fig. 7
         assert figure.format == "PNG" and figure.height > figure.width  # 3 rows of t, 1 + 2 columns
 

@@ -84,3 +84,14 @@ def test_bad_interpolation_params_are_refused_at_load(
     with pytest.raises(ConfigError) as info:
         make_params(overrides)
     assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_the_figure_names_its_rows_t_and_its_columns_lambda(make_params) -> None:
+    from pipelines.evaluate.interpolation import interpolation_axes, interpolation_label
+
+    params = make_params({"evaluate.interpolation_pairs": 2, "evaluate.interpolation_t": 7})
+    rows, cols = interpolation_axes(params)
+    assert rows == ["pair 1, t=7", "pair 1, t=20", "pair 2, t=7", "pair 2, t=20"]
+    lambdas = [f"λ={lam:g}" for lam in params.evaluate.interpolation_lambdas]
+    assert cols == ["x_0", *lambdas, "x'_0"]
+    assert "digits" in interpolation_label(params)  # the figure says on which data
