@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.data.stream import train_batches
+from pipelines.artifacts.shard_stream import train_batches
 from tests.helpers import W, write_ids
 
 
