@@ -314,7 +314,7 @@ def loader_batches(
         num_workers=loader_workers,
         prefetch_factor=prefetch,  # batches in flight per worker: the memory bound
         persistent_workers=True,
-        multiprocessing_context="forkserver",  # workers start clean: no copy of this process
+        multiprocessing_context="fork",  # this process holds no images: nothing big to copy
         in_order=True,
     )
     it = iter(loader)
