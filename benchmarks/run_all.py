@@ -18,7 +18,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_ZIP = REPO.parent / "shared" / "data" / "mnist-png.zip"  # shard_io's default input
-BENCHMARKS = ("shard_io", "unet_speed", "sample_scaling", "train_overhead", "eval_throughput")
+BENCHMARKS = (
+    "shard_io",
+    "stream_input",
+    "unet_speed",
+    "sample_scaling",
+    "train_overhead",
+    "eval_throughput",
+)
 
 
 def skip_reason(name: str) -> str | None:

@@ -218,15 +218,17 @@ class ShardReader:
     def decode(self, s: int, opened: OpenShard, member: int) -> np.ndarray:
         offset, size = (int(v) for v in opened.png[member])
         opened.handle.seek(offset)
-        where = f"{self.dir / self.entries[s]['file']}: member {member}.png"
         try:
             arr = decode_png(opened.handle.read(size))
         except Exception as e:  # PIL raises many types on corrupt bytes
-            raise ValueError(f"{where}: cannot decode: {e}") from None
+            raise ValueError(f"{self.where(s, member)}: cannot decode: {e}") from None
         if arr.shape != self.shape:
-            raise ValueError(f"{where}: shape {arr.shape}, manifest says {self.shape}")
+            raise ValueError(f"{self.where(s, member)}: shape {arr.shape}, expected {self.shape}")
         self.decoded += 1
         return arr
+
+    def where(self, s: int, member: int) -> str:
+        return f"{self.dir / self.entries[s]['file']}: sample {member} (.png)"
 
     def close(self) -> None:
         for opened in self.open.values():
