@@ -15,6 +15,8 @@ from pipelines.artifacts.shard_stream import (
     BatchSource,
     StreamSpec,
     epoch_order,
+    index_tar,
+    index_tar_slow,
     train_batches,
 )
 from pipelines.artifacts.shards import image_shape, read_manifest, shard_entries
@@ -208,3 +210,16 @@ def test_arguments_out_of_range(tmp_path: Path, key: str, value: int) -> None:
     write_ids(tmp_path, 4, 4)
     with pytest.raises(ValueError, match=f"{key}: got {value}"):
         next(train_batches(tmp_path, "train", 2, 0, 1, 0, False, **{key: value}))  # type: ignore[arg-type]
+
+
+def test_the_header_scan_reads_the_offsets_tarfile_reads(tmp_path: Path) -> None:
+    write_ids(tmp_path, 10, 10)
+    path = tmp_path / "train-000000.tar"
+    with path.open("rb") as handle:
+        fast = index_tar(path, handle)
+        slow = index_tar_slow(path, handle)
+    assert fast.shape == (10, 2) and np.array_equal(fast, slow)
+    with path.open("rb") as handle:  # each offset holds a PNG
+        for offset, _ in fast.tolist():
+            handle.seek(offset)
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
