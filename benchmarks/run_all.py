@@ -21,6 +21,7 @@ MNIST_ZIP = REPO.parent / "shared" / "data" / "mnist-png.zip"  # shard_io's defa
 BENCHMARKS = (
     "shard_io",
     "shard_memory",
+    "stream_input",
     "unet_speed",
     "sample_scaling",
     "train_overhead",

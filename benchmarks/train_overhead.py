@@ -34,9 +34,9 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.report import load_average, write_result
 from ddpm_core.rng import SeedPurpose, mix_seed
+from pipelines.artifacts.shard_stream import train_batches
 from pipelines.config import Params, from_dict
 from pipelines.data.stage import build_shards
-from pipelines.data.stream import train_batches
 from pipelines.infra.lifecycle import run_tracked
 from pipelines.infra.tracking import Tracker
 from pipelines.train.run import open_train_run, plan_run
@@ -144,7 +144,17 @@ def plain_loop(setup: Setup) -> Measurement:
         state = make_state(params, torch.device("cpu"), 0, 1)
         session_start = time.perf_counter()
         batches = train_batches(
-            params.paths.shards, "train", cfg.batch_size, 0, 1, params.seed, params.data.random_flip
+            params.paths.shards,
+            "train",
+            cfg.batch_size,
+            0,
+            1,
+            params.seed,
+            params.data.random_flip,
+            shuffle_buffer=cfg.shuffle_buffer,
+            loader_workers=cfg.loader_workers,
+            prefetch=cfg.prefetch,
+            cache_bytes=cfg.cache_bytes,
         )
         marks = step_clock(params, state, batches)
     session = cfg.steps * cfg.batch_size / (marks[-1] - session_start)

@@ -42,9 +42,9 @@ class SeedPurpose:
     | T_NOISE     = 1  | mix_seed(seed, world, rank, 1)           | training t and eps          |
     | DROPOUT     = 2  | mix_seed(seed, world, rank, 2)           | training dropout            |
     | FLIPS       = 7  | mix_seed(seed, step, 7)                  | horizontal flips per step   |
+    | EPOCH_ORDER = 8  | default_rng(mix_seed(seed, epoch, 8))    | shard order, shuffle buffer |
 
-    Not in the table (no purpose number): the sample stage's per-image noise (seed, i) and the
-    epoch permutation mix_seed(seed, epoch).
+    Not in the table (no purpose number): the sample stage's per-image noise (seed, i).
     """
 
     DATA_SPLIT: Final = 1
@@ -55,6 +55,7 @@ class SeedPurpose:
     T_NOISE: Final = 1
     DROPOUT: Final = 2
     FLIPS: Final = 7
+    EPOCH_ORDER: Final = 8
 
 
 def mix_seed(*ints: int) -> int:

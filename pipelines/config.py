@@ -131,6 +131,10 @@ class TrainConfig:
     fid_images: int  # generated images per point of that in-training FID curve
     fid_stride: int  # its sampler: Algorithm 2 over every k-th timestep (cheap, not the paper)
     export: Export  # last: the final EMA weights; best_fid: those of the min-FID step (paper)
+    shuffle_buffer: int  # images in the input's seeded shuffle buffer (>= split: a full shuffle)
+    loader_workers: int  # decode processes per rank; 0 = decode in the training process
+    prefetch: int  # batches in flight per loader worker
+    cache_bytes: int  # a split decoded to at most this many bytes is held in memory; 0 = stream
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
@@ -160,6 +164,9 @@ class TrainConfig:
         check(self.lr > 0, "train.lr", self.lr, "a float > 0")
         check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", self.ema_decay, "0 <= d < 1")
         check(self.max_failures >= 0, "train.max_failures", self.max_failures, "an int >= 0")
+        for key, low in (("shuffle_buffer", 1), ("loader_workers", 0), ("prefetch", 1)):
+            check(getattr(self, key) >= low, f"train.{key}", getattr(self, key), f"an int >= {low}")
+        check(self.cache_bytes >= 0, "train.cache_bytes", self.cache_bytes, "bytes, an int >= 0")
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""Dataset sources (for the shard stage) and the training workers' batch stream."""
+"""Dataset sources (for the shard stage)."""

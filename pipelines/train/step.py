@@ -291,7 +291,7 @@ def save_checkpoint(
 ) -> Path:
     """Write model, EMA, optimizer, step, per-rank RNG states and data position into `folder`.
 
-    The data position equals the step: `pipelines.data.stream.train_batches(start_step=step)`
+    The data position equals the step: `artifacts.shard_stream.train_batches(start_step=step)`
     continues the exact batch sequence.
     """
     path = Path(folder) / STATE_FILE

@@ -1,10 +1,10 @@
 """The per-worker loop of Ray Train (V2) training: Algorithm 1 on one rank.
 
 Each worker (`train_loop_per_worker`) restores the latest checkpoint of its run, streams its
-share of the shards (`data.stream`), steps `train.step.train_step` under DDP and reports a
-checkpoint every `train.checkpoint_every` steps from all ranks (rank 0 writes the files). Rank 0
-leaves its notes for the driver in the run folder (`train.run.RunFolder`). The driver that
-starts the workers is `train.stage`.
+share of the shards (`artifacts.shard_stream`), steps `train.step.train_step` under DDP and
+reports a checkpoint every `train.checkpoint_every` steps from all ranks (rank 0 writes the
+files). Rank 0 leaves its notes for the driver in the run folder (`train.run.RunFolder`). The
+driver that starts the workers is `train.stage`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import torch
 
 from ddpm_core.rng import SeedPurpose, mix_seed
 from ddpm_core.sampling import sample_indices
+from pipelines.artifacts.shard_stream import train_batches
 from pipelines.config import Params
-from pipelines.data.stream import train_batches
 from pipelines.infra.accel import autocast
 from pipelines.infra.device import configure_backends
 from pipelines.infra.figures import display_scale, grid_image
@@ -200,6 +200,10 @@ class _Loop:
             self.params.seed,
             self.params.data.random_flip,
             start_step=self.state.step,
+            shuffle_buffer=self.cfg.shuffle_buffer,
+            loader_workers=self.cfg.loader_workers,
+            prefetch=self.cfg.prefetch,
+            cache_bytes=self.cfg.cache_bytes,
         )
 
     def run(self, resumed_from: int, last_ckpt: str | None) -> None:

@@ -44,6 +44,11 @@ def test_params_yaml_round_trips() -> None:
         ("mlflow.model_name", "", "mlflow.model_name: got '', expected null or a non-empty"),
         ("mlflow.model_name", " x", "mlflow.model_name: got ' x', expected null or a non-empty"),
         ("mlflow.system_metrics", "yes", "mlflow.system_metrics: got 'yes', expected bool"),
+        ("train.shuffle_buffer", 0, "train.shuffle_buffer: got 0, expected an int >= 1"),
+        ("train.loader_workers", -1, "train.loader_workers: got -1, expected an int >= 0"),
+        ("train.prefetch", 0, "train.prefetch: got 0, expected an int >= 1"),
+        ("train.cache_bytes", -1, "train.cache_bytes: got -1, expected bytes, an int >= 0"),
+        ("train.cache_bytes", 1.5, "train.cache_bytes: got 1.5, expected int"),
     ],
 )
 def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:

@@ -194,8 +194,8 @@ def test_learned_variance_trains_on_the_bound_and_its_loss_falls(
     tmp_path: Path, shards_dir: Path
 ) -> None:
     """Table 2's learned diagonal Sigma on the digits shards: 2C outputs, loss L falls."""
+    from pipelines.artifacts.shard_stream import train_batches
     from pipelines.config import replace_path
-    from pipelines.data.stream import train_batches
 
     overrides = {"diffusion.var_type": "learned", "diffusion.loss_type": "kl",
                  "train.warmup_steps": 0, "train.lr": 2e-3}  # fmt: skip
