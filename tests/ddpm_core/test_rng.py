@@ -80,6 +80,7 @@ def test_seed_purposes_keep_their_numbers() -> None:
         "T_NOISE": 1,
         "DROPOUT": 2,
         "FLIPS": 7,
+        "EPOCH_ORDER": 8,
     }
     # within one key layout (seed, purpose) no two purposes share a number
     layout = [
