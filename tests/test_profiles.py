@@ -14,13 +14,23 @@ from pipelines.config import load_params
 from tests.helpers import PAPER_DIFFUSION, PAPER_UNET, REPO
 
 PROFILES = sorted((REPO / "conf" / "profile").glob("*.yaml"))
+# The 256x256 half (App. B, run_celebahq.py / run_lsun.py): steps, random flip, U-Net width,
+# parameters and Table 3's FID.
+PAPER_256 = {
+    "celebahq-256": (500_000, True, 128, 113_673_219),
+    "lsun-church-256": (1_200_000, True, 128, 113_673_219),
+    "lsun-bedroom-256": (2_400_000, True, 128, 113_673_219),
+    "lsun-cat-256": (1_800_000, False, 128, 113_673_219),
+    "lsun-bedroom-256-large": (1_150_000, True, 192, 255_677_955),
+}
 
 
 def test_there_are_the_documented_profiles() -> None:
     names = {p.stem for p in PROFILES}
     assert names == {
         "default", "cifar10-paper", "cifar10-paper-1gpu", "cifar10-cluster", "mnist",
-        "image-folder", "micro",
+        "image-folder", "micro", "micro-256",
+        *PAPER_256, *(f"{n}-cluster" for n in PAPER_256),
     }  # fmt: skip
     readme = (REPO / "README.md").read_text()
     assert all(f"conf/profile/{n}.yaml" in readme for n in names)
@@ -111,3 +121,42 @@ def test_cluster_profile_is_the_paper_profile_on_shared_storage() -> None:
         )
         == paper
     )
+
+
+@pytest.mark.parametrize("name", [*PAPER_256, *(f"{n}-cluster" for n in PAPER_256)])
+def test_256_profiles_are_the_official_recipe_with_exact_parameter_counts(name: str) -> None:
+    p = load_params(REPO / "conf" / "profile" / f"{name}.yaml")
+    steps, flip, ch, n_params = PAPER_256[name.removesuffix("-cluster")]
+    assert p.diffusion == dataclasses.replace(PAPER_DIFFUSION, var_type="fixedsmall")
+    assert p.unet == dataclasses.replace(PAPER_UNET, ch=ch, ch_mult=(1, 1, 2, 2, 4, 4), dropout=0.0)
+    d = p.data
+    assert (d.channels, d.resolution, d.resize, d.random_flip) == (3, 256, "center_crop", flip)
+    assert d.source == ("image_folder" if name.startswith("celebahq") else "lsun")
+    t = p.train
+    assert (t.steps, t.batch_size, t.lr, t.warmup_steps, t.grad_clip, t.ema_decay) == (
+        steps, 64, 2e-5, 5000, 1.0, 0.9999,
+    )  # fmt: skip
+    assert t.batch_size // t.num_workers == 8  # per GPU: fits an 80 GB GPU
+    assert (p.sample.num_images, p.sample.stride, p.evaluate.fid_images) == (50_000, 1, 50_000)
+    assert p.evaluate.fid_reference == "train"  # Table 3: FID against the training set
+    model = UNet.from_config(p.unet, d.channels, d.resolution)
+    assert sum(q.numel() for q in model.parameters()) == n_params
+    if name.endswith("-cluster"):
+        wanted = [*vars(p.paths).values(), d.root, d.raw]
+        assert all(Path(str(w)).is_relative_to("/mnt/ddpm") for w in wanted), wanted
+        local = load_params(REPO / "conf" / "profile" / f"{name.removesuffix('-cluster')}.yaml")
+        assert dataclasses.replace(
+            p, profile=local.profile, paths=local.paths,
+            data=dataclasses.replace(d, root=local.data.root, raw=local.data.raw),
+        ) == local  # fmt: skip
+
+
+def test_micro_256_has_the_256_shape_at_micro_size() -> None:
+    """Six U-Net levels, centre crop, RGB and the posterior variance, on the embedded digits."""
+    p = load_params(REPO / "conf" / "profile" / "micro-256.yaml")
+    assert p.unet.ch_mult == (1, 1, 2, 2, 4, 4) and p.unet.attn_resolutions == (16,)
+    assert (p.data.source, p.data.resolution, p.data.channels, p.data.resize) == (
+        "digits", 64, 3, "center_crop",
+    )  # fmt: skip
+    assert p.diffusion.var_type == "fixedsmall"
+    assert p.mlflow.model_name == "ddpm-micro-256"  # its own registered model
