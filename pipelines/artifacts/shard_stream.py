@@ -25,6 +25,8 @@ order (the same batches).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import itertools
 import logging
 import tarfile
@@ -52,6 +54,23 @@ from pipelines.artifacts.tars import decode_png
 logger = logging.getLogger(__name__)
 
 MAX_OPEN = 8  # the fewest open shards (tar index + file handle) kept per process
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+MMAP_THRESHOLD = 128 * 1024  # glibc's default threshold, kept from rising
+
+
+def pin_mmap_threshold() -> bool:
+    """Pin glibc's mmap threshold at its default 128 KiB (as `MALLOC_MMAP_THRESHOLD_=131072`).
+
+    Without it glibc raises the threshold after the first free of a batch-sized block, later
+    batches land on the heap, and the heap grows with the number of shards opened although the
+    input holds nothing more (docs/streaming.md, "The RSS caveat"). Forked loader workers
+    inherit the setting. True when it took effect; False off glibc (nothing changes there).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,6 +420,7 @@ def train_batches(
         batches = cached_batches(spec, torch.from_numpy(images), counts, start_step)
     else:
         logger.info("rank %d/%d: streaming %d images, %d shards", rank, world_size, n, len(counts))
+        pin_mmap_threshold()  # memory flat in the number of shards (glibc)
         source = BatchSource(spec, entries, shape, start_step)
         batches = loader_batches(source, loader_workers, prefetch)
     for x in batches:

@@ -4,6 +4,9 @@ streamed from the shards by random access (bounded, verified), in loader workers
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ from pipelines.artifacts.shard_stream import (
     train_batches,
 )
 from pipelines.artifacts.shards import image_shape, read_manifest, shard_entries
-from tests.helpers import W, write_ids
+from tests.helpers import REPO, W, write_ids
 
 
 def ids_of(batch: torch.Tensor) -> tuple[list[int], list[bool]]:
@@ -223,3 +226,56 @@ def test_the_header_scan_reads_the_offsets_tarfile_reads(tmp_path: Path) -> None
         for offset, _ in fast.tolist():
             handle.seek(offset)
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+PIN_PROBE = """
+import ctypes, sys
+import numpy as np
+from pipelines.artifacts.shard_stream import pin_mmap_threshold
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                "usmblks", "fsmblks", "uordblks", "fordblks",
+                                                "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "pin":
+    assert pin_mmap_threshold()
+batch = np.ones(300_000, np.uint8); del batch  # a freed batch: glibc raises its threshold
+before = libc.mallinfo2().hblks
+batch = np.ones(300_000, np.uint8)  # the next batch: mmapped (returned on free) or on the heap
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt: Linux only")
+def test_a_streaming_rank_keeps_batches_off_the_heap(tmp_path: Path) -> None:
+    """glibc moves a freed batch-sized block's successors onto the heap, where the shards'
+    small long-lived allocations pin it (the RSS caveat in docs/streaming.md);
+    `pin_mmap_threshold` keeps them mmapped, as MALLOC_MMAP_THRESHOLD_=131072 does."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(PIN_PROBE)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    mmapped = {
+        how: subprocess.run(
+            [sys.executable, str(probe), how], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for how in ("default", "pin")
+    }
+    assert mmapped == {"default": "0", "pin": "1"}
+
+
+def test_a_streamed_split_pins_the_threshold_a_cached_one_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines.artifacts.shard_stream as shard_stream
+
+    calls: list[bool] = []
+    monkeypatch.setattr(shard_stream, "pin_mmap_threshold", lambda: calls.append(True) or True)
+    write_ids(tmp_path, 24, 8)
+    next(train_batches(tmp_path, "train", 6, 0, 1, 0, False, cache_bytes=10**9))
+    assert calls == []
+    next(train_batches(tmp_path, "train", 6, 0, 1, 0, False))
+    assert calls == [True]
