@@ -246,7 +246,9 @@ def test_exp_run_selects_a_profile_through_hydra_without_touching_params_yaml(
 def test_queued_and_temporary_experiments_run_in_their_own_workspace(pipeline: Pipeline) -> None:
     """`dvc exp run --queue` (two) + `dvc queue start` and `dvc exp run --temp`: each runs in a
     temporary copy, writes its outputs there (not over the workspace's), and logs to the one
-    MLflow store. q1 retrains (train, sample, evaluate); q2 and t1 rerun evaluate only."""
+    MLflow store. q1 selects the micro-256 profile (the 256x256 profiles' shape: six U-Net
+    levels at 64x64, centre crop, RGB, the posterior variance) and so runs the whole DAG, shard
+    to evaluate; q2 and t1 rerun evaluate only."""
     root, env = pipeline.root, pipeline.env
     # Every `dvc exp run` composes params.yaml from conf/ (Hydra) plus its own -S: keep the
     # workspace's lr (lr-x2's) in conf/config.yaml, as a user keeps a lasting edit.
@@ -257,7 +259,7 @@ def test_queued_and_temporary_experiments_run_in_their_own_workspace(pipeline: P
     run(["git", "commit", "-qm", "baseline: lr-x2 results"], root, env)  # experiments start here
     before = workspace_state(root)
 
-    pipeline.dvc("exp", "run", "--queue", "-n", "q1", "-S", "train.steps=10")
+    pipeline.dvc("exp", "run", "--queue", "-n", "q1", "-S", "profile=micro-256")
     pipeline.dvc("exp", "run", "--queue", "-n", "q2", "-S", "evaluate.nll_images=4")
     pipeline.dvc("queue", "start", "-j", "1")
     deadline = time.monotonic() + 900
@@ -271,6 +273,8 @@ def test_queued_and_temporary_experiments_run_in_their_own_workspace(pipeline: P
         run([str(BIN / "dvc"), "queue", "logs", n], root, env)[-3000:] for n in ("q1", "q2")
     )
     assert status.count("Success") == 2, f"{status}\n{logs}"
+    q1_log = run([str(BIN / "dvc"), "queue", "logs", "q1"], root, env)
+    assert all(f"Running stage '{s}'" in q1_log for s in STAGES), q1_log[-3000:]
     out = pipeline.dvc("exp", "run", "--temp", "-n", "t1", "-S", "evaluate.nll_images=4")
     assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out
 
@@ -279,16 +283,19 @@ def test_queued_and_temporary_experiments_run_in_their_own_workspace(pipeline: P
     for name in ("q1", "q2", "t1"):
         evaluated = exp_metrics(shown, name)["metrics/eval.json"]["data"]
         assert float(evaluated["nll_bpd"]) > 0, (name, evaluated)
-    assert exp_metrics(shown, "q1")["metrics/train.json"]["data"]["steps"] == 10
+    q1 = exp_metrics(shown, "q1", "params")["params.yaml"]["data"]
+    assert (q1["profile"], q1["data"]["resolution"], q1["unet"]["ch_mult"]) == (
+        "micro-256", 64, [1, 1, 2, 2, 4, 4],
+    )  # fmt: skip
 
     client = MlflowClient(pipeline.server.url)
-    exp = client.get_experiment_by_name("ddpm")
-    assert exp is not None
-    for name, stages in (
-        ("q1", {"train", "sample", "quality", "evaluate"}),
-        ("q2", {"evaluate"}),
-        ("t1", {"evaluate"}),
+    for name, experiment, stages in (
+        ("q1", "ddpm-micro-256", {"train", "sample", "quality", "evaluate"}),
+        ("q2", "ddpm", {"evaluate"}),
+        ("t1", "ddpm", {"evaluate"}),
     ):
+        exp = client.get_experiment_by_name(experiment)
+        assert exp is not None, experiment
         runs = client.search_runs([exp.experiment_id], f"tags.`dvc.exp` = '{name}'")
         assert {r.data.tags["dvc.stage"] for r in runs} == stages, name
         assert all(r.info.status == "FINISHED" for r in runs), name

@@ -152,42 +152,51 @@ def test_compiled_step_matches_the_eager_step_on_cpu(tmp_path: Path) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=atol)
 
 
-def test_activation_checkpointing_is_wired_and_composes_with_the_fast_paths(
+def _checkpointing_params(tmp_path: Path, dropout: float, checkpointing: bool) -> Params:
+    changes = {"train.warmup_steps": 0, "unet.dropout": dropout}
+    return build_params(tmp_path, changes | {"train.activation_checkpointing": checkpointing})
+
+
+def _checkpointing_run(
+    p: Params, compile_mode: str | bool = False, bf16: bool = True
+) -> tuple[TrainState, float]:
+    state = make_state(p, CPU, 0, 1, compile_mode=compile_mode)  # type: ignore[arg-type]
+    assert state.raw.activation_checkpointing == p.train.activation_checkpointing  # type: ignore[union-attr]
+    prepare_model(state, channels_last=True)
+    torch.manual_seed(5)  # dropout
+    _steps(state, p, 2, autocast=autocast("bf16" if bf16 else "fp32", CPU))
+    return state, state.read_stats(1).loss  # the mean loss of the steps, under autocast
+
+
+def _close(a: TrainState, b: TrainState, atol: float) -> None:
+    for x, y in zip(a.raw.parameters(), b.raw.parameters(), strict=True):
+        torch.testing.assert_close(y, x, rtol=0, atol=atol)
+
+
+def test_activation_checkpointing_is_wired_and_composes_with_bf16_and_channels_last(
     tmp_path: Path,
 ) -> None:
     """train.activation_checkpointing reaches the U-Net through make_state; a checkpointed step
     under bf16 autocast + channels_last gives the plain step's loss and weights (with dropout:
-    the recomputation redraws the same masks), and so does the compiled checkpointed step
-    (fp32 + channels_last, without dropout: Inductor draws its own masks, and its bf16 kernels
-    round otherwise than eager's; the compiled-vs-eager tolerance above)."""
-
-    def params(dropout: float, checkpointing: bool) -> Params:
-        changes = {"train.warmup_steps": 0, "unet.dropout": dropout}
-        return build_params(tmp_path, changes | {"train.activation_checkpointing": checkpointing})
-
-    def run(
-        p: Params, compile_mode: str | bool = False, bf16: bool = True
-    ) -> tuple[TrainState, float]:
-        state = make_state(p, CPU, 0, 1, compile_mode=compile_mode)  # type: ignore[arg-type]
-        assert state.raw.activation_checkpointing == p.train.activation_checkpointing  # type: ignore[union-attr]
-        prepare_model(state, channels_last=True)
-        torch.manual_seed(5)  # dropout
-        _steps(state, p, 2, autocast=autocast("bf16" if bf16 else "fp32", CPU))
-        return state, state.read_stats(1).loss  # the mean loss of the steps, under autocast
-
-    def close(a: TrainState, b: TrainState, atol: float) -> None:
-        for x, y in zip(a.raw.parameters(), b.raw.parameters(), strict=True):
-            torch.testing.assert_close(y, x, rtol=0, atol=atol)
-
-    plain, loss = run(params(0.1, False))
-    ckpt, ckpt_loss = run(params(0.1, True))
+    the recomputation redraws the same masks)."""
+    plain, loss = _checkpointing_run(_checkpointing_params(tmp_path, 0.1, False))
+    ckpt, ckpt_loss = _checkpointing_run(_checkpointing_params(tmp_path, 0.1, True))
     assert ckpt_loss == loss
-    close(plain, ckpt, 1e-6)
-    plain, loss = run(params(0.0, False), bf16=False)
-    compiled, compiled_loss = run(params(0.0, True), "default", bf16=False)
+    _close(plain, ckpt, 1e-6)
+
+
+@pytest.mark.slow  # minutes of Inductor compile on 2 cores; checkpointing is covered above and
+# the compiled step by test_compiled_step_matches_the_eager_step_on_cpu
+def test_compiled_checkpointed_step_matches_the_eager_plain_step(tmp_path: Path) -> None:
+    """fp32 + channels_last, without dropout (Inductor draws its own masks, and its bf16 kernels
+    round otherwise than eager's); the compiled-vs-eager tolerance above."""
+    plain, loss = _checkpointing_run(_checkpointing_params(tmp_path, 0.0, False), bf16=False)
+    compiled, compiled_loss = _checkpointing_run(
+        _checkpointing_params(tmp_path, 0.0, True), "default", bf16=False
+    )
     assert hasattr(compiled.loss_fn, "_torchdynamo_orig_callable")
     assert compiled_loss == pytest.approx(loss, rel=1e-3)
-    close(plain, compiled, 0.1 * plain.optimizer.param_groups[0]["lr"])
+    _close(plain, compiled, 0.1 * plain.optimizer.param_groups[0]["lr"])
 
 
 def test_learned_variance_trains_on_the_bound_and_its_loss_falls(
