@@ -133,7 +133,7 @@ def smoke_params(params: Params) -> Params:
         unet=replace(params.unet, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)),
         diffusion=replace(params.diffusion, T=20),
         quality=replace(params.quality, steps=(), reverse_every=0),  # step counts dividing T
-        evaluate=replace(params.evaluate, interpolation_t=10),  # a t in 1..T
+        evaluate=replace(params.evaluate, interpolation_t=10, shared_latent_t=(20, 10)),  # in 1..T
     )
 
 
