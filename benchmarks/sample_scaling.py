@@ -31,7 +31,7 @@ from pipelines.artifacts.model_dir import build_unet, load_ema_model, write_mode
 from pipelines.artifacts.samples import plan_shards
 from pipelines.config import Params, from_dict
 from pipelines.infra.ray import init_ray
-from pipelines.sample.actor import build_diffusion, image_shape
+from pipelines.sample.actor import build_diffusion
 from pipelines.sample.stage import run_pool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def plain_loop(params: Params) -> tuple[float, str]:
     """The same shards in one process, one after another, one thread."""
     torch.set_num_threads(1)
     model = load_ema_model(params, Path(params.paths.model))
-    diffusion, shape = build_diffusion(params), image_shape(params)
+    diffusion, shape = build_diffusion(params), params.data.image_shape
     t0 = time.perf_counter()
     out = [
         sample_indices(model, diffusion, range(s.start, s.stop), params.seed, shape)
