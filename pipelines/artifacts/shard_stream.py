@@ -63,8 +63,9 @@ def pin_mmap_threshold() -> bool:
 
     Without it glibc raises the threshold after the first free of a batch-sized block, later
     batches land on the heap, and the heap grows with the number of shards opened although the
-    input holds nothing more (docs/streaming.md, "The RSS caveat"). Forked loader workers
-    inherit the setting. True when it took effect; False off glibc (nothing changes there).
+    input holds nothing more (docs/streaming.md, "The RSS caveat"). Only the loader workers pin
+    it: in a process that also trains on the CPU every activation would become an mmap/munmap
+    pair (a CPU training step ran at half speed). True when it took effect; False off glibc.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -354,6 +355,11 @@ def cached_batches(
         yield flipped(images[torch.from_numpy(flat)], spec, step)
 
 
+def init_loader_worker(_: int) -> None:
+    """A decode process runs no model: pin its mmap threshold, so its memory stays flat."""
+    pin_mmap_threshold()
+
+
 def loader_batches(
     source: BatchSource, loader_workers: int, prefetch: int
 ) -> Iterator[torch.Tensor]:
@@ -369,6 +375,7 @@ def loader_batches(
         persistent_workers=True,
         multiprocessing_context="fork",  # this process holds no images: nothing big to copy
         in_order=True,
+        worker_init_fn=init_loader_worker,
     )
     it = iter(loader)
     try:
@@ -420,7 +427,6 @@ def train_batches(
         batches = cached_batches(spec, torch.from_numpy(images), counts, start_step)
     else:
         logger.info("rank %d/%d: streaming %d images, %d shards", rank, world_size, n, len(counts))
-        pin_mmap_threshold()  # memory flat in the number of shards (glibc)
         source = BatchSource(spec, entries, shape, start_step)
         batches = loader_batches(source, loader_workers, prefetch)
     for x in batches:

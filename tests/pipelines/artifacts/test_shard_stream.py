@@ -267,15 +267,24 @@ def test_a_streaming_rank_keeps_batches_off_the_heap(tmp_path: Path) -> None:
     assert mmapped == {"default": "0", "pin": "1"}
 
 
-def test_a_streamed_split_pins_the_threshold_a_cached_one_does_not(
+def test_the_loader_workers_pin_the_threshold_the_training_process_does_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Each decode process pins it (a forked worker writes its mark); streaming in the training
+    process (loader_workers 0) leaves glibc's default, which keeps CPU training fast."""
     import pipelines.artifacts.shard_stream as shard_stream
 
-    calls: list[bool] = []
-    monkeypatch.setattr(shard_stream, "pin_mmap_threshold", lambda: calls.append(True) or True)
-    write_ids(tmp_path, 24, 8)
-    next(train_batches(tmp_path, "train", 6, 0, 1, 0, False, cache_bytes=10**9))
-    assert calls == []
-    next(train_batches(tmp_path, "train", 6, 0, 1, 0, False))
-    assert calls == [True]
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def mark() -> bool:
+        (marks / str(os.getpid())).touch()
+        return True
+
+    monkeypatch.setattr(shard_stream, "pin_mmap_threshold", mark)
+    write_ids(tmp_path / "shards", 24, 8)
+    take(train_batches(tmp_path / "shards", "train", 6, 0, 1, 0, False), 2)
+    assert list(marks.iterdir()) == []
+    take(train_batches(tmp_path / "shards", "train", 6, 0, 1, 0, False, loader_workers=2), 2)
+    pids = {int(p.name) for p in marks.iterdir()}
+    assert len(pids) == 2 and os.getpid() not in pids
