@@ -129,11 +129,13 @@ def run_pool(
     progress = Progress(total, tracker)
     rows: dict[int, dict[str, Any]] = {}
     steps = build_diffusion(params).num_timesteps
-    with Watcher(steps_board, total * steps, steps, progress_every_s):
-        for row in ds.iter_rows():
-            rows[int(row["index"])] = row  # a retried shard may report twice: same file, hash
-            progress.update(row)
-    ray.kill(steps_board)
+    try:
+        with Watcher(steps_board, total * steps, steps, progress_every_s):
+            for row in ds.iter_rows():
+                rows[int(row["index"])] = row  # a retried shard may report twice: same file, hash
+                progress.update(row)
+    finally:
+        ray.kill(steps_board)  # also when a shard fails: no board left on the cluster
     missing = [s.index for s in specs if s.index not in rows]
     if missing:
         raise RuntimeError(f"sample: shards {missing} returned no result")
