@@ -242,9 +242,12 @@ libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 if sys.argv[1] == "pin":
     assert pin_mmap_threshold()
-batch = np.ones(300_000, np.uint8); del batch  # a freed batch: glibc raises its threshold
+# 4 MB, a 256x256 batch of 16: above the pinned 128 KiB, below glibc's 32 MiB dynamic ceiling,
+# and larger than any free hole the imports leave in the heap (~0.5 MB here), which would
+# serve a smaller block from the heap even with the threshold pinned (CI saw that at 300 kB)
+batch = np.ones(4_000_000, np.uint8); del batch  # a freed batch: glibc raises its threshold
 before = libc.mallinfo2().hblks
-batch = np.ones(300_000, np.uint8)  # the next batch: mmapped (returned on free) or on the heap
+batch = np.ones(4_000_000, np.uint8)  # the next batch: mmapped (returned on free) or on the heap
 print(libc.mallinfo2().hblks - before)
 """
 
