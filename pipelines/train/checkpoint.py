@@ -89,7 +89,8 @@ class TrainingCheckpoint:
     @property
     def final_ema(self) -> StateDict:
         """The EMA weights at `step`."""
-        return self.ema["shadow"]
+        shadow: StateDict = self.ema["shadow"]
+        return shadow
 
     def ema_weights(self, best: bool) -> StateDict:
         """The EMA weights to export: the min-FID copy (`{}` when none was kept) or the final."""
