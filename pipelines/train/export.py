@@ -1,8 +1,9 @@
 """The train stage's outputs besides its metrics: the model folder and the loss history.
 
-`export_model` writes them from the final Ray Train checkpoint (`train.released` writes the same
-outputs from released weights instead of training); `write_models` writes the model in both
-forms: the model folder and its diffusers `DDPMPipeline` export.
+`export_model` writes them from the `TrainingCheckpoint` of the final Ray Train checkpoint
+(`train.released` writes the same outputs from released weights instead of training);
+`write_models` writes the model in both forms: the model folder and its diffusers
+`DDPMPipeline` export.
 """
 
 from __future__ import annotations
@@ -13,17 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pipelines.artifacts.diffusers_dir import write_diffusers_dir
 from pipelines.artifacts.model_dir import CONFIG_FILE, STEP_KEY, write_model_dir
 from pipelines.config import Params
 from pipelines.infra.files import atomic_path
 from pipelines.infra.tracking import Tracker
-from pipelines.train.checkpoint import load_training_state
+from pipelines.train.checkpoint import STATE_FILE, TrainingCheckpoint
 from pipelines.train.run import resolve
 from pipelines.train.selection import ExportChoice, FidCurve, choose_export
-from pipelines.train.step import STATE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +49,10 @@ def export_model(
     kept in the checkpoint. The weights and the config are logged to `tracker` (artifact path
     `model`).
     """
-    state = load_training_state(checkpoint / STATE_FILE)
-    steps = int(state["step"])
-    curve = FidCurve.from_tensor(state.get("fid_curve", torch.zeros(0, 2)))
-    choice = choose_export(params.train.export, curve, steps)
-    ema = state["best_ema"] if choice.best else state["ema"]["shadow"]
+    ckpt = TrainingCheckpoint.read(checkpoint)
+    curve = ckpt.fid_curve
+    choice = choose_export(params.train.export, curve, ckpt.step)
+    ema = ckpt.ema_weights(choice.best)
     if not ema:  # a resume that lost the min-FID copy would otherwise export an empty model
         raise ValueError(
             f"{checkpoint / STATE_FILE}: train.export={params.train.export} picks the EMA at step "
@@ -63,14 +60,14 @@ def export_model(
         )
     meta = {STEP_KEY: str(choice.step), **metadata, "weights": "ema", "export": choice.reason}
     weights = write_models(params, root, ema, meta)
-    history = [(int(s), float(v)) for s, v in state["history"].tolist()]
+    history = list(ckpt.history)
     plots = resolve(root, params.paths.plots)
     write_loss_csv(plots / LOSS_CSV, history)
     write_fid_csv(plots / FID_CSV, curve)
     tracker.log_artifact(weights, "model")
     tracker.log_artifact(weights.parent / CONFIG_FILE, "model")
     log.info("wrote %s (%s)", weights, choice.reason)
-    return ExportedModel(steps, weights, history, curve, choice)
+    return ExportedModel(ckpt.step, weights, history, curve, choice)
 
 
 def write_models(

@@ -27,12 +27,11 @@ from ddpm_core.unet import UNet
 from pipelines.artifacts.model_dir import build_unet
 from pipelines.config import CompileMode, Params, TrainConfig
 from pipelines.infra.accel import compile_fn, mark_step
-from pipelines.train.checkpoint import load_training_state, save_training_state
+from pipelines.train.checkpoint import STATE_FILE, TrainingCheckpoint
 from pipelines.train.selection import FidCurve
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "training_state.pt"
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -286,49 +285,61 @@ def gather_rng_states(generator: torch.Generator) -> list[dict[str, torch.Tensor
     return out
 
 
+def checkpoint_of(
+    state: TrainState, rng_states: list[dict[str, torch.Tensor]]
+) -> TrainingCheckpoint:
+    """The checkpoint record of `state` with every rank's RNG states (`gather_rng_states`).
+
+    The min-FID selection survives a resume: the record holds the curve and the best EMA
+    weights so far.
+    """
+    return TrainingCheckpoint(
+        model=state.raw.state_dict(),
+        ema=state.ema.state_dict(),
+        optimizer=state.optimizer.state_dict(),
+        step=state.step,
+        rng=rng_states,
+        history=tuple(state.history),
+        fid_points=tuple(state.fid_curve.points),
+        best_ema=state.best_ema,
+    )
+
+
+def restore(
+    state: TrainState, ckpt: TrainingCheckpoint, rank: int, source: str = "checkpoint"
+) -> None:
+    """Apply `ckpt` to `state`: weights, EMA, optimizer, step, this rank's RNG streams, the
+    loss history and the FID selection; the next statistics window starts after the step.
+
+    ValueError naming `source` when `ckpt` holds the RNG states of fewer ranks.
+    """
+    if rank >= len(ckpt.rng):
+        raise ValueError(
+            f"{source}: holds RNG states of {len(ckpt.rng)} ranks, this is rank {rank}; "
+            "resume with the same train.num_workers"
+        )
+    state.raw.load_state_dict(ckpt.model)
+    state.ema.load_state_dict(ckpt.ema)
+    state.optimizer.load_state_dict(ckpt.optimizer)
+    state.step = ckpt.step
+    state.stats = StepStats.zeros(state.stats.loss_sum.device, state.step + 1)
+    set_rng_state(state.generator, ckpt.rng[rank])
+    state.history = list(ckpt.history)
+    state.fid_curve = ckpt.fid_curve
+    state.best_ema = ckpt.best_ema
+
+
 def save_checkpoint(
     folder: str | Path, state: TrainState, rng_states: list[dict[str, torch.Tensor]]
 ) -> Path:
-    """Write model, EMA, optimizer, step, per-rank RNG states and data position into `folder`.
-
-    The data position equals the step: `artifacts.shard_stream.train_batches(start_step=step)`
-    continues the exact batch sequence.
-    """
-    path = Path(folder) / STATE_FILE
-    save_training_state(
-        path,
-        {
-            "model": state.raw.state_dict(),
-            "ema": state.ema.state_dict(),
-            "optimizer": state.optimizer.state_dict(),
-            "step": state.step,
-            "data_position": state.step,
-            "rng": rng_states,
-            "history": torch.tensor(state.history, dtype=torch.float64).reshape(-1, 2),
-            # Min-FID selection survives a resume: the curve and the best EMA weights so far.
-            "fid_curve": state.fid_curve.to_tensor(),
-            "best_ema": state.best_ema or {},
-        },
-    )
-    return path
+    """Write the checkpoint record of `state` into `folder`; returns the file's path."""
+    return checkpoint_of(state, rng_states).write(folder)
 
 
 def load_checkpoint(folder: str | Path, state: TrainState, rank: int) -> None:
-    """Restore `state` (and this rank's RNG streams) from a `save_checkpoint` folder."""
-    path = Path(folder) / STATE_FILE
-    ckpt = load_training_state(path)
-    rngs = ckpt["rng"]
-    if rank >= len(rngs):
-        raise ValueError(
-            f"{path}: holds RNG states of {len(rngs)} ranks, this is rank {rank}; "
-            "resume with the same train.num_workers"
-        )
-    state.raw.load_state_dict(ckpt["model"])
-    state.ema.load_state_dict(ckpt["ema"])
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.step = int(ckpt["step"])
-    state.stats = StepStats.zeros(state.stats.loss_sum.device, state.step + 1)
-    set_rng_state(state.generator, rngs[rank])
-    state.history = [(int(s), float(v)) for s, v in ckpt["history"].tolist()]
-    state.fid_curve = FidCurve.from_tensor(ckpt.get("fid_curve", torch.zeros(0, 2)))
-    state.best_ema = ckpt.get("best_ema") or None
+    """Restore `state` (and this rank's RNG streams) from a `save_checkpoint` folder.
+
+    FileNotFoundError / UnloadableStateError when its file is missing or cannot be read back
+    (`TrainingCheckpoint.read`); ValueError naming it when it holds fewer ranks' streams.
+    """
+    restore(state, TrainingCheckpoint.read(folder), rank, str(Path(folder) / STATE_FILE))

@@ -1,10 +1,10 @@
 """The per-worker loop of Ray Train (V2) training: Algorithm 1 on one rank.
 
 Each worker (`train_loop_per_worker`) restores the latest checkpoint of its run, streams its
-share of the shards (`artifacts.shard_stream`), steps `train.step.train_step` under DDP and
-reports a checkpoint every `train.checkpoint_every` steps from all ranks (rank 0 writes the
-files). Rank 0 leaves its notes for the driver in the run folder (`train.run.RunFolder`). The
-driver that starts the workers is `train.stage`.
+share of the shards (`artifacts.shard_stream`) and steps `train.step.train_step` under DDP;
+`Cadence` says on which steps it logs, samples a grid, runs the FID probe and reports a
+checkpoint from all ranks (rank 0 writes the files). Rank 0 leaves its notes for the driver in
+the run folder (`train.run.RunFolder`). The driver that starts the workers is `train.stage`.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ import torch
 from ddpm_core.rng import SeedPurpose, mix_seed
 from ddpm_core.sampling import sample_indices
 from pipelines.artifacts.shard_stream import train_batches
-from pipelines.config import Params
+from pipelines.config import Params, TrainConfig
 from pipelines.infra.accel import autocast
 from pipelines.infra.device import configure_backends
 from pipelines.infra.figures import display_scale, grid_image
 from pipelines.infra.progress import format_duration
 from pipelines.infra.tracking import Tracker
 from pipelines.train.checkpoint import (
+    STATE_FILE,
     UnloadableStateError,
     checkpoint_dir_name,
     resume_candidates,
@@ -39,7 +40,6 @@ from pipelines.train.checkpoint import (
 from pipelines.train.fid_probe import FidProbe, load_reference, small_fid
 from pipelines.train.run import RunFolder
 from pipelines.train.step import (
-    STATE_FILE,
     NonFiniteLossError,
     TrainState,
     WindowStats,
@@ -85,8 +85,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _worker_logging()
     torch.set_num_threads(max(1, int(params.train.cpus_per_worker)))  # intra-op CPU threads
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    where = Placement(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+    rank, world, device = where.rank, where.world, where.device
     cuda = [device.index or 0] if device.type == "cuda" else []
     # Dropout draws from torch's global generator (nn.Dropout takes none): seed it per rank
     # inside fork_rng so this process's global state is restored afterwards.
@@ -100,9 +100,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _wrap(state, params, device)
         if rank == 0 and tracker is not None and restored.step:
             tracker.log_metrics({"resumed_from": restored.step}, step=restored.step)
-        probe = config.get("fid")
-        loop = _Loop(params, spec, tracker, state, rank, world, device, probe, restored.unusable)
-        loop.run(restored.step, restored.checkpoint)
+        _Loop(params, spec, state, where, restored, tracker, config.get("fid")).run()
 
 
 def _worker_logging() -> None:
@@ -166,84 +164,145 @@ def _wrap(state: TrainState, params: Params, device: torch.device) -> None:
     prepare_model(state, params.train.channels_last, ddp)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where this worker runs: its rank, the number of ranks and its training device."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0: writes the files, logs to MLflow, samples grids, runs the FID probe."""
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """On which steps (1-based, after the update) the loop's periodic actions fall."""
+
+    steps: int  # train.steps: the last step
+    log_every: int
+    sample_every: int  # 0: a grid at the end only
+    fid_every: int  # 0: no in-training FID
+    checkpoint_every: int
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> Cadence:
+        every = (cfg.log_every, cfg.sample_every, cfg.fid_every, cfg.checkpoint_every)
+        return cls(cfg.steps, *every)
+
+    def log(self, step: int) -> bool:
+        """Read the statistics window (loss, NaN check): every log_every and at the last step."""
+        return step % self.log_every == 0 or step == self.steps
+
+    def grid(self, step: int) -> bool:
+        """Log an EMA sample grid: every sample_every steps."""
+        return self.sample_every > 0 and step % self.sample_every == 0
+
+    def fid(self, step: int) -> bool:
+        """Score the EMA weights (min-FID selection): every fid_every steps."""
+        return self.fid_every > 0 and step % self.fid_every == 0
+
+    def checkpoint(self, step: int) -> bool:
+        """Report a checkpoint: every checkpoint_every steps and at the last step."""
+        return step % self.checkpoint_every == 0 or step == self.steps
+
+    def final_grid(self) -> bool:
+        """An end-of-training grid, unless the last step already logged one."""
+        return not self.grid(self.steps)
+
+
 class _Loop:
-    """The step loop of one worker: batches, steps, logging, sample grids, checkpoints."""
+    """The step loop of one worker: batches, steps, and on their `Cadence` the logging, sample
+    grids, FID probe and checkpoints."""
 
     def __init__(
         self,
         params: Params,
         spec: RunSpec,
-        tracker: Tracker | None,
         state: TrainState,
-        rank: int,
-        world: int,
-        device: torch.device,
+        where: Placement,
+        restored: Restored,
+        tracker: Tracker | None = None,
         probe: FidProbe | None = None,
-        unusable: frozenset[str] = frozenset(),
     ) -> None:
-        self.params, self.cfg, self.spec, self.tracker = params, params.train, spec, tracker
-        self.unusable = unusable  # checkpoint folders that failed to load: never reused
-        self.state, self.rank, self.world, self.device = state, rank, world, device
-        self.probe = probe if rank == 0 else None  # min-FID selection runs on rank 0 only
+        self.params, self.spec, self.state, self.where = params, spec, state, where
+        self.restored = restored  # its `unusable` folders are never reused
+        self.tracker = tracker
+        self.due = Cadence.of(params.train)
+        self.probe = probe if where.lead else None  # min-FID selection runs on rank 0 only
         self.reference = load_reference(self.probe) if self.probe else None
-        self.autocast = autocast(params.train.precision, device)
-        self.window_start = time.perf_counter()
+        self.autocast = autocast(params.train.precision, where.device)
+        self.window_start = self.session_start = time.perf_counter()
+        self.session_steps = 0  # steps of this attempt (the images/s of its checkpoints)
         self.last_loss = float("nan")
+        self.last_ckpt = restored.checkpoint
 
     def batches(self) -> Iterator[torch.Tensor]:
+        cfg, where = self.params.train, self.where
         return train_batches(
             self.spec.shards,
             "train",
-            self.cfg.batch_size // self.world,
-            self.rank,
-            self.world,
+            cfg.batch_size // where.world,
+            where.rank,
+            where.world,
             self.params.seed,
             self.params.data.random_flip,
             start_step=self.state.step,
-            shuffle_buffer=self.cfg.shuffle_buffer,
-            loader_workers=self.cfg.loader_workers,
-            prefetch=self.cfg.prefetch,
-            cache_bytes=self.cfg.cache_bytes,
+            shuffle_buffer=cfg.shuffle_buffer,
+            loader_workers=cfg.loader_workers,
+            prefetch=cfg.prefetch,
+            cache_bytes=cfg.cache_bytes,
         )
 
-    def run(self, resumed_from: int, last_ckpt: str | None) -> None:
-        cfg, state = self.cfg, self.state
-        session_start, session_steps = time.perf_counter(), 0
+    def run(self) -> None:
+        """Step to `train.steps`, then the end-of-training grid; a NaN step stops every rank."""
         batches = self.batches()
         try:
-            while state.step < cfg.steps:
-                x0 = next(batches).to(self.device, non_blocking=True)  # (B/world, C, H, W)
-                if cfg.channels_last:
-                    x0 = x0.contiguous(memory_format=torch.channels_last)
-                t, noise = draw_t_noise(state.generator, tuple(x0.shape), self.num_timesteps)
-                train_step(state, x0, t, noise, cfg, self.autocast)
-                session_steps += 1
-                step = state.step
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    self.log_window()
-                if self.rank == 0 and cfg.sample_every and step % cfg.sample_every == 0:
-                    self.log_sample_grid()
-                if self.probe is not None and step % cfg.fid_every == 0:
-                    self.record_fid()  # before the checkpoint, which stores the curve
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    self.raise_if_nonfinite()  # never checkpoint weights after a NaN step
-                    seconds = time.perf_counter() - session_start
-                    last_ckpt = self.checkpoint(
-                        {
-                            "step": step,
-                            "loss": self.last_loss,
-                            "lr": warmup_lr(step, cfg.lr, cfg.warmup_steps),
-                            "images_per_s": session_steps * cfg.batch_size / max(seconds, 1e-9),
-                            "session_seconds": seconds,
-                            "resumed_from": resumed_from,
-                        }
-                    )
+            while self.state.step < self.params.train.steps:
+                self.step(next(batches))
+                self.on_cadence(self.state.step)
         except NonFiniteLossError as e:
-            self.stop_nonfinite(e, last_ckpt)
+            self.stop_nonfinite(e)
             return
-        sampled_last = cfg.sample_every > 0 and cfg.steps % cfg.sample_every == 0
-        if self.rank == 0 and session_steps and not sampled_last:
-            self.log_sample_grid()  # the end-of-training grid
+        if self.where.lead and self.session_steps and self.due.final_grid():
+            self.log_sample_grid()
+
+    def step(self, batch: torch.Tensor) -> None:
+        """One `train_step` on this rank's batch (B/world, C, H, W) with fresh t and eps."""
+        x0 = batch.to(self.where.device, non_blocking=True)
+        if self.params.train.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        t, noise = draw_t_noise(self.state.generator, tuple(x0.shape), self.num_timesteps)
+        train_step(self.state, x0, t, noise, self.params.train, self.autocast)
+        self.session_steps += 1
+
+    def on_cadence(self, step: int) -> None:
+        """What falls on `step`, in this order (the FID point before the checkpoint storing it)."""
+        if self.due.log(step):
+            self.log_window()
+        if self.where.lead and self.due.grid(step):
+            self.log_sample_grid()
+        if self.probe is not None and self.due.fid(step):
+            self.record_fid()
+        if self.due.checkpoint(step):
+            self.raise_if_nonfinite()  # never checkpoint weights after a NaN step
+            self.checkpoint(self.checkpoint_metrics())
+
+    def checkpoint_metrics(self) -> dict[str, float]:
+        """What a checkpoint reports: step, last logged loss, lr, this attempt's images/s."""
+        cfg, step = self.params.train, self.state.step
+        seconds = time.perf_counter() - self.session_start
+        return {
+            "step": step,
+            "loss": self.last_loss,
+            "lr": warmup_lr(step, cfg.lr, cfg.warmup_steps),
+            "images_per_s": self.session_steps * cfg.batch_size / max(seconds, 1e-9),
+            "session_seconds": seconds,
+            "resumed_from": self.restored.step,
+        }
 
     @property
     def num_timesteps(self) -> int:
@@ -252,7 +311,7 @@ class _Loop:
     def raise_if_nonfinite(self, window: WindowStats | None = None) -> None:
         """NonFiniteLossError naming the steps since the last log point (same on every rank)."""
         first = self.state.stats.first_step if window is None else window.first_step
-        bad = self.state.any_nonfinite(self.world) if window is None else window.nonfinite
+        bad = self.state.any_nonfinite(self.where.world) if window is None else window.nonfinite
         if bad:
             raise NonFiniteLossError(
                 f"non-finite loss or gradient norm in steps {first}..{self.state.step}"
@@ -260,16 +319,17 @@ class _Loop:
 
     def log_window(self) -> None:
         """Mean loss over ranks and steps since the last log; rank 0 prints and logs it."""
-        window = self.state.read_stats(self.world)  # the loop's one host sync per log window
+        window = self.state.read_stats(self.where.world)  # the loop's one host sync per log window
         self.raise_if_nonfinite(window)
         self.last_loss = loss = window.loss
         now = time.perf_counter()
         seconds, self.window_start = now - self.window_start, now
-        if self.rank != 0:
+        if not self.where.lead:
             return
-        step, steps, n = self.state.step, self.cfg.steps, window.steps
-        lr = warmup_lr(step, self.cfg.lr, self.cfg.warmup_steps)
-        img_s = n * self.cfg.batch_size / max(seconds, 1e-9)
+        cfg = self.params.train
+        step, steps, n = self.state.step, cfg.steps, window.steps
+        lr = warmup_lr(step, cfg.lr, cfg.warmup_steps)
+        img_s = n * cfg.batch_size / max(seconds, 1e-9)
         eta = (steps - step) * seconds / max(n, 1)
         log.info(
             "step %d/%d  loss %.4f  grad %.3f  lr %.2e  %.0f img/s  ETA %s",
@@ -290,7 +350,7 @@ class _Loop:
         n = min(self.params.sample.grid_images, GRID_MAX_IMAGES)
         data, model = self.params.data, self.state.ema.model.eval()
         images = sample_indices(
-            model, chain, range(n), self.params.seed, data.image_shape, self.device
+            model, chain, range(n), self.params.seed, data.image_shape, self.where.device
         )
         grid = grid_image(images, scale=display_scale(data.resolution))
         self.tracker.log_image(grid, grid_key(chain.num_timesteps), self.state.step)
@@ -306,7 +366,7 @@ class _Loop:
             return  # next log point or checkpoint stops every rank together
         model = state.ema.model.eval()
         value = small_fid(
-            model, state.diffusion, self.params, self.probe, self.reference, self.device
+            model, state.diffusion, self.params, self.probe, self.reference, self.where.device
         )
         if state.fid_curve.record(state.step, value):
             state.best_ema = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -318,21 +378,22 @@ class _Loop:
         if self.tracker is not None:
             self.tracker.log_metrics({"fid_train_small": value}, step=state.step)
 
-    def checkpoint(self, metrics: dict[str, Any]) -> str:
+    def checkpoint(self, metrics: dict[str, float]) -> None:
         """Report `metrics` with a checkpoint from all ranks (rank 0 writes the files)."""
         rngs = gather_rng_states(self.state.generator)  # collective: every rank's streams
-        name = checkpoint_dir_name(self.state.step, self.unusable)
+        name = checkpoint_dir_name(self.state.step, self.restored.unusable)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
-            if self.rank == 0:
+            if self.where.lead:
                 save_checkpoint(tmp, self.state, rngs)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
-        return str(Path(self.spec.run_dir) / name)
+        self.last_ckpt = str(Path(self.spec.run_dir) / name)
 
-    def stop_nonfinite(self, error: NonFiniteLossError, last_ckpt: str | None) -> None:
+    def stop_nonfinite(self, error: NonFiniteLossError) -> None:
         """All ranks stop together; rank 0 leaves a note for the driver (no pointless retries)."""
-        if self.rank != 0:
+        if not self.where.lead:
             return
-        RunFolder(Path(self.spec.run_dir)).note_nonfinite(str(error), self.state.step, last_ckpt)
-        log.error("%s; last good checkpoint: %s", error, last_ckpt)
+        folder, last = RunFolder(Path(self.spec.run_dir)), self.last_ckpt
+        folder.note_nonfinite(str(error), self.state.step, last)
+        log.error("%s; last good checkpoint: %s", error, last)

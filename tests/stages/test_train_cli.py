@@ -20,9 +20,8 @@ from mlflow.tracking import MlflowClient
 from ddpm_core.config import ConfigError
 from pipelines.config import to_dict
 from pipelines.infra.run_files import read_run_file
-from pipelines.train.checkpoint import load_training_state
+from pipelines.train.checkpoint import TrainingCheckpoint
 from pipelines.train.run import plan_run, run_lock
-from pipelines.train.step import STATE_FILE
 from stages import fid_stats, shard, train
 from tests.helpers import REPO, build_params, ema_weights, fid_history, params_file, train_params
 
@@ -108,8 +107,7 @@ def test_stage_trains_then_rerun_resumes_the_same_run(
 
 
 def _ema_at(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    state = load_training_state(run_dir / f"step_{step:08d}" / STATE_FILE)
-    return dict(state["ema"]["shadow"])
+    return dict(TrainingCheckpoint.read(run_dir / f"step_{step:08d}").final_ema)
 
 
 @pytest.mark.ray

@@ -12,12 +12,16 @@ from ddpm_core.ema import EMA
 from ddpm_core.unet import UNet
 from pipelines.config import Params
 from pipelines.train.checkpoint import (
+    STATE_FILE,
+    TrainingCheckpoint,
+    UnloadableStateError,
     checkpoint_dir_name,
     load_training_state,
     resume_candidates,
     save_training_state,
 )
 from pipelines.train.step import (
+    checkpoint_of,
     draw_t_noise,
     gather_rng_states,
     load_checkpoint,
@@ -145,3 +149,54 @@ def test_resume_falls_back_to_earlier_folders_and_redone_steps_get_new_names(
     bad = frozenset({"step_00000004", "step_00000004-redo"})
     assert checkpoint_dir_name(4, bad) == "step_00000004-redo-redo"
     assert checkpoint_dir_name(6, bad) == "step_00000006"
+
+
+def test_the_checkpoint_file_keeps_its_keys_and_round_trips_the_record(
+    make_params: Callable[..., Params], tmp_path: Path
+) -> None:
+    state = make_state(make_params(), torch.device("cpu"), 0, 1)
+    state.step, state.history = 4, [(2, 0.75), (4, 0.5)]
+    state.fid_curve.record(2, 7.5)
+    ckpt = checkpoint_of(state, gather_rng_states(state.generator))
+    path = ckpt.write(tmp_path)
+    assert path == tmp_path / STATE_FILE
+    on_disk = load_training_state(path)  # the dict format of earlier releases
+    assert list(on_disk) == [
+        "model", "ema", "optimizer", "step", "data_position", "rng", "history", "fid_curve",
+        "best_ema",
+    ]  # fmt: skip
+    assert on_disk["data_position"] == 4 and on_disk["best_ema"] == {}
+    got = TrainingCheckpoint.read(tmp_path)
+    assert (got.step, got.history, got.fid_points, got.best_ema) == (
+        4, ((2, 0.75), (4, 0.5)), ((2, 7.5),), None
+    )  # fmt: skip
+    assert (
+        got.ema_weights(best=True) == {} and got.final_ema.keys() == state.raw.state_dict().keys()
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("best_ema", None, "key 'best_ema' missing"),
+        ("fid_curve", None, "key 'fid_curve' missing"),
+        ("step", "4", "key 'step' holds a str, expected an int"),
+        ("history", torch.zeros(3), "key 'history' holds a Tensor, expected an .N, 2. tensor"),
+        ("rng", [{"torch": torch.get_rng_state()}], "key 'rng' holds a list"),
+    ],
+)
+def test_a_checkpoint_with_a_missing_or_mistyped_key_is_refused_naming_it(
+    make_params: Callable[..., Params], tmp_path: Path, key: str, value: object, message: str
+) -> None:
+    state = make_state(make_params(), torch.device("cpu"), 0, 1)
+    path = save_checkpoint(tmp_path, state, gather_rng_states(state.generator))
+    broken = load_training_state(path)
+    if value is None:
+        del broken[key]
+    else:
+        broken[key] = value
+    torch.save(broken, path)
+    with pytest.raises(UnloadableStateError, match=f"{STATE_FILE}: {message}"):
+        TrainingCheckpoint.read(tmp_path)
+    with pytest.raises(UnloadableStateError, match=message):  # what a resume skips
+        load_checkpoint(tmp_path, state, rank=0)

@@ -28,11 +28,10 @@ from pipelines.fid.stage import run_fid_stats
 from pipelines.infra.files import file_digest
 from pipelines.infra.run_files import split_metrics
 from pipelines.infra.tracking import tracking_uri
-from pipelines.train.checkpoint import load_training_state
+from pipelines.train.checkpoint import STATE_FILE, TrainingCheckpoint
 from pipelines.train.run import RunFolder
 from pipelines.train.stage import TrainResult
 from pipelines.train.step import (
-    STATE_FILE,
     NonFiniteLossError,
     draw_t_noise,
     make_state,
@@ -303,9 +302,9 @@ def test_min_fid_selection_survives_a_worker_killed_mid_run(
     assert result.steps == 5 and result.exported_step == best_step < 5
     assert f"step {best_step}" in result.export_reason
     exported = ema_weights(params)
-    at_best = load_training_state(result.run_dir / f"step_{best_step:08d}" / STATE_FILE)
-    torch.testing.assert_close(exported, dict(at_best["ema"]["shadow"]), rtol=0, atol=0)
-    final = load_training_state(result.run_dir / f"step_{5:08d}" / STATE_FILE)["ema"]["shadow"]
+    at_best = TrainingCheckpoint.read(result.run_dir / f"step_{best_step:08d}")
+    torch.testing.assert_close(exported, dict(at_best.final_ema), rtol=0, atol=0)
+    final = TrainingCheckpoint.read(result.run_dir / f"step_{5:08d}").final_ema
     assert not all(torch.equal(exported[k], v) for k, v in final.items())  # not the last EMA
     client = MlflowClient(tracking_uri(params.mlflow, tmp_path / "killed"))
     history = client.get_metric_history(result.run_id, "fid_train_small")
@@ -460,8 +459,6 @@ def test_mlflow_server_down_mid_run_loses_and_repeats_nothing(
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
     reference: tuple[Params, TrainResult], local_ray: object, tmp_path: Path
 ) -> None:
-    from pipelines.train.step import STATE_FILE
-
     ref_params, ref_result = reference
     shards = Path(ref_params.paths.shards)
     # A crash after the step-4 checkpoint (max_failures 0): checkpoints 2 and 4 are kept.
