@@ -332,6 +332,34 @@ def random_diffusers(config: dict[str, Any], seed: int = 0) -> Any:
     return model
 
 
+# A released model (a diffusers folder) in the released CIFAR-10 layout, scaled down: 32 and 64
+# channels, attention at 4x4, 8x8 grey; MATCHING: the params overrides that fit it.
+SMALL: dict[str, Any] = {
+    **CIFAR10_CONFIG,
+    "block_out_channels": [32, 64],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+}
+MATCHING: dict[str, Any] = {"unet.ch": 32, "unet.ch_mult": [1, 2], "unet.attn_resolutions": [4]}
+
+
+def save_released(
+    folder: Path, T: int = 20, config: dict[str, Any] | None = None, **scheduler: object
+) -> Any:
+    """A random UNet2DModel (SMALL unless `config`) and its DDPMScheduler saved in `folder`."""
+    import diffusers
+
+    released = random_diffusers(config or SMALL)
+    released.save_pretrained(folder)  # config.json + .safetensors
+    kwargs = {"num_train_timesteps": T, "beta_start": 1e-4, "beta_end": 0.02, **scheduler}
+    diffusers.DDPMScheduler(**kwargs).save_pretrained(folder)  # scheduler_config.json
+    return released
+
+
 # ----------------------------------------------------------------------------------------------
 # Training runs
 

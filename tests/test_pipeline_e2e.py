@@ -23,7 +23,7 @@ import yaml
 from dvc.utils.hydra import compose_and_dump
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import REPO, MlflowServer, RayHead
+from tests.helpers import MATCHING, REPO, MlflowServer, RayHead, save_released
 
 pytestmark = pytest.mark.ray
 BIN = Path(sys.executable).parent
@@ -326,6 +326,46 @@ def test_outputs_travel_through_a_remote(pipeline: Pipeline, tmp_path: Path) -> 
     out = run([str(BIN / "dvc"), "repro"], clone, env)
     assert "Running stage" not in out
     assert all(f"Stage '{s}' didn't change, skipping" in out for s in STAGES), out
+
+
+def released_weights_recipe() -> list[str]:
+    """The shell lines of docs/paper-fidelity.md's released-weights recipe (its bash fence)."""
+    text = (REPO / "docs" / "paper-fidelity.md").read_text()
+    fence = text.split("Or evaluate the released weights", 1)[1].split("```bash\n", 1)[1]
+    return [ln for ln in fence.split("```", 1)[0].splitlines() if ln.strip()]
+
+
+def test_the_released_weights_recipe_evaluates_without_training(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """docs/paper-fidelity.md's released-weights recipe, its lines as written, micro-sized: in a
+    fresh clone (no outputs) the `sed` selects the profile (micro, with `unet.ch: 32` kept in
+    conf/config.yaml: the released model's width), `dvc exp run fid_stats` builds shard and
+    fid_stats, `import_diffusers` writes the train outputs from a real diffusers folder,
+    `dvc commit -f train && dvc repro evaluate` samples and evaluates: train never runs."""
+    clone, env = tmp_path / "clone", pipeline.env
+    run(["git", "clone", "-q", str(pipeline.root), str(clone)], tmp_path, env)
+    ours = yaml.safe_load((clone / "conf" / "config.yaml").read_text())
+    overrides = {"unet": {"ch": MATCHING["unet.ch"]}, "evaluate": ours["evaluate"]}
+    config = (REPO / "conf" / "config.yaml").read_text()  # the repo's: `profile: default`
+    (clone / "conf" / "config.yaml").write_text(config + yaml.safe_dump(overrides))
+    save_released(clone / "released")
+    lines = released_weights_recipe()
+    assert len(lines) == 4 and "ddpm-cifar10-32/" in lines[2], lines
+    outs = []
+    for line in lines:
+        micro = line.replace("cifar10-paper", "micro").replace("ddpm-cifar10-32/", "released/")
+        outs.append(run(["bash", "-c", micro], clone, env))
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    assert (params["profile"], params["unet"]["ch"]) == ("micro", 32)
+    assert all(f"Running stage '{s}'" in outs[1] for s in ("shard", "fid_stats")), outs[1]
+    assert "released weights from" in outs[2]
+    assert "Running stage 'train'" not in outs[3]
+    assert all(f"Running stage '{s}'" in outs[3] for s in ("sample", "evaluate")), outs[3]
+    train = json.loads((clone / "metrics" / "train.json").read_text())
+    details = json.loads((clone / "runs" / "train.json").read_text())["details"]
+    assert train["steps"] == 0 and details["weights"].startswith("released: ")
+    assert float(json.loads((clone / "metrics" / "eval.json").read_text())["fid"]) > 0
 
 
 def test_scheduled_retrain_runs_the_pipeline_as_a_ray_job(

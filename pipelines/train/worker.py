@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.train
@@ -37,7 +37,6 @@ from pipelines.train.checkpoint import (
     checkpoint_dir_name,
     resume_candidates,
 )
-from pipelines.train.fid_probe import FidProbe, load_reference, small_fid
 from pipelines.train.run import RunFolder
 from pipelines.train.step import (
     NonFiniteLossError,
@@ -52,6 +51,9 @@ from pipelines.train.step import (
     train_step,
     warmup_lr,
 )
+
+if TYPE_CHECKING:  # the probe's module (torch-fidelity: ~2 s per process) loads only when used
+    from pipelines.train.fid_probe import FidProbe
 
 log = logging.getLogger(__name__)
 
@@ -125,18 +127,23 @@ class NoLoadableCheckpointError(RuntimeError):
 
 
 def _restore(state: TrainState, rank: int) -> Restored:
-    """Load the latest committed checkpoint, or the newest earlier one that loads.
+    """`restore_from` Ray Train's latest committed checkpoint of this run (None: a new run)."""
+    latest = ray.train.get_checkpoint()
+    return restore_from(None if latest is None else Path(latest.path), state, rank)
+
+
+def restore_from(latest: Path | None, state: TrainState, rank: int) -> Restored:
+    """Load the checkpoint folder `latest`, or the newest earlier one of its run that loads.
 
     A checkpoint whose file cannot be loaded (truncated by a full disk, a crash mid-copy) is
     named in a warning and skipped; Ray Train keeps listing it until it rotates it out, so the
     steps redone after it report to new folders (`checkpoint_dir_name`). Run folders are on a
     file system every node mounts (`paths.ray_storage`), so they are read in place.
     """
-    latest = ray.train.get_checkpoint()
     if latest is None:
         return Restored(0, None, frozenset())
     unusable: list[str] = []
-    for folder in resume_candidates(Path(latest.path)):
+    for folder in resume_candidates(latest):
         try:
             load_checkpoint(folder, state, rank)
         except (FileNotFoundError, UnloadableStateError) as e:
@@ -150,7 +157,7 @@ def _restore(state: TrainState, rank: int) -> Restored:
             log.warning("fell back past %s to %s", ", ".join(unusable), folder.name)
         return Restored(state.step, str(folder), frozenset(unusable))
     raise NoLoadableCheckpointError(
-        f"{Path(latest.path).parent}: no checkpoint of this run can be loaded (tried "
+        f"{latest.parent}: no checkpoint of this run can be loaded (tried "
         f"{', '.join(unusable)}); delete the run folder to train from scratch"
     )
 
@@ -233,7 +240,11 @@ class _Loop:
         self.tracker = tracker
         self.due = Cadence.of(params.train)
         self.probe = probe if where.lead else None  # min-FID selection runs on rank 0 only
-        self.reference = load_reference(self.probe) if self.probe else None
+        self.reference = None
+        if self.probe is not None:
+            from pipelines.train.fid_probe import load_reference
+
+            self.reference = load_reference(self.probe)
         self.autocast = autocast(params.train.precision, where.device)
         self.window_start = self.session_start = time.perf_counter()
         self.session_steps = 0  # steps of this attempt (the images/s of its checkpoints)
@@ -365,6 +376,8 @@ class _Loop:
         if bool(state.stats.nonfinite):  # never score (or keep) weights after a NaN step: the
             return  # next log point or checkpoint stops every rank together
         model = state.ema.model.eval()
+        from pipelines.train.fid_probe import small_fid
+
         value = small_fid(
             model, state.diffusion, self.params, self.probe, self.reference, self.where.device
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import diffusers
 import pytest
@@ -18,32 +17,9 @@ from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.config import Params
 from pipelines.infra.tracking import tracking_uri
 from stages import import_diffusers
-from tests.helpers import CIFAR10_CONFIG, params_file, random_diffusers
+from tests.helpers import MATCHING, SMALL, params_file, save_released
 
 MakeParams = Callable[..., Params]
-# The released CIFAR-10 layout, scaled down: 32 and 64 channels, attention at 4x4, 8x8 grey.
-SMALL = {
-    **CIFAR10_CONFIG,
-    "block_out_channels": [32, 64],
-    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-    "layers_per_block": 1,
-    "sample_size": 8,
-    "in_channels": 1,
-    "out_channels": 1,
-}
-MATCHING = {"unet.ch": 32, "unet.ch_mult": [1, 2], "unet.attn_resolutions": [4]}
-
-
-def save_released(
-    folder: Path, T: int = 20, config: dict[str, Any] | None = None, **scheduler: object
-) -> Any:
-    """A random UNet2DModel (SMALL unless `config`) and its DDPMScheduler saved in `folder`."""
-    released = random_diffusers(config or SMALL)
-    released.save_pretrained(folder)  # config.json + .safetensors
-    kwargs = {"num_train_timesteps": T, "beta_start": 1e-4, "beta_end": 0.02, **scheduler}
-    diffusers.DDPMScheduler(**kwargs).save_pretrained(folder)  # scheduler_config.json
-    return released
 
 
 def test_released_weights_become_the_model_folder(

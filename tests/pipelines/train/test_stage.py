@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -39,7 +41,12 @@ from pipelines.train.step import (
     train_step,
     warmup_lr,
 )
-from pipelines.train.worker import grid_key, train_loop_per_worker
+from pipelines.train.worker import (
+    NoLoadableCheckpointError,
+    grid_key,
+    restore_from,
+    train_loop_per_worker,
+)
 from tests.helpers import (
     REF_RUN,
     ema_weights,
@@ -457,7 +464,10 @@ def test_mlflow_server_down_mid_run_loses_and_repeats_nothing(
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
-    reference: tuple[Params, TrainResult], local_ray: object, tmp_path: Path
+    reference: tuple[Params, TrainResult],
+    local_ray: object,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     ref_params, ref_result = reference
     shards = Path(ref_params.paths.shards)
@@ -481,13 +491,27 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
     # deleted that folder, not the redone checkpoint.
     kept = sorted(p.name for p in run_dir.glob("step_*"))
     assert kept == ["step_00000004-redo", "step_00000006"]
-    # Nothing loadable: a clear error naming every folder tried.
-    for folder in run_dir.glob("step_*"):
-        state = folder / STATE_FILE
-        state.write_bytes(state.read_bytes()[:100])
-    with pytest.raises(ray.train.TrainingFailedError) as info:
-        train(params, tmp_path)
-    assert "no checkpoint of this run can be loaded" in str(info.value)
+    # What the workers did, in this process on copies of the folders: the warning names the
+    # skipped file; with nothing loadable, a clear error naming every folder tried.
+    copies = tmp_path / "copies"
+    for name in kept:
+        shutil.copytree(run_dir / name, copies / name)
+    newest = copies / "step_00000006" / STATE_FILE
+    newest.write_bytes(newest.read_bytes()[:100])
+    state = make_state(params, torch.device("cpu"), 0, 1)
+    with caplog.at_level(logging.WARNING, logger="pipelines.train.worker"):
+        restored = restore_from(copies / "step_00000006", state, 0)
+    assert restored.step == 4 and restored.unusable == {"step_00000006"}
+    assert f"checkpoint {newest} skipped: training state file {newest}" in caplog.text
+    assert "fell back past step_00000006 to step_00000004-redo" in caplog.text
+    redo = copies / "step_00000004-redo" / STATE_FILE
+    redo.write_bytes(b"")
+    with pytest.raises(NoLoadableCheckpointError) as info:
+        restore_from(copies / "step_00000006", state, 0)
+    assert str(info.value).startswith(
+        f"{copies}: no checkpoint of this run can be loaded "
+        "(tried step_00000006, step_00000004-redo)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -499,8 +523,6 @@ def test_identical_trainings_write_byte_identical_models(
 ) -> None:
     """The same params trained twice from scratch (a new Ray run folder, a new MLflow run):
     `models/` has the same bytes, so DVC sees the same output hashes."""
-    import shutil
-
     params = train_params(tmp_path, shards_dir, REF_RUN)
     model_dir = Path(params.paths.model)
 
