@@ -159,32 +159,3 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
         assert figure.format == "PNG" and figure.width > 2 * figure.height  # 2 rows, 7 columns
     with Image.open(Path(params.paths.plots) / "shared_latent.png") as figure:  # Fig. 7
         assert figure.format == "PNG" and figure.height > figure.width  # 3 rows of t, 1 + 2 columns
-
-
-def test_two_trained_models_the_second_is_gated_against_the_champion(
-    tmp_path: Path, params: Params, local_ray: object
-) -> None:
-    """Train runs A then B (stand-in weights, real samples), each evaluated by the CLI: A becomes
-    champion, B takes the alias only with a lower FID under the same comparability label."""
-    build_shards(params.data, params.seed, Path(params.paths.shards))
-    path = str(params_file(params, tmp_path / "p.yaml"))
-    assert fid_stats.main(["--params", path]) == 0
-    client = MlflowClient(tracking_uri(params.mlflow, tmp_path))
-    name, fids = params.mlflow.model_name, []
-    assert name is not None
-    for seed in (0, 1):  # two trainings: different weights, the same params
-        model_dir = make_model_dir(params, seed=seed)
-        sample_to_shards(params, tmp_path)
-        train = open_run(params, "train", tmp_path)
-        log_mlflow_model(params, train, model_dir, params.train.steps)
-        write_run_file(params, "train", train, REPO)  # the root the CLIs run in
-        assert evaluate.main(["--params", path]) == 0
-        fids.append(json.loads((Path(params.paths.metrics) / "eval.json").read_text())["fid"])
-    second = client.get_model_version(name, "2").tags
-    champion = client.get_model_version_by_alias(name, "champion")
-    if fids[1] < fids[0]:
-        assert second["promotion"] == "champion" and str(champion.version) == "2"
-    else:
-        assert second["promotion"] == "rejected" and str(champion.version) == "1"
-        assert second["promotion.reason"].startswith(f"FID {fids[1]:.4g} >= champion v1's")
-    assert float(second["fid"]) == pytest.approx(fids[1])
