@@ -149,6 +149,7 @@ def _rows(points: Rows) -> torch.Tensor:
 
 
 def _points(rows: torch.Tensor) -> Rows:
+    """`_rows` read back: ((step, value), ...)."""
     return tuple((int(s), float(v)) for s, v in rows.tolist())
 
 

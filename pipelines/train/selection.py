@@ -1,16 +1,14 @@
 """Min-FID checkpoint selection (Ho et al. 2020, Sec. 4 / App. B: FID at the best checkpoint).
 
 Pure bookkeeping, no Ray or I/O: the in-training FID curve, the step of its minimum, and which
-EMA weights the train stage exports (`train.export`). The curve and the best step live in the
-training checkpoint (`FidCurve.to_tensor` / `from_tensor`), so a resumed run keeps them.
+EMA weights the train stage exports (`train.export`). The curve's points live in the training
+checkpoint (`train.checkpoint.TrainingCheckpoint.fid_points`), so a resumed run keeps them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-
-import torch
 
 from pipelines.config import Export
 
@@ -34,14 +32,6 @@ class FidCurve:
         """(step, FID) of the lowest finite FID, the earliest on ties; None without one."""
         finite = [p for p in self.points if math.isfinite(p[1])]
         return min(finite, key=lambda p: (p[1], p[0])) if finite else None
-
-    def to_tensor(self) -> torch.Tensor:
-        """(N, 2) float64 rows (step, FID): checkpoint-safe (`weights_only` loads it)."""
-        return torch.tensor(self.points, dtype=torch.float64).reshape(-1, 2)
-
-    @classmethod
-    def from_tensor(cls, rows: torch.Tensor) -> FidCurve:
-        return cls([(int(s), float(v)) for s, v in rows.tolist()])
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,6 @@ def test_points_must_come_in_step_order() -> None:
         curve.record(4, 0.5)
 
 
-def test_curve_round_trips_through_a_checkpoint_tensor() -> None:
-    curve = FidCurve([(2, 3.5), (4, 1.25)])
-    assert FidCurve.from_tensor(curve.to_tensor()) == curve
-    assert FidCurve.from_tensor(FidCurve().to_tensor()).points == []
-
-
 def test_choose_export() -> None:
     curve = FidCurve([(2, 9.0), (4, 3.0), (6, 5.0)])
     last = choose_export("last", curve, 6)
