@@ -30,6 +30,7 @@ from pipelines.config import Params
 from pipelines.infra.files import file_digest, shared_root, write_json
 from pipelines.infra.ray import check_fits, init_ray
 from pipelines.infra.tracking import Tracker, open_run, require_server, tracking_uri
+from pipelines.train.checkpoint import TrainingCheckpoint, UnloadableStateError
 from pipelines.train.step import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -138,16 +139,30 @@ class RunFolder:
 
     def begin_attempt(self, resumed_from: int, unusable: list[str] | None = None) -> None:
         """Rank 0, as an attempt starts: the step it resumed from (0 when fresh), and the
-        checkpoint folders it skipped because they could not be loaded."""
+        checkpoint folders skipped because they could not be loaded, by this attempt or an
+        earlier one of the same stage run (a worker restart after a fallback still names them;
+        the driver clears the note as the stage starts)."""
+        skipped = sorted({*self.attempt().get("unusable_checkpoints", ()), *(unusable or ())})
         note: dict[str, Any] = {"resumed_from": resumed_from}
-        if unusable:
-            note["unusable_checkpoints"] = unusable
+        if skipped:
+            note["unusable_checkpoints"] = skipped
         write_json(self.path / self.ATTEMPT, note)
 
     def note_nonfinite(self, error: str, step: int, last_checkpoint: str | None) -> None:
         """Rank 0, when the loss became NaN/inf: all ranks stop, the driver raises (no retries)."""
         note = {"error": error, "step": step, "last_checkpoint": last_checkpoint}
         write_json(self.path / self.ATTEMPT, {**self.attempt(), "nonfinite": note})
+
+    def finished_checkpoint(self, steps: int) -> Path | None:
+        """A checkpoint of the final step `steps` that loads, or None: with one, the run is
+        finished, and a rerun (another `train.export`, lost outputs) exports it without workers."""
+        for folder in sorted(self.path.glob(f"step_{steps:08d}*"), reverse=True):
+            try:
+                if TrainingCheckpoint.read(folder).step == steps:
+                    return folder
+            except (FileNotFoundError, UnloadableStateError):
+                continue
+        return None
 
     def clear_attempt(self) -> None:
         (self.path / self.ATTEMPT).unlink(missing_ok=True)

@@ -138,18 +138,21 @@ def run_train(
     spec = RunSpec(run_name=plan.name, run_dir=str(folder.path), shards=str(plan.shards))
     config = {"params": params, "run": asdict(spec), "tracker": tracker, "fid": probe}
     start = time.perf_counter()
-    with system_metrics(tracker, params.mlflow.system_metrics):
-        fitted = trainer_for(params, config, plan, loop_fn, callbacks).fit()
-    folder.raise_if_nonfinite()
-    if fitted.checkpoint is None:
-        raise RuntimeError(f"{folder.path}: training reported no checkpoint")
+    if (finished := folder.finished_checkpoint(params.train.steps)) is not None:
+        log.info("%s: the run is finished; exported without starting workers", finished)
+        checkpoint, reported = finished, {"resumed_from": params.train.steps}
+    else:
+        with system_metrics(tracker, params.mlflow.system_metrics):
+            fitted = trainer_for(params, config, plan, loop_fn, callbacks).fit()
+        folder.raise_if_nonfinite()
+        if fitted.checkpoint is None:
+            raise RuntimeError(f"{folder.path}: training reported no checkpoint")
+        checkpoint = Path(fitted.checkpoint.path)
+        reported = {**(fitted.metrics or {}), **folder.attempt()}  # the note is this attempt's
     wall = time.perf_counter() - start
-    # A rerun of a finished run trains nothing and reports nothing: the checkpoint's metrics
-    # are those of an earlier attempt, the run folder's note is this one's.
-    reported = {**(fitted.metrics or {}), **folder.attempt()}
     # No MLflow run id: it would make identical trainings write different `models/` hashes.
     meta = {"run_key": plan.key}
-    model = export_model(params, root, Path(fitted.checkpoint.path), meta, tracker)
+    model = export_model(params, root, checkpoint, meta, tracker)
     last_loss = model.history[-1][1] if model.history else float("nan")
     result = TrainResult(
         steps=model.steps,

@@ -13,17 +13,15 @@ from typing import Any
 
 import pytest
 import ray
-import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
 from ddpm_core.config import ConfigError
 from pipelines.config import to_dict
 from pipelines.infra.run_files import read_run_file
-from pipelines.train.checkpoint import TrainingCheckpoint
-from pipelines.train.run import plan_run, run_lock
-from stages import fid_stats, shard, train
-from tests.helpers import REPO, build_params, ema_weights, fid_history, params_file, train_params
+from pipelines.train.run import RunFolder, plan_run, run_lock
+from stages import shard, train
+from tests.helpers import REPO, build_params, params_file, train_params
 
 
 def _write_params(root: Path, overrides: dict[str, Any] | None = None) -> Path:
@@ -90,8 +88,12 @@ def test_stage_trains_then_rerun_resumes_the_same_run(
     csv_rows = (Path(params.paths.plots) / "train_loss.csv").read_text().splitlines()
     assert csv_rows[0] == "step,loss" and len(csv_rows) == 4
     first = read_run_file(params, "train", REPO)
-    # Rerun: the same run key resumes at the final checkpoint and reattaches the MLflow run.
+    # Rerun: the same run key, finished, is exported from its final checkpoint without
+    # starting workers (no attempt note), and the MLflow run is reattached.
+    run_dir = next(Path(params.paths.ray_storage).glob("ddpm-train-*/"))
+    assert RunFolder(run_dir).attempt() == {"resumed_from": 0}  # the first run's workers
     assert train.main(["--params", str(path)]) == 0
+    assert RunFolder(run_dir).attempt() == {}
     again = read_run_file(params, "train", REPO)
     assert again["run_id"] == first["run_id"]
     metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
@@ -104,58 +106,6 @@ def test_stage_trains_then_rerun_resumes_the_same_run(
     assert len(run.outputs.model_outputs) == 1
     versions = client.search_model_versions(f"name = '{params.mlflow.model_name}'")
     assert [v.run_id for v in versions] == [first["run_id"]]
-
-
-def _ema_at(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return dict(TrainingCheckpoint.read(run_dir / f"step_{step:08d}").final_ema)
-
-
-@pytest.mark.ray
-def test_best_fid_exports_the_ema_of_the_min_fid_step_then_last_reexports(
-    tmp_path: Path, converted_path: Path, local_ray: object
-) -> None:
-    """train.fid_every=2 over 5 steps: FID points at 2 and 4 only (plot, MLflow), so the minimum
-    lies before the final step by the probe schedule: best_fid exports the EMA weights of the
-    argmin step, never the final ones; export=last then re-exports the final EMA (step 5) of the
-    same run (a kill mid-run: tests/pipelines/train/test_stage.py)."""
-    overrides = {
-        "train.steps": 5,
-        "train.checkpoint_every": 2,
-        "train.keep_checkpoints": 3,
-        "train.fid_every": 2,
-        "train.fid_images": 6,
-        "train.export": "best_fid",
-        "evaluate.inception_weights": str(converted_path),
-    }
-    path = _write_params(tmp_path, overrides)
-    params = build_params(tmp_path, overrides)
-    assert shard.main(["--params", str(path)]) == 0
-    assert fid_stats.main(["--params", str(path)]) == 0  # the reference and Inception weights
-    assert train.main(["--params", str(path)]) == 0
-    curve = fid_history(params)
-    assert [s for s, _ in curve] == [2, 4]
-    best_step = min(curve, key=lambda p: (p[1], p[0]))[0]
-    metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
-    assert metrics["steps"] == 5 and metrics["exported_step"] == best_step < 5
-    assert metrics["best_fid_train_small"] == pytest.approx(min(v for _, v in curve), rel=1e-5)
-    run = read_run_file(params, "train", REPO)
-    assert f"the EMA at step {best_step}" in run["details"]["export_reason"]
-    assert "NOT comparable" in run["details"]["fid_train_small_label"]
-    exported = ema_weights(params)
-    run_dir = next(Path(params.paths.ray_storage).glob("ddpm-train-*/"))
-    at_best = _ema_at(run_dir, best_step)
-    assert exported.keys() == at_best.keys()
-    assert all(torch.equal(exported[k], at_best[k]) for k in at_best)
-    assert not all(torch.equal(exported[k], v) for k, v in _ema_at(run_dir, 5).items())
-    history = MlflowClient(run["uri"]).get_metric_history(run["run_id"], "fid_train_small")
-    assert sorted(m.step for m in history) == [2, 4]
-    # export=last keeps the run key: the finished run is re-exported (its final EMA), not retrained.
-    last = _write_params(tmp_path, {**overrides, "train.export": "last"})
-    assert train.main(["--params", str(last)]) == 0
-    metrics = json.loads((Path(params.paths.metrics) / "train.json").read_text())
-    assert metrics["exported_step"] == 5 and metrics["resumed_from"] == 5
-    final = _ema_at(run_dir, 5)
-    assert all(torch.equal(ema_weights(params)[k], v) for k, v in final.items())
 
 
 def test_fid_curve_is_header_only_when_off(tmp_path: Path, no_ray: object) -> None:

@@ -142,8 +142,8 @@ def test_node_loss_restarts_group_on_new_node_and_matches_reference(
 
     Exact equality holds because the math does not depend on placement: same world size,
     batch split, seeds and gloo all-reduce order, and the checkpoint restores every rank's
-    RNG streams (the same property `test_crash_rerun_resumes_and_lost_worker_restarts` checks
-    on a single node). The reference runs first, in its own root, on this cluster.
+    RNG streams (the property test_stage.py's crashed-run test checks on a single node). The
+    reference runs first, in its own root, on this cluster.
     """
     head = cluster.head_node
     assert head is not None

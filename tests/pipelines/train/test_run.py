@@ -74,6 +74,22 @@ def test_run_folder_notes(tmp_path: Path) -> None:
     assert folder.attempt() == {} and folder.mlflow_run_id() == "run-1"
 
 
+def test_skipped_checkpoints_stay_named_across_the_attempts_of_a_stage_run(
+    tmp_path: Path,
+) -> None:
+    """A fallback past a truncated checkpoint, then a worker restart that loads cleanly: the
+    note still names the skipped folder; a new stage run (clear_attempt) starts empty."""
+    folder = RunFolder(tmp_path / "ddpm-train-abc")
+    folder.begin_attempt(2, ["step_00000004"])
+    folder.begin_attempt(4)
+    assert folder.attempt() == {"resumed_from": 4, "unusable_checkpoints": ["step_00000004"]}
+    folder.begin_attempt(6, ["step_00000006"])
+    assert folder.attempt()["unusable_checkpoints"] == ["step_00000004", "step_00000006"]
+    folder.clear_attempt()
+    folder.begin_attempt(6)
+    assert folder.attempt() == {"resumed_from": 6}
+
+
 def test_a_second_process_on_the_same_run_key_is_refused(
     make_params: MakeParams, shards_dir: Path, tmp_path: Path
 ) -> None:

@@ -28,7 +28,7 @@ from pipelines.artifacts.model_dir import CONFIG_FILE, WEIGHTS_FILE, load_weight
 from pipelines.config import Params, to_dict
 from pipelines.fid.stage import run_fid_stats
 from pipelines.infra.files import file_digest
-from pipelines.infra.run_files import split_metrics
+from pipelines.infra.run_files import read_run_file, split_metrics
 from pipelines.infra.tracking import tracking_uri
 from pipelines.train.checkpoint import STATE_FILE, TrainingCheckpoint
 from pipelines.train.run import RunFolder
@@ -47,11 +47,15 @@ from pipelines.train.worker import (
     restore_from,
     train_loop_per_worker,
 )
+from stages import fid_stats as fid_stats_cli
+from stages import train as train_cli
 from tests.helpers import (
     REF_RUN,
+    REPO,
     ema_weights,
     fid_history,
     loss_history,
+    params_file,
     train,
     train_params,
 )
@@ -210,13 +214,15 @@ class KillAfterReport:
     step: int
     rank: int
     marker: str
+    folder: str = ""  # the checkpoint folder of that step (default `step_<step>`; `-redo`)
 
     def __call__(self, config: dict[str, Any]) -> None:
         snapshot = Path(config["run"]["run_dir"]) / "checkpoint_manager_snapshot.json"
+        folder = self.folder or f"step_{self.step:08d}"
 
         def committed() -> bool:
             text = snapshot.read_text() if snapshot.is_file() else ""
-            return f'"step_{self.step:08d}"' in text
+            return f'"{folder}"' in text
 
         def after(metrics: dict[str, Any], rank: int) -> None:
             mine = metrics["step"] == self.step and rank == self.rank
@@ -251,48 +257,15 @@ def run_with_report_hook(
         ray.train.report = real
 
 
-def test_crash_rerun_resumes_and_lost_worker_restarts(
-    reference: tuple[Params, TrainResult], local_ray: object, tmp_path: Path
-) -> None:
-    ref_params, ref_result = reference
-    shards = Path(ref_params.paths.shards)
-    # 1) max_failures=0: rank 1 dies after the step-2 checkpoint -> the run fails.
-    params = train_params(tmp_path, shards, {**REF_RUN, "train.max_failures": 0})
-    crash = KillAfterReport(2, 1, str(tmp_path / "crash1"))
-    with pytest.raises(ray.train.TrainingFailedError):
-        train(params, tmp_path, loop_fn=crash)
-    run_dir = Path(params.paths.ray_storage) / ref_result.run_name
-    run_id = RunFolder(run_dir).mlflow_run_id()
-    client = MlflowClient(tracking_uri(params.mlflow, tmp_path))
-    assert client.get_run(run_id).info.status == "FAILED"
-    assert not (Path(params.paths.model) / WEIGHTS_FILE).exists()
-    # 2) The same command (max_failures does not change the run key) resumes at step 2; a
-    #    worker killed after step 4 is restarted inside the run from the step-4 checkpoint.
-    params = train_params(tmp_path, shards, {**REF_RUN, "train.max_failures": 1})
-    kill = KillAfterReport(4, 1, str(tmp_path / "crash2"))
-    result = train(params, tmp_path, loop_fn=kill)
-    assert (tmp_path / "crash2").exists()  # the kill did happen
-    assert result.run_name == ref_result.run_name and result.run_id == run_id
-    assert result.steps == 6 and result.resumed_from == 4
-    resumed = client.get_metric_history(run_id, "resumed_from")
-    assert [(m.step, m.value) for m in resumed] == [(2, 2.0), (4, 4.0)]
-    assert client.get_run(run_id).info.status == "FINISHED"
-    # Right step, lr and data order: the loss curve and the weights equal the uninterrupted run.
-    history, ref_history = loss_history(params), loss_history(ref_params)
-    assert [s for s, _ in history] == [s for s, _ in ref_history]
-    assert [v for _, v in history] == pytest.approx([v for _, v in ref_history], rel=1e-5)
-    torch.testing.assert_close(ema_weights(params), ema_weights(ref_params), rtol=0, atol=1e-6)
-    lr = {m.step: m.value for m in client.get_metric_history(run_id, "lr")}
-    assert lr[3] == pytest.approx(params.train.lr)
-
-
 def test_min_fid_selection_survives_a_worker_killed_mid_run(
     shards_dir: Path, converted_path: Path, local_ray: object, tmp_path: Path
 ) -> None:
     """The minimum is forced before the kill by the probe schedule: 5 steps, FID at 2 and 4 (no
     probe at step 5), rank 0 killed after the step-4 checkpoint. The resumed run records no new
     point, so the curve and the best EMA can only come from that checkpoint: best_fid exports
-    the argmin step's EMA (not the final one), exactly as an uninterrupted run does."""
+    the argmin step's EMA (not the final one), exactly as an uninterrupted run does. That run
+    goes through the CLIs (`stages.fid_stats`, `stages.train`), and then `train.export=last`
+    (same run key) re-exports its final EMA without retraining."""
     overrides = {
         "train.steps": 5, "train.checkpoint_every": 2, "train.keep_checkpoints": 3,
         "train.max_failures": 1, "train.fid_every": 2, "train.fid_images": 6,
@@ -316,15 +289,36 @@ def test_min_fid_selection_survives_a_worker_killed_mid_run(
     client = MlflowClient(tracking_uri(params.mlflow, tmp_path / "killed"))
     history = client.get_metric_history(result.run_id, "fid_train_small")
     assert sorted({m.step for m in history}) == [2, 4]
-    # The same params uninterrupted: the same curve and the same exported weights.
+
+    # The same params uninterrupted, through the CLIs: the same curve and exported weights.
     plain = train_params(tmp_path / "plain", shards_dir, overrides)
-    run_fid_stats(plain, tmp_path / "plain")
-    plain_result = train(plain, tmp_path / "plain")
-    assert plain_result.resumed_from == 0 and plain_result.exported_step == best_step
+    (tmp_path / "plain").mkdir()
+    path = params_file(plain, tmp_path / "plain" / "params.yaml")
+    assert fid_stats_cli.main(["--params", str(path)]) == 0
+    assert train_cli.main(["--params", str(path)]) == 0
+    metrics = json.loads((Path(plain.paths.metrics) / "train.json").read_text())
+    assert metrics["resumed_from"] == 0 and metrics["exported_step"] == best_step
     plain_curve = fid_history(plain)
     assert [s for s, _ in plain_curve] == [2, 4]
     assert [v for _, v in plain_curve] == pytest.approx([v for _, v in curve], rel=1e-5)
+    assert metrics["best_fid_train_small"] == pytest.approx(
+        min(v for _, v in plain_curve), rel=1e-5
+    )
     torch.testing.assert_close(exported, ema_weights(plain), rtol=0, atol=1e-6)
+    run = read_run_file(plain, "train", REPO)
+    assert f"the EMA at step {best_step}" in run["details"]["export_reason"]
+    assert "NOT comparable" in run["details"]["fid_train_small_label"]
+    # export=last keeps the run key: the finished run is re-exported (its final EMA, step 5),
+    # without starting workers (no attempt note).
+    last = params_file(dataclasses.replace(plain, train=dataclasses.replace(
+        plain.train, export="last")), tmp_path / "plain" / "last.yaml")  # fmt: skip
+    assert train_cli.main(["--params", str(last)]) == 0
+    metrics = json.loads((Path(plain.paths.metrics) / "train.json").read_text())
+    assert metrics["exported_step"] == 5 and metrics["resumed_from"] == 5
+    plain_dir = next(Path(plain.paths.ray_storage).glob("ddpm-train-*/"))
+    assert RunFolder(plain_dir).attempt() == {}
+    final = TrainingCheckpoint.read(plain_dir / f"step_{5:08d}").final_ema
+    torch.testing.assert_close(ema_weights(plain), dict(final), rtol=0, atol=0)
 
 
 def test_nonfinite_loss_stops_naming_step_and_checkpoint(
@@ -428,7 +422,9 @@ def test_mlflow_server_down_mid_run_loses_and_repeats_nothing(
 
         watcher = threading.Thread(target=stop_when_asked, daemon=True)
         watcher.start()
-        result = train(params, tmp_path, loop_fn=StopServerAfterReport(2, str(tmp_path)))
+        # The end's retries of the unsent calls: 1 s, not the stage's 30 s (the server stays down).
+        stop = StopServerAfterReport(2, str(tmp_path))
+        result = train(params, tmp_path, loop_fn=stop, final_wait_s=1.0)
         watcher.join(timeout=30)
         assert (tmp_path / "stopped").exists()  # the server did go down mid-run
         # The outputs are written; the run file names the unsent calls and where they are.
@@ -460,33 +456,55 @@ def test_mlflow_server_down_mid_run_loses_and_repeats_nothing(
 
 
 # ----------------------------------------------------------------------------------------------
-# A truncated latest checkpoint: fall back to the previous one, or a clear error
+# A crashed run, a truncated checkpoint, a lost worker: one run key, the uninterrupted result
 
 
-def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
+def test_a_crashed_run_reruns_past_a_truncated_checkpoint_and_restarts_a_lost_worker(
     reference: tuple[Params, TrainResult],
     local_ray: object,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """1) max_failures 0: rank 1 dies after the step-4 checkpoint, the run fails (FAILED, no
+    model). 2) That checkpoint's state file is truncated on disk. 3) The same command (max_failures
+    does not change the run key) reattaches the run, skips the truncated checkpoint (named in
+    runs/train.json), resumes at step 2, and rank 1 dies again after the redone step 4: the worker
+    group restarts inside the run from that checkpoint. Loss curve and weights equal the
+    uninterrupted run's."""
     ref_params, ref_result = reference
     shards = Path(ref_params.paths.shards)
-    # A crash after the step-4 checkpoint (max_failures 0): checkpoints 2 and 4 are kept.
     params = train_params(tmp_path, shards, {**REF_RUN, "train.max_failures": 0})
     with pytest.raises(ray.train.TrainingFailedError):
-        train(params, tmp_path, loop_fn=KillAfterReport(4, 1, str(tmp_path / "crash")))
+        train(params, tmp_path, loop_fn=KillAfterReport(4, 1, str(tmp_path / "crash1")))
     run_dir = Path(params.paths.ray_storage) / ref_result.run_name
+    run_id = RunFolder(run_dir).mlflow_run_id()
+    client = MlflowClient(tracking_uri(params.mlflow, tmp_path))
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert not (Path(params.paths.model) / WEIGHTS_FILE).exists()
     assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_00000002", "step_00000004"]
     bad = run_dir / "step_00000004" / STATE_FILE
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # a real truncated file
-    # The rerun skips it, names it, and resumes from step 2 to the uninterrupted run's weights.
+
     params = train_params(tmp_path, shards, {**REF_RUN, "train.max_failures": 1})
-    result = train(params, tmp_path)
-    assert result.steps == 6 and result.resumed_from == 2
+    kill = KillAfterReport(4, 1, str(tmp_path / "crash2"), folder="step_00000004-redo")
+    result = train(params, tmp_path, loop_fn=kill)
+    assert (tmp_path / "crash2").exists()  # the second kill did happen
+    assert result.run_name == ref_result.run_name and result.run_id == run_id
+    assert result.steps == 6 and result.resumed_from == 4
+    resumed = client.get_metric_history(run_id, "resumed_from")
+    assert [(m.step, m.value) for m in resumed] == [(2, 2.0), (4, 4.0)]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    # The skipped folder is named although the restarted attempt had nothing to skip.
     assert result.unusable_checkpoints == ("step_00000004",)
     details = json.loads((Path(params.paths.runs) / "train.json").read_text())["details"]
     assert details["unusable_checkpoints"] == "step_00000004"
+    # Right step, lr and data order: the loss curve and the weights equal the uninterrupted run.
+    history, ref_history = loss_history(params), loss_history(ref_params)
+    assert [s for s, _ in history] == [s for s, _ in ref_history]
+    assert [v for _, v in history] == pytest.approx([v for _, v in ref_history], rel=1e-5)
     torch.testing.assert_close(ema_weights(params), ema_weights(ref_params), rtol=0, atol=1e-6)
+    lr = {m.step: m.value for m in client.get_metric_history(run_id, "lr")}
+    assert lr[3] == pytest.approx(params.train.lr)
     # The redone step 4 went to a folder of its own: when Ray Train rotated the bad one out it
     # deleted that folder, not the redone checkpoint.
     kept = sorted(p.name for p in run_dir.glob("step_*"))
@@ -519,28 +537,27 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
 
 
 def test_identical_trainings_write_byte_identical_models(
-    local_ray: object, shards_dir: Path, tmp_path: Path
+    reference: tuple[Params, TrainResult], local_ray: object
 ) -> None:
-    """The same params trained twice from scratch (a new Ray run folder, a new MLflow run):
-    `models/` has the same bytes, so DVC sees the same output hashes."""
-    params = train_params(tmp_path, shards_dir, REF_RUN)
+    """The reference run's params trained again from scratch in its root (its Ray run folder
+    removed: no checkpoint to resume, no run id to reattach; a new MLflow run): `models/` has
+    the same bytes, so DVC sees the same output hashes. Last in this module: it rewrites the
+    reference's outputs (with the same bytes, as it checks)."""
+    params, first_result = reference
     model_dir = Path(params.paths.model)
 
-    def train_from_scratch() -> tuple[str, dict[str, str]]:
-        result = train(params, tmp_path)
-        shutil.rmtree(result.run_dir)  # no checkpoint to resume from, no run id to reattach to
-        files = sorted(p.name for p in model_dir.iterdir())
-        return result.run_id, {name: file_digest(model_dir / name) for name in files}
+    def digests() -> dict[str, str]:
+        return {p.name: file_digest(p) for p in sorted(model_dir.iterdir())}
 
-    first_run, first = train_from_scratch()
-    first_weights, first_history = ema_weights(params), loss_history(params)
+    first, first_weights, first_history = digests(), ema_weights(params), loss_history(params)
     first_meta = load_weights(model_dir / WEIGHTS_FILE)[1]
-    second_run, second = train_from_scratch()
-    assert first_run != second_run
+    shutil.rmtree(first_result.run_dir)
+    second_run = train(params, model_dir.parent).run_id  # the reference's root
+    assert second_run != first_result.run_id
     assert loss_history(params) == first_history
     diffs = {k: (v - first_weights[k]).abs().max().item() for k, v in ema_weights(params).items()}
     assert max(diffs.values()) == 0, {k: d for k, d in diffs.items() if d}
     meta = load_weights(model_dir / WEIGHTS_FILE)[1]
     assert {k: v for k, v in meta.items() if first_meta.get(k) != v} == {}
     assert {WEIGHTS_FILE, CONFIG_FILE} <= set(first)
-    assert first == second
+    assert digests() == first
