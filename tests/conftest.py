@@ -15,7 +15,15 @@ import ray
 import torch
 
 from pipelines.config import Params
-from tests.helpers import MlflowServer, RayHead, build_params, params_file
+from tests.helpers import (
+    REF_RUN,
+    MlflowServer,
+    RayHead,
+    build_params,
+    params_file,
+    train,
+    train_params,
+)
 
 # Tests share 2 cores with Ray workers; one intra-op thread keeps timings predictable.
 torch.set_num_threads(1)
@@ -111,6 +119,19 @@ def no_ray(ray_session: LocalRay) -> LocalRay:
     """Ray is down, so a test can check that a stage fails before it starts Ray."""
     ray_session.down()
     return ray_session
+
+
+@pytest.fixture(scope="session")
+def reference(
+    shards_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_session: LocalRay
+) -> tuple[Params, Any]:
+    """An uninterrupted 2-worker run of 6 steps (REF_RUN) on the session's cluster: the
+    yardstick of the train fault tests, the multi-node one included (placement does not change
+    the math). Returns (params, TrainResult)."""
+    ray_session.up()
+    root = tmp_path_factory.mktemp("reference")
+    params = train_params(root, shards_dir, REF_RUN)
+    return params, train(params, root)
 
 
 # ----------------------------------------------------------------------------------------------

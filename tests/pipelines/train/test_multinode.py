@@ -132,26 +132,25 @@ class TrainThread(threading.Thread):
 
 
 def test_node_loss_restarts_group_on_new_node_and_matches_reference(
-    cluster: Cluster, shards_dir: Path, tmp_path: Path
+    reference: tuple[Params, TrainResult], cluster: Cluster, shards_dir: Path, tmp_path: Path
 ) -> None:
     """Two workers on two nodes; rank 1's node is killed (SIGKILL, no drain) right after the
     step-2 checkpoint is committed and a replacement node joins. Ray Train must restart the
     worker group inside the same `fit()` on the surviving + the new node, resume from step 2,
     keep logging into the same MLflow run and end with exactly the weights and loss curve of
-    an uninterrupted 2-worker run on the same cluster.
+    an uninterrupted 2-worker run (REF_RUN: MULTINODE only adds placement and max_failures).
 
     Exact equality holds because the math does not depend on placement: same world size,
     batch split, seeds and gloo all-reduce order, and the checkpoint restores every rank's
     RNG streams (the property test_stage.py's crashed-run test checks on a single node). The
-    reference runs first, in its own root, on this cluster.
+    reference is the session's (conftest `reference`), run on the single-node session cluster
+    before this cluster starts.
     """
     head = cluster.head_node
     assert head is not None
     assert ray.get_runtime_context().get_node_id() == head.node_id  # controller on the head
 
-    ref_root = tmp_path / "reference"
-    ref_params = train_params(ref_root, shards_dir, MULTINODE)
-    ref_result = train(ref_params, ref_root)
+    ref_params, ref_result = reference
     assert ref_result.steps == 6 and ref_result.resumed_from == 0
 
     root = tmp_path / "faulty"

@@ -66,17 +66,6 @@ pytestmark = pytest.mark.ray
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-@pytest.fixture(scope="module")
-def reference(
-    shards_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_session: Any
-) -> tuple[Params, TrainResult]:
-    """An uninterrupted 2-worker run of 6 steps: the yardstick for the fault tests."""
-    ray_session.up()
-    root = tmp_path_factory.mktemp("reference")
-    params = train_params(root, shards_dir, REF_RUN)
-    return params, train(params, root)
-
-
 # ----------------------------------------------------------------------------------------------
 # 2 workers, outputs, MLflow
 
