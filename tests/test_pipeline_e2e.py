@@ -172,55 +172,6 @@ def table2_command(row: str) -> list[str]:
     return ["profile=micro" if a == "profile=cifar10-paper" else a for a in command[3:]]
 
 
-def test_exp_run_of_a_table2_row_reruns_from_train_and_runs_compare_in_mlflow(
-    pipeline: Pipeline,
-) -> None:
-    """The docs' first Table 2 row (mu-tilde prediction, the true bound L, learned diagonal
-    Sigma), micro-sized: train, sample, quality and evaluate rerun with the U-Net's 2C outputs;
-    MLflow holds both trainings, and the registry's champion is the one with the lower FID."""
-    row = table2_command("μ̃ prediction, L, learned diagonal Σ")
-    out = pipeline.dvc("exp", "run", "-n", "table2-learned", *row)
-    assert "Stage 'shard' didn't change, skipping" in out
-    assert "Stage 'fid_stats' didn't change, skipping" in out
-    assert all(f"Running stage '{s}'" in out for s in ("train", "sample", "evaluate"))
-
-    client = MlflowClient(pipeline.server.url)
-    exp = client.get_experiment_by_name("ddpm")
-    assert exp is not None
-    trains = client.search_runs(
-        [exp.experiment_id], "tags.`dvc.stage` = 'train'", order_by=["attributes.start_time ASC"]
-    )
-    chosen = [tuple(r.data.params[f"diffusion.{k}"] for k in TABLE2_ROW) for r in trains]
-    assert chosen == [("eps", "fixedlarge", "mse"), ("mean", "learned", "kl")]
-    assert trains[1].data.tags.get("dvc.exp") == "table2-learned"
-    assert "dvc.exp" not in trains[0].data.tags
-    fids = []
-    for train in trains:
-        assert train.info.status == "FINISHED"
-        assert len(train.data.tags["data.manifest_sha1"]) == 40
-        assert train.data.tags["git.commit"] != "unknown"
-        children = client.search_runs(
-            [exp.experiment_id], f"tags.mlflow.parentRunId = '{train.info.run_id}'"
-        )
-        by_stage = {c.data.tags["dvc.stage"]: c for c in children}
-        assert set(by_stage) == {"sample", "quality", "evaluate"}
-        evaluated = by_stage["evaluate"]
-        assert {"fid", "fid_test", "nll_bpd", "nll_bpd_sem"} <= set(evaluated.data.metrics)
-        assert evaluated.data.tags["fid.comparability"].startswith("NOT comparable")
-        fids.append(evaluated.data.metrics["fid"])
-        artifacts = {a.path for a in client.list_artifacts(train.info.run_id, "model")}
-        assert "model/ema.safetensors" in artifacts
-        shown = {a.path for a in client.list_artifacts(evaluated.info.run_id, "evaluate")}
-        assert "evaluate/rate_distortion.png" in shown
-    assert fids[0] != fids[1]  # different weights, different samples, different FID
-    # Each training registered a version of mlflow.model_name and its evaluate gated it: the
-    # champion is the train run with the lower FID (both carry the same comparability label).
-    versions = client.search_model_versions("name = 'ddpm-digits'")
-    assert sorted(v.run_id for v in versions) == sorted(t.info.run_id for t in trains)
-    best = trains[fids.index(min(fids))].info.run_id
-    assert client.get_model_version_by_alias("ddpm-digits", "champion").run_id == best
-
-
 def workspace_state(root: Path) -> dict[str, str]:
     """sha256 of every file DVC or git tracks in the workspace (outputs, params, lock)."""
     files = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
@@ -264,49 +215,106 @@ def test_exp_run_selects_a_profile_through_hydra_without_touching_params_yaml(
         pipeline.dvc("queue", "remove", "mnist-q")
 
 
-def test_queued_and_temporary_experiments_run_in_their_own_workspace(pipeline: Pipeline) -> None:
-    """`dvc exp run --queue` + `dvc queue start`, and `dvc exp run --temp`: each runs in a
-    temporary copy, writes its outputs there (not over the workspace's), and logs to the one
-    MLflow store. Both change an evaluate param, so each reruns evaluate only."""
-    root, env = pipeline.root, pipeline.env
-    # Every `dvc exp run` composes params.yaml from conf/ (Hydra) plus its own -S: keep the
-    # workspace's last experiment (its params) in conf/config.yaml, as a user keeps a lasting edit.
-    config = yaml.safe_load((root / "conf" / "config.yaml").read_text())
-    current = yaml.safe_load((root / "params.yaml").read_text())
-    config["diffusion"] = {k: current["diffusion"][k] for k in TABLE2_ROW}
-    (root / "conf" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "baseline: the Table 2 row's results"], root, env)
-    before = workspace_state(root)
+@pytest.fixture(scope="module")
+def baseline(pipeline: Pipeline) -> Pipeline:
+    """The workspace's micro results committed (dvc.lock, metrics, run files): queued and
+    temporary experiments start from `HEAD` (docs/configuration.md: commit the workspace first)."""
+    run(["git", "add", "-A"], pipeline.root, pipeline.env)
+    run(["git", "commit", "-qm", "baseline: the micro results"], pipeline.root, pipeline.env)
+    return pipeline
 
-    pipeline.dvc("exp", "run", "--queue", "-n", "q1", "-S", "evaluate.nll_images=4")
+
+def run_the_queue(pipeline: Pipeline) -> str:
+    """`dvc queue start -j 1`, then `dvc queue status` until nothing is queued or running."""
     pipeline.dvc("queue", "start", "-j", "1")
     deadline = time.monotonic() + 600  # bounds the wait only
     while True:
         status = pipeline.dvc("queue", "status")
         if "Queued" not in status and "Running" not in status:
-            break
+            return status
         assert time.monotonic() < deadline, status
         time.sleep(2)
-    q1_log = run([str(BIN / "dvc"), "queue", "logs", "q1"], root, env)
-    assert status.count("Success") == 1, f"{status}\n{q1_log[-3000:]}"
-    assert "Running stage 'evaluate'" in q1_log and "Running stage 'train'" not in q1_log, q1_log
-    out = pipeline.dvc("exp", "run", "--temp", "-n", "t1", "-S", "evaluate.nll_images=2")
-    assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out
 
-    assert workspace_state(root) == before  # no experiment wrote into the workspace
+
+def test_a_queued_table2_row_reruns_from_train_in_its_own_copy_and_compares_in_mlflow(
+    baseline: Pipeline,
+) -> None:
+    """The docs' first Table 2 row (mu-tilde prediction, the true bound L, learned diagonal
+    Sigma), micro-sized and queued (`dvc exp run --queue` + `dvc queue start`): in the
+    experiment's temporary copy train, sample, quality and evaluate rerun with the U-Net's 2C
+    outputs, and nothing is written over the workspace's outputs; the one MLflow store holds
+    both trainings, and the registry's champion is the one with the lower FID."""
+    pipeline, root = baseline, baseline.root
+    before = workspace_state(root)
+    row = table2_command("μ̃ prediction, L, learned diagonal Σ")
+    pipeline.dvc("exp", "run", "--queue", "-n", "table2-learned", *row)
+    status = run_the_queue(pipeline)
+    out = run([str(BIN / "dvc"), "queue", "logs", "table2-learned"], root, pipeline.env)
+    assert status.count("Success") == 1, f"{status}\n{out[-3000:]}"
+    assert "Stage 'shard' didn't change, skipping" in out, out
+    assert "Stage 'fid_stats' didn't change, skipping" in out, out
+    assert all(f"Running stage '{s}'" in out for s in ("train", "sample", "quality", "evaluate"))
+    assert workspace_state(root) == before  # the experiment wrote into its copy only
     shown = json.loads(pipeline.dvc("exp", "show", "--json"))
-    for name in ("q1", "t1"):
-        evaluated = exp_metrics(shown, name)["metrics/eval.json"]["data"]
-        assert float(evaluated["nll_bpd"]) > 0, (name, evaluated)
+    assert float(exp_metrics(shown, "table2-learned")["metrics/eval.json"]["data"]["fid"]) > 0
 
     client = MlflowClient(pipeline.server.url)
     exp = client.get_experiment_by_name("ddpm")
     assert exp is not None
-    for name in ("q1", "t1"):
-        runs = client.search_runs([exp.experiment_id], f"tags.`dvc.exp` = '{name}'")
-        assert [r.data.tags["dvc.stage"] for r in runs] == ["evaluate"], name
-        assert runs[0].info.status == "FINISHED", name
+    trains = client.search_runs(
+        [exp.experiment_id], "tags.`dvc.stage` = 'train'", order_by=["attributes.start_time ASC"]
+    )
+    chosen = [tuple(r.data.params[f"diffusion.{k}"] for k in TABLE2_ROW) for r in trains]
+    assert chosen == [("eps", "fixedlarge", "mse"), ("mean", "learned", "kl")]
+    assert trains[1].data.tags.get("dvc.exp") == "table2-learned"
+    assert "dvc.exp" not in trains[0].data.tags
+    fids = []
+    for train in trains:
+        assert train.info.status == "FINISHED"
+        assert len(train.data.tags["data.manifest_sha1"]) == 40
+        assert train.data.tags["git.commit"] != "unknown"
+        children = client.search_runs(
+            [exp.experiment_id], f"tags.mlflow.parentRunId = '{train.info.run_id}'"
+        )
+        by_stage = {c.data.tags["dvc.stage"]: c for c in children}
+        assert set(by_stage) == {"sample", "quality", "evaluate"}
+        evaluated = by_stage["evaluate"]
+        assert {"fid", "fid_test", "nll_bpd", "nll_bpd_sem"} <= set(evaluated.data.metrics)
+        assert evaluated.data.tags["fid.comparability"].startswith("NOT comparable")
+        fids.append(evaluated.data.metrics["fid"])
+        artifacts = {a.path for a in client.list_artifacts(train.info.run_id, "model")}
+        assert "model/ema.safetensors" in artifacts
+        shown = {a.path for a in client.list_artifacts(evaluated.info.run_id, "evaluate")}
+        assert "evaluate/rate_distortion.png" in shown
+    assert fids[0] != fids[1]  # different weights, different samples, different FID
+    # Each training registered a version of mlflow.model_name and its evaluate gated it: the
+    # champion is the train run with the lower FID (both carry the same comparability label).
+    versions = client.search_model_versions("name = 'ddpm-digits'")
+    assert sorted(v.run_id for v in versions) == sorted(t.info.run_id for t in trains)
+    best = trains[fids.index(min(fids))].info.run_id
+    assert client.get_model_version_by_alias("ddpm-digits", "champion").run_id == best
+
+
+def test_a_temporary_experiment_reruns_evaluate_only_in_its_own_copy(baseline: Pipeline) -> None:
+    """`dvc exp run --temp` of an evaluate param against the workspace's micro results: only
+    evaluate reruns, in a temporary copy (not over the workspace's outputs), and its MLflow run
+    is a child of the workspace's training run in the one store."""
+    pipeline, root = baseline, baseline.root
+    before = workspace_state(root)
+    out = pipeline.dvc("exp", "run", "--temp", "-n", "t1", "-S", "evaluate.nll_images=2")
+    assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out, out
+    assert workspace_state(root) == before  # the experiment wrote into its copy only
+    shown = json.loads(pipeline.dvc("exp", "show", "--json"))
+    evaluated = exp_metrics(shown, "t1")["metrics/eval.json"]["data"]
+    assert float(evaluated["nll_bpd"]) > 0, evaluated
+
+    client = MlflowClient(pipeline.server.url)
+    exp = client.get_experiment_by_name("ddpm")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], "tags.`dvc.exp` = 't1'")
+    assert [r.data.tags["dvc.stage"] for r in runs] == ["evaluate"]
+    assert runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["mlflow.parentRunId"] == pipeline.json("runs/train.json")["run_id"]
 
 
 def test_outputs_travel_through_a_remote(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -336,15 +344,21 @@ def released_weights_recipe() -> list[str]:
 
 
 def test_the_released_weights_recipe_evaluates_without_training(
-    pipeline: Pipeline, tmp_path: Path
+    baseline: Pipeline, tmp_path: Path
 ) -> None:
     """docs/paper-fidelity.md's released-weights recipe, its lines as written, micro-sized: in a
-    fresh clone (no outputs) the `sed` selects the profile (micro, with `unet.ch: 32` kept in
-    conf/config.yaml: the released model's width), `dvc exp run fid_stats` builds shard and
-    fid_stats, `import_diffusers` writes the train outputs from a real diffusers folder,
-    `dvc commit -f train && dvc repro evaluate` samples and evaluates: train never runs."""
+    fresh clone (no outputs) of the workspace's committed results that shares the team's DVC
+    cache (the workspace's), the `sed` selects the profile (micro, with `unet.ch: 32` kept in
+    conf/config.yaml: the released model's width), `dvc exp run fid_stats` finds shard and
+    fid_stats as the clone's dvc.lock records them (same params, same deps) and checks them out
+    of that cache instead of running them, `import_diffusers` writes the train outputs from a
+    real diffusers folder, `dvc commit -f train && dvc repro evaluate` samples and evaluates:
+    train never runs."""
+    pipeline = baseline
     clone, env = tmp_path / "clone", pipeline.env
     run(["git", "clone", "-q", str(pipeline.root), str(clone)], tmp_path, env)
+    shared_cache = str(pipeline.root / ".dvc" / "cache")  # a machine's setting: config.local
+    run([str(BIN / "dvc"), "cache", "dir", "--local", shared_cache], clone, env)
     ours = yaml.safe_load((clone / "conf" / "config.yaml").read_text())
     overrides = {"unet": {"ch": MATCHING["unet.ch"]}, "evaluate": ours["evaluate"]}
     config = (REPO / "conf" / "config.yaml").read_text()  # the repo's: `profile: default`
@@ -358,7 +372,11 @@ def test_the_released_weights_recipe_evaluates_without_training(
         outs.append(run(["bash", "-c", micro], clone, env))
     params = yaml.safe_load((clone / "params.yaml").read_text())
     assert (params["profile"], params["unet"]["ch"]) == ("micro", 32)
-    assert all(f"Running stage '{s}'" in outs[1] for s in ("shard", "fid_stats")), outs[1]
+    # checked out of the shared cache before DVC looks at them (dvc.lock's hashes), not rerun
+    assert all(f"Stage '{s}' didn't change, skipping" in outs[1] for s in ("shard", "fid_stats"))
+    assert "Running stage" not in outs[1], outs[1]
+    manifest = "data/shards/manifest.json"
+    assert (clone / manifest).read_bytes() == (pipeline.root / manifest).read_bytes()
     assert "released weights from" in outs[2]
     assert "Running stage 'train'" not in outs[3]
     assert all(f"Running stage '{s}'" in outs[3] for s in ("sample", "evaluate")), outs[3]
