@@ -41,15 +41,20 @@ class ExportedModel:
 
 
 def export_model(
-    params: Params, root: Path, checkpoint: Path, metadata: dict[str, str], tracker: Tracker
+    params: Params,
+    root: Path,
+    checkpoint: Path,
+    metadata: dict[str, str],
+    tracker: Tracker,
+    read: TrainingCheckpoint | None = None,
 ) -> ExportedModel:
     """EMA weights + resolved config into `paths.model` (and `paths.diffusers`), loss and FID CSVs.
 
     `train.export` picks the weights: the final EMA, or (best_fid) the EMA of the min-FID step,
     kept in the checkpoint. The weights and the config are logged to `tracker` (artifact path
-    `model`).
+    `model`). `read`: the checkpoint folder's record when the caller has already read it.
     """
-    ckpt = TrainingCheckpoint.read(checkpoint)
+    ckpt = TrainingCheckpoint.read(checkpoint) if read is None else read
     curve = ckpt.fid_curve
     choice = choose_export(params.train.export, curve, ckpt.step)
     ema = ckpt.ema_weights(choice.best)

@@ -153,15 +153,17 @@ class RunFolder:
         note = {"error": error, "step": step, "last_checkpoint": last_checkpoint}
         write_json(self.path / self.ATTEMPT, {**self.attempt(), "nonfinite": note})
 
-    def finished_checkpoint(self, steps: int) -> Path | None:
-        """A checkpoint of the final step `steps` that loads, or None: with one, the run is
-        finished, and a rerun (another `train.export`, lost outputs) exports it without workers."""
+    def finished_checkpoint(self, steps: int) -> tuple[Path, TrainingCheckpoint] | None:
+        """A checkpoint of the final step `steps` that loads (its folder and record), or None:
+        with one, the run is finished, and a rerun (another `train.export`, lost outputs)
+        exports it without workers."""
         for folder in sorted(self.path.glob(f"step_{steps:08d}*"), reverse=True):
             try:
-                if TrainingCheckpoint.read(folder).step == steps:
-                    return folder
+                ckpt = TrainingCheckpoint.read(folder)
             except (FileNotFoundError, UnloadableStateError):
                 continue
+            if ckpt.step == steps:
+                return folder, ckpt
         return None
 
     def clear_attempt(self) -> None:

@@ -22,6 +22,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from pipelines.config import Params
 from pipelines.infra.monitor import system_metrics
 from pipelines.infra.tracking import Tracker, best_effort, numeric
+from pipelines.train.checkpoint import TrainingCheckpoint
 from pipelines.train.export import export_model
 from pipelines.train.fid_probe import probe_for
 from pipelines.train.mlflow_model import log_mlflow_model
@@ -138,9 +139,11 @@ def run_train(
     spec = RunSpec(run_name=plan.name, run_dir=str(folder.path), shards=str(plan.shards))
     config = {"params": params, "run": asdict(spec), "tracker": tracker, "fid": probe}
     start = time.perf_counter()
+    read: TrainingCheckpoint | None = None  # the finished run's record, read once
+    reported: dict[str, Any]  # what the last attempt reported, with its run folder note
     if (finished := folder.finished_checkpoint(params.train.steps)) is not None:
-        log.info("%s: the run is finished; exported without starting workers", finished)
-        checkpoint, reported = finished, {"resumed_from": params.train.steps}
+        (checkpoint, read), reported = finished, {"resumed_from": params.train.steps}
+        log.info("%s: the run is finished; exported without starting workers", checkpoint)
     else:
         with system_metrics(tracker, params.mlflow.system_metrics):
             fitted = trainer_for(params, config, plan, loop_fn, callbacks).fit()
@@ -152,7 +155,7 @@ def run_train(
     wall = time.perf_counter() - start
     # No MLflow run id: it would make identical trainings write different `models/` hashes.
     meta = {"run_key": plan.key}
-    model = export_model(params, root, checkpoint, meta, tracker)
+    model = export_model(params, root, checkpoint, meta, tracker, read)
     last_loss = model.history[-1][1] if model.history else float("nan")
     result = TrainResult(
         steps=model.steps,
