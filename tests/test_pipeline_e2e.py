@@ -1,7 +1,10 @@
 """The real `dvc repro` on the micro profile, tracked by a real `mlflow server` on loopback.
 
 A copy of this repository (its tracked and new files) becomes a fresh git + DVC repo in a temp
-folder; every stage runs as DVC runs it, each starting its own local Ray cluster.
+folder; every stage runs as DVC runs it. The stages connect, through `RAY_ADDRESS` as under a
+cluster's `ray job submit`, to the session's `ray start --head` (the `ray_head` fixture): each
+would otherwise start and stop a local cluster of its own (about 8 s a stage). The killed-stage
+test runs its stage on a local cluster, the one it kills with the stage.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -78,15 +80,16 @@ def pipeline(
     mlflow_server: MlflowServer,
     converted_path: Path,
     ray_session: Any,
+    ray_head: RayHead,
 ) -> Iterator[Pipeline]:
-    ray_session.down()  # every stage starts its own local cluster, as under `dvc repro`
+    ray_session.down()  # the stages run on the session's head: one Ray cluster at a time
     root = tmp_path_factory.mktemp("e2e") / "repo"
     copy_repo(root)
     select_profile(root, "micro", {"evaluate": {"inception_weights": str(converted_path)}})
     (root / "dvc.lock").unlink(missing_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "RAY_ADDRESS"))}
+    env = {k: v for k, v in ray_head.env().items() if not k.startswith("DVC_")}
     env |= {
-        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "RAY_ADDRESS": f"127.0.0.1:{ray_head.port}",
         "MLFLOW_TRACKING_URI": mlflow_server.url,
         "GIT_AUTHOR_NAME": "e2e",
         "GIT_AUTHOR_EMAIL": "e2e@example.invalid",
@@ -295,28 +298,6 @@ def test_a_queued_table2_row_reruns_from_train_in_its_own_copy_and_compares_in_m
     assert client.get_model_version_by_alias("ddpm-digits", "champion").run_id == best
 
 
-def test_a_temporary_experiment_reruns_evaluate_only_in_its_own_copy(baseline: Pipeline) -> None:
-    """`dvc exp run --temp` of an evaluate param against the workspace's micro results: only
-    evaluate reruns, in a temporary copy (not over the workspace's outputs), and its MLflow run
-    is a child of the workspace's training run in the one store."""
-    pipeline, root = baseline, baseline.root
-    before = workspace_state(root)
-    out = pipeline.dvc("exp", "run", "--temp", "-n", "t1", "-S", "evaluate.nll_images=2")
-    assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out, out
-    assert workspace_state(root) == before  # the experiment wrote into its copy only
-    shown = json.loads(pipeline.dvc("exp", "show", "--json"))
-    evaluated = exp_metrics(shown, "t1")["metrics/eval.json"]["data"]
-    assert float(evaluated["nll_bpd"]) > 0, evaluated
-
-    client = MlflowClient(pipeline.server.url)
-    exp = client.get_experiment_by_name("ddpm")
-    assert exp is not None
-    runs = client.search_runs([exp.experiment_id], "tags.`dvc.exp` = 't1'")
-    assert [r.data.tags["dvc.stage"] for r in runs] == ["evaluate"]
-    assert runs[0].info.status == "FINISHED"
-    assert runs[0].data.tags["mlflow.parentRunId"] == pipeline.json("runs/train.json")["run_id"]
-
-
 def test_outputs_travel_through_a_remote(pipeline: Pipeline, tmp_path: Path) -> None:
     """`dvc push` to a local-folder remote, a fresh clone, `dvc pull`: `dvc repro` has nothing
     to do (the README's `dvc remote add -d` workflow, with a folder for the bucket)."""
@@ -439,11 +420,11 @@ def test_scheduled_retrain_runs_the_pipeline_as_a_ray_job(
 
 
 def test_a_sample_stage_killed_mid_repro_resumes_its_verified_shards(pipeline: Pipeline) -> None:
-    """`dvc repro sample` (1 actor, 2 shards of 8) whose stage is SIGKILLed, with its Ray
-    processes, once the first shard is on disk (the tree is frozen by SIGSTOP first, so the
-    count is exact). The rerun keeps that shard (same file: `persist: true` stops DVC from
-    deleting the output), samples only the other, and ends byte-identical to the
-    uninterrupted run that made the workspace's samples."""
+    """`dvc repro sample` (1 actor, 2 shards of 8, on a local Ray cluster of its own) whose
+    stage is SIGKILLed, with its Ray processes, once the first shard is on disk (the tree is
+    frozen by SIGSTOP first, so the count is exact). The rerun keeps that shard (same file:
+    `persist: true` stops DVC from deleting the output), samples only the other, and ends
+    byte-identical to the uninterrupted run that made the workspace's samples."""
     import psutil
 
     root, samples = pipeline.root, pipeline.root / "data" / "samples"
@@ -454,7 +435,8 @@ def test_a_sample_stage_killed_mid_repro_resumes_its_verified_shards(pipeline: P
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     shutil.rmtree(samples)
     log = (root.parent / "killed-repro.log").open("w")
-    repro = subprocess.Popen([str(BIN / "dvc"), "repro", "sample"], cwd=root, env=pipeline.env,
+    local = {k: v for k, v in pipeline.env.items() if k != "RAY_ADDRESS"}  # its own cluster
+    repro = subprocess.Popen([str(BIN / "dvc"), "repro", "sample"], cwd=root, env=local,
                              stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     deadline = time.monotonic() + 600  # bounds the wait only
     while not list(samples.glob("samples-*.tar")):
