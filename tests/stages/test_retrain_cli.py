@@ -122,17 +122,6 @@ def _job(tmp_path: Path, code: str) -> str:
     return "python job.py"
 
 
-def _wait_job_running(address: str, submission_id: str) -> None:
-    client = JobSubmissionClient(address)
-    deadline = time.monotonic() + 120  # bounds the wait only
-    while time.monotonic() < deadline:
-        with contextlib.suppress(RuntimeError):  # not submitted yet
-            if client.get_job_status(submission_id) == JobStatus.RUNNING:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"job {submission_id} never ran")
-
-
 def test_lost_after_defaults_to_60_s() -> None:
     assert retrain.build_parser().parse_args([]).lost_after == 60.0 == jobs.LOST_AFTER_S
     assert retrain.build_parser().parse_args(["--lost-after", "5"]).lost_after == 5.0
@@ -140,52 +129,70 @@ def test_lost_after_defaults_to_60_s() -> None:
     assert default == 60.0
 
 
+def _new_running_job(address: str, before: set[str]) -> str:
+    """The submission id of the first job not in `before` once it runs (the CLI names its id
+    only in its output, which the test reads after it exits)."""
+    client = JobSubmissionClient(address)
+    deadline = time.monotonic() + 120  # bounds the wait only
+    while time.monotonic() < deadline:
+        for job in client.list_jobs():
+            if job.submission_id not in before and job.status == JobStatus.RUNNING:
+                return str(job.submission_id)
+        time.sleep(0.2)
+    raise TimeoutError("no new job ran")
+
+
 @pytest.mark.ray
 @pytest.mark.parametrize("blip", [True, False], ids=["blip", "stays-down"])
 def test_failing_polls_are_a_loss_only_after_lost_after(
-    blip: bool,
-    ray_head: RayHead,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    blip: bool, ray_head: RayHead, tmp_path: Path
 ) -> None:
-    """Polls through a proxy that resets every connection once the job runs. A blip (2 failed
-    polls, then the proxy recovers and the job finishes) with a long --lost-after: the job
-    SUCCEEDED, exit 0. Failing on with --lost-after 3: LOST, exit 3 (the head still runs)."""
-    monkeypatch.setenv("PATH", ray_head.env()["PATH"])
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    go = tmp_path / "go"
-    entry = _job(tmp_path, f"import os, time\nwhile not os.path.exists({str(go)!r}):\n"
-                           "    time.sleep(0.2)\n")  # fmt: skip
-    base = f"retrain-{uuid.uuid4().hex[:8]}"
+    """`python -m stages.retrain --wait` as a process, polling its job (the real `stages.all`,
+    whose shard stage fails on a missing `data.root`) through a proxy that resets every
+    connection once the job runs. A blip (2 failed polls, then the proxy recovers) with the
+    default --lost-after: not a loss, the job's real outcome is reported (ended FAILED, exit 1).
+    Failing on with --lost-after 3: LOST, exit 3, although the head still runs."""
+    root = tmp_path / "checkout"
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    missing = f"raw/missing-{'blip' if blip else 'down'}"  # a job id of its own
+    raw["data"] |= {"source": "image_folder", "root": missing, "raw": "raw"}
+    _checkout(root, raw)
     proxy = FlakyProxy(ray_head.address)
+    before = {str(j.submission_id) for j in JobSubmissionClient(ray_head.address).list_jobs()}
+    running: list[str] = []
 
     def outage() -> None:
-        _wait_job_running(ray_head.address, base)
+        running.append(_new_running_job(ray_head.address, before))
         proxy.failing.set()
         deadline = time.monotonic() + 120  # bounds the wait only
         while blip and proxy.failed < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         if blip:
             proxy.failing.clear()
-            go.touch()
 
     thread = threading.Thread(target=outage, daemon=True)
     thread.start()
+    cli = [sys.executable, "-m", "stages.retrain", "--params", "params.yaml", "--wait"]
+    cli += ["--address", proxy.address, "--timeout", "300"]
+    cli += [] if blip else ["--lost-after", "3"]  # the blip: the 60 s default
     try:
-        lost_after = 600.0 if blip else 3.0
-        code = retrain.submit_and_wait(tmp_path, proxy.address, entry, base, 600, lost_after)
+        out = subprocess.run(cli, cwd=root, env=ray_head.env(), capture_output=True, text=True,
+                             timeout=400)  # fmt: skip
     finally:
         thread.join(timeout=130)
         proxy.close()
-        go.touch()
-    state = json.loads((tmp_path / retrain.STATE_DIR / f"{base}.json").read_text())
-    assert proxy.failed >= 2  # the polls did fail
+    assert proxy.failed >= 2 and running, (proxy.failed, out.stdout, out.stderr[-3000:])
+    (sid,) = running
+    assert f"retrain: submitted {sid}" in out.stdout
+    state = json.loads((root / retrain.STATE_DIR / f"{sid}.json").read_text())
     if blip:
-        assert code == 0 and state["status"] == JobStatus.SUCCEEDED.value
+        assert out.returncode == retrain.EXIT_FAILED, out.stderr[-3000:]
+        assert f"retrain: job {sid} ended FAILED" in out.stdout
+        assert state["status"] == JobStatus.FAILED.value
     else:
-        assert code == retrain.EXIT_LOST and state["status"] == "LOST"
-        assert "stopped answering" in capsys.readouterr().out
+        assert out.returncode == retrain.EXIT_LOST, out.stderr[-3000:]
+        assert "stopped answering" in out.stdout and state["status"] == "LOST"
+        _wait_job_ended(JobSubmissionClient(ray_head.address), sid)  # the head ran it on
 
 
 @pytest.mark.ray
