@@ -46,6 +46,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
+def scalar_inductor() -> Iterator[None]:
+    """Inductor's scalar C++ kernels (no SIMD code generation) for the compiled-vs-eager tests:
+    they check this project's torch.compile wiring (one graph, same numbers), not Inductor's
+    CPU vectoriser (GPUs get Triton kernels), and a cold compile takes a third less time."""
+    import torch._inductor.config as inductor
+
+    with inductor.patch({"cpp.vec_isa_ok": False}):
+        yield
+
+
+@pytest.fixture
 def make_params(tmp_path: Path) -> Callable[..., Params]:
     def make(overrides: dict[str, Any] | None = None, tiny: bool = True) -> Params:
         return build_params(tmp_path, overrides, tiny)

@@ -46,6 +46,7 @@ def test_bf16_and_channels_last_stay_within_two_percent_of_fp32() -> None:
     assert bf16.dtype == torch.float32 and 0 < _rel(bf16, ref) < 0.02
 
 
+@pytest.mark.usefixtures("scalar_inductor")
 def test_compiled_inference_matches_eager() -> None:
     model, (x, t) = _model(), _inputs()
     ref = model(x, t).detach()
