@@ -153,10 +153,7 @@ def test_failing_polls_are_a_loss_only_after_lost_after(
     default --lost-after: not a loss, the job's real outcome is reported (ended FAILED, exit 1).
     Failing on with --lost-after 3: LOST, exit 3, although the head still runs."""
     root = tmp_path / "checkout"
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    missing = f"raw/missing-{'blip' if blip else 'down'}"  # a job id of its own
-    raw["data"] |= {"source": "image_folder", "root": missing, "raw": "raw"}
-    _checkout(root, raw)
+    _failing_pipeline_checkout(root, f"raw/missing-{'blip' if blip else 'down'}")
     proxy = FlakyProxy(ray_head.address)
     before = {str(j.submission_id) for j in JobSubmissionClient(ray_head.address).list_jobs()}
     running: list[str] = []
@@ -172,12 +169,9 @@ def test_failing_polls_are_a_loss_only_after_lost_after(
 
     thread = threading.Thread(target=outage, daemon=True)
     thread.start()
-    cli = [sys.executable, "-m", "stages.retrain", "--params", "params.yaml", "--wait"]
-    cli += ["--address", proxy.address, "--timeout", "300"]
-    cli += [] if blip else ["--lost-after", "3"]  # the blip: the 60 s default
+    lost_after = () if blip else ("--lost-after", "3")  # the blip: the 60 s default
     try:
-        out = subprocess.run(cli, cwd=root, env=ray_head.env(), capture_output=True, text=True,
-                             timeout=400)  # fmt: skip
+        out = _retrain(root, ray_head.env(), proxy.address, "--timeout", "300", *lost_after)
     finally:
         thread.join(timeout=130)
         proxy.close()
@@ -225,24 +219,37 @@ def _checkout(root: Path, params: dict[str, object]) -> None:
     subprocess.run([jobs.dvc_executable(), "init", "--no-scm", "-q"], cwd=root, check=True)
 
 
+def _failing_pipeline_checkout(root: Path, missing: str) -> None:
+    """A checkout whose params read the raw data from `data.root` = `missing` (outside DVC: the
+    tick submits), a folder that does not exist: the job's shard stage fails within seconds.
+    Each `missing` gives a job id of its own."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"] |= {"source": "image_folder", "root": missing, "raw": "raw"}
+    _checkout(root, raw)
+
+
+def _retrain(
+    root: Path, env: dict[str, str], address: str, *args: str, timeout_s: float = 400
+) -> subprocess.CompletedProcess[str]:
+    """`python -m stages.retrain --params params.yaml --wait --address <address> <args>` in
+    `root`; `timeout_s` bounds the wait only."""
+    cli = [sys.executable, "-m", "stages.retrain", "--params", "params.yaml", "--wait"]
+    cli += ["--address", address, *args]
+    return subprocess.run(cli, cwd=root, env=env, capture_output=True, text=True, timeout=timeout_s)
+
+
 @pytest.mark.ray
 def test_the_cli_exits_2_on_timeout_and_1_when_its_pipeline_job_fails(
     ray_head: RayHead, tmp_path: Path
 ) -> None:
     """`python -m stages.retrain` as a process on a real head, submitting the real entrypoint
-    (`stages.all`). The params read the raw data from `data.root` (outside DVC: the tick
-    submits), a folder that does not exist, so the job's shard stage fails within seconds.
-    `--timeout 0`: exit 2; the next tick resubmits (`-2`) and waits: exit 1, FAILED."""
-    root = tmp_path / "checkout"
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["data"] |= {"source": "image_folder", "root": "raw/missing", "raw": "raw"}
-    _checkout(root, raw)
-    env = ray_head.env()
-    cli = [sys.executable, "-m", "stages.retrain", "--params", "params.yaml"]
-    cli += ["--address", ray_head.address, "--wait", "--lost-after", "60"]
+    (`stages.all`) of `_failing_pipeline_checkout`. `--timeout 0`: exit 2; the next tick
+    resubmits (`-2`) and waits: exit 1, FAILED."""
+    root, env = tmp_path / "checkout", ray_head.env()
+    _failing_pipeline_checkout(root, "raw/missing")
+    wait = ("--lost-after", "60", "--timeout")
 
-    timed_out = subprocess.run([*cli, "--timeout", "0"], cwd=root, env=env, capture_output=True,
-                               text=True, timeout=300)  # fmt: skip
+    timed_out = _retrain(root, env, ray_head.address, *wait, "0", timeout_s=300)
     assert timed_out.returncode == retrain.EXIT_TIMEOUT == 2, timed_out.stderr[-3000:]
     assert "data.root=" in timed_out.stdout and "retrain: submitted retrain-" in timed_out.stdout
     base = timed_out.stdout.split("retrain: submitted ")[1].split()[0]
@@ -250,8 +257,7 @@ def test_the_cli_exits_2_on_timeout_and_1_when_its_pipeline_job_fails(
     client.stop_job(base)
     _wait_job_ended(client, base)
 
-    failed = subprocess.run([*cli, "--timeout", "300"], cwd=root, env=env, capture_output=True,
-                            text=True, timeout=400)  # fmt: skip
+    failed = _retrain(root, env, ray_head.address, *wait, "300")
     assert failed.returncode == retrain.EXIT_FAILED == 1, failed.stderr[-3000:]
     assert f"retrain: submitted {base}-2" in failed.stdout
     assert f"retrain: job {base}-2 ended FAILED" in failed.stdout
