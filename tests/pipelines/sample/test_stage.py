@@ -181,5 +181,5 @@ def test_sampler_label_says_ddim_is_not_the_paper(make_params: MakeParams) -> No
     from pipelines.sample.stage import sampler_label
 
     assert "paper Algorithm 2" in sampler_label(make_params())
-    ddim = make_params({"sample.sampler": "ddim", "sample.stride": 4, "sample.ddim_eta": 0.0})
+    ddim = make_params({"sample.sampler": "ddim", "sample.stride": 4})
     assert sampler_label(ddim) == "DDIM eta=0, 5 of 20 steps (Song et al. 2021, not the paper)"
