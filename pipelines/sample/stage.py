@@ -226,7 +226,9 @@ class SampleResult:
     num_workers: int
     stride: int
     num_steps: int
-    sampler: str
+    sampler: str  # `sampler_label`
+    sampler_name: str  # `sample.sampler`, a name in the registry
+    sampler_options: dict[str, Any]  # every option it declares, as run
     paper_sampler: bool  # Algorithm 2 over all T steps (`is_paper_sampler`)
     ordered_hash: str  # equal for any number of workers
     run_id: str  # the MLflow run
@@ -243,6 +245,8 @@ class SampleResult:
             "num_steps": self.num_steps,
             "paper_sampler": self.paper_sampler,
             "sampler": self.sampler,
+            "sampler_name": self.sampler_name,
+            "sampler_options": self.sampler_options,
             "ordered_hash": self.ordered_hash,
         }
 
@@ -274,16 +278,17 @@ def run_sample(params: Params, root: Path, tracker: Tracker) -> SampleResult:
         stride=params.sample.stride,
         num_steps=len(range(0, params.diffusion.T, params.sample.stride)),
         sampler=sampler_label(params),
+        sampler_name=params.sample.sampler,
+        sampler_options=sampler_record(params)["sampler_options"],
         paper_sampler=is_paper_sampler(params),
         ordered_hash=manifest["ordered_hash"],
         run_id=tracker.run_id,
     )
     tracker.log_metrics(numeric(result.metrics()), step=result.num_images)
-    record = sampler_record(params)
     tracker.set_tags({
         "sampler": result.sampler,
-        "sampler.name": record["sampler"],
-        "sampler.options": json.dumps(record["sampler_options"], sort_keys=True),
+        "sampler.name": result.sampler_name,
+        "sampler.options": json.dumps(result.sampler_options, sort_keys=True),
         "samples.ordered_hash": result.ordered_hash,
     })  # fmt: skip
     for path in [*figures, out_dir / MANIFEST]:
