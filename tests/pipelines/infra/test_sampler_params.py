@@ -62,3 +62,24 @@ def test_mlflow_model_params_are_the_registrys_options(make_params: MakeParams) 
     assert set(specs) == {"seed", "stride", "sampler", *names}
     assert specs["sampler"] == "ddim" and specs["ddim.eta"] == 1.0
     assert specs["heun.clip_denoised"] is False
+
+
+def test_pyfunc_picks_the_sampler_and_options_from_its_params(make_params: MakeParams) -> None:
+    """`predict(params=...)`'s sampler: the run's `sample.*` unless `sampler` / `<name>.<opt>`
+    say otherwise (numpy scalars as MLflow may hand them); errors name the param."""
+    import numpy as np
+
+    from ddpm_core.samplers.ddim import DDIM
+    from ddpm_core.samplers.heun import Heun
+    from pipelines.config import to_dict
+    from pipelines.infra.pyfunc_model import DdpmSampler
+
+    model = DdpmSampler()
+    model.config = to_dict(make_params({"sample.sampler_options": {"ddim": {"eta": 0.25}}}))
+    assert model.sampler({"sampler": "ddim"}) == DDIM(0.25)
+    assert model.sampler({"sampler": "ddim", "ddim.eta": np.float64(1.0)}) == DDIM(1.0)
+    assert model.sampler({"sampler": "heun", "heun.clip_denoised": True}) == Heun(True)
+    with pytest.raises(ValueError, match=re.escape("params.sampler: got 'lms', expected one of")):
+        model.sampler({"sampler": "lms"})
+    with pytest.raises(ValueError, match=re.escape("params.ddim.eta: got 2.0, expected a number")):
+        model.sampler({"sampler": "ddim", "ddim.eta": 2})
