@@ -206,9 +206,10 @@ def sampler_label(params: Params) -> str:
     what, steps = sampler.describe(), len(range(0, T, stride))
     if is_paper_sampler(params):
         return f"{what}, all {T} steps ({sampler.reference})"
-    if sampler.paper:
+    if is_paper(sampler):
         return f"{what}, strided every {stride}: {steps} of {T} steps (fast, not the paper)"
-    return f"{what}, {steps} of {T} steps ({sampler.reference}, not the paper)"
+    how_many = f"all {T} steps" if stride == 1 else f"{steps} of {T} steps"
+    return f"{what}, {how_many} ({sampler.reference}, not the paper)"
 
 
 @dataclass(frozen=True)

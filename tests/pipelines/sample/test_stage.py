@@ -183,6 +183,12 @@ def test_sampler_label_says_ddim_is_not_the_paper(make_params: MakeParams) -> No
     assert "paper Algorithm 2" in sampler_label(make_params())
     ddim = make_params({"sample.sampler": "ddim", "sample.stride": 4})
     assert sampler_label(ddim) == "DDIM eta=0, 5 of 20 steps (Song et al. 2021, not the paper)"
+    heun = make_params({"sample.sampler": "heun", "sample.sampler_options": {"heun": {}}})
+    want = "Heun, all 20 steps (Karras et al. 2022, Algorithm 1, not the paper)"
+    assert sampler_label(heun) == want
+    unclipped = make_params({"sample.sampler_options": {"ancestral": {"clip_denoised": False}}})
+    want = "ancestral clip_denoised=False, all 20 steps (paper Algorithm 2, not the paper)"
+    assert sampler_label(unclipped) == want
 
 
 def test_progressive_frames_are_the_shards_sampler(make_params: MakeParams) -> None:
