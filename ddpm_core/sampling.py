@@ -15,7 +15,9 @@ from torch import Tensor
 
 from ddpm_core.diffusion import GaussianDiffusion, Model
 from ddpm_core.rng import CounterNoise, mix_seed
-from ddpm_core.samplers import Ancestral, ReverseSampler, StepHook, reverse_loop, traced_steps
+from ddpm_core.samplers.ancestral import Ancestral
+from ddpm_core.samplers.base import ReverseSampler
+from ddpm_core.samplers.loop import StepHook, reverse_loop, traced_steps
 
 CPU = torch.device("cpu")
 ANCESTRAL = Ancestral()
@@ -86,9 +88,10 @@ def sample_indices(
     x_T and every step's z of image i are counter-based draws keyed by (seed, i)
     (`ddpm_core.rng.CounterNoise`), made on `device` in one batched computation, so image i
     does not depend on the other indices in the batch, the worker count or the device.
-    `sampler` is any `ddpm_core.samplers` step (Algorithm 2 by default) over `diffusion`'s
-    timesteps. With x0_every = k also returns the predicted x0 frames (K, N, C, H, W) uint8 at
-    `snapshot_timesteps(diffusion, k)`. `on_step(k)` after each reverse step (`reverse_loop`).
+    `sampler` is any registered sampler (`ddpm_core.samplers.registry`; Algorithm 2 by
+    default) over `diffusion`'s timesteps. With x0_every = k also returns the predicted x0
+    frames (K, N, C, H, W) uint8 at `snapshot_timesteps(diffusion, k)`. `on_step(k)` after each
+    reverse step (`reverse_loop`).
     """
     if len(indices) == 0:
         raise ValueError("indices: expected at least one image index")

@@ -29,7 +29,8 @@ Precision = Literal["fp32", "bf16"]  # bf16: autocast of the network (its output
 # graphs (one graph replay per call: what makes a small per-GPU batch fast).
 CompileMode = Literal[False, "default", "reduce-overhead"]
 FidReference = Literal["train", "test"]
-Sampler = Literal["ancestral", "ddim"]
+# A sampler option's value; each sampler declares its options (ddpm_core.samplers.registry).
+OptionValue = bool | int | float | str
 NllSplit = Literal["test", "train", "both"]
 Export = Literal["last", "best_fid"]  # which EMA weights train exports (best_fid: min-FID step)
 
@@ -179,8 +180,11 @@ class SampleConfig:
     use_gpu: bool
     cpus_per_worker: float
     stride: int  # 1 = all T steps (paper); k > 1 = strided timesteps (fast, not paper)
-    sampler: Sampler  # ancestral (paper Algorithm 2) | ddim (Song et al. 2021, not the paper)
-    ddim_eta: float  # DDIM's eta: 0 deterministic, 1 ancestral-like (only with sampler: ddim)
+    # A name in ddpm_core.samplers.registry (ancestral: the paper's Algorithm 2) and, per sampler
+    # name, the options it declares (unset ones take its defaults); both checked against the
+    # registry by pipelines.infra.sampler_params where a stage uses them.
+    sampler: str
+    sampler_options: dict[str, dict[str, OptionValue]]
     precision: Precision  # the network in bf16 autocast; the sampler's math stays fp32
     channels_last: bool
     compile: CompileMode
@@ -193,7 +197,6 @@ class SampleConfig:
         check(self.batch_size >= 1, "sample.batch_size", self.batch_size, "an int >= 1")
         check(self.num_workers >= 1, "sample.num_workers", self.num_workers, "an int >= 1")
         check(self.stride >= 1, "sample.stride", self.stride, "an int >= 1")
-        check(0.0 <= self.ddim_eta <= 1.0, "sample.ddim_eta", self.ddim_eta, "0 <= eta <= 1")
 
 
 @dataclass(frozen=True)
@@ -255,10 +258,11 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class QualityConfig:
-    """The quality stage: FID against sampler steps (DDIM vs strided ancestral) and FID of the
+    """The quality stage: FID against sampler steps (each of `samplers`) and FID of the
     predicted x0 over the reverse process (paper Fig. 10); both off when empty / 0."""
 
     steps: tuple[int, ...]  # FID-vs-steps curve: step counts, each dividing diffusion.T; [] = off
+    samplers: tuple[str, ...]  # its curves: registered sampler names, options from sample.*
     images: int  # generated images per point of the FID-vs-steps curve
     reverse_every: int  # Fig. 10: score x0_pred every k reverse steps of the full sampler; 0 = off
     reverse_images: int  # images of the progressive pass behind Fig. 10
@@ -269,6 +273,13 @@ class QualityConfig:
     def __post_init__(self) -> None:
         bad = [s for s in self.steps if s < 1]
         check(not bad, "quality.steps", list(self.steps), "step counts >= 1")
+        names = list(self.samplers)
+        check(
+            len(names) >= 1 and len(set(names)) == len(names),
+            "quality.samplers",
+            names,
+            "a non-empty list of distinct sampler names",
+        )
         check(self.images >= 2, "quality.images", self.images, "an int >= 2")
         check(self.reverse_every >= 0, "quality.reverse_every", self.reverse_every, "an int >= 0")
         check(self.reverse_images >= 2, "quality.reverse_images", self.reverse_images, ">= 2")
@@ -458,7 +469,8 @@ T_co = TypeVar("T_co")
 def from_dict(cls: type[T_co], data: object, prefix: str = "") -> T_co:
     """Build dataclass `cls` from `data`, rejecting unknown, missing and mistyped keys.
 
-    Nested dataclasses, `Literal`, `X | None`, `tuple[int, ...]`, bool/int/float/str are supported.
+    Nested dataclasses, `Literal`, `X | None`, `tuple[int, ...]`, `dict[str, X]`, bool/int/float/str
+    and unions of them are supported.
     Lists become tuples. Ints are accepted where a float is expected.
     """
     where = prefix.rstrip(".") or "params"
@@ -491,7 +503,16 @@ def _coerce(tp: Any, value: object, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # a union of scalars (OptionValue): the value's own type, as is
+            if type(value) not in inner:
+                raise ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}")
+            return value
         return _coerce(inner[0], value, key)
+    if origin is dict:
+        (k_tp, v_tp) = get_args(tp)
+        if not isinstance(value, dict) or not all(isinstance(k, k_tp) for k in value):
+            raise ConfigError(f"{key}: got {value!r}, expected a mapping of {_type_name(v_tp)}")
+        return {k: _coerce(v_tp, v, f"{key}.{k}") for k, v in value.items()}
     if origin is Literal:
         if not any(value == v and type(value) is type(v) for v in get_args(tp)):
             raise ConfigError(f"{key}: got {value!r}, expected one of {list(get_args(tp))}")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddpm_core.samplers.registry import is_paper
 from pipelines.artifacts.tars import ShardError, decode_png, encode_png, read_tar, tar_bytes
 from pipelines.config import Params, to_dict
 from pipelines.infra.files import (
@@ -33,6 +34,7 @@ from pipelines.infra.files import (
     write_bytes,
     write_json,
 )
+from pipelines.infra.sampler_params import sampler_of, sampler_record
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +164,8 @@ def sampling_plan(params: Params, weights: Path) -> dict[str, Any]:
         "diffusion": to_dict(params.diffusion),
         "weights_sha256": file_digest(weights),
     }
-    if params.sample.sampler != "ancestral":  # the paper's sampler keeps the plan it always had
-        plan |= {"sampler": params.sample.sampler, "ddim_eta": params.sample.ddim_eta}
+    if not is_paper(sampler_of(params)):  # the paper's sampler keeps the plan it always had
+        plan |= sampler_record(params)
     return plan
 
 

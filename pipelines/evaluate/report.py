@@ -12,11 +12,13 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from ddpm_core.samplers.registry import is_paper
 from pipelines.config import Params
 from pipelines.evaluate.nll import BpdResult
 from pipelines.fid.inception import LABEL_FULL, InceptionWeights
 from pipelines.infra.figures import save_line_plot
 from pipelines.infra.files import atomic_path
+from pipelines.infra.sampler_params import sampler_of
 
 PAPER_IMAGES = 50_000  # samples and reference images behind the published FID / IS
 RD_CSV = "rate_distortion.csv"
@@ -41,9 +43,9 @@ def comparability(params: Params, weights: InceptionWeights, samples: int, ref: 
         why.append(f"{samples} samples, not {PAPER_IMAGES}")
     if ref < PAPER_IMAGES and params.evaluate.fid_reference == "train":
         why.append(f"{ref} reference images, not the {PAPER_IMAGES} of the training set")
-    if params.sample.sampler == "ddim":
-        eta = params.sample.ddim_eta
-        why.append(f"DDIM sampler, eta={eta:g} (Song et al. 2021, not the paper)")
+    sampler = sampler_of(params)
+    if not is_paper(sampler):
+        why.append(f"{sampler.describe()} sampler ({sampler.reference}, not the paper)")
     if params.sample.stride != 1:
         why.append(f"strided sampler (sample.stride={params.sample.stride})")
     if not why:

@@ -9,8 +9,9 @@ torch, numpy, pandas, safetensors and mlflow, so the model loads without this re
 
 Input: a DataFrame with an int column `index`, one row per image; image i depends only on
 (seed, i), as in the sample stage. Params (defaults from the training run's params): `seed`,
-`stride` (1 = all T steps, the paper; k > 1 = every k-th timestep, fast), `sampler`
-(ancestral | ddim) and `eta` (DDIM only). Output: (N, H, W, C) uint8 images.
+`stride` (1 = all T steps, the paper; k > 1 = every k-th timestep, fast), `sampler` (a name in
+`ddpm_core.samplers.registry`) and `<sampler>.<option>` for each option a sampler declares
+(e.g. `ddim.eta`). Output: (N, H, W, C) uint8 images.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from safetensors.torch import load_file
 
 from ddpm_core.config import DiffusionConfig, UNetConfig
 from ddpm_core.diffusion import GaussianDiffusion
-from ddpm_core.samplers import SAMPLERS, make_sampler
+from ddpm_core.samplers.base import ReverseSampler
+from ddpm_core.samplers.registry import make_sampler, options_of
 from ddpm_core.sampling import sample_batched
 from ddpm_core.unet import UNet
 
@@ -88,8 +90,6 @@ class DdpmSampler(PythonModel):
         cfg, p = self.config, dict(params or {})
         seed = int(p.get("seed", cfg["seed"]))
         stride = int(p.get("stride", cfg["sample"]["stride"]))
-        sampler = str(p.get("sampler", cfg["sample"]["sampler"]))
-        eta = float(p.get("eta", cfg["sample"]["ddim_eta"]))
         if seed < 0:
             raise ValueError(f"params.seed: got {seed}, expected an int >= 0")
         if stride < 1 or stride > self.diffusion.num_timesteps:
@@ -97,14 +97,24 @@ class DdpmSampler(PythonModel):
                 f"params.stride: got {stride}, expected 1 <= stride <= T="
                 f"{self.diffusion.num_timesteps}"
             )
-        if sampler not in SAMPLERS:
-            raise ValueError(f"params.sampler: got {sampler!r}, expected one of {list(SAMPLERS)}")
         chain = self.diffusion.respaced(stride)
         c, r = cfg["data"]["channels"], cfg["data"]["resolution"]
         batch = int(cfg["sample"]["batch_size"])
-        step, shape = make_sampler(sampler, eta), (c, r, r)
+        step, shape = self.sampler(p), (c, r, r)
         images = sample_batched(self.model, chain, indices, seed, shape, batch, self.device, step)
         return images.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
+
+    def sampler(self, p: dict[str, Any]) -> ReverseSampler:
+        """`params.sampler` with its `<name>.<option>` params over the run's sample options."""
+        sample = self.config["sample"]
+        name = str(p.get("sampler", sample["sampler"]))
+        try:
+            given = dict(sample["sampler_options"].get(name, {}))
+            for key, (tp, _) in options_of(name).items():  # MLflow may hand numpy scalars
+                given |= {key: tp(p[f"{name}.{key}"])} if f"{name}.{key}" in p else {}
+            return make_sampler(name, given)
+        except ValueError as e:
+            raise ValueError(f"params.{e}") from None
 
 
 if __name__ != MODULE:

@@ -1,13 +1,14 @@
-"""The quality stage: FID against sampler steps (DDIM vs strided ancestral) and FID / IS of the
+"""The quality stage: FID against sampler steps (each of `quality.samplers`) and FID / IS of the
 predicted x0 over the reverse process (Ho et al. 2020, Fig. 10).
 
 Both curves are off by default (`quality.steps: []`, `quality.reverse_every: 0`); then the stage
 only writes header-only plot files and says so in its metrics. When on, one Ray task (a GPU with
-`quality.use_gpu`) samples `quality.images` images per (sampler, step count) and
+`quality.use_gpu`) samples `quality.images` images per (sampler, step count), each sampler with
+its `sample.sampler_options`, and
 `quality.reverse_images` images for the progressive pass, with the same per-image noise keys as
 the sample stage, and scores them against the cached reference statistics of the fid_stats
-stage. These FIDs use few samples and DDIM is not the paper's sampler: every figure carries
-`label`, which says so.
+stage. These FIDs use few samples and only `ancestral` is the paper's sampler (Heun makes two
+network calls a step): every figure carries `label`, which says so.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Any, ClassVar
 import torch
 
 from ddpm_core.diffusion import GaussianDiffusion
-from ddpm_core.samplers import SAMPLERS, make_sampler
 from ddpm_core.sampling import sample_batched, snapshot_timesteps
 from ddpm_core.unet import UNet
 from pipelines.artifacts.fid_stats import FidStats, InceptionWeights, load_inception
@@ -33,6 +33,7 @@ from pipelines.fid.reference import reference_splits, reference_stats
 from pipelines.fid.score import Score, score
 from pipelines.infra.files import atomic_path
 from pipelines.infra.ray import check_fits, init_ray
+from pipelines.infra.sampler_params import check_samplers, sampler_of
 from pipelines.infra.tracking import Tracker, numeric
 
 log = logging.getLogger(__name__)
@@ -54,16 +55,16 @@ def _row(s: Score, suffix: str = "") -> dict[str, float]:
 def steps_curve(
     params: Params, model: UNet, device: torch.device, weights: InceptionWeights, ref: FidStats
 ) -> list[dict[str, Any]]:
-    """One row per step count: FID (and IS) of both samplers at stride T / steps."""
+    """One row per step count: FID (and IS) of each `quality.samplers` at stride T / steps."""
     cfg, shape = params.quality, params.data.image_shape
     full = GaussianDiffusion.from_config(params.diffusion)
     rows = []
     for steps in sorted(cfg.steps):
         diffusion = full.respaced(params.diffusion.T // steps)
         row: dict[str, Any] = {"steps": steps}
-        for sampler in SAMPLERS:
+        for sampler in cfg.samplers:
             t0 = time.perf_counter()
-            step, n = make_sampler(sampler, params.sample.ddim_eta), range(cfg.images)
+            step, n = sampler_of(params, sampler), range(cfg.images)
             images = sample_batched(
                 model, diffusion, n, params.seed, shape, cfg.batch_size, device, step
             )
@@ -115,8 +116,8 @@ def compute_curves(
 # Files and the stage
 
 
-def steps_header(rows: Sequence[dict[str, Any]]) -> list[str]:
-    return list(rows[0]) if rows else ["steps", *(f"fid_{s}" for s in SAMPLERS)]
+def steps_header(rows: Sequence[dict[str, Any]], samplers: Sequence[str]) -> list[str]:
+    return list(rows[0]) if rows else ["steps", *(f"fid_{s}" for s in samplers)]
 
 
 def reverse_header(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -135,10 +136,15 @@ def write_csv(path: Path, header: list[str], rows: Sequence[dict[str, Any]]) -> 
 
 def curve_label(params: Params, weights: InceptionWeights, ref_count: int, split: str) -> str:
     q = params.quality
+    samplers = [sampler_of(params, n) for n in q.samplers]
+    others = [f"{s.describe()} ({s.reference})" for s in samplers if not s.paper]
+    not_paper = f"; {', '.join(others)}: not the paper" if others else ""
+    calls = [f"{s.title} {s.calls_per_step}" for s in samplers if s.calls_per_step > 1]
+    not_paper += f"; network calls a step: {', '.join(calls)}" if calls else ""
     return (
         f"in-stage FID of {q.images} samples per point ({q.reverse_images} for the reverse "
-        f"process) vs {ref_count} {split} images, {weights.label}; DDIM (Song et al. 2021, "
-        f"eta={params.sample.ddim_eta:g}) is not the paper; NOT comparable with published figures"
+        f"process) vs {ref_count} {split} images, {weights.label}{not_paper}; NOT comparable "
+        f"with published figures"
     )
 
 
@@ -174,6 +180,7 @@ def run_quality(params: Params, root: Path, tracker: Tracker) -> QualityResult:
     steps: list[dict[str, Any]] = []
     reverse: list[dict[str, Any]] = []
     label = "off (quality.steps: [] and quality.reverse_every: 0)"
+    check_samplers(params)
     if cfg.steps or cfg.reverse_every:
         model_dir = root / params.paths.model
         load_ema_model(params, model_dir)  # fail fast, before Ray starts
@@ -193,7 +200,7 @@ def run_quality(params: Params, root: Path, tracker: Tracker) -> QualityResult:
         steps, reverse = ray.get(task.remote(params, model_dir, weights, ref.stats))
         label = curve_label(params, weights, ref.count, ref.split)
     files = [
-        write_csv(plots / STEPS_CSV, steps_header(steps), steps),
+        write_csv(plots / STEPS_CSV, steps_header(steps, cfg.samplers), steps),
         write_csv(plots / REVERSE_CSV, reverse_header(reverse), reverse),
     ]
     result = QualityResult(tuple(steps), tuple(reverse), label, time.perf_counter() - t0)

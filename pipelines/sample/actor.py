@@ -17,13 +17,13 @@ import ray
 import torch
 
 from ddpm_core.diffusion import GaussianDiffusion
-from ddpm_core.samplers import make_sampler
 from ddpm_core.sampling import sample_batched
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.artifacts.samples import ShardSpec, verify_shard, write_shard
 from pipelines.config import Params, from_dict
 from pipelines.infra.accel import InferenceModel, InferenceOptions
 from pipelines.infra.device import configure_backends, pick_device
+from pipelines.infra.sampler_params import sampler_of
 from pipelines.sample.progress import Reporter
 
 
@@ -56,7 +56,7 @@ class SamplerActor:
         configure_backends(self.device, deterministic=True)  # same images on every rerun
         self.model = sampler_model(self.params, Path(model_dir), self.device)
         self.diffusion = build_diffusion(self.params)
-        self.sampler = make_sampler(self.params.sample.sampler, self.params.sample.ddim_eta)
+        self.sampler = sampler_of(self.params)
         self.out_dir = Path(out_dir)
         self.shape = self.params.data.image_shape
 

@@ -1,4 +1,5 @@
-"""The sample stage: N images (Algorithm 2) on a Ray Data actor pool, figures and metrics.
+"""The sample stage: N images (Algorithm 2, or `sample.sampler`) on a Ray Data actor pool, figures
+and metrics.
 
 The driver checks the model folder before Ray starts, plans fixed index ranges (one shard each,
 `artifacts.samples`), keeps shards a crashed run already completed, runs the rest on a pool of
@@ -8,6 +9,7 @@ who runs a range, so the output is bit-identical for any number of workers.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from typing import Any, ClassVar
 import ray
 import torch
 
+from ddpm_core.samplers.registry import is_paper
 from ddpm_core.sampling import sample_indices, snapshot_timesteps
 from ddpm_core.unet import UNet
 from pipelines.artifacts.model_dir import WEIGHTS_FILE, load_ema_model
@@ -35,6 +38,7 @@ from pipelines.config import Params, to_dict
 from pipelines.infra.figures import display_scale, save_grid, save_progressive
 from pipelines.infra.progress import format_duration
 from pipelines.infra.ray import check_fits, init_ray
+from pipelines.infra.sampler_params import sampler_of, sampler_record
 from pipelines.infra.tracking import Tracker, numeric
 from pipelines.sample.actor import SamplerActor, build_diffusion
 from pipelines.sample.progress import Watcher, board
@@ -178,27 +182,34 @@ def progressive_frames(params: Params, model: UNet) -> tuple[torch.Tensor, list[
 
     Returns:
         frames (K, P, C, H, W) uint8 and the K original timesteps (descending). The images use
-        the same per-index generators as the shards, so the last frames match samples 0..P-1.
+        the shards' sampler and per-index noise, so the last frames match samples 0..P-1.
     """
     cfg = params.sample
     every = max(1, cfg.progressive_every // cfg.stride)  # in steps of the (respaced) sampler
     diffusion = build_diffusion(params)
     n = min(cfg.progressive_images, cfg.num_images)
     _, frames = sample_indices(
-        model, diffusion, range(n), params.seed, params.data.image_shape, x0_every=every
-    )
+        model, diffusion, range(n), params.seed, params.data.image_shape, x0_every=every,
+        sampler=sampler_of(params),
+    )  # fmt: skip
     return frames, snapshot_timesteps(diffusion, every)
 
 
+def is_paper_sampler(params: Params) -> bool:
+    """Algorithm 2 as published: the paper's sampler, its default options, all T steps."""
+    return params.sample.stride == 1 and is_paper(sampler_of(params))
+
+
 def sampler_label(params: Params) -> str:
-    cfg, T = params.sample, params.diffusion.T
-    if cfg.sampler == "ddim":
-        steps = len(range(0, T, cfg.stride))
-        return f"DDIM eta={cfg.ddim_eta:g}, {steps} of {T} steps (Song et al. 2021, not the paper)"
-    if cfg.stride == 1:
-        return f"ancestral, all {T} steps (paper Algorithm 2)"
-    steps = len(range(0, T, cfg.stride))
-    return f"ancestral, strided every {cfg.stride}: {steps} of {T} steps (fast, not the paper)"
+    """What sampled: the sampler with its options, the steps, and whether it is the paper's."""
+    sampler, stride, T = sampler_of(params), params.sample.stride, params.diffusion.T
+    what, steps = sampler.describe(), len(range(0, T, stride))
+    if is_paper_sampler(params):
+        return f"{what}, all {T} steps ({sampler.reference})"
+    if is_paper(sampler):
+        return f"{what}, strided every {stride}: {steps} of {T} steps (fast, not the paper)"
+    how_many = f"all {T} steps" if stride == 1 else f"{steps} of {T} steps"
+    return f"{what}, {how_many} ({sampler.reference}, not the paper)"
 
 
 @dataclass(frozen=True)
@@ -216,7 +227,10 @@ class SampleResult:
     num_workers: int
     stride: int
     num_steps: int
-    sampler: str
+    sampler: str  # `sampler_label`
+    sampler_name: str  # `sample.sampler`, a name in the registry
+    sampler_options: dict[str, Any]  # every option it declares, as run
+    paper_sampler: bool  # Algorithm 2 over all T steps (`is_paper_sampler`)
     ordered_hash: str  # equal for any number of workers
     run_id: str  # the MLflow run
 
@@ -230,8 +244,10 @@ class SampleResult:
             "num_workers": self.num_workers,
             "stride": self.stride,
             "num_steps": self.num_steps,
-            "paper_sampler": self.stride == 1 and self.sampler.startswith("ancestral"),
+            "paper_sampler": self.paper_sampler,
             "sampler": self.sampler,
+            "sampler_name": self.sampler_name,
+            "sampler_options": self.sampler_options,
             "ordered_hash": self.ordered_hash,
         }
 
@@ -263,11 +279,19 @@ def run_sample(params: Params, root: Path, tracker: Tracker) -> SampleResult:
         stride=params.sample.stride,
         num_steps=len(range(0, params.diffusion.T, params.sample.stride)),
         sampler=sampler_label(params),
+        sampler_name=params.sample.sampler,
+        sampler_options=sampler_record(params)["sampler_options"],
+        paper_sampler=is_paper_sampler(params),
         ordered_hash=manifest["ordered_hash"],
         run_id=tracker.run_id,
     )
     tracker.log_metrics(numeric(result.metrics()), step=result.num_images)
-    tracker.set_tags({"sampler": result.sampler, "samples.ordered_hash": result.ordered_hash})
+    tracker.set_tags({
+        "sampler": result.sampler,
+        "sampler.name": result.sampler_name,
+        "sampler.options": json.dumps(result.sampler_options, sort_keys=True),
+        "samples.ordered_hash": result.ordered_hash,
+    })  # fmt: skip
     for path in [*figures, out_dir / MANIFEST]:
         tracker.log_artifact(path, "sample")
     return result

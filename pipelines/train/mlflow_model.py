@@ -31,10 +31,12 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 import ddpm_core
+from ddpm_core.samplers.registry import SAMPLERS, name_of, options
 from pipelines.artifacts.model_dir import load_weights
 from pipelines.config import Params
 from pipelines.infra import pyfunc_model
 from pipelines.infra.registry import register
+from pipelines.infra.sampler_params import sampler_of
 from pipelines.infra.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ ARTIFACT_NAME = "ddpm"  # the LoggedModel's name
 WEIGHTS_TAG = "ddpm.weights_sha256"
 MLFLOW_TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 REQUIREMENTS = ("torch", "numpy", "pandas", "safetensors", "mlflow")
+PARAM_TYPES = {bool: "boolean", int: "long", float: "double", str: "string"}  # sampler options
 
 
 @dataclass(frozen=True)
@@ -58,18 +61,26 @@ class LoggedDdpm:
         return f"MLflow Model {self.model_uri} ({where})"
 
 
+def sampler_specs(params: Params) -> list[ParamSpec]:
+    """`sampler` and `<name>.<option>` of every registered sampler, defaults from `sample.*`."""
+    specs = [ParamSpec("sampler", "string", name_of(sampler_of(params)))]
+    for name in SAMPLERS:
+        for key, value in options(sampler_of(params, name)).items():
+            specs.append(ParamSpec(f"{name}.{key}", PARAM_TYPES[type(value)], value))
+    return specs
+
+
 def signature(params: Params) -> ModelSignature:
     """Input: one `index` per image; params with the run's sampling defaults; (N,H,W,C) uint8."""
-    s, r, c = params.sample, params.data.resolution, params.data.channels
+    r, c = params.data.resolution, params.data.channels
     return ModelSignature(
         inputs=Schema([ColSpec("long", pyfunc_model.INDEX)]),
         outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, r, r, c))]),
         params=ParamSchema(
             [
                 ParamSpec("seed", "long", params.seed),
-                ParamSpec("stride", "long", s.stride),
-                ParamSpec("sampler", "string", s.sampler),
-                ParamSpec("eta", "double", s.ddim_eta),
+                ParamSpec("stride", "long", params.sample.stride),
+                *sampler_specs(params),
             ]
         ),
     )

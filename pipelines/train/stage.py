@@ -21,6 +21,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipelines.config import Params
 from pipelines.infra.monitor import system_metrics
+from pipelines.infra.sampler_params import check_samplers
 from pipelines.infra.tracking import Tracker, best_effort, numeric
 from pipelines.train.checkpoint import TrainingCheckpoint
 from pipelines.train.export import export_model
@@ -132,6 +133,7 @@ def run_train(
     `plan` is the CLI's (`train.run.plan_run`), `tracker` the run's MLflow run
     (`train.run.open_train_run`). `loop_fn` and `callbacks` exist for tests (fault injection).
     """
+    check_samplers(params)  # the MLflow Model's sampling defaults: fail now, not after fit()
     probe = probe_for(params, root)  # train.fid_every: Inception weights + reference statistics
     folder = plan.folder
     log.info("Ray run %s (storage %s), MLflow run %s", plan.name, plan.storage, tracker.run_id)

@@ -12,7 +12,10 @@ from torch import Tensor, nn
 
 from ddpm_core.config import DiffusionConfig
 from ddpm_core.diffusion import GaussianDiffusion, NoiseFn, extract
-from ddpm_core.samplers import DDIM, Ancestral, ReverseSampler, Trajectory, reverse_loop
+from ddpm_core.samplers.ancestral import Ancestral
+from ddpm_core.samplers.base import ReverseSampler
+from ddpm_core.samplers.ddim import DDIM
+from ddpm_core.samplers.loop import Trajectory, reverse_loop
 from ddpm_core.schedule import make_betas
 from tests.helpers import TinyEps
 

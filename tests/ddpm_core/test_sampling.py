@@ -7,7 +7,10 @@ import torch
 
 from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.rng import CounterNoise, mix_seed
-from ddpm_core.samplers import DDIM, Ancestral, make_sampler, reverse_loop
+from ddpm_core.samplers.ancestral import Ancestral
+from ddpm_core.samplers.ddim import DDIM
+from ddpm_core.samplers.loop import reverse_loop
+from ddpm_core.samplers.registry import make_sampler
 from ddpm_core.sampling import (
     batches,
     from_uint8,

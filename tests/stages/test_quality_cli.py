@@ -34,7 +34,8 @@ def test_off_by_default_writes_header_only_plots_without_ray(
     assert params.quality.steps == () and params.quality.reverse_every == 0  # the tiny default
     assert quality.main(["--params", str(params_file(params, tmp_path / "p.yaml"))]) == 0
     plots = Path(params.paths.plots)
-    assert _rows(plots / "fid_vs_steps.csv") == (["steps", "fid_ancestral", "fid_ddim"], [])
+    names = ["ancestral", "ddim", "dpmpp_2m", "heun"]  # params.yaml's quality.samplers
+    assert _rows(plots / "fid_vs_steps.csv") == (["steps", *(f"fid_{n}" for n in names)], [])
     assert _rows(plots / "fid_over_reverse.csv") == (["reverse_steps", "t", "fid"], [])
     details = read_run_file(params, "quality", tmp_path)["details"]  # type: ignore[index]
     assert details["label"].startswith("off")  # type: ignore[index]
@@ -48,6 +49,7 @@ def test_both_curves_score_against_the_cached_reference(
     params = make_params({
         "evaluate.inception_weights": str(converted_path),
         "quality.steps": [20, 5],
+        "quality.samplers": ["ancestral", "heun"],
         "quality.images": 4,
         "quality.reverse_every": 10,
         "quality.reverse_images": 4,
@@ -61,20 +63,21 @@ def test_both_curves_score_against_the_cached_reference(
     assert quality.main(["--params", path]) == 0
     plots = Path(params.paths.plots)
     header, steps = _rows(plots / "fid_vs_steps.csv")
-    assert header == ["steps", "fid_ancestral", "fid_ddim"]  # pool3 weights: no IS columns
+    assert header == ["steps", "fid_ancestral", "fid_heun"]  # pool3 weights: no IS columns
     assert [r["steps"] for r in steps] == ["5", "20"]
     _, reverse = _rows(plots / "fid_over_reverse.csv")
     assert [(r["reverse_steps"], r["t"]) for r in reverse] == [("10", "10"), ("20", "0")]
     m = json.loads((Path(params.paths.metrics) / "quality.json").read_text())
-    assert all(m[f"fid_{s}_steps{n}"] > 0 for s in ("ancestral", "ddim") for n in (5, 20))
+    assert all(m[f"fid_{s}_steps{n}"] > 0 for s in ("ancestral", "heun") for n in (5, 20))
     # x0_pred at t = 0 of the full sampler is its output: the same images (same noise keys) as
     # the 20-step ancestral point, so the same FID
     assert m["x0_fid_t0"] == pytest.approx(m["fid_ancestral_steps20"], rel=1e-9)
     assert m["x0_fid_t10"] != m["x0_fid_t0"]
     run_info = json.loads((Path(params.paths.runs) / "quality.json").read_text())
     label = run_info["details"]["label"]
-    assert "DDIM" in label and "not the paper" in label and "4 samples" in label
+    assert "Heun (Karras et al. 2022, Algorithm 1): not the paper" in label and "4 samples" in label
+    assert "network calls a step: Heun 2" in label
     client = MlflowClient(tracking_uri(params.mlflow, tmp_path))
-    history = client.get_metric_history(run_info["run_id"], "fid_ddim")
+    history = client.get_metric_history(run_info["run_id"], "fid_heun")
     assert sorted(h.step for h in history) == [5, 20]
     assert client.get_run(run_info["run_id"]).data.tags["quality.label"] == label

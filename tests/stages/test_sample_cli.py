@@ -74,6 +74,9 @@ def test_run_logs_to_a_child_of_the_train_run(
     assert run.data.tags["mlflow.parentRunId"] == train.run_id
     assert run.data.metrics["images_per_s"] > 0 and run.data.metrics["num_images"] == 8
     assert run.data.tags["samples.ordered_hash"] == details["ordered_hash"]
+    assert (run.data.tags["sampler.name"], details["sampler_name"]) == ("ancestral", "ancestral")
+    assert run.data.tags["sampler.options"] == '{"clip_denoised": true}'
+    assert details["sampler_options"] == {"clip_denoised": True}
     names = {a.path for a in client.list_artifacts(run.info.run_id, "sample")}
     assert names == {
         "sample/sample_grid.png",

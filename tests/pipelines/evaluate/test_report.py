@@ -44,8 +44,8 @@ def test_only_the_paper_protocol_is_called_comparable(make_params: MakeParams) -
         "sample.stride=4",
     ):
         assert reason in label
-    ddim = make_params({"sample.sampler": "ddim", "sample.ddim_eta": 0.0})
-    assert "DDIM sampler, eta=0 (Song et al. 2021, not the paper)" in report.comparability(
+    ddim = make_params({"sample.sampler": "ddim", "sample.sampler_options": {"ddim": {"eta": 0}}})
+    assert "DDIM eta=0 sampler (Song et al. 2021, not the paper)" in report.comparability(
         ddim, FULL, 50_000, 50_000
     )
     jpeg = make_params(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ddpm_core.samplers import DDIM
+from ddpm_core.samplers.ddim import DDIM
 from ddpm_core.sampling import sample_indices
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.artifacts.samples import ShardSpec, read_shard_images
@@ -42,7 +43,10 @@ def test_actor_samples_with_ddim_when_selected(make_params: Callable[..., Params
     from pipelines.artifacts.model_dir import WEIGHTS_FILE
     from pipelines.artifacts.samples import sampling_plan
 
-    params = make_params({"sample.stride": 5, "sample.sampler": "ddim", "sample.ddim_eta": 0.5})
+    ddim_options = {"ddim": {"eta": 0.5}}
+    params = make_params(
+        {"sample.stride": 5, "sample.sampler": "ddim", "sample.sampler_options": ddim_options}
+    )
     model_dir = make_model_dir(params)
     out = Path(params.paths.samples)
     out.mkdir(parents=True)
@@ -60,7 +64,7 @@ def test_actor_samples_with_ddim_when_selected(make_params: Callable[..., Params
     assert torch.equal(images[2:], ddim)
     assert not torch.equal(images[2:], sample_indices(model, d, [2], params.seed, shape))
     plan = sampling_plan(params, model_dir / WEIGHTS_FILE)
-    assert (plan["sampler"], plan["ddim_eta"]) == ("ddim", 0.5)
+    assert (plan["sampler"], plan["sampler_options"]) == ("ddim", asdict(DDIM(0.5)))
     paper = make_params({"sample.stride": 5})
     assert "sampler" not in sampling_plan(paper, model_dir / WEIGHTS_FILE)  # unchanged plan
 

@@ -181,5 +181,26 @@ def test_sampler_label_says_ddim_is_not_the_paper(make_params: MakeParams) -> No
     from pipelines.sample.stage import sampler_label
 
     assert "paper Algorithm 2" in sampler_label(make_params())
-    ddim = make_params({"sample.sampler": "ddim", "sample.stride": 4, "sample.ddim_eta": 0.0})
+    ddim = make_params({"sample.sampler": "ddim", "sample.stride": 4})
     assert sampler_label(ddim) == "DDIM eta=0, 5 of 20 steps (Song et al. 2021, not the paper)"
+    heun = make_params({"sample.sampler": "heun", "sample.sampler_options": {"heun": {}}})
+    want = "Heun, all 20 steps (Karras et al. 2022, Algorithm 1, not the paper)"
+    assert sampler_label(heun) == want
+    unclipped = make_params({"sample.sampler_options": {"ancestral": {"clip_denoised": False}}})
+    want = "ancestral clip_denoised=False, all 20 steps (paper Algorithm 2, not the paper)"
+    assert sampler_label(unclipped) == want
+
+
+def test_progressive_frames_are_the_shards_sampler(make_params: MakeParams) -> None:
+    """Fig. 6's frames come from the sampler that drew the shards: the last frame is the image
+    (a DPM-Solver++ step to a_bar = 1 returns x̂0), not Algorithm 2's."""
+    from ddpm_core.samplers.dpmpp_2m import DpmSolverPP2M
+    from pipelines.sample.stage import progressive_frames
+
+    params = make_params({"sample.sampler": "dpmpp_2m", "sample.stride": 4})
+    model = load_ema_model(params, make_model_dir(params))
+    frames, _ = progressive_frames(params, model)
+    n, d, shape = frames.shape[1], build_diffusion(params), params.data.image_shape
+    want = sample_indices(model, d, range(n), params.seed, shape, sampler=DpmSolverPP2M())
+    assert torch.equal(frames[-1], want)
+    assert not torch.equal(want, sample_indices(model, d, range(n), params.seed, shape))
