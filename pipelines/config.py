@@ -20,7 +20,7 @@ import yaml
 
 from ddpm_core.config import ConfigError, DiffusionConfig, UNetConfig, check
 
-Source = Literal["digits", "mnist", "fashion_mnist", "cifar10", "image_folder", "lsun"]
+Source = Literal["digits", "mnist", "fashion_mnist", "cifar10", "image_folder", "lsun", "parquet"]
 # pad: centre on a zero canvas; resize: bilinear to R x R; center_crop: the official 256^2
 # preprocessing (centre square of side min(w, h), then a Lanczos/antialiased resize to R x R).
 ResizeMode = Literal["pad", "resize", "center_crop"]
@@ -69,6 +69,8 @@ class DataConfig:
     test_fraction: float  # for sources without a test split (digits, unsplit folders)
     random_flip: bool  # paper: horizontal flip for CIFAR-10; off for digits
     shard_workers: int  # parallel Ray tasks writing shards (1: in process); output is the same
+    image_column: str  # parquet: the encoded images, struct {bytes, path} or binary (Hub: image)
+    label_column: str | None  # parquet: int class labels (Hub: label); null = none (all 0)
 
     def __post_init__(self) -> None:
         check(self.channels in (1, 3), "data.channels", self.channels, "1 or 3")

@@ -1,4 +1,5 @@
-"""Dataset sources (digits, MNIST, Fashion-MNIST, CIFAR-10, image folders, LSUN LMDB).
+"""Dataset sources (digits, MNIST, Fashion-MNIST, CIFAR-10, image folders, LSUN LMDB; Parquet
+in `data.parquet`).
 
 `open_source` lists a source lazily (`LazySource`: per split the items in stored order and
 their labels, nothing decoded); `preprocess` decodes a few items (one shard) to uint8 arrays.
@@ -80,8 +81,12 @@ def open_source(cfg: DataConfig, seed: int) -> LazySource:
         raw, classes, desc = _cifar10(cfg)
     elif cfg.source == "lsun":
         raw, classes, desc = _lsun(cfg, seed)
+    elif cfg.source == "parquet":
+        from pipelines.data.parquet import open_parquet  # imports this module: imported here
+
+        raw, classes, desc = open_parquet(cfg, seed)
     else:
-        raw, classes, desc = _image_folder(_tree_items(_require_root(cfg)), cfg, seed)
+        raw, classes, desc = _image_folder(_tree_items(require_root(cfg)), cfg, seed)
     if not len(raw["train"][0]):
         raise ValueError(f"data.source={cfg.source}: the train split is empty ({desc})")
     splits = {}
@@ -270,10 +275,10 @@ class ArrayItems:
         return ArrayItems(self.arrays[index], self.prefix, self.numbers[index])
 
     def identity(self) -> str:
-        return _digest(self.prefix.encode(), np.ascontiguousarray(self.arrays).tobytes())
+        return digest(self.prefix.encode(), np.ascontiguousarray(self.arrays).tobytes())
 
 
-def _decode(data: bytes, where: str) -> Image.Image:
+def decode_image(data: bytes, where: str) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
@@ -282,7 +287,7 @@ def _decode(data: bytes, where: str) -> Image.Image:
     return img
 
 
-def _digest(*parts: bytes) -> str:
+def digest(*parts: bytes) -> str:
     h = hashlib.sha256()
     for part in parts:
         h.update(len(part).to_bytes(8, "little"))
@@ -290,7 +295,7 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def _stat_bytes(path: Path) -> bytes:
+def stat_bytes(path: Path) -> bytes:
     st = path.stat()
     return f"{st.st_size}:{st.st_mtime_ns}".encode()
 
@@ -311,7 +316,7 @@ class FileItems:
             data = path.read_bytes()
         except OSError as e:
             raise ValueError(f"{path}: cannot read image: {e}") from None
-        return _decode(data, str(path))
+        return decode_image(data, str(path))
 
     def describe(self, i: int) -> str:
         return str(Path(self.root) / self.names[i])
@@ -321,7 +326,7 @@ class FileItems:
 
     def identity(self) -> str:
         root = Path(self.root)
-        return _digest(*(p for n in self.names for p in (n.encode(), _stat_bytes(root / n))))
+        return digest(*(p for n in self.names for p in (n.encode(), stat_bytes(root / n))))
 
 
 @dataclass(frozen=True)
@@ -347,7 +352,7 @@ class ZipItems:
     def load(self, i: int) -> Image.Image:
         if not self._zip:
             self._zip.append(zipfile.ZipFile(self.path))
-        return _decode(self._zip[0].read(self.names[i]), self.describe(i))
+        return decode_image(self._zip[0].read(self.names[i]), self.describe(i))
 
     @property
     def root(self) -> str:
@@ -360,7 +365,7 @@ class ZipItems:
         return ZipItems(self.path, [self.names[int(i)] for i in index])
 
     def identity(self) -> str:
-        return _digest(_stat_bytes(Path(self.path)), *(n.encode() for n in self.names))
+        return digest(stat_bytes(Path(self.path)), *(n.encode() for n in self.names))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,7 +386,7 @@ def _digits(cfg: DataConfig, seed: int) -> Loaded:
     return raw, [str(d) for d in range(10)], "scikit-learn load_digits (8x8, 1797 images)"
 
 
-def _require_root(cfg: DataConfig) -> Path:
+def require_root(cfg: DataConfig) -> Path:
     if cfg.root is None:
         raise ConfigError(f"data.root: got None, expected a folder for data.source={cfg.source}")
     return Path(cfg.root).expanduser()
@@ -390,7 +395,7 @@ def _require_root(cfg: DataConfig) -> Path:
 def _mnist_like(cfg: DataConfig) -> Loaded:
     import torchvision
 
-    root = _require_root(cfg)
+    root = require_root(cfg)
     cls = getattr(torchvision.datasets, MNIST_FOLDERS[cfg.source])
     raw_dir = root / MNIST_FOLDERS[cfg.source] / "raw"
     names = [f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
@@ -442,7 +447,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 
 
 def _cifar10(cfg: DataConfig) -> Loaded:
-    root = _require_root(cfg)
+    root = require_root(cfg)
     folder = root / "cifar-10-batches-py"
     files = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
     if cfg.download and not all((folder / f).is_file() for f in sum(files.values(), [])):
@@ -619,7 +624,7 @@ class LmdbItems:
             raise ValueError(
                 f"{self.describe(i)}: key not found in the LMDB (changed since listed?)"
             )
-        return _decode(bytes(value), self.describe(i))
+        return decode_image(bytes(value), self.describe(i))
 
     def describe(self, i: int) -> str:
         return f"{self.path}:{self.keys[i].decode('utf-8', 'backslashreplace')}"
@@ -628,7 +633,7 @@ class LmdbItems:
         return LmdbItems(self.path, [self.keys[int(i)] for i in index])
 
     def identity(self) -> str:
-        return _digest(_stat_bytes(Path(self.path) / "data.mdb"), *self.keys)
+        return digest(stat_bytes(Path(self.path) / "data.mdb"), *self.keys)
 
 
 def _open_lmdb(folder: Path) -> Any:
@@ -668,7 +673,7 @@ def _lsun_keys(folder: Path) -> list[bytes]:
 def _lsun(cfg: DataConfig, seed: int) -> Loaded:
     """One LSUN category: keys in sorted order split by data.test_fraction (LSUN's train LMDBs
     have no test split); every label 0, the one class named after the folder."""
-    root = _require_root(cfg)
+    root = require_root(cfg)
     keys = _lsun_keys(root)
     if not keys:
         raise ValueError(f"{root}: the LMDB holds no entries; expected encoded LSUN images")

@@ -39,6 +39,8 @@ CFG = DataConfig(
     test_fraction=0.25,
     random_flip=False,
     shard_workers=1,
+    image_column="image",
+    label_column="label",
 )
 
 

@@ -46,6 +46,8 @@ def cfg(**kw: object) -> DataConfig:
         test_fraction=0.1,
         random_flip=False,
         shard_workers=1,
+        image_column="image",
+        label_column="label",
     )
     return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
