@@ -276,18 +276,28 @@ def shard_entries(manifest: dict[str, Any], split: str, where: Path) -> list[dic
     return entries
 
 
-def verified_path(shards_dir: Path, entry: dict[str, Any]) -> Path:
-    """The shard file of a manifest entry, after checking it exists and its sha256 matches."""
+def listed_shard(shards_dir: Path, entry: dict[str, Any]) -> Path:
+    """The shard file of a manifest entry, after checking it is a plain name and exists."""
     path = listed_file(shards_dir, entry["file"], shards_dir / MANIFEST)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: shard listed in {MANIFEST} is missing")
-    digest = file_digest(path)
+    return path
+
+
+def check_digest(path: Path, digest: str, entry: dict[str, Any]) -> None:
+    """ValueError naming `path` when its sha256 `digest` is not the manifest entry's."""
     if digest != entry["sha256"]:
         raise ValueError(
             f"{path}: sha256 {digest[:12]}... does not match {MANIFEST} "
             f"({entry['sha256'][:12]}...); the shard changed after the shard stage wrote it "
             "(rerun the shard stage)"
         )
+
+
+def verified_path(shards_dir: Path, entry: dict[str, Any]) -> Path:
+    """The shard file of a manifest entry, after checking it exists and its sha256 matches."""
+    path = listed_shard(shards_dir, entry)
+    check_digest(path, file_digest(path), entry)
     return path
 
 

@@ -3,6 +3,7 @@ streamed from the shards by random access (bounded, verified), in loader workers
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import subprocess
@@ -32,6 +33,7 @@ from pipelines.artifacts.shards import (
     shard_entries,
     write_shards,
 )
+from pipelines.infra.files import file_digest
 from tests.helpers import REPO, W, write_ids
 
 
@@ -218,6 +220,29 @@ def test_a_damaged_shard_fails_naming_the_file(tmp_path: Path) -> None:
     shard.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="train-000001.tar: sha256 .* does not match"):
         take(train_batches(tmp_path, "train", 12, 0, 1, 0, False), 1)
+
+
+def test_each_shard_is_hashed_once_per_node_in_the_read_that_indexes_it(tmp_path: Path) -> None:
+    """The first reader hashes every shard while scanning it (the same digest as a separate
+    pass, the same offsets); a second reader (another rank or loader worker on this node) reads
+    only the headers; a shard changed after that is hashed again and named."""
+    write_ids(tmp_path, 12, 4)
+    path = tmp_path / "train-000001.tar"
+    with path.open("rb") as handle:
+        sha = hashlib.sha256()
+        assert np.array_equal(index_tar(path, handle, sha), index_tar(path, handle))
+    assert sha.hexdigest() == file_digest(path)
+    first, second = source(tmp_path, 12), source(tmp_path, 12)
+    take(iter(first), 1)
+    take(iter(second), 1)
+    assert first.reader is not None and len(first.reader.verified) == 3
+    assert second.reader is not None and len(second.reader.verified) == 0
+    data = bytearray(path.read_bytes())
+    data[600] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(1, 1))  # a changed file: its mtime differs from the marker's
+    with pytest.raises(ValueError, match="train-000001.tar: sha256 .* does not match"):
+        take(iter(source(tmp_path, 12)), 1)
 
 
 @pytest.mark.parametrize(
