@@ -58,6 +58,8 @@ def run(
         shard_workers=1,
         image_column="image",
         label_column="label",
+        downscale="lanczos",
+        bad_images="fail",
     )
     data, t_src = timed(lambda: load_source(cfg, 0))
     n = sum(len(s.images) for s in data.splits.values())  # type: ignore[attr-defined]

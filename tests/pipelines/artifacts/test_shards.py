@@ -41,6 +41,8 @@ CFG = DataConfig(
     shard_workers=1,
     image_column="image",
     label_column="label",
+    downscale="lanczos",
+    bad_images="fail",
 )
 
 

@@ -50,6 +50,7 @@ def cfg(root: Path, **kw: Any) -> DataConfig:
         source="parquet", root=str(root), raw=str(root), download=False, resolution=8,
         channels=3, resize="center_crop", max_images=None, shard_size=4, test_fraction=0.25,
         random_flip=False, shard_workers=1, image_column="image", label_column="label",
+        downscale="lanczos", bad_images="fail",
     )  # fmt: skip
     return dataclasses.replace(base, **kw)
 
