@@ -15,10 +15,11 @@ One global, resumable order on INDICES, split across the ranks (docs/streaming.m
 
 Each rank reads only the images of its own slices, by random access into the shard tars (the
 member offsets come from one scan of the 512-byte tar headers per shard; each shard's sha256 is
-checked against the manifest, streamed, the first time a process opens it), through an LRU of
-open shards bounded by count (`open_bound`: those the shuffle buffer's reach spans). Decoding
-runs in `loader_workers` DataLoader processes: worker w makes batches w, w+W, ... and the
-DataLoader's in-order round robin yields 0, 1, 2, ... exactly as one process does. A split
+checked against the manifest in that same read the first time a process on the node opens it),
+through an LRU of open shards bounded by count (`open_bound`: those the shuffle buffer's reach
+spans). Batches are decoded into a ring allocated once (`batch_ring`), in this process or in
+`loader_workers` DataLoader processes: worker w makes batches w, w+W, ... and the DataLoader's
+in-order round robin yields 0, 1, 2, ... exactly as one process does. A split
 whose decoded size fits in `cache_bytes` is decoded once into memory and indexed in the same
 order (the same batches).
 """
