@@ -56,6 +56,10 @@ def run(
         test_fraction=0.1,
         random_flip=True,
         shard_workers=1,
+        image_column="image",
+        label_column="label",
+        downscale="lanczos",
+        bad_images="fail",
     )
     data, t_src = timed(lambda: load_source(cfg, 0))
     n = sum(len(s.images) for s in data.splits.values())  # type: ignore[attr-defined]

@@ -20,10 +20,14 @@ import yaml
 
 from ddpm_core.config import ConfigError, DiffusionConfig, UNetConfig, check
 
-Source = Literal["digits", "mnist", "fashion_mnist", "cifar10", "image_folder", "lsun"]
+Source = Literal["digits", "mnist", "fashion_mnist", "cifar10", "image_folder", "lsun", "parquet"]
 # pad: centre on a zero canvas; resize: bilinear to R x R; center_crop: the official 256^2
 # preprocessing (centre square of side min(w, h), then a Lanczos/antialiased resize to R x R).
 ResizeMode = Literal["pad", "resize", "center_crop"]
+# center_crop's downscale: lanczos (PIL's antialias, StyleGAN's create_lsun) | box (repeated 2x2
+# averages, progressive_growing_of_gans' CelebA-HQ export; the side must be R * 2^k).
+Downscale = Literal["lanczos", "box"]
+BadImages = Literal["fail", "skip"]  # an undecodable image: stop the stage, or skip and record it
 Precision = Literal["fp32", "bf16"]  # bf16: autocast of the network (its output back in fp32)
 # torch.compile: false = eager; default = Inductor kernels; reduce-overhead = Inductor + CUDA
 # graphs (one graph replay per call: what makes a small per-GPU batch fast).
@@ -64,12 +68,16 @@ class DataConfig:
     download: bool  # torchvision download when no local files; needs network
     resolution: int  # target H = W
     channels: int  # 1 (grayscale) or 3 (RGB)
-    resize: ResizeMode  # pad (centre, zero), resize (bilinear) or center_crop (+ Lanczos)
+    resize: ResizeMode  # pad (centre, zero), resize (bilinear) or center_crop (+ downscale)
+    downscale: Downscale  # center_crop to R: lanczos (StyleGAN's LSUN) | box (PGGAN's CelebA-HQ)
     max_images: int | None  # cap per split for quick runs
     shard_size: int  # images per tar shard
-    test_fraction: float  # for sources without a test split (digits, unsplit folders)
+    test_fraction: float  # for sources without a test split; 0 = no test split (train on all)
     random_flip: bool  # paper: horizontal flip for CIFAR-10; off for digits
     shard_workers: int  # parallel Ray tasks writing shards (1: in process); output is the same
+    image_column: str  # parquet: the encoded images, struct {bytes, path} or binary (Hub: image)
+    label_column: str | None  # parquet: int class labels (Hub: label); null = none (all 0)
+    bad_images: BadImages  # fail: one bad image stops the stage; skip: recorded in the manifest
 
     def __post_init__(self) -> None:
         check(self.channels in (1, 3), "data.channels", self.channels, "1 or 3")
@@ -350,6 +358,14 @@ class Params:
             list(self.unet.attn_resolutions),
             f"resolutions among the U-Net levels {list(levels)} for data.resolution="
             f"{self.data.resolution}",
+        )
+        check(
+            self.data.test_fraction > 0
+            or (self.evaluate.fid_reference == "train" and self.evaluate.nll_split == "train"),
+            "data.test_fraction",
+            self.data.test_fraction,
+            "> 0, or 0 with evaluate.fid_reference: train and evaluate.nll_split: train (no "
+            "test split: FID and the NLL on the training set, as the official 256^2 runs)",
         )
         check(
             self.evaluate.fid_images <= self.sample.num_images,

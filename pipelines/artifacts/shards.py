@@ -80,6 +80,7 @@ class ShardInfo:
     pixels_per_channel: int  # num_images * H * W
     pixel_sum: tuple[int, ...]
     pixel_sq_sum: tuple[int, ...]
+    skipped: tuple[str, ...] = ()  # "<item>: <error>" of each image left out (data.bad_images)
 
     def entry(self) -> dict[str, Any]:
         return {"file": self.file, "num_images": self.num_images, "sha256": self.sha256}
@@ -90,6 +91,7 @@ class ShardInfo:
             "pixels_per_channel": self.pixels_per_channel,
             "pixel_sum": list(self.pixel_sum),
             "pixel_sq_sum": list(self.pixel_sq_sum),
+            "skipped": list(self.skipped),
         }
 
     @classmethod
@@ -101,19 +103,28 @@ class ShardInfo:
             int(obj["pixels_per_channel"]),
             tuple(int(v) for v in obj["pixel_sum"]),
             tuple(int(v) for v in obj["pixel_sq_sum"]),
+            tuple(str(v) for v in obj.get("skipped", [])),
         )
 
 
 def encode_shard(
-    split: str, shard: int, start: int, images: np.ndarray, labels: np.ndarray
+    split: str,
+    shard: int,
+    start: int,
+    images: np.ndarray,
+    labels: np.ndarray,
+    positions: np.ndarray | None = None,
+    skipped: tuple[str, ...] = (),
 ) -> tuple[bytes, ShardInfo]:
     """The tar bytes of shard `shard` of `split` (samples start, start+1, ...) and its info.
 
-    images (n, C, H, W) uint8, labels (n,) int64.
+    images (n, C, H, W) uint8, labels (n,) int64; `positions` (n,): each image's place in the
+    shard when some were skipped (their keys keep the source positions: start + position).
     """
+    where = np.arange(len(images)) if positions is None else positions
     samples = (
         (
-            sample_key(split, start + i),
+            sample_key(split, start + int(where[i])),
             {"png": encode_png(images[i]), "cls": str(int(labels[i])).encode()},
         )
         for i in range(len(images))
@@ -121,7 +132,9 @@ def encode_shard(
     data = tar_bytes(samples, OWNER)
     sums, sq_sums = pixel_sums(images)
     n, _, h, w = images.shape
-    info = ShardInfo(shard_file(split, shard), n, bytes_digest(data), n * h * w, sums, sq_sums)
+    info = ShardInfo(
+        shard_file(split, shard), n, bytes_digest(data), n * h * w, sums, sq_sums, skipped
+    )
     return data, info
 
 
@@ -201,6 +214,7 @@ def build_manifest(
         "pixel_stats_split": "train",
         "members": {"png": "uint8 image, lossless PNG", "cls": "label index as text"},
         "params": params,
+        "skipped_images": [x for infos in splits.values() for i in infos for x in i.skipped],
         "splits": {
             name: {
                 "num_images": sum(i.num_images for i in infos),
@@ -276,18 +290,28 @@ def shard_entries(manifest: dict[str, Any], split: str, where: Path) -> list[dic
     return entries
 
 
-def verified_path(shards_dir: Path, entry: dict[str, Any]) -> Path:
-    """The shard file of a manifest entry, after checking it exists and its sha256 matches."""
+def listed_shard(shards_dir: Path, entry: dict[str, Any]) -> Path:
+    """The shard file of a manifest entry, after checking it is a plain name and exists."""
     path = listed_file(shards_dir, entry["file"], shards_dir / MANIFEST)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: shard listed in {MANIFEST} is missing")
-    digest = file_digest(path)
+    return path
+
+
+def check_digest(path: Path, digest: str, entry: dict[str, Any]) -> None:
+    """ValueError naming `path` when its sha256 `digest` is not the manifest entry's."""
     if digest != entry["sha256"]:
         raise ValueError(
             f"{path}: sha256 {digest[:12]}... does not match {MANIFEST} "
             f"({entry['sha256'][:12]}...); the shard changed after the shard stage wrote it "
             "(rerun the shard stage)"
         )
+
+
+def verified_path(shards_dir: Path, entry: dict[str, Any]) -> Path:
+    """The shard file of a manifest entry, after checking it exists and its sha256 matches."""
+    path = listed_shard(shards_dir, entry)
+    check_digest(path, file_digest(path), entry)
     return path
 
 

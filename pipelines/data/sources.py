@@ -1,4 +1,5 @@
-"""Dataset sources (digits, MNIST, Fashion-MNIST, CIFAR-10, image folders, LSUN LMDB).
+"""Dataset sources (digits, MNIST, Fashion-MNIST, CIFAR-10, image folders, LSUN LMDB; Parquet
+in `data.parquet`).
 
 `open_source` lists a source lazily (`LazySource`: per split the items in stored order and
 their labels, nothing decoded); `preprocess` decodes a few items (one shard) to uint8 arrays.
@@ -80,12 +81,18 @@ def open_source(cfg: DataConfig, seed: int) -> LazySource:
         raw, classes, desc = _cifar10(cfg)
     elif cfg.source == "lsun":
         raw, classes, desc = _lsun(cfg, seed)
+    elif cfg.source == "parquet":
+        from pipelines.data.parquet import open_parquet  # imports this module: imported here
+
+        raw, classes, desc = open_parquet(cfg, seed)
     else:
-        raw, classes, desc = _image_folder(_tree_items(_require_root(cfg)), cfg, seed)
+        raw, classes, desc = _image_folder(_tree_items(require_root(cfg)), cfg, seed)
     if not len(raw["train"][0]):
         raise ValueError(f"data.source={cfg.source}: the train split is empty ({desc})")
     splits = {}
     for name, (items, labels) in raw.items():
+        if name != "train" and not len(items):
+            continue  # data.test_fraction 0: no test split at all (not an empty one)
         keep = cap_indices(len(items), cfg.max_images, seed)
         splits[name] = LazySplit(items, labels.astype(np.int64)).take(keep)
     return LazySource(splits, classes, desc)
@@ -109,9 +116,12 @@ def split_indices(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fixed (train, test) index split by a seeded permutation; both kept in natural order.
 
-    ValueError naming `where` when either split would be empty (checked before any shard is
-    written: FID against the test split and the NLL need test images).
+    `test_fraction` 0: everything is train (no test split). Otherwise ValueError naming `where`
+    when either split would be empty (checked before any shard is written: FID against the test
+    split and the NLL need test images).
     """
+    if test_fraction == 0:  # no test split: train on the whole pool (the official 256^2 runs)
+        return np.arange(n), np.zeros(0, dtype=np.int64)
     perm = np.random.default_rng([seed, SeedPurpose.DATA_SPLIT]).permutation(n)
     n_test = int(round(n * test_fraction))
     if n_test < 1 or n_test >= n:
@@ -147,36 +157,87 @@ def preprocess(items: Items, cfg: DataConfig, size: tuple[int, int] | None) -> n
     """Decode, convert to L/RGB, pad, resize or centre-crop to `cfg.resolution`.
 
     `size`: for data.resize=pad, the split's common (w, h) (`first_size`). Returns
-    (N, C, R, R) uint8 for the N = len(items) images.
+    (N, C, R, R) uint8 for the N = len(items) images; the first bad image raises.
     """
+    images, _, _ = preprocess_kept(items, cfg, size, skip=False)
+    return images
+
+
+def preprocess_kept(
+    items: Items, cfg: DataConfig, size: tuple[int, int] | None, skip: bool
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """`preprocess`, with `skip` leaving out the images that fail (undecodable, transparent,
+    ...) instead of raising: (K, C, R, R) uint8 of the K kept, their indices (K,) into `items`,
+    and one "<item>: <error>" per skipped image (data.bad_images: skip)."""
     r, mode = cfg.resolution, ("L" if cfg.channels == 1 else "RGB")
     out = np.zeros((len(items), cfg.channels, r, r), dtype=np.uint8)
+    kept, skipped = [], []
     for i in range(len(items)):
-        name = items.describe(i)
-        img = to_mode(items.load(i), mode, name)
-        if cfg.resize == "resize":
-            img = img.resize((r, r), Image.Resampling.BILINEAR) if img.size != (r, r) else img
-        elif cfg.resize == "center_crop":
-            img = center_crop(img, r)
-        else:
-            img = _pad(img, r, name, size or img.size)
-        arr = np.asarray(img, dtype=np.uint8)
-        out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (H,W,C) -> (C,H,W)
-    return out
+        try:
+            arr = np.asarray(_prepared(items, i, cfg, mode, size), dtype=np.uint8)
+        except ValueError as e:
+            if not skip:
+                raise
+            skipped.append(str(e))
+            logger.warning("data.bad_images=skip: %s", e)
+            continue
+        out[len(kept)] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # HWC -> CHW
+        kept.append(i)
+    return out[: len(kept)], np.asarray(kept, dtype=np.int64), skipped
 
 
-def center_crop(img: Image.Image, r: int) -> Image.Image:
+def _prepared(
+    items: Items, i: int, cfg: DataConfig, mode: str, size: tuple[int, int] | None
+) -> Image.Image:
+    """Item i decoded in `mode` and brought to `cfg.resolution` by `cfg.resize`."""
+    name, r = items.describe(i), cfg.resolution
+    img = to_mode(items.load(i), mode, name)
+    if cfg.resize == "resize":
+        return img.resize((r, r), Image.Resampling.BILINEAR) if img.size != (r, r) else img
+    if cfg.resize == "center_crop":
+        return center_crop(img, r, cfg.downscale, name)
+    return _pad(img, r, name, size or img.size)
+
+
+def center_crop(
+    img: Image.Image, r: int, downscale: str = "lanczos", name: str = ""
+) -> Image.Image:
     """The official 256^2 preprocessing: the centre square of side min(w, h), then r x r.
 
-    As StyleGAN's `dataset_tool.py create_lsun` that made the paper's LSUN (and CelebA-HQ)
-    TFRecords for hojonathanho/diffusion: crop rows/cols [(h - s) // 2, (h + s) // 2), then
-    PIL's antialiased resize `ANTIALIAS` (= LANCZOS). No resize when the square is r x r.
+    Crop rows/cols [(h - s) // 2, (h + s) // 2) as StyleGAN's `dataset_tool.py create_lsun`
+    (the paper's LSUN TFRecords for hojonathanho/diffusion), then `downscale`: "lanczos", PIL's
+    antialiased resize `ANTIALIAS` (= LANCZOS) as create_lsun; or "box", the repeated 2x2 average
+    of progressive_growing_of_gans' CelebA-HQ export (`box_downscale`; s must be r * 2^k).
+    No resize when the square is r x r.
     """
     w, h = img.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
     img = img.crop((left, top, left + s, top + s)) if (w, h) != (s, s) else img
-    return img.resize((r, r), Image.Resampling.LANCZOS) if s != r else img
+    if s == r:
+        return img
+    if downscale == "box":
+        return Image.fromarray(box_downscale(np.asarray(img), r, name))
+    return img.resize((r, r), Image.Resampling.LANCZOS)
+
+
+def box_downscale(image: np.ndarray, r: int, name: str = "image") -> np.ndarray:
+    """(s, s[, C]) uint8 -> (r, r[, C]) uint8 by repeated 2x2 box averages, s = r * 2^k.
+
+    As `TFRecordExporter.add_image` of progressive_growing_of_gans' dataset_tool.py, which made
+    the CelebA-HQ levels the paper's 256^2 model trained on: float32 averages level by level
+    ((a00 + a01 + a10 + a11) * 0.25), rounded (np.rint) and clipped to uint8 only at the end.
+    """
+    s = image.shape[0]
+    if s < r or s % r or (s // r) & (s // r - 1):
+        raise ValueError(
+            f"{name}: square side {s} is not {r} x a power of 2; data.downscale: box halves it "
+            "(CelebA-HQ: 1024 -> 512 -> 256); use data.downscale: lanczos for other sizes"
+        )
+    x = image.astype(np.float32)
+    while x.shape[0] > r:
+        x = (x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2]) * 0.25
+    return np.rint(x).clip(0, 255).astype(np.uint8)
 
 
 def to_mode(img: Image.Image, mode: str, name: str) -> Image.Image:
@@ -270,10 +331,10 @@ class ArrayItems:
         return ArrayItems(self.arrays[index], self.prefix, self.numbers[index])
 
     def identity(self) -> str:
-        return _digest(self.prefix.encode(), np.ascontiguousarray(self.arrays).tobytes())
+        return digest(self.prefix.encode(), np.ascontiguousarray(self.arrays).tobytes())
 
 
-def _decode(data: bytes, where: str) -> Image.Image:
+def decode_image(data: bytes, where: str) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
@@ -282,7 +343,7 @@ def _decode(data: bytes, where: str) -> Image.Image:
     return img
 
 
-def _digest(*parts: bytes) -> str:
+def digest(*parts: bytes) -> str:
     h = hashlib.sha256()
     for part in parts:
         h.update(len(part).to_bytes(8, "little"))
@@ -290,7 +351,7 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def _stat_bytes(path: Path) -> bytes:
+def stat_bytes(path: Path) -> bytes:
     st = path.stat()
     return f"{st.st_size}:{st.st_mtime_ns}".encode()
 
@@ -311,7 +372,7 @@ class FileItems:
             data = path.read_bytes()
         except OSError as e:
             raise ValueError(f"{path}: cannot read image: {e}") from None
-        return _decode(data, str(path))
+        return decode_image(data, str(path))
 
     def describe(self, i: int) -> str:
         return str(Path(self.root) / self.names[i])
@@ -321,7 +382,7 @@ class FileItems:
 
     def identity(self) -> str:
         root = Path(self.root)
-        return _digest(*(p for n in self.names for p in (n.encode(), _stat_bytes(root / n))))
+        return digest(*(p for n in self.names for p in (n.encode(), stat_bytes(root / n))))
 
 
 @dataclass(frozen=True)
@@ -347,7 +408,7 @@ class ZipItems:
     def load(self, i: int) -> Image.Image:
         if not self._zip:
             self._zip.append(zipfile.ZipFile(self.path))
-        return _decode(self._zip[0].read(self.names[i]), self.describe(i))
+        return decode_image(self._zip[0].read(self.names[i]), self.describe(i))
 
     @property
     def root(self) -> str:
@@ -360,7 +421,7 @@ class ZipItems:
         return ZipItems(self.path, [self.names[int(i)] for i in index])
 
     def identity(self) -> str:
-        return _digest(_stat_bytes(Path(self.path)), *(n.encode() for n in self.names))
+        return digest(stat_bytes(Path(self.path)), *(n.encode() for n in self.names))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,7 +442,7 @@ def _digits(cfg: DataConfig, seed: int) -> Loaded:
     return raw, [str(d) for d in range(10)], "scikit-learn load_digits (8x8, 1797 images)"
 
 
-def _require_root(cfg: DataConfig) -> Path:
+def require_root(cfg: DataConfig) -> Path:
     if cfg.root is None:
         raise ConfigError(f"data.root: got None, expected a folder for data.source={cfg.source}")
     return Path(cfg.root).expanduser()
@@ -390,7 +451,7 @@ def _require_root(cfg: DataConfig) -> Path:
 def _mnist_like(cfg: DataConfig) -> Loaded:
     import torchvision
 
-    root = _require_root(cfg)
+    root = require_root(cfg)
     cls = getattr(torchvision.datasets, MNIST_FOLDERS[cfg.source])
     raw_dir = root / MNIST_FOLDERS[cfg.source] / "raw"
     names = [f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
@@ -442,7 +503,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 
 
 def _cifar10(cfg: DataConfig) -> Loaded:
-    root = _require_root(cfg)
+    root = require_root(cfg)
     folder = root / "cifar-10-batches-py"
     files = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
     if cfg.download and not all((folder / f).is_file() for f in sum(files.values(), [])):
@@ -619,7 +680,7 @@ class LmdbItems:
             raise ValueError(
                 f"{self.describe(i)}: key not found in the LMDB (changed since listed?)"
             )
-        return _decode(bytes(value), self.describe(i))
+        return decode_image(bytes(value), self.describe(i))
 
     def describe(self, i: int) -> str:
         return f"{self.path}:{self.keys[i].decode('utf-8', 'backslashreplace')}"
@@ -628,7 +689,7 @@ class LmdbItems:
         return LmdbItems(self.path, [self.keys[int(i)] for i in index])
 
     def identity(self) -> str:
-        return _digest(_stat_bytes(Path(self.path) / "data.mdb"), *self.keys)
+        return digest(stat_bytes(Path(self.path) / "data.mdb"), *self.keys)
 
 
 def _open_lmdb(folder: Path) -> Any:
@@ -668,7 +729,7 @@ def _lsun_keys(folder: Path) -> list[bytes]:
 def _lsun(cfg: DataConfig, seed: int) -> Loaded:
     """One LSUN category: keys in sorted order split by data.test_fraction (LSUN's train LMDBs
     have no test split); every label 0, the one class named after the folder."""
-    root = _require_root(cfg)
+    root = require_root(cfg)
     keys = _lsun_keys(root)
     if not keys:
         raise ValueError(f"{root}: the LMDB holds no entries; expected encoded LSUN images")

@@ -39,7 +39,13 @@ from pipelines.artifacts.shards import (
     shard_ranges,
 )
 from pipelines.config import DataConfig, RayConfig, to_dict
-from pipelines.data.sources import LazySource, LazySplit, first_size, open_source, preprocess
+from pipelines.data.sources import (
+    LazySource,
+    LazySplit,
+    first_size,
+    open_source,
+    preprocess_kept,
+)
 from pipelines.infra.files import (
     TEMP_PREFIX,
     bytes_digest,
@@ -78,8 +84,10 @@ class ShardJob:
 
 def run_job(job: ShardJob) -> tuple[bytes, ShardInfo]:
     """Decode, preprocess and encode one shard: (tar bytes, info). Runs in a Ray task or here."""
-    images = preprocess(job.part.items, job.cfg, job.size)  # (n, C, R, R) uint8
-    return encode_shard(job.split, job.shard, job.start, images, job.part.labels)
+    skip = job.cfg.bad_images == "skip"
+    images, kept, skipped = preprocess_kept(job.part.items, job.cfg, job.size, skip)  # (k, C, R, R)
+    labels = job.part.labels[kept]
+    return encode_shard(job.split, job.shard, job.start, images, labels, kept, tuple(skipped))
 
 
 def manifest_params(cfg: DataConfig, seed: int) -> dict[str, Any]:
@@ -166,7 +174,7 @@ def _pending(source: LazySource, cfg: DataConfig, skip: dict[str, ShardInfo]) ->
     for name, split in source.splits.items():
         for k, (start, stop) in enumerate(shard_ranges(len(split), cfg.shard_size)):
             kept = skip.get(shard_file(name, k))
-            if kept is None or kept.num_images != stop - start:
+            if kept is None or kept.num_images + len(kept.skipped) != stop - start:
                 specs.append((name, k, start, stop))
     return specs
 
@@ -243,6 +251,12 @@ def write_shards_into(
     write_json(work / MANIFEST, manifest)
     for name, shards in splits.items():
         logger.info("%s: %d images in %d shards", name, len(source.splits[name]), len(shards))
+    if manifest["skipped_images"]:
+        logger.warning(
+            "data.bad_images=skip: %d images skipped (listed in %s under skipped_images)",
+            len(manifest["skipped_images"]),
+            work / MANIFEST,
+        )
     return manifest
 
 

@@ -31,16 +31,18 @@ INTERP_PNG = "interpolation.png"
 
 
 def source_pairs(params: Params, shards_dir: Path) -> Tensor:
-    """The first 2 * `interpolation_pairs` test images as pairs (P, 2, C, H, W) uint8."""
+    """The first 2 * `interpolation_pairs` test images as pairs (P, 2, C, H, W) uint8; training
+    images when there is no test split (data.test_fraction 0, as the official 256^2 runs)."""
     pairs = params.evaluate.interpolation_pairs
-    split = read_manifest(shards_dir)["splits"].get("test", {})
-    have = int(split.get("num_images", 0))
+    splits = read_manifest(shards_dir)["splits"]
+    name = "test" if "test" in splits else "train"
+    have = int(splits.get(name, {}).get("num_images", 0))
     if have < 2 * pairs:
         raise ValueError(
-            f"evaluate.interpolation_pairs: {pairs} pairs need {2 * pairs} test images, "
+            f"evaluate.interpolation_pairs: {pairs} pairs need {2 * pairs} {name} images, "
             f"{shards_dir} has {have}; lower it (or raise data.test_fraction)"
         )
-    images, _ = load_split(shards_dir, "test", max_images=2 * pairs)  # (2P, C, H, W)
+    images, _ = load_split(shards_dir, name, max_images=2 * pairs)  # (2P, C, H, W)
     return images.reshape(pairs, 2, *images.shape[1:])
 
 

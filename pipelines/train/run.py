@@ -287,6 +287,13 @@ def log_shards_input(params: Params, plan: TrainPlan, tracker: Tracker) -> None:
     """The shard manifest as the run's training dataset (name, manifest digest, split sizes)."""
     manifest = read_manifest(plan.shards)
     splits = {f"{k}_images": int(v["num_images"]) for k, v in manifest["splits"].items()}
-    profile = {**splits, "image_shape": list(manifest["image_shape"])}
+    skipped = manifest.get("skipped_images", [])  # data.bad_images: skip
+    profile = {
+        **splits,
+        "image_shape": list(manifest["image_shape"]),
+        "skipped_images": len(skipped),
+    }
     name = f"{params.data.source}-{params.data.resolution}px"
     tracker.log_dataset(name, plan.manifest_sha1[:12], plan.shards / MANIFEST, profile, "training")
+    if skipped:  # every skipped image by name, with its error: the manifest lists them
+        tracker.log_artifact(plan.shards / MANIFEST, "data")

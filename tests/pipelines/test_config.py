@@ -45,6 +45,8 @@ def test_params_yaml_round_trips() -> None:
         ("evaluate.nll_compile", "max", "evaluate.nll_compile: got 'max', expected one of"),
         ("seed", -3, "seed: got -3, expected an int >= 0"),
         ("data.test_fraction", 0.0, "data.test_fraction: got 0.0, expected 0 < f < 1 for data"),
+        ("data.bad_images", "ignore", "data.bad_images: got 'ignore', expected one of"),
+        ("data.downscale", "bicubic", "data.downscale: got 'bicubic', expected one of"),
         ("mlflow.model_name", "", "mlflow.model_name: got '', expected null or a non-empty"),
         ("mlflow.model_name", " x", "mlflow.model_name: got ' x', expected null or a non-empty"),
         ("mlflow.system_metrics", "yes", "mlflow.system_metrics: got 'yes', expected bool"),
@@ -60,6 +62,19 @@ def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:
     set_dotted(raw, key, value)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         from_dict(Params, raw)
+
+
+def test_no_test_split_needs_fid_and_nll_on_the_training_set() -> None:
+    """data.test_fraction 0 (the official 256^2 runs: train on everything) leaves no test split:
+    FID and the NLL must name the train split."""
+    raw = copy.deepcopy(default_params_dict())
+    over = {"data.source": "lsun", "data.root": "data/raw/x", "data.test_fraction": 0.0}
+    for key, value in {**over, "evaluate.fid_reference": "train"}.items():
+        set_dotted(raw, key, value)
+    with pytest.raises(ConfigError, match=r"data.test_fraction: got 0.0, expected > 0, or 0 with"):
+        from_dict(Params, raw)  # nll_split: test
+    set_dotted(raw, "evaluate.nll_split", "train")
+    assert from_dict(Params, raw).data.test_fraction == 0.0
 
 
 def test_unknown_and_missing_keys_are_errors() -> None:

@@ -39,6 +39,10 @@ CFG = DataConfig(
     test_fraction=0.25,
     random_flip=False,
     shard_workers=1,
+    image_column="image",
+    label_column="label",
+    downscale="lanczos",
+    bad_images="fail",
 )
 
 

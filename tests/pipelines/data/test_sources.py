@@ -46,6 +46,10 @@ def cfg(**kw: object) -> DataConfig:
         test_fraction=0.1,
         random_flip=False,
         shard_workers=1,
+        image_column="image",
+        label_column="label",
+        downscale="lanczos",
+        bad_images="fail",
     )
     return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
@@ -237,8 +241,8 @@ def test_a_split_that_leaves_no_test_images_is_refused_before_shards(tmp_path: P
     c = cfg(source="image_folder", root=str(tmp_path / "d"), test_fraction=0.1)
     with pytest.raises(ValueError, match=r"test_fraction=0.1: .*d of 3 images gives 0 test"):
         load_source(c, 0)
-    with pytest.raises(ValueError, match="test_fraction=0.0: .*gives 0 test"):
-        load_source(dataclasses.replace(c, test_fraction=0.0), 0)
+    whole = load_source(dataclasses.replace(c, test_fraction=0.0), 0)  # 0: no test split
+    assert list(whole.splits) == ["train"] and len(whole.splits["train"].labels) == 3
     data = load_source(dataclasses.replace(c, test_fraction=0.34), 0)
     assert (len(data.splits["train"].labels), len(data.splits["test"].labels)) == (2, 1)
     with pytest.raises(ValueError, match="digits of 1797 images gives 0 test"):
@@ -422,3 +426,66 @@ def test_lsun_bad_inputs_are_named(tmp_path: Path) -> None:
         txn.put(keys[3], b"\x00garbage")
     with pytest.raises(ValueError, match=rf"bad:{keys[3].decode()}: cannot read image"):
         load_source(dataclasses.replace(c, root=str(tmp_path / "bad")), 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The official CelebA-HQ downscale, bad images
+
+
+def pggan_pyramid(chw: np.ndarray, levels: int) -> np.ndarray:
+    """progressive_growing_of_gans' `TFRecordExporter.add_image` on a (C, H, W) uint8 image:
+    `levels` halvings by 2x2 averages in float32, np.rint and clip at the level kept."""
+    img = chw
+    for _ in range(levels):
+        img = img.astype(np.float32)
+        img = (
+            img[:, 0::2, 0::2] + img[:, 0::2, 1::2] + img[:, 1::2, 0::2] + img[:, 1::2, 1::2]
+        ) * 0.25
+    return np.rint(img).clip(0, 255).astype(np.uint8)
+
+
+def test_box_downscale_is_the_official_celebahq_pyramid(tmp_path: Path) -> None:
+    """A known 1024^2 image (smooth + noise, and a 1024 x 1100 one centre-cropped to it) -> 256^2
+    equals the pyramid computed in numpy as PGGAN's dataset tool does; lanczos is another choice."""
+    rng = np.random.default_rng(0)
+    ramp = np.add.outer(np.arange(1024), np.arange(1024)) / 8
+    hwc = (ramp[..., None] + rng.normal(0, 20, (1024, 1024, 3))).clip(0, 255).astype(np.uint8)
+    want = pggan_pyramid(hwc.transpose(2, 0, 1), 2)  # (3, 256, 256)
+    tall = np.concatenate([rng.integers(0, 256, (38, 1024, 3), dtype=np.uint8), hwc,
+                           rng.integers(0, 256, (38, 1024, 3), dtype=np.uint8)])  # fmt: skip
+    write_png(tmp_path / "faces" / "00000.png", tall)  # 1024 wide, 1100 high
+    c = cfg(source="image_folder", root=str(tmp_path / "faces"), resolution=256, channels=3,
+            resize="center_crop", downscale="box", test_fraction=0.0)  # fmt: skip
+    got = load_source(c, 0).splits["train"].images[0]
+    np.testing.assert_array_equal(got, want)
+    lanczos = load_source(dataclasses.replace(c, downscale="lanczos"), 0).splits["train"].images[0]
+    assert np.abs(lanczos.astype(int) - want).max() > 2  # a named, different filter
+    write_png(tmp_path / "odd" / "0.png", hwc[:1000, :1000])
+    with pytest.raises(ValueError, match=r"odd/0\.png: square side 1000 is not 256 x a power"):
+        load_source(dataclasses.replace(c, root=str(tmp_path / "odd")), 0)
+
+
+def test_bad_images_skip_names_each_in_the_manifest_and_fail_stops(tmp_path: Path) -> None:
+    import lmdb
+
+    from pipelines.artifacts.shards import load_split, read_manifest
+    from pipelines.data.stage import build_shards
+
+    keys = write_lsun_lmdb(tmp_path / "cat", 12)
+    with lmdb.open(str(tmp_path / "cat")) as env, env.begin(write=True) as txn:
+        for k in (keys[2], keys[7]):
+            txn.put(k, b"not an image")
+    c = cfg(source="lsun", root=str(tmp_path / "cat"), channels=3, resize="center_crop",
+            test_fraction=0.0, shard_size=4)  # fmt: skip
+    with pytest.raises(ValueError, match=rf"cat:{keys[2].decode()}: cannot read image"):
+        build_shards(c, 0, tmp_path / "fail")
+    manifest = build_shards(dataclasses.replace(c, bad_images="skip"), 0, tmp_path / "skip")
+    skipped = manifest["skipped_images"]
+    assert len(skipped) == 2 and all(": cannot read image" in x for x in skipped)
+    assert [x.split(": ")[0] for x in skipped] == [
+        f"{tmp_path / 'cat'}:{k.decode()}" for k in (keys[2], keys[7])
+    ]
+    assert list(manifest["splits"]) == ["train"] and manifest["splits"]["train"]["num_images"] == 10
+    assert read_manifest(tmp_path / "skip")["params"]["data"]["bad_images"] == "skip"
+    images, _ = load_split(tmp_path / "skip", "train")
+    assert images.shape == (10, 3, 8, 8)

@@ -172,7 +172,8 @@ def _folder_peak(tmp_path: Path, n: int) -> int:
     cfg = DataConfig(
         source="image_folder", root=str(folder), raw=str(folder), download=False,
         resolution=32, channels=3, resize="resize", max_images=None, shard_size=16,
-        test_fraction=0.125, random_flip=False, shard_workers=1,
+        test_fraction=0.125, random_flip=False, shard_workers=1, image_column="image",
+        label_column="label", downscale="lanczos", bad_images="fail",
     )  # fmt: skip
     source = open_source(cfg, 0)  # the item list (names) is outside the measurement
     out = tmp_path / f"out{n}"
