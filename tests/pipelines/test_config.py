@@ -29,7 +29,7 @@ def test_params_yaml_round_trips() -> None:
         ("unet.attn_resolutions", [3], "unet.attn_resolutions: got [3], expected resolutions"),
         ("data.channels", 2, "data.channels: got 2, expected 1 or 3"),
         ("train.use_gpu", 1, "train.use_gpu: got 1, expected bool"),
-        ("evaluate.fid_images", 257, "evaluate.fid_images: got 257, expected <= sample.num_images"),
+        ("evaluate.fid.images", 257, "evaluate.fid.images: got 257, expected <= sample.num_images"),
         ("evaluate.nll_images", 0, "evaluate.nll_images: got 0, expected an int >= 1"),
         ("sample.sampler", "euler", "sample.sampler: got 'euler', expected one of"),
         ("sample.ddim_eta", 1.5, "sample.ddim_eta: got 1.5, expected 0 <= eta <= 1"),
