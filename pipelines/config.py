@@ -341,6 +341,13 @@ class MlflowConfig:
     system_metrics: bool  # CPU/GPU/memory of the training machine on the train run (psutil)
 
     def __post_init__(self) -> None:
+        gate = self.promote_on
+        check(
+            gate.isidentifier(),
+            "mlflow.promote_on",
+            gate,
+            "a lower-is-better metric key such as fid, kid or nll_bpd",
+        )
         name = self.model_name
         check(
             name is None or (name.strip() == name and name != ""),

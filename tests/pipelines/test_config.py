@@ -31,6 +31,12 @@ def test_params_yaml_round_trips() -> None:
         ("train.use_gpu", 1, "train.use_gpu: got 1, expected bool"),
         ("evaluate.fid.images", 257, "evaluate.fid.images: got 257, expected <= sample.num_images"),
         ("evaluate.nll_images", 0, "evaluate.nll_images: got 0, expected an int >= 1"),
+        ("evaluate.metrics", ["fid", "fid"], "evaluate.metrics: got ['fid', 'fid'], expected a"),
+        ("evaluate.fid.reference", "val", "evaluate.fid.reference: got 'val', expected one of"),
+        ("evaluate.kid.subset_size", 257, "evaluate.kid.subset_size: got 257, expected <= "),
+        ("evaluate.kid.subsets", 0, "evaluate.kid.subsets: got 0, expected an int >= 1"),
+        ("evaluate.isc", True, "evaluate: unknown key"),  # now a name in evaluate.metrics
+        ("mlflow.promote_on", "", "mlflow.promote_on: got '', expected a lower-is-better"),
         ("sample.sampler", "euler", "sample.sampler: got 'euler', expected one of"),
         ("sample.ddim_eta", 1.5, "sample.ddim_eta: got 1.5, expected 0 <= eta <= 1"),
         ("quality.steps", [10, 30], "quality.steps: got [10, 30], expected step counts that"),
