@@ -201,9 +201,7 @@ class FidConfig:
     """FID's own params, one home for every reader: the fid_stats stage (the reference
     statistics and the weights), evaluate, quality and the in-training probe."""
 
-    images: (
-        int  # generated images behind FID and the other Inception metrics (<= sample.num_images)
-    )
+    images: int  # samples behind FID and the other Inception metrics (<= sample.num_images)
     reference: FidReference  # paper: train split
     reference_images: int | None  # cap on real images for the reference statistics
     inception_weights: str | None  # explicit path to torch-fidelity Inception weights
