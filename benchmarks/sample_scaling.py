@@ -50,7 +50,8 @@ def bench_params(root: Path, images: int, batch_size: int, steps: int, workers: 
         stride=max(1, raw["diffusion"]["T"] // steps),
         use_gpu=False,
     )
-    raw["evaluate"]["fid_images"] = min(raw["evaluate"]["fid_images"], images)  # not evaluated
+    fid = raw["evaluate"]["fid"]
+    fid["images"] = min(fid["images"], images)  # not evaluated
     raw["ray"]["num_cpus"] = 2
     return from_dict(Params, raw)
 

@@ -28,23 +28,35 @@ _ROUNDS = 20
 
 class SeedPurpose:
     """Every random stream of the project and the purpose number in its key (the run's `seed`
-    first). A stream is its whole key, so numbers repeat across key layouts, never within one;
-    the numbers are those the streams always had, so every stream stays the same.
+    first). The numbers are those the streams always had, so every stream stays the same.
 
-    | purpose          | key                                      | draws                       |
-    |------------------|------------------------------------------|-----------------------------|
-    | DATA_SPLIT  = 1  | numpy default_rng([seed, 1])             | the train/test split        |
-    | DATA_CAP    = 2  | numpy default_rng([seed, 2])             | the data.max_images subset  |
-    | NLL         = 3  | mix_seed(seed, 3), then (., i)           | NLL's q(x_t|x_0) noise      |
-    | INTERPOLATION=7  | mix_seed(seed, 7, pair), then (., 0..2)  | the Fig. 8 rows' noise      |
-    | SHARED_LATENT=8  | mix_seed(seed, 8) = k, then              | Fig. 7: the trajectories    |
-    |                  | (mix_seed(k, 0), n), (mix_seed(k, t, n), j) | to x_t, the draws from x_t |
-    | T_NOISE     = 1  | mix_seed(seed, world, rank, 1)           | training t and eps          |
-    | DROPOUT     = 2  | mix_seed(seed, world, rank, 2)           | training dropout            |
-    | FLIPS       = 7  | mix_seed(seed, step, 7)                  | horizontal flips per step   |
-    | EPOCH_ORDER = 8  | default_rng(mix_seed(seed, epoch, 8))    | shard order, shuffle buffer |
+    The rule: two streams that feed the same kind of generator never share a key. A key is its
+    layout (how many ints), where the purpose sits in it and the purpose number, so within one
+    generator kind and one layout the purpose numbers (at the same place) differ. Streams of
+    different generator kinds may share a seed number: FLIPS at step 7 and INTERPOLATION's pair
+    7 are both mix_seed(seed, 7, 7), EPOCH_ORDER at epoch 7 and INTERPOLATION's pair 8 both
+    mix_seed(seed, 7, 8), but one seeds torch's generator, one Threefry keys and one numpy's
+    PCG64, whose streams from one number are unrelated. `STREAMS` is this table, checked by
+    tests/ddpm_core/test_rng.py.
 
-    Not in the table (no purpose number): the sample stage's per-image noise (seed, i).
+    | purpose         | key                                         | generator | draws            |
+    |-----------------|---------------------------------------------|-----------|------------------|
+    | DATA_SPLIT  = 1 | numpy default_rng([seed, 1])                | pcg64     | train/test split |
+    | DATA_CAP    = 2 | numpy default_rng([seed, 2])                | pcg64     | max_images subset|
+    | NLL         = 3 | mix_seed(seed, 3), then (., i)              | threefry  | NLL noise        |
+    | INTERPOLATION=7 | mix_seed(seed, 7, pair), then (., 0..2)     | threefry  | Fig. 8's noise   |
+    | SHARED_LATENT=8 | mix_seed(seed, 8) = k, then                 | threefry  | Fig. 7: to x_t,  |
+    |                 | (mix_seed(k, 0), n), (mix_seed(k, t, n), j) |           | draws from x_t   |
+    | KID         = 9 | RandomState(mix_seed(seed, 9) % 2^32)       | mt19937   | KID's subsets    |
+    | T_NOISE     = 1 | mix_seed(seed, world, rank, 1)              | torch     | training t, eps  |
+    | DROPOUT     = 2 | mix_seed(seed, world, rank, 2)              | torch     | dropout          |
+    | FLIPS       = 7 | mix_seed(seed, step, 7)                     | torch     | flips per step   |
+    | EPOCH_ORDER = 8 | default_rng(mix_seed(seed, epoch, 8))       | pcg64     | shard order      |
+    | MODEL_INIT      | torch.manual_seed(seed)                     | torch     | the U-Net's init |
+
+    No purpose number: the sample stage's per-image noise, Threefry keys (seed, i), and the
+    model initialisation, torch's global generator seeded with `seed` itself (`model_init`:
+    the weights every run always started from).
     """
 
     DATA_SPLIT: Final = 1
@@ -52,10 +64,31 @@ class SeedPurpose:
     NLL: Final = 3
     INTERPOLATION: Final = 7
     SHARED_LATENT: Final = 8
+    KID: Final = 9
     T_NOISE: Final = 1
     DROPOUT: Final = 2
     FLIPS: Final = 7
     EPOCH_ORDER: Final = 8
+
+    # (name, key with the purpose number and "*" for the other ints after seed, generator)
+    STREAMS: Final = (
+        ("DATA_SPLIT", (DATA_SPLIT,), "pcg64"),
+        ("DATA_CAP", (DATA_CAP,), "pcg64"),
+        ("NLL", (NLL,), "threefry"),
+        ("INTERPOLATION", (INTERPOLATION, "*"), "threefry"),
+        ("SHARED_LATENT", (SHARED_LATENT,), "threefry"),
+        ("KID", (KID,), "mt19937"),
+        ("T_NOISE", ("*", "*", T_NOISE), "torch"),
+        ("DROPOUT", ("*", "*", DROPOUT), "torch"),
+        ("FLIPS", ("*", FLIPS), "torch"),
+        ("EPOCH_ORDER", ("*", EPOCH_ORDER), "pcg64"),
+        ("MODEL_INIT", (), "torch"),
+    )
+
+    @staticmethod
+    def model_init(seed: int) -> int:
+        """The seed of torch's global generator while the U-Net is built: `seed` itself."""
+        return seed
 
 
 def mix_seed(*ints: int) -> int:

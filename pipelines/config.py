@@ -208,16 +208,46 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
-    """FID / IS through torch-fidelity, NLL (bits/dim) through calc_bpd_loop."""
+class FidConfig:
+    """FID's own params, one home for every reader: the fid_stats stage (the reference
+    statistics and the weights), evaluate, quality and the in-training probe."""
 
-    fid_images: int  # generated images used for FID/IS (<= sample.num_images)
-    fid_reference: FidReference  # paper: train split
-    fid_reference_images: int | None  # cap on real images for reference statistics
+    images: int  # samples behind FID and the other Inception metrics (<= sample.num_images)
+    reference: FidReference  # paper: train split
+    reference_images: int | None  # cap on real images for the reference statistics
     inception_weights: str | None  # explicit path to torch-fidelity Inception weights
     allow_download: bool  # download Inception weights when no local file (needs network)
-    isc: bool
-    isc_splits: int
+
+    def __post_init__(self) -> None:
+        check(self.images >= 2, "evaluate.fid.images", self.images, "an int >= 2")
+        refs = self.reference_images
+        check(refs is None or refs >= 2, "evaluate.fid.reference_images", refs, "null or >= 2")
+
+
+@dataclass(frozen=True)
+class KidConfig:
+    """KID (Binkowski et al. 2018) as torch-fidelity computes it: the unbiased MMD^2 of the
+    cubic polynomial kernel k(x, y) = (x.y / D + 1)^3 over `subsets` random subsets of
+    `subset_size` pool3 features of each side."""
+
+    subsets: int  # torch-fidelity's kid_subsets (its default: 100)
+    subset_size: int  # its kid_subset_size (default 1000): <= fid.images and the reference count
+
+    def __post_init__(self) -> None:
+        check(self.subsets >= 1, "evaluate.kid.subsets", self.subsets, "an int >= 1")
+        size = self.subset_size
+        check(size >= 2, "evaluate.kid.subset_size", size, "an int >= 2 (MMD^2 needs pairs)")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The metrics `metrics` lists (`pipelines.evaluate.metrics`: FID, IS, KID, NLL) and the
+    paper's figures of the evaluate stage."""
+
+    metrics: tuple[str, ...]  # names in pipelines.evaluate.metrics.METRICS, e.g. [fid, isc, nll]
+    fid: FidConfig
+    kid: KidConfig
+    isc_splits: int  # IS: mean and std over this many splits of the samples (paper: 10)
     nll_images: int
     nll_split: NllSplit  # test (Table 1's NLL), train, or both with the gap train - test
     nll_batch_size: int  # images per NLL work unit (one actor call)
@@ -235,9 +265,20 @@ class EvaluateConfig:
     shared_latent_images: int  # Fig. 7: reverse trajectories, each its own block of rows
 
     def __post_init__(self) -> None:
-        check(self.fid_images >= 2, "evaluate.fid_images", self.fid_images, "an int >= 2")
-        refs = self.fid_reference_images
-        check(refs is None or refs >= 2, "evaluate.fid_reference_images", refs, "null or >= 2")
+        names = list(self.metrics)
+        check(
+            len(names) == len(set(names)) and all(n.isidentifier() for n in names),
+            "evaluate.metrics",
+            names,
+            "a list of distinct metric names (pipelines.evaluate.metrics.METRICS)",
+        )
+        size = self.kid.subset_size
+        check(
+            "kid" not in names or size <= self.fid.images,
+            "evaluate.kid.subset_size",
+            size,
+            f"<= evaluate.fid.images={self.fid.images} (KID draws subsets of the samples)",
+        )
         check(self.isc_splits >= 1, "evaluate.isc_splits", self.isc_splits, "an int >= 1")
         check(self.nll_images >= 1, "evaluate.nll_images", self.nll_images, "an int >= 1")
         check(self.nll_batch_size >= 1, "evaluate.nll_batch_size", self.nll_batch_size, ">= 1")
@@ -313,9 +354,17 @@ class MlflowConfig:
     tracking_uri: str | None
     experiment: str
     model_name: str | None  # registered model of each trained model; null = log, not register
+    promote_on: str  # the champion gate's metric: a lower-is-better key of a listed metric (fid)
     system_metrics: bool  # CPU/GPU/memory of the training machine on the train run (psutil)
 
     def __post_init__(self) -> None:
+        gate = self.promote_on
+        check(
+            gate.isidentifier(),
+            "mlflow.promote_on",
+            gate,
+            "a lower-is-better metric key such as fid, kid or nll_bpd",
+        )
         name = self.model_name
         check(
             name is None or (name.strip() == name and name != ""),
@@ -361,16 +410,16 @@ class Params:
         )
         check(
             self.data.test_fraction > 0
-            or (self.evaluate.fid_reference == "train" and self.evaluate.nll_split == "train"),
+            or (self.evaluate.fid.reference == "train" and self.evaluate.nll_split == "train"),
             "data.test_fraction",
             self.data.test_fraction,
-            "> 0, or 0 with evaluate.fid_reference: train and evaluate.nll_split: train (no "
+            "> 0, or 0 with evaluate.fid.reference: train and evaluate.nll_split: train (no "
             "test split: FID and the NLL on the training set, as the official 256^2 runs)",
         )
         check(
-            self.evaluate.fid_images <= self.sample.num_images,
-            "evaluate.fid_images",
-            self.evaluate.fid_images,
+            self.evaluate.fid.images <= self.sample.num_images,
+            "evaluate.fid.images",
+            self.evaluate.fid.images,
             f"<= sample.num_images={self.sample.num_images} (FID uses generated samples)",
         )
         check(

@@ -50,8 +50,9 @@ TINY: dict[str, Any] = {
     "sample.progressive_every": 5,
     "sample.progressive_images": 2,
     "sample.grid_images": 4,
-    "evaluate.fid_images": 8,
-    "evaluate.fid_reference_images": 16,
+    "evaluate.fid.images": 8,
+    "evaluate.fid.reference_images": 16,
+    "evaluate.kid.subset_size": 4,
     "evaluate.nll_images": 4,
     "evaluate.nll_batch_size": 4,
     "evaluate.cpus_per_worker": 0.5,
@@ -98,6 +99,23 @@ def build_params(root: Path, overrides: dict[str, Any] | None = None, tiny: bool
         raw["paths"][k] = str(root / v)
     raw["mlflow"]["tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"
     return from_dict(Params, raw)
+
+
+def assert_portable(run_file: Path) -> None:
+    """The record of a `runs/<stage>.json` (tracked by git) holds no absolute path: no string in
+    its `details` starts with `/` or names this machine's home or temp folder. (Its `uri` is
+    `portable_uri`'s: relative for a store in the repository, the tests' stores are not.)"""
+    import json
+    import tempfile
+
+    def strings(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            return [s for v in node.values() for s in strings(v)]
+        return [node] if isinstance(node, str) else []
+
+    machine = (str(Path.home()), tempfile.gettempdir())
+    for text in strings(json.loads(run_file.read_text())["details"]):
+        assert not text.startswith("/") and not any(m in text for m in machine), (run_file, text)
 
 
 def free_port() -> int:

@@ -85,7 +85,7 @@ def pipeline(
     ray_session.down()  # the stages run on the session's head: one Ray cluster at a time
     root = tmp_path_factory.mktemp("e2e") / "repo"
     copy_repo(root)
-    select_profile(root, "micro", {"evaluate": {"inception_weights": str(converted_path)}})
+    select_profile(root, "micro", {"evaluate": {"fid": {"inception_weights": str(converted_path)}}})
     (root / "dvc.lock").unlink(missing_ok=True)
     env = {k: v for k, v in ray_head.env().items() if not k.startswith("DVC_")}
     env |= {
@@ -213,7 +213,7 @@ def test_exp_run_selects_a_profile_through_hydra_without_touching_params_yaml(
         assert (queued["profile"], queued["data"], queued["unet"]) == (
             "mnist", mnist["data"], mnist["unet"],
         )  # fmt: skip
-        assert queued["evaluate"]["inception_weights"] is not None  # conf/config.yaml's _self_
+        assert queued["evaluate"]["fid"]["inception_weights"] is not None  # _self_ of config.yaml
     finally:
         pipeline.dvc("queue", "remove", "mnist-q")
 
@@ -378,7 +378,7 @@ def test_scheduled_retrain_runs_the_pipeline_as_a_ray_job(
     root, shared = tmp_path / "checkout", tmp_path / "shared"
     copy_repo(root)
     raw = yaml.safe_load((root / "conf" / "profile" / "micro-256.yaml").read_text())
-    raw["evaluate"]["inception_weights"] = str(converted_path)
+    raw["evaluate"]["fid"]["inception_weights"] = str(converted_path)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # what DVC checks
     raw_paths = dict(raw["paths"])
     raw["paths"] = {k: str(shared / v) for k, v in raw_paths.items()}

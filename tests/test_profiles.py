@@ -74,8 +74,8 @@ def test_paper_profile_is_the_official_cifar10_run(name: str) -> None:
     assert (t.steps, t.batch_size, t.lr, t.warmup_steps, t.grad_clip, t.ema_decay) == (
         800_000, 128, 2e-4, 5000, 1.0, 0.9999,
     )  # fmt: skip
-    assert (p.sample.num_images, p.sample.stride, p.evaluate.fid_images) == (50_000, 1, 50_000)
-    assert (p.evaluate.fid_reference, p.evaluate.fid_reference_images) == ("train", None)
+    assert (p.sample.num_images, p.sample.stride, p.evaluate.fid.images) == (50_000, 1, 50_000)
+    assert (p.evaluate.fid.reference, p.evaluate.fid.reference_images) == ("train", None)
     assert p.evaluate.isc_splits == 10
     model = UNet.from_config(p.unet, p.data.channels, p.data.resolution)
     assert sum(q.numel() for q in model.parameters()) == 35_746_307
@@ -137,8 +137,8 @@ def test_256_profiles_are_the_official_recipe_with_exact_parameter_counts(name: 
         steps, 64, 2e-5, 5000, 1.0, 0.9999,
     )  # fmt: skip
     assert t.batch_size // t.num_workers == 8  # per GPU: fits an 80 GB GPU
-    assert (p.sample.num_images, p.sample.stride, p.evaluate.fid_images) == (50_000, 1, 50_000)
-    assert p.evaluate.fid_reference == "train"  # Table 3: FID against the training set
+    assert (p.sample.num_images, p.sample.stride, p.evaluate.fid.images) == (50_000, 1, 50_000)
+    assert p.evaluate.fid.reference == "train"  # Table 3: FID against the training set
     model = UNet.from_config(p.unet, d.channels, d.resolution)
     assert sum(q.numel() for q in model.parameters()) == n_params
     if name.endswith("-cluster"):

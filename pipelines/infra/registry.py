@@ -1,13 +1,15 @@
-"""The model registry: one version per trained model, and the promotion gate on its FID.
+"""The model registry: one version per trained model, and the promotion gate on one metric.
 
 The train stage logs the model as an MLflow Model (`train.mlflow_model`) and registers it under
 `mlflow.model_name` (null: logged, not registered). After evaluation `promote` gates the train
-run's version (`gate`): it becomes the `champion` alias only when its FID beats the champion's
-(lower is better) under the same FID reference split and the same comparability label; the first
-version with a FID becomes champion. The alias is settled as a function of every version's tags
-(`winner`), re-read after each move, so two evaluates racing on it agree on the result. Every
-decision is tagged on the version (`promotion`, `promotion.reason`, the FID and its labels), so
-the registry says why a version is not champion.
+run's version (`gate`) on the metric `mlflow.promote_on` names (default `fid`; any key a metric of
+`pipelines.evaluate.metrics` declares lower-is-better: `kid`, `nll_bpd`): it becomes the
+`champion` alias only when its value beats the champion's under the same reference and the same
+comparability label; the first version with a value becomes champion. The alias is settled as a
+function of every version's tags (`winner`), re-read after each move, so two evaluates racing on
+it agree on the result. Every decision is tagged on the version (`promotion`, `promotion.reason`,
+the value as `<metric>` and its labels as `<metric>.reference`, `<metric>.comparability`), so the
+registry says why a version is not champion. A champion gated on another metric is not compared.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from mlflow.tracking import MlflowClient
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-FID_TAG = "fid"
+FID_TAG = "fid"  # the default metric's tags: <metric>, <metric>.reference, <metric>.comparability
 REFERENCE_TAG = "fid.reference"
 LABEL_TAG = "fid.comparability"
 PROMOTION_TAG = "promotion"
@@ -111,55 +113,64 @@ class Promotion:
         return self.outcome == "champion"
 
 
+def _name(metric: str) -> str:
+    return metric.upper() if metric in ("fid", "kid") else metric
+
+
 def decide(
-    fid: float, reference: str, label: str, best: ModelVersion | None
+    value: float, reference: str, label: str, best: ModelVersion | None, metric: str = FID_TAG
 ) -> tuple[Outcome, str]:
-    """The promotion rule, apart from the registry: (outcome, reason)."""
-    if not math.isfinite(fid):
-        return "rejected", f"FID is {fid}, not a finite number"
+    """The promotion rule on `metric` (lower is better), apart from the registry."""
+    name = _name(metric)
+    if not math.isfinite(value):
+        return "rejected", f"{name} is {value}, not a finite number"
     if best is None:
-        return "champion", f"first version with a FID ({fid:.4g}); no champion yet"
-    have = (best.tags.get(REFERENCE_TAG), best.tags.get(LABEL_TAG))
+        return "champion", f"first version with a {name} ({value:.4g}); no champion yet"
+    if metric not in best.tags:
+        return "not_compared", f"champion v{best.version} has no {name}: gated on another metric"
+    have = _key(best, metric)
     if have != (reference, label):
         return "not_compared", (
-            f"FID not comparable with champion v{best.version}: reference {have[0]!r} vs "
+            f"{name} not comparable with champion v{best.version}: reference {have[0]!r} vs "
             f"{reference!r}, comparability {have[1]!r} vs {label!r}"
         )
-    best_fid = float(best.tags[FID_TAG])
-    if fid < best_fid:
-        return "champion", f"FID {fid:.4g} < champion v{best.version}'s {best_fid:.4g}"
-    return "rejected", f"FID {fid:.4g} >= champion v{best.version}'s {best_fid:.4g}"
+    best_value = float(best.tags[metric])
+    if value < best_value:
+        return "champion", f"{name} {value:.4g} < champion v{best.version}'s {best_value:.4g}"
+    return "rejected", f"{name} {value:.4g} >= champion v{best.version}'s {best_value:.4g}"
 
 
-def _fid(version: ModelVersion) -> float:
+def _value(version: ModelVersion, metric: str) -> float:
     try:
-        return float(version.tags.get(FID_TAG, "nan"))
+        return float(version.tags.get(metric, "nan"))
     except ValueError:
         return math.nan
 
 
-def _key(version: ModelVersion) -> tuple[str | None, str | None]:
-    return version.tags.get(REFERENCE_TAG), version.tags.get(LABEL_TAG)
+def _key(version: ModelVersion, metric: str) -> tuple[str | None, str | None]:
+    return version.tags.get(f"{metric}.reference"), version.tags.get(f"{metric}.comparability")
 
 
-def winner(versions: list[ModelVersion], holder: ModelVersion | None) -> ModelVersion | None:
+def winner(
+    versions: list[ModelVersion], holder: ModelVersion | None, metric: str = FID_TAG
+) -> ModelVersion | None:
     """The rule, as a function of the gated versions (so racing gates agree on it): among the
-    versions whose FID is comparable with the alias holder's (the lowest-numbered gated version
-    when nobody holds it), the lowest finite FID; ties go to the lower version number."""
-    gated = [v for v in versions if math.isfinite(_fid(v))]
+    versions whose `metric` is comparable with the alias holder's (the lowest-numbered gated
+    version when nobody holds it), the lowest finite value; ties go to the lower version."""
+    gated = [v for v in versions if math.isfinite(_value(v, metric))]
     if holder is None:
         if not gated:
             return None
         holder = min(gated, key=lambda v: int(v.version))
-    anchor = _key(holder)
-    pool = [v for v in gated if _key(v) == anchor]
-    return min(pool, key=lambda v: (_fid(v), int(v.version)), default=None)
+    anchor = _key(holder, metric)
+    pool = [v for v in gated if _key(v, metric) == anchor]
+    return min(pool, key=lambda v: (_value(v, metric), int(v.version)), default=None)
 
 
 SETTLE_ROUNDS = 20  # re-reads after moving the alias before a gate gives up (a live-lock guard)
 
 
-def settle_champion(client: MlflowClient, name: str) -> ModelVersion | None:
+def settle_champion(client: MlflowClient, name: str, metric: str = FID_TAG) -> ModelVersion | None:
     """Move `champion` to `winner` until a re-read finds it there; returns the champion.
 
     Every gate runs this after tagging its own version, so whichever gate moves the alias last
@@ -168,7 +179,7 @@ def settle_champion(client: MlflowClient, name: str) -> ModelVersion | None:
     """
     for _ in range(SETTLE_ROUNDS):
         holder = champion(client, name)
-        best = winner(list(client.search_model_versions(f"name = '{name}'")), holder)
+        best = winner(list(client.search_model_versions(f"name = '{name}'")), holder, metric)
         if best is None or (holder is not None and str(holder.version) == str(best.version)):
             return holder
         client.set_registered_model_alias(name, CHAMPION, str(best.version))
@@ -176,32 +187,41 @@ def settle_champion(client: MlflowClient, name: str) -> ModelVersion | None:
 
 
 def gate(
-    client: MlflowClient, name: str, version: str, fid: float, reference: str, label: str
+    client: MlflowClient,
+    name: str,
+    version: str,
+    value: float,
+    reference: str,
+    label: str,
+    metric: str = FID_TAG,
 ) -> Promotion:
-    """Tag `version` with its FID and labels, then settle `champion` (`settle_champion`): it
-    moves to `version` only if it wins (`decide` says why, against the champion before).
+    """Tag `version` with its `metric` value and labels, then settle `champion`
+    (`settle_champion`): it moves to `version` only if it wins (`decide` says why, against the
+    champion before).
 
-    Re-gating the champion itself (an evaluate rerun) updates its FID; it keeps the alias unless
-    a comparable version now has a lower FID.
+    Re-gating the champion itself (an evaluate rerun) updates its value; it keeps the alias
+    unless a comparable version now has a lower one.
     """
     best = champion(client, name)
     # Versions are str over REST and int from a local (sqlite) store.
     previous = str(best.version) if best is not None else None
-    # The FID last: a version with a FID tag has its labels (racing gates read tags midway).
-    for key, value in {REFERENCE_TAG: reference, LABEL_TAG: label, FID_TAG: repr(fid)}.items():
-        client.set_model_version_tag(name, version, key, value)
-    holder = settle_champion(client, name)
+    # The value last: a version with a value tag has its labels (racing gates read tags midway).
+    tags = {f"{metric}.reference": reference, f"{metric}.comparability": label}
+    for key, text in (tags | {metric: repr(value)}).items():
+        client.set_model_version_tag(name, version, key, text)
+    holder = settle_champion(client, name, metric)
     if holder is not None and str(holder.version) == str(version):
         outcome: Outcome = "champion"
         reason = (
-            f"already champion; FID now {fid:.4g}"
+            f"already champion; {_name(metric)} now {value:.4g}"
             if previous == str(version)
-            else decide(fid, reference, label, best)[1]
+            else decide(value, reference, label, best, metric)[1]
         )
     else:
-        outcome, reason = decide(fid, reference, label, holder)
+        outcome, reason = decide(value, reference, label, holder, metric)
         if outcome == "champion":  # a tie, or a gate racing this one moved the alias on
-            outcome, reason = "rejected", f"FID {fid:.4g}: v{holder and holder.version} won"
+            won = f"v{holder and holder.version} won"
+            outcome, reason = "rejected", f"{_name(metric)} {value:.4g}: {won}"
     client.set_model_version_tag(name, version, PROMOTION_TAG, outcome)
     client.set_model_version_tag(name, version, REASON_TAG, reason)
     log.info("%s v%s: %s (%s)", name, version, outcome, reason)
@@ -213,9 +233,10 @@ def promote(
     name: str | None,
     run_id: str,
     model_id: str | None,
-    fid: float,
+    value: float,
     reference: str,
     label: str,
+    metric: str = FID_TAG,
 ) -> str:
     """The gate on the version registered from train run `run_id` -> the decision, as text
     (also when there is nothing to gate: no `mlflow.model_name`, no logged model, no version)."""
@@ -226,5 +247,5 @@ def promote(
     version = version_of_run(client, name, run_id)
     if version is None:
         return f"not gated: no version of {name!r} from train run {run_id}"
-    decision = gate(client, name, str(version.version), fid, reference, label)
+    decision = gate(client, name, str(version.version), value, reference, label, metric)
     return f"{name} v{decision.version}: {decision.outcome} ({decision.reason})"

@@ -29,7 +29,7 @@ from ddpm_core.unet import UNet
 from pipelines.artifacts.fid_stats import FidStats, InceptionWeights, load_inception
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.config import Params
-from pipelines.fid.reference import reference_splits, reference_stats
+from pipelines.fid.reference import headline_reference
 from pipelines.fid.score import Score, score
 from pipelines.infra.files import atomic_path
 from pipelines.infra.ray import check_fits, init_ray
@@ -94,7 +94,7 @@ def reverse_curve(
 
 
 def _isc_splits(params: Params) -> int | None:
-    return params.evaluate.isc_splits if params.evaluate.isc else None
+    return params.evaluate.isc_splits if "isc" in params.evaluate.metrics else None
 
 
 def compute_curves(
@@ -187,13 +187,7 @@ def run_quality(params: Params, root: Path, tracker: Tracker) -> QualityResult:
         weights = load_inception(root / params.paths.fid_stats)  # what the reference stats used
         init_ray(params.ray)
         check_fits(1, cfg.cpus, 1.0 if cfg.use_gpu else 0.0, "quality")
-        ref = reference_stats(  # the headline split, cached by the fid_stats stage
-            root / params.paths.shards,
-            root / params.paths.fid_stats,
-            reference_splits(params, root)[0],
-            params.evaluate.fid_reference_images,
-            weights,
-        )
+        ref = headline_reference(params, root, weights)  # cached by the fid_stats stage
         import ray
 
         task = ray.remote(num_cpus=cfg.cpus, num_gpus=1 if cfg.use_gpu else 0)(compute_curves)

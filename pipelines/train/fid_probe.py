@@ -21,7 +21,7 @@ from ddpm_core.sampling import sample_batched
 from pipelines.artifacts.fid_stats import FidStats, InceptionWeights, load_inception, load_stats
 from pipelines.config import Params
 from pipelines.fid.features import extract_features
-from pipelines.fid.reference import reference_splits, reference_stats
+from pipelines.fid.reference import headline_reference
 from pipelines.fid.score import score
 
 PROBE_BATCH = 64  # images per sampling batch (image i does not depend on the batch)
@@ -43,18 +43,11 @@ def probe_for(params: Params, root: Path) -> FidProbe | None:
     if cfg.fid_every == 0:
         return None
     weights = load_inception(root / params.paths.fid_stats)  # the ones the reference used
-    split = reference_splits(params, root)[0]
-    ref = reference_stats(
-        root / params.paths.shards,
-        root / params.paths.fid_stats,
-        split,
-        params.evaluate.fid_reference_images,
-        weights,
-    )
+    ref = headline_reference(params, root, weights)
     label = (
         f"in-training FID of the EMA weights: {cfg.fid_images} samples, Algorithm 2 over every "
         f"{cfg.fid_stride}-th of {params.diffusion.T} timesteps, vs {ref.count} "
-        f"{params.data.source} {split} images, {weights.label}; ranks checkpoints of this run, "
+        f"{params.data.source} {ref.split} images, {weights.label}; ranks checkpoints of this run, "
         "NOT comparable with published figures"
     )
     return FidProbe(weights, str(ref.path), label)

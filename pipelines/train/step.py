@@ -55,7 +55,7 @@ def build_model(params: Params) -> UNet:
     caller's global state is untouched.
     """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(params.seed)
+        torch.manual_seed(SeedPurpose.model_init(params.seed))  # the seed table's MODEL_INIT
         return build_unet(params)
 
 

@@ -69,14 +69,15 @@ def test_counter_noise_checks_inputs() -> None:
 
 def test_seed_purposes_keep_their_numbers() -> None:
     """The table's numbers are the ones the streams always had (changing one changes a stream:
-    the data split, the training noise, the figures); NLL's stream is new."""
-    table = {k: v for k, v in vars(SeedPurpose).items() if k.isupper()}
+    the data split, the training noise, the figures); NLL's and KID's streams are new."""
+    table = {k: v for k, v in vars(SeedPurpose).items() if k.isupper() and isinstance(v, int)}
     assert table == {
         "DATA_SPLIT": 1,
         "DATA_CAP": 2,
         "NLL": 3,
         "INTERPOLATION": 7,
         "SHARED_LATENT": 8,
+        "KID": 9,
         "T_NOISE": 1,
         "DROPOUT": 2,
         "FLIPS": 7,
@@ -91,3 +92,60 @@ def test_seed_purposes_keep_their_numbers() -> None:
         SeedPurpose.SHARED_LATENT,
     ]
     assert len(set(layout)) == len(layout)
+
+
+# ----------------------------------------------------------------------------------------------
+# The seed table (SeedPurpose.STREAMS) against the rule it states and against the code
+
+
+def _unify(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    """Two key patterns can name the same key ("*": any int)."""
+    return len(a) == len(b) and all(x == y or "*" in (x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_no_two_streams_of_one_generator_can_share_a_key() -> None:
+    from itertools import combinations
+
+    streams = SeedPurpose.STREAMS
+    purposes = {k for k, v in vars(SeedPurpose).items() if k.isupper() and isinstance(v, int)}
+    assert purposes <= {name for name, _, _ in streams}  # every purpose is in the table
+    for (n1, k1, g1), (n2, k2, g2) in combinations(streams, 2):
+        assert not (g1 == g2 and _unify(k1, k2)), f"{n1} and {n2} can share a {g1} seed"
+    # What the docstring says of different generators is so: the same numbers, other kinds.
+    flips, mix = SeedPurpose.FLIPS, SeedPurpose.INTERPOLATION
+    assert mix_seed(0, 7, flips) == mix_seed(0, mix, 7)
+
+
+def _layouts_in_code() -> set[tuple[str, tuple[object, ...]]]:
+    """(purpose, key pattern after the seed) of every call that mixes a SeedPurpose number."""
+    import ast
+
+    from tests.helpers import REPO
+
+    found = set()
+    for path in [*(REPO / "pipelines").rglob("*.py"), *(REPO / "ddpm_core").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            args = node.args
+            if args and isinstance(args[0], ast.List):  # default_rng([seed, purpose])
+                args = list(args[0].elts)
+            for i, arg in enumerate(args):
+                if (
+                    isinstance(arg, ast.Attribute)
+                    and isinstance(arg.value, ast.Name)
+                    and arg.value.id == "SeedPurpose"
+                    and i > 0
+                ):
+                    value = getattr(SeedPurpose, arg.attr)
+                    found.add((arg.attr, tuple(value if a is arg else "*" for a in args[1:])))
+    return found
+
+
+def test_the_table_is_the_code() -> None:
+    """Every call keyed by a SeedPurpose number uses the layout the table gives it."""
+    table = {name: key for name, key, _ in SeedPurpose.STREAMS}
+    found = _layouts_in_code()
+    assert {name for name, _ in found} >= {"FLIPS", "INTERPOLATION", "EPOCH_ORDER", "KID"}
+    for name, key in found:
+        assert table[name] == key, f"{name}: the code keys it {key}, the table {table[name]}"

@@ -29,7 +29,7 @@ def test_params_yaml_round_trips() -> None:
         ("unet.attn_resolutions", [3], "unet.attn_resolutions: got [3], expected resolutions"),
         ("data.channels", 2, "data.channels: got 2, expected 1 or 3"),
         ("train.use_gpu", 1, "train.use_gpu: got 1, expected bool"),
-        ("evaluate.fid_images", 257, "evaluate.fid_images: got 257, expected <= sample.num_images"),
+        ("evaluate.fid.images", 257, "evaluate.fid.images: got 257, expected <= sample.num_images"),
         ("evaluate.nll_images", 0, "evaluate.nll_images: got 0, expected an int >= 1"),
         ("sample.sampler", 3, "sample.sampler: got 3, expected str"),
         ("sample.sampler_options", [], "sample.sampler_options: got [], expected a mapping"),
@@ -37,6 +37,12 @@ def test_params_yaml_round_trips() -> None:
         ("sample.sampler_options", {"ddim": {"eta": None}}, ".ddim.eta: got None, expected bool |"),
         ("quality.samplers", [], "quality.samplers: got [], expected a non-empty list of distinct"),
         ("quality.samplers", ["heun", "heun"], "quality.samplers: got ['heun', 'heun'], expected"),
+        ("evaluate.metrics", ["fid", "fid"], "evaluate.metrics: got ['fid', 'fid'], expected a"),
+        ("evaluate.fid.reference", "val", "evaluate.fid.reference: got 'val', expected one of"),
+        ("evaluate.kid.subset_size", 257, "evaluate.kid.subset_size: got 257, expected <= "),
+        ("evaluate.kid.subsets", 0, "evaluate.kid.subsets: got 0, expected an int >= 1"),
+        ("evaluate.isc", True, "evaluate: unknown key"),  # now a name in evaluate.metrics
+        ("mlflow.promote_on", "", "mlflow.promote_on: got '', expected a lower-is-better"),
         ("quality.steps", [10, 30], "quality.steps: got [10, 30], expected step counts that"),
         ("quality.reverse_every", -1, "quality.reverse_every: got -1, expected an int >= 0"),
         ("train.compile", True, "train.compile: got True, expected one of [False, 'default',"),
@@ -69,7 +75,7 @@ def test_no_test_split_needs_fid_and_nll_on_the_training_set() -> None:
     FID and the NLL must name the train split."""
     raw = copy.deepcopy(default_params_dict())
     over = {"data.source": "lsun", "data.root": "data/raw/x", "data.test_fraction": 0.0}
-    for key, value in {**over, "evaluate.fid_reference": "train"}.items():
+    for key, value in {**over, "evaluate.fid.reference": "train"}.items():
         set_dotted(raw, key, value)
     with pytest.raises(ConfigError, match=r"data.test_fraction: got 0.0, expected > 0, or 0 with"):
         from_dict(Params, raw)  # nll_split: test

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 from collections.abc import Callable
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,13 @@ from pipelines.artifacts.samples import (
 )
 from pipelines.config import Params
 from pipelines.data.stage import build_shards
+from pipelines.evaluate.metrics.registry import METRICS
 from pipelines.infra.run_files import write_run_file
 from pipelines.infra.tracking import open_run, tracking_uri
 from pipelines.sample.stage import sample_to_shards
 from pipelines.train.mlflow_model import log_mlflow_model
 from stages import evaluate, fid_stats
-from tests.helpers import REPO, make_model_dir, params_file
+from tests.helpers import REPO, assert_portable, make_model_dir, params_file
 
 MakeParams = Callable[..., Params]
 
@@ -38,7 +40,7 @@ MakeParams = Callable[..., Params]
 def params(make_params: MakeParams, converted_path: Path) -> Params:
     # nll_split both: the default (test) runs in the end-to-end test of the micro profile
     return make_params(
-        {"evaluate.inception_weights": str(converted_path), "evaluate.nll_split": "both"}
+        {"evaluate.fid.inception_weights": str(converted_path), "evaluate.nll_split": "both"}
     )
 
 
@@ -108,6 +110,13 @@ def test_fid_stats_then_evaluate_logs_labelled_metrics_to_a_child_run(
     assert m["fid"] == m["fid_train"] > 0 and m["fid_test"] > 0
     assert m["fid_images"] == 8 and m["fid_train_reference_images"] == 16
     assert m["isc_status"].startswith("unavailable") and "isc_mean" not in m
+    # KID from the same features, against the reference features fid_stats stored (16 images)
+    assert m["kid_reference_images"] == 16 and abs(m["kid"]) < 10 and m["kid_std"] >= 0
+    # Every key is one its metric declares (or the stage's own).
+    declared = [p for name in params.evaluate.metrics for p in METRICS[name].logs]
+    own = ("wall_time_s", "promotion")
+    assert [k for k in m if k not in own and not any(fnmatch(k, p) for p in declared)] == []
+    assert_portable(Path(params.paths.runs) / "evaluate.json")  # no machine path in git
     assert 0 < m["nll_bpd"] < 100 and m["nll_images"] == 4 and m["nll_split"] == "both"
     assert m["nll_bpd_sem"] > 0 and m["nll_test_bpd"] == m["nll_bpd"]  # headline: test split
     assert 0 < m["nll_train_bpd"] < 100 and m["nll_train_images"] == 4

@@ -47,7 +47,7 @@ def test_both_curves_score_against_the_cached_reference(
     make_params: MakeParams, converted_path: Path, tmp_path: Path, local_ray: object
 ) -> None:
     params = make_params({
-        "evaluate.inception_weights": str(converted_path),
+        "evaluate.fid.inception_weights": str(converted_path),
         "quality.steps": [20, 5],
         "quality.samplers": ["ancestral", "heun"],
         "quality.images": 4,

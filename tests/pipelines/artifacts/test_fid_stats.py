@@ -12,6 +12,7 @@ from pipelines.artifacts.fid_stats import (
     WEIGHTS_FILE,
     FidStats,
     InceptionWeights,
+    load_features,
     load_inception,
     load_stats,
     reference_key,
@@ -34,14 +35,26 @@ def test_key_follows_shards_count_and_weights() -> None:
 def test_round_trip_is_exact_and_the_key_is_checked(tmp_path: Path) -> None:
     g = np.random.default_rng(0)
     stats = FidStats(g.normal(size=4), g.normal(size=(4, 4)), 7)
+    features = g.normal(size=(7, 4)).astype(np.float32)
     path = tmp_path / "stats" / "train-7-k.npz"
-    save_stats(path, stats, {"key": "k", "split": "train"})
+    save_stats(path, stats, {"key": "k", "split": "train"}, features)
     back = load_stats(path, "k")
     assert back.count == 7 and back.mu.dtype == np.float64
     np.testing.assert_array_equal(back.sigma, stats.sigma)
+    np.testing.assert_array_equal(load_features(path), features)  # KID's reference side
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # written atomically
     with pytest.raises(ValueError, match="cache key k, expected other"):
         load_stats(path, "other")
+
+
+def test_features_must_match_the_count_and_an_old_file_says_to_rerun(tmp_path: Path) -> None:
+    stats = FidStats(np.zeros(4), np.eye(4), 3)
+    with pytest.raises(ValueError, match=r"features \(2, 4\), expected \(3, D\)"):
+        save_stats(tmp_path / "a.npz", stats, {}, np.zeros((2, 4)))
+    old = tmp_path / "old.npz"  # as the stage wrote it before features were kept
+    np.savez(old, mu=stats.mu, sigma=stats.sigma, count=3, meta="{}")
+    with pytest.raises(ValueError, match=r"no reference features .*dvc repro fid_stats"):
+        load_features(old)
 
 
 def test_weights_are_stored_with_their_label_and_checked_on_load(tmp_path: Path) -> None:

@@ -57,13 +57,13 @@ def test_only_the_paper_protocol_is_called_comparable(make_params: MakeParams) -
 def test_too_few_samples_is_an_error_naming_both_keys(
     make_params: MakeParams, tmp_path: Path
 ) -> None:
-    params = make_params({"evaluate.fid_images": 8})
+    params = make_params({"evaluate.fid.images": 8})
     samples = tmp_path / "samples"
     with pytest.raises(FileNotFoundError, match="run the sample stage first"):
         check_counts(params, samples)
     samples.mkdir()
     (samples / MANIFEST).write_text('{"num_images": 5}')
-    with pytest.raises(ValueError, match=r"evaluate.fid_images: 8 requested .* holds 5 samples"):
+    with pytest.raises(ValueError, match=r"evaluate.fid.images: 8 requested .* holds 5 samples"):
         check_counts(params, samples)
     (samples / MANIFEST).write_text('{"num_images": 9}')
     assert check_counts(params, samples) == 8

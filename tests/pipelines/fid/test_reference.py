@@ -51,7 +51,7 @@ def test_reference_stats_are_cached_and_keyed(shards: Path, weights: InceptionWe
 def test_reference_splits_headline_first(
     make_params: Callable[..., Params], tmp_path: Path
 ) -> None:
-    params = make_params({"evaluate.fid_reference": "test"})
+    params = make_params({"evaluate.fid.reference": "test"})
     with pytest.raises(FileNotFoundError, match="run the shard stage"):
         reference_splits(params, tmp_path)
     build_shards(params.data, params.seed, Path(params.paths.shards))

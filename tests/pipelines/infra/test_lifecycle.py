@@ -16,10 +16,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import Params
-from pipelines.infra.lifecycle import claim_path, open_child_run, replay_unfinished, run_tracked
-from pipelines.infra.run_files import read_run_file
+from pipelines.infra.lifecycle import (
+    claim_path,
+    open_child_run,
+    portable_outbox,
+    replay_unfinished,
+    run_tracked,
+)
+from pipelines.infra.run_files import read_run_file, run_file
 from pipelines.infra.tracking import Tracker
-from tests.helpers import REPO, MlflowServer, build_params, params_file
+from tests.helpers import REPO, MlflowServer, assert_portable, build_params, params_file
 
 REPLAYED = "of an earlier sample run: sending its unsent calls"
 
@@ -63,6 +69,9 @@ def test_the_next_run_of_a_stage_sends_what_an_outage_left_unsent_once(
         run_tracked(params, tmp_path, "sample", first, outage, final_wait_s=0.5)
         details = read_run_file(params, "sample", tmp_path)["details"]  # type: ignore[index]
         assert details["mlflow_unsent"] > 0
+        # runs/*.json is tracked by git: the outbox relative to the root, no machine's path
+        assert_portable(run_file(params, "sample", tmp_path))
+        assert (tmp_path / details["mlflow_outbox"]).resolve() == Path(first.outbox_dir or "")
         claim = claim_path(first)
         assert claim is not None and claim.is_file()
         server.start()
@@ -131,3 +140,15 @@ def test_a_stage_killed_mid_run_is_ended_failed_by_the_next_run(tmp_path: Path) 
         assert not (Path(nxt.outbox_dir or "").parent / f"{killed}.claim").exists()
     finally:
         server.stop()
+
+
+def test_run_files_hold_no_machine_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """runs/*.json is tracked by git: the outbox is written relative to the root, or as
+    `<paths.ray_storage>/...` when that lies elsewhere; the committed files hold no such path."""
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    inside = Tracker("sqlite:///x.db", "abc", str(tmp_path / ".ray_storage/mlflow_outbox/abc"))
+    assert portable_outbox(inside, tmp_path) == ".ray_storage/mlflow_outbox/abc"
+    outside = Tracker("sqlite:///x.db", "abc", "/mnt/shared/ray/mlflow_outbox/abc")
+    assert portable_outbox(outside, tmp_path) == "<paths.ray_storage>/mlflow_outbox/abc"
+    for committed in sorted((REPO / "runs").glob("*.json")):
+        assert_portable(committed)

@@ -111,18 +111,25 @@ def test_unregistered_when_model_name_is_null(tmp_path: Path, mlflow_server: Mlf
     assert registry.logged_model_id(tracker.client, tracker.run_id) == logged.model_id
 
 
+def gated_versions(
+    root: Path, url: str, name: str, n: int
+) -> tuple[MlflowClient, tuple[Tracker, Any], list[str]]:
+    """`n` versions of `name`: the train run's logged model, then the same model registered from
+    `n - 1` other runs (the runs are labels here; a new run id makes a new version)."""
+    params = server_params(root, url, name=name)
+    tracker = open_run(params, "train", root)
+    logged = log_mlflow_model(params, tracker, make_model_dir(params), params.train.steps)
+    client = MlflowClient(url)
+    others = [registry.register(client, name, logged.model_id, f"run{i}") for i in range(n - 1)]
+    return client, (tracker, logged), [str(logged.version)] + [str(v.version) for v in others]
+
+
 def test_promotion_gate_moves_champion_only_on_a_better_comparable_fid(
     tmp_path: Path, mlflow_server: MlflowServer
 ) -> None:
     """Versions of one logged model, gated in turn with FIDs as evaluate reports them."""
     name = "ddpm-gate"
-    params = server_params(tmp_path, mlflow_server.url, name=name)
-    tracker = open_run(params, "train", tmp_path)
-    logged = log_mlflow_model(params, tracker, make_model_dir(params), params.train.steps)
-    client = MlflowClient(mlflow_server.url)
-    versions = [logged.version] + [
-        str(registry.register(client, name, logged.model_id, f"run{i}").version) for i in range(5)
-    ]  # the runs are labels here; a new run id makes a new version
+    client, _, versions = gated_versions(tmp_path, mlflow_server.url, name, 6)
     label = "NOT comparable with published figures: 8 samples, not 50000"
 
     def gate(i: int, fid: float, lab: str = label) -> registry.Promotion:
@@ -154,6 +161,45 @@ def test_promotion_gate_moves_champion_only_on_a_better_comparable_fid(
     finally:
         mlflow.set_tracking_uri(None)
     assert images.shape == (1, 8, 8, 1)
+
+
+def test_gate_promotes_on_the_metric_mlflow_promote_on_names(
+    tmp_path: Path, mlflow_server: MlflowServer
+) -> None:
+    """`mlflow.promote_on: kid` (any lower-is-better metric): the same rule on its tags; a
+    champion gated on another metric is not compared (and keeps the alias)."""
+    name = "ddpm-kid"
+    client, (tracker, logged), versions = gated_versions(tmp_path, mlflow_server.url, name, 3)
+    label = "NOT comparable with published figures: 8 samples, not 50000"
+
+    def gate(i: int, kid: float, metric: str = "kid") -> registry.Promotion:
+        return registry.gate(client, name, versions[i], kid, "train", label, metric)
+
+    def champion() -> str:
+        return client.get_model_version_by_alias(name, registry.CHAMPION).version
+
+    first = gate(0, 0.02)
+    assert first.reason == "first version with a KID (0.02); no champion yet"
+    tags = client.get_model_version(name, versions[0]).tags
+    assert (tags["kid"], tags["kid.reference"], tags["kid.comparability"]) == (
+        "0.02",
+        "train",
+        label,
+    )
+    assert registry.FID_TAG not in tags
+    worse = gate(1, 0.05)
+    assert (
+        worse.outcome == "rejected"
+        and worse.reason == f"KID 0.05 >= champion v{versions[0]}'s 0.02"
+    )
+    assert gate(2, 0.01).outcome == "champion" and champion() == versions[2]
+    other = gate(1, 3.1, "nll_bpd")  # promote_on changed: the champion has no nll_bpd
+    assert other.outcome == "not_compared" and champion() == versions[2]
+    assert other.reason == f"champion v{versions[2]} has no nll_bpd: gated on another metric"
+    text = registry.promote(
+        client, name, tracker.run_id, logged.model_id, 0.03, "train", label, "kid"
+    )
+    assert text == f"{name} v{versions[0]}: rejected (KID 0.03 >= champion v{versions[2]}'s 0.01)"
 
 
 def test_system_metrics_are_logged_to_the_run(

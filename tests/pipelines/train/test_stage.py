@@ -258,7 +258,7 @@ def test_min_fid_selection_survives_a_worker_killed_mid_run(
     overrides = {
         "train.steps": 5, "train.checkpoint_every": 2, "train.keep_checkpoints": 3,
         "train.max_failures": 1, "train.fid_every": 2, "train.fid_images": 6,
-        "train.export": "best_fid", "evaluate.inception_weights": str(converted_path),
+        "train.export": "best_fid", "evaluate.fid.inception_weights": str(converted_path),
     }  # fmt: skip
     params = train_params(tmp_path / "killed", shards_dir, overrides)
     run_fid_stats(params, tmp_path / "killed")  # the probe's reference: only fid_stats writes it
@@ -419,7 +419,7 @@ def test_mlflow_server_down_mid_run_loses_and_repeats_nothing(
         # The outputs are written; the run file names the unsent calls and where they are.
         assert result.steps == 6 and (Path(params.paths.model) / WEIGHTS_FILE).is_file()
         details = json.loads((Path(params.paths.runs) / "train.json").read_text())["details"]
-        outbox = Path(details["mlflow_outbox"])
+        outbox = tmp_path / details["mlflow_outbox"]  # relative to the root: runs/*.json is in git
         assert details["mlflow_unsent"] > 0 and (outbox / "journal.jsonl").is_file()
         # The server comes back; the same command (a finished run: nothing to train) sends them.
         server.start()

@@ -231,3 +231,18 @@ def test_learned_variance_trains_on_the_bound_and_its_loss_falls(
         train_step(state, x, t, noise, params.train)
     after = bound()
     assert math.isfinite(after) and after < 0.7 * before, (before, after)
+
+
+def test_model_init_through_the_seed_table_keeps_the_weights_runs_always_had(
+    make_params: Callable[..., Params],
+) -> None:
+    """`SeedPurpose.model_init` is the seed itself: the initial weights of every earlier run."""
+    from pipelines.artifacts.model_dir import build_unet
+
+    params = make_params({"seed": 3})
+    torch.manual_seed(3)  # as build_model seeded before the table held its stream
+    before = build_unet(params)
+    for (name, a), b in zip(
+        before.state_dict().items(), build_model(params).state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
