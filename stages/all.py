@@ -11,6 +11,7 @@ output to its `params.yaml` path and `dvc commit -f` (then `dvc push`).
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 from dataclasses import asdict
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from pipelines.config import Params
 from pipelines.infra.files import write_json
-from stages.common import parser, repo_root, start
+from stages.common import answer_user_errors, load, parser, repo_root
 
 STAGES = ("shard", "fid_stats", "train", "sample", "evaluate", "quality")
 log = logging.getLogger("stages.all")
@@ -42,11 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         default=list(STAGES),
         help="which stages to run, in pipeline order (default: all)",
     )
-    started = start(p, argv)  # a bad params file fails before any stage starts
-    if started is None:
-        return 0  # --dry-run printed the resolved config
-    params, args = started
+    args = p.parse_args(argv)
     ran = [s for s in STAGES if s in args.stages]
+    return answer_user_errors(args, argv, lambda: run_stages(args, ran))
+
+
+def run_stages(args: argparse.Namespace, ran: list[str]) -> int:
+    """Each stage's `main` in order; a bad params file or input fails before any stage starts."""
+    params = load(args, ran)
+    if params is None:
+        return 0  # --dry-run checked the inputs and printed the resolved config
     for name in ran:
         log.info("stage %s", name)
         code: int = importlib.import_module(f"stages.{name}").main(["--params", args.params])
