@@ -257,3 +257,20 @@ def test_a_damaged_released_config_is_one_line_naming_the_file(
     assert _cli("import_diffusers", args, monkeypatch) == 2
     line = _one_line(capsys)
     assert str(released / "config.json") in line and "JSON" in line, line
+
+
+@pytest.mark.parametrize(
+    ("gpu", "gpus", "words"),
+    [(True, 0.0, "> 0 with train.use_gpu: true"), (False, 1.0, "0 with train.use_gpu: false")],
+)
+def test_gpu_keys_that_disagree_are_refused_when_params_load(
+    gpu: bool, gpus: float, words: str, tmp_path: Path, capsys, monkeypatch, no_ray: object
+) -> None:
+    """`train.use_gpu: true` without `train.gpus_per_worker` (or the reverse) is refused by the
+    loader, so `stages.all` stops before shard and fid_stats run, not at the train stage."""
+    monkeypatch.chdir(tmp_path)
+    p = _tiny_file(tmp_path, **{"train.use_gpu": gpu, "train.gpus_per_worker": gpus})
+    assert _cli("all", ["--params", str(p)], monkeypatch) == 2
+    line = _one_line(capsys)
+    assert "train.gpus_per_worker" in line and words in line, line
+    assert not (tmp_path / "data").exists()  # shard did not run
