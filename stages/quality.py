@@ -1,6 +1,7 @@
 """DVC stage `quality`: FID vs sampler steps (DDIM, strided ancestral) and over the reverse process.
 
-Off by default (header-only plot files); see README, "Sample quality beyond one number".
+Off by default (header-only plot files); see docs/paper-fidelity.md, "Sample quality beyond one
+number".
 """
 
 from __future__ import annotations
