@@ -140,15 +140,6 @@ def load(args: argparse.Namespace, stages: Sequence[str] = ()) -> Params | None:
     return params
 
 
-def start(
-    p: argparse.ArgumentParser, argv: list[str] | None, stages: Sequence[str] = ()
-) -> tuple[Params, argparse.Namespace] | None:
-    """Parse the arguments and `load` the params: None after --dry-run, else (params, args)."""
-    args = p.parse_args(argv)
-    params = load(args, stages)
-    return None if params is None else (params, args)
-
-
 Run = Callable[[Params, Path, argparse.Namespace], StageResult]
 
 
