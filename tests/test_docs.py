@@ -283,12 +283,40 @@ def _profiles_named(text: str) -> list[dict]:
     ]
 
 
+def _kube_config() -> bool:
+    import os
+
+    return bool(os.environ.get("KUBECONFIG")) or (Path.home() / ".kube" / "config").is_file()
+
+
+# Needs a block may be marked with: words the block must hold (one of them), and whether this
+# machine has the thing (then the mark is false: run the block).
+TOOL_NEEDS: dict[str, tuple[tuple[str, ...], object]] = {
+    # a client without its server runs nothing: kubectl/helm need a cluster, docker a daemon
+    "kubectl": (("kubectl",), lambda: shutil.which("kubectl") and _kube_config()),
+    "helm": (("helm",), lambda: shutil.which("helm") and _kube_config()),
+    "docker": (
+        ("docker",),
+        lambda: shutil.which("docker") and Path("/var/run/docker.sock").exists(),
+    ),
+    "a Kubernetes cluster": (
+        ("kubectl", "helm"),
+        lambda: shutil.which("kubectl") and _kube_config(),
+    ),
+    # the test suite never downloads (house rule), and it runs on one machine
+    "PyPI": (("pip install",), lambda: False),
+    "several machines": (("",), lambda: False),
+    "an S3 bucket or an NFS folder shared with others": (("s3://", "nfs"), lambda: False),
+}
+
+
 def _needs_is_true(what: str, text: str) -> str | None:
     """None if `text` needs `what` and this machine lacks it; otherwise why the mark is false."""
-    if what in ("kubectl", "helm", "docker"):
-        if what not in text:
-            return f"the block does not run {what}"
-        return f"{what} is installed here: run the block" if shutil.which(what) else None
+    if what in TOOL_NEEDS:
+        words, here = TOOL_NEEDS[what]
+        if not any(w in text for w in words):
+            return f"the block uses none of {words}"
+        return f"this machine has {what}: run the block" if here() else None  # type: ignore[operator]
     if what in ("a GPU", "a cluster of GPUs"):
         import torch
 
@@ -310,10 +338,14 @@ def _needs_is_true(what: str, text: str) -> str | None:
         from huggingface_hub import get_token
 
         return "this machine is logged in to the Hub" if get_token() else None
-    return (
-        f"unknown need {what!r} (kubectl, helm, docker, a GPU, a cluster of GPUs, "
-        "the dataset <name>, a Hugging Face login)"
-    )
+    known = [
+        *TOOL_NEEDS,
+        "a GPU",
+        "a cluster of GPUs",
+        "the dataset <name>",
+        "a Hugging Face login",
+    ]
+    return f"unknown need {what!r} (known: {', '.join(known)})"
 
 
 def _run_by_is_true(target: str, doc: Path) -> str | None:
