@@ -11,8 +11,9 @@ fence (the convention of this repository):
     <!-- doc-test: needs kubectl -->          what the block needs and this machine lacks
     <!-- doc-test: run by tests/<path>.py::<test name> -->   a test that reads this very block
 
-and a mark must be true: the block uses what it needs (and the tool is not installed here), and
-the named test exists and reads the doc. The blocks this file runs are at its end.
+and a mark must be true: the block uses what it needs and this machine cannot give it (a tool
+without its cluster or daemon, a GPU, a dataset not in the checkout), and the named test exists
+and reads the doc. The blocks this file runs are at its end.
 """
 
 from __future__ import annotations
@@ -48,15 +49,6 @@ def _code(doc: Path) -> str:
             if child.type == "code_inline":
                 out.append(child.content)
     return "\n".join(out)
-
-
-def _params_keys(tree: dict, prefix: str = "") -> set[str]:
-    keys = set()
-    for k, v in tree.items():
-        keys.add(prefix + k)
-        if isinstance(v, dict):
-            keys |= _params_keys(v, prefix + k + ".")
-    return keys
 
 
 def _make_targets() -> set[str]:
