@@ -697,3 +697,19 @@ def test_quoted_errors_are_what_the_loader_prints(tmp_path: Path) -> None:
             message = str(e).replace(f"{path}: ", "")
         message = f"params.yaml: {message}" if not message.startswith("params.yaml") else message
         assert message.startswith(quote), f"{doc.name}: quotes `{quote}`; the loader says {message}"
+
+
+def test_the_retrain_exit_codes_the_docs_quote_are_the_clis() -> None:
+    from stages import common, retrain
+
+    codes = {
+        "failed": retrain.EXIT_FAILED,
+        "bad input": common.EXIT_USER_ERROR,
+        "cluster lost": retrain.EXIT_LOST,
+        "timed out": retrain.EXIT_TIMEOUT,
+    }
+    readme = re.sub(r"\s+", " ", (REPO / "README.md").read_text())
+    quoted = re.search(r"\(exit 0 up to date or succeeded, ([^)]*)\)", readme)
+    assert quoted, "README.md: the retrain exit codes are not quoted"
+    said = dict(re.findall(r"(\d) ([a-z ]+?)(?:,|$)", quoted.group(1)))
+    assert {name: int(code) for code, name in said.items()} == codes, quoted.group(0)
