@@ -164,6 +164,13 @@ class TrainConfig:
             "in-training FID, so it needs train.fid_every > 0)",
         )
         check(self.num_workers >= 1, "train.num_workers", self.num_workers, "an int >= 1")
+        # Checked here, not at the train stage: stages.all would run shard and fid_stats first.
+        check(
+            self.gpus_per_worker > 0 if self.use_gpu else self.gpus_per_worker == 0,
+            "train.gpus_per_worker",
+            self.gpus_per_worker,
+            "> 0 with train.use_gpu: true (e.g. 1), 0 with train.use_gpu: false",
+        )
         check(
             self.batch_size % self.num_workers == 0,
             "train.batch_size",

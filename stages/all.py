@@ -11,14 +11,16 @@ output to its `params.yaml` path and `dvc commit -f` (then `dvc push`).
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
 from pipelines.config import Params
 from pipelines.infra.files import write_json
-from stages.common import parser, repo_root, start
+from stages.common import answer_user_errors, load, parser, repo_root
 
 STAGES = ("shard", "fid_stats", "train", "sample", "evaluate", "quality")
 log = logging.getLogger("stages.all")
@@ -42,18 +44,29 @@ def main(argv: list[str] | None = None) -> int:
         default=list(STAGES),
         help="which stages to run, in pipeline order (default: all)",
     )
-    started = start(p, argv)  # a bad params file fails before any stage starts
-    if started is None:
-        return 0  # --dry-run printed the resolved config
-    params, args = started
+    args = p.parse_args(argv)
     ran = [s for s in STAGES if s in args.stages]
+    return answer_user_errors(args, argv, lambda: run_stages(args, ran))
+
+
+def run_stages(args: argparse.Namespace, ran: list[str]) -> int:
+    """Each stage's `main` in order; a bad params file or input fails before any stage starts."""
+    params = load(args, ran)
+    if params is None:
+        return 0  # --dry-run checked the inputs and printed the resolved config
+    # The working directory and the params file by absolute path, once: under `ray job submit`
+    # the cwd is Ray's copy of the working dir, and a second node sharing this node's Ray temp
+    # dir re-extracts that copy (rmtree + unzip at the same path) when it first runs a task of
+    # the job; this process then sits in a deleted folder where relative paths find nothing.
+    root, params_file = repo_root(), str(Path(args.params).resolve())
     for name in ran:
+        os.chdir(root)  # by path: the folder now there, should the one we were in be gone
         log.info("stage %s", name)
-        code: int = importlib.import_module(f"stages.{name}").main(["--params", args.params])
+        code: int = importlib.import_module(f"stages.{name}").main(["--params", params_file])
         if code != 0:
             log.error("stage %s failed with exit code %d", name, code)
             return code
-    log.info("outputs recorded in %s", record_outputs(params, args.params, ran, repo_root()))
+    log.info("outputs recorded in %s", record_outputs(params, args.params, ran, root))
     return 0
 
 

@@ -17,7 +17,7 @@ def run(params: Params, root: Path, _: argparse.Namespace) -> EvaluateResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(__doc__ or "", argv, run)
+    return main_for("evaluate", __doc__ or "", argv, run)
 
 
 if __name__ == "__main__":

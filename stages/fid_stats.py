@@ -10,7 +10,9 @@ from stages.common import main_for
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(__doc__ or "", argv, lambda params, root, _: run_fid_stats(params, root))
+    return main_for(
+        "fid_stats", __doc__ or "", argv, lambda params, root, _: run_fid_stats(params, root)
+    )
 
 
 if __name__ == "__main__":

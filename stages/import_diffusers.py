@@ -32,7 +32,7 @@ def run(params: Params, root: Path, args: argparse.Namespace) -> ReleasedResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(__doc__ or "", argv, run, add_arguments)
+    return main_for("import_diffusers", __doc__ or "", argv, run, add_arguments)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """DVC stage `quality`: FID vs sampler steps (DDIM, strided ancestral) and over the reverse process.
 
-Off by default (header-only plot files); see README, "Sample quality beyond one number".
+Off by default (header-only plot files); see docs/paper-fidelity.md, "Sample quality beyond one
+number".
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def run(params: Params, root: Path, _: argparse.Namespace) -> QualityResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(__doc__ or "", argv, run)
+    return main_for("quality", __doc__ or "", argv, run)
 
 
 if __name__ == "__main__":

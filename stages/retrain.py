@@ -4,9 +4,10 @@ Idempotent: the submission id is `retrain-<hash of the params files, dvc.lock, t
 raw data under data.root>`, so a repeated
 tick with the same inputs submits nothing while that job is pending, running or succeeded (a
 failed one is retried as `<id>-2`, ...). Exit code 0 when up to date, submitted, or
-already submitted (and, with --wait, when the job succeeded); 1 when the job failed; 2 when
---timeout passed first; 3 when the cluster was lost or unreachable (one line says so, the next
-tick submits again). Each tick's outcome is recorded in `.retrain/<job id>.json`.
+already submitted (and, with --wait, when the job succeeded); 1 when the job failed; 2 on bad
+input (a params file the loader refuses, no address; one line, as every stage CLI); 3 when the
+cluster was lost or unreachable (one line says so, the next tick submits again); 4 when --timeout
+passed first. Each tick's outcome is recorded in `.retrain/<job id>.json`.
 Example (cron, or a Kubernetes CronJob; see deploy/):
     python -m stages.retrain --address http://ray-head:8265 --params params.yaml --wait
 """
@@ -22,12 +23,12 @@ from pathlib import Path
 
 from ray.job_submission import JobStatus
 
-from pipelines.config import load_params
+from pipelines.config import ConfigError, load_params
 from pipelines.infra.files import write_json
 from pipelines.infra.jobs import LOST_AFTER_S, TERMINAL, ClusterLost, decide, submit, wait
-from stages.common import repo_root
+from stages.common import answer_user_errors, repo_root
 
-EXIT_FAILED, EXIT_TIMEOUT, EXIT_LOST = 1, 2, 3
+EXIT_FAILED, EXIT_LOST, EXIT_TIMEOUT = 1, 3, 4  # 2: bad input (stages.common)
 STATE_DIR = ".retrain"  # one JSON file per job id: the latest tick's outcome
 
 
@@ -56,11 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {LOST_AFTER_S:g}: a blip is not a loss)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the decision, submit nothing")
+    p.add_argument("--verbose", action="store_true", help="on an error, show the Python traceback")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return answer_user_errors(args, argv, lambda: tick(args))
+
+
+def tick(args: argparse.Namespace) -> int:
+    """One scheduled tick: decide, then submit (and wait) unless up to date or --dry-run."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     root = repo_root()
     load_params(root / args.params)  # a broken params file fails here, not on the cluster
@@ -69,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if not decision.changed or args.dry_run:
         return 0
     if not args.address:
-        raise SystemExit("retrain: no Ray address: pass --address or set RAY_API_SERVER_ADDRESS")
+        raise ConfigError(
+            "--address: none given; expected the Ray dashboard address "
+            "(--address or $RAY_API_SERVER_ADDRESS)"
+        )
     entrypoint = f"python -m stages.all --params {shlex.quote(args.params)}"
     timeout = args.timeout if args.wait else None
     sid = decision.submission_id

@@ -21,7 +21,7 @@ def run(params: Params, root: Path, _: argparse.Namespace) -> SampleResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(__doc__ or "", argv, run)
+    return main_for("sample", __doc__ or "", argv, run)
 
 
 if __name__ == "__main__":

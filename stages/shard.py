@@ -7,7 +7,7 @@ from stages.common import main_for
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(__doc__ or "", argv, lambda params, root, _: run_shard(params, root))
+    return main_for("shard", __doc__ or "", argv, lambda params, root, _: run_shard(params, root))
 
 
 if __name__ == "__main__":

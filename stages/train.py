@@ -31,7 +31,7 @@ def run(params: Params, root: Path, _: argparse.Namespace) -> TrainResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(__doc__ or "", argv, run)
+    return main_for("train", __doc__ or "", argv, run)
 
 
 if __name__ == "__main__":

@@ -99,11 +99,27 @@ def pipeline(
     run(["git", "init", "-q"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "micro profile"], root, env)
-    first = run([str(BIN / "dvc"), "repro"], root, env)
+    first = run(readme_repro(root), root, env)
     yield Pipeline(root, env, mlflow_server, first)
 
 
+def readme_repro(root: Path) -> list[str]:
+    """README.md's first block (`make repro`, `make test`) as the command that runs its `make
+    repro` in `root`: `.venv` is this interpreter's environment, whose set-up make is told is
+    done (`-o` its stamp: no pip install into it). `make test` is CI's command (.ci/run)."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [ln.split("#")[0].split() for ln in block.splitlines()]
+    assert commands == [["make", "repro"], ["make", "test"]], block
+    (root / ".venv").symlink_to(BIN.parent, target_is_directory=True)
+    with (root / ".git" / "info" / "exclude").open("a") as f:
+        f.write(".venv\n")  # a link, which `.venv/` in .gitignore does not match
+    stamp = hashlib.sha1((root / "pyproject.toml").read_bytes()).hexdigest()[:12]
+    return [*commands[0][:1], "-o", f".venv/.installed-{stamp}", *commands[0][1:]]
+
+
 def test_repro_runs_every_stage_and_writes_the_outputs(pipeline: Pipeline) -> None:
+    """README.md's `make repro` (`readme_repro`) ran every stage and wrote every output."""
     for stage in STAGES:
         assert f"Running stage '{stage}'" in pipeline.first
     root = pipeline.root

@@ -24,7 +24,7 @@ from ddpm_core.config import ConfigError, UNetConfig
 from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.unet import UNet
 from pipelines.config import Params, from_dict, to_dict
-from pipelines.infra.files import atomic_path, recover, write_json
+from pipelines.infra.files import atomic_path, read_json, recover, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def load_ema_model(params: Params, model_dir: Path) -> UNet:
     config, weights = recover(model_dir) / CONFIG_FILE, model_dir / WEIGHTS_FILE
     if not config.is_file():
         raise FileNotFoundError(f"{config}: model config not found (run the train stage first)")
-    trained = json.loads(config.read_text())
+    trained = read_json(config, "the train stage's resolved config (rerun it)")
     check_trained_config(trained, params, config)
     unet_cfg = from_dict(UNetConfig, trained["unet"], "unet.")
     model = build_unet(params, unet_cfg)

@@ -154,6 +154,14 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_json(path: str | os.PathLike[str], what: str = "a JSON file") -> Any:
+    """The JSON in `path`; a damaged file is a ValueError naming it and what was expected."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); expected {what}") from None
+
+
 def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
     """Hex digest of a file's bytes, read in blocks (`hashlib.file_digest`)."""
     with Path(path).open("rb") as f:

@@ -7,7 +7,6 @@ and evaluate use a released model exactly as trained EMA weights.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from ddpm_core.config import ConfigError
 from ddpm_core.convert import state_dict_from_diffusers, unet_config_from_diffusers
 from pipelines.artifacts.model_dir import build_unet, model_out_channels
 from pipelines.config import Params
+from pipelines.infra.files import read_json
 from pipelines.infra.tracking import Tracker, best_effort
 from pipelines.train.export import FID_CSV, LOSS_CSV, write_fid_csv, write_loss_csv, write_models
 from pipelines.train.mlflow_model import log_mlflow_model
@@ -105,7 +105,7 @@ def check_scheduler(params: Params, checkpoint: Path) -> None:
     """ConfigError naming the file and key when the released scheduler is not `diffusion.*`:
     the weights were trained for its T and betas, and sample/evaluate use params' ones."""
     path = _scheduler_config(checkpoint)
-    config = json.loads(path.read_text())
+    config = read_json(path, "a diffusers scheduler config")
     cfg = params.diffusion
     want = {
         "num_train_timesteps": cfg.T,
@@ -134,7 +134,9 @@ def check_released(params: Params, checkpoint: Path) -> dict[str, Any]:
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: not found (expected a diffusers model folder)")
     try:
-        kwargs = unet_config_from_diffusers(json.loads(config_path.read_text()))
+        kwargs = unet_config_from_diffusers(
+            read_json(config_path, "a diffusers UNet2DModel config")
+        )
     except KeyError as e:
         raise ConfigError(
             f"{config_path}: missing key {e.args[0]!r} (expected a diffusers UNet2DModel config)"

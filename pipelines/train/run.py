@@ -78,16 +78,6 @@ def validate_inputs(params: Params, root: Path) -> dict[str, Any]:
             f"{shards / MANIFEST}: split 'train' has {n_train} images, fewer than "
             f"train.num_workers={params.train.num_workers}"
         )
-    cfg = params.train
-    if cfg.use_gpu and cfg.gpus_per_worker <= 0:
-        raise ValueError(
-            f"train.gpus_per_worker: got {cfg.gpus_per_worker}, expected > 0 with train.use_gpu"
-        )
-    if not cfg.use_gpu and cfg.gpus_per_worker > 0:
-        raise ValueError(
-            f"train.gpus_per_worker: got {cfg.gpus_per_worker} with train.use_gpu: false "
-            "(set use_gpu: true or gpus_per_worker: 0)"
-        )
     return manifest
 
 

@@ -166,7 +166,7 @@ def test_data_root_must_lie_in_the_raw_data_dvc_tracks(root: str, raw: str, ok: 
 def test_absolute_path_holding_the_repo_is_refused_when_a_stage_starts(tmp_path: Path) -> None:
     import yaml
 
-    from stages.common import parser, start
+    from stages.common import load, parser
 
     raw = copy.deepcopy(default_params_dict())
     raw["paths"]["fid_stats"] = str(tmp_path.parent)  # holds the repo root (tmp_path) below
@@ -177,4 +177,4 @@ def test_absolute_path_holding_the_repo_is_refused_when_a_stage_starts(tmp_path:
         with pytest.raises(
             ConfigError, match="params.yaml: paths.fid_stats: .* contains the repository root"
         ):
-            start(parser(""), ["--params", str(tmp_path / "params.yaml"), "--dry-run"])
+            load(parser("").parse_args(["--params", str(tmp_path / "params.yaml"), "--dry-run"]))

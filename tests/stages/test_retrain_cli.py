@@ -190,7 +190,7 @@ def test_failing_polls_are_a_loss_only_after_lost_after(
 
 
 @pytest.mark.ray
-def test_a_failed_job_exits_1_and_a_timeout_exits_2(
+def test_a_failed_job_exits_1_and_a_timeout_exits_4(
     ray_head: RayHead, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", ray_head.env()["PATH"])
@@ -204,7 +204,7 @@ def test_a_failed_job_exits_1_and_a_timeout_exits_2(
     (tmp_path / "job.py").write_text("import time\ntime.sleep(600)\n")
     slow = f"retrain-{uuid.uuid4().hex[:8]}"
     try:
-        assert retrain.submit_and_wait(tmp_path, ray_head.address, failing, slow, 0) == 2
+        assert retrain.submit_and_wait(tmp_path, ray_head.address, failing, slow, 0) == 4
     finally:
         JobSubmissionClient(ray_head.address).stop_job(slow)
 
@@ -239,18 +239,18 @@ def _retrain(
 
 
 @pytest.mark.ray
-def test_the_cli_exits_2_on_timeout_and_1_when_its_pipeline_job_fails(
+def test_the_cli_exits_4_on_timeout_and_1_when_its_pipeline_job_fails(
     ray_head: RayHead, tmp_path: Path
 ) -> None:
     """`python -m stages.retrain` as a process on a real head, submitting the real entrypoint
-    (`stages.all`) of `_failing_pipeline_checkout`. `--timeout 0`: exit 2; the next tick
+    (`stages.all`) of `_failing_pipeline_checkout`. `--timeout 0`: exit 4; the next tick
     resubmits (`-2`) and waits: exit 1, FAILED."""
     root, env = tmp_path / "checkout", ray_head.env()
     _failing_pipeline_checkout(root, "raw/missing")
     wait = ("--lost-after", "60", "--timeout")
 
     timed_out = _retrain(root, env, ray_head.address, *wait, "0", timeout_s=300)
-    assert timed_out.returncode == retrain.EXIT_TIMEOUT == 2, timed_out.stderr[-3000:]
+    assert timed_out.returncode == retrain.EXIT_TIMEOUT == 4, timed_out.stderr[-3000:]
     assert "data.root=" in timed_out.stdout and "retrain: submitted retrain-" in timed_out.stdout
     base = timed_out.stdout.split("retrain: submitted ")[1].split()[0]
     client = JobSubmissionClient(ray_head.address)

@@ -25,6 +25,7 @@ def test_dry_run_prints_config_and_writes_nothing(
     tmp_path: Path, make_params: MakeParams, capsys: pytest.CaptureFixture[str]
 ) -> None:
     params = make_params()
+    make_model_dir(params)  # the input --dry-run checks exists
     assert (
         sample.main(["--params", str(params_file(params, tmp_path / "p.yaml")), "--dry-run"]) == 0
     )

@@ -34,6 +34,7 @@ def test_dry_run_prints_the_resolved_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: object
 ) -> None:
     path = _write_params(tmp_path)
+    (tmp_path / "data" / "shards").mkdir(parents=True)  # the input --dry-run checks exists
     assert train.main(["--params", str(path), "--dry-run"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["train"]["steps"] == 4 and printed["unet"]["ch"] == 8

@@ -53,8 +53,6 @@ def test_inputs_are_checked_naming_the_fix(make_params: MakeParams, shards_dir: 
                          shards=str(shards_dir))  # fmt: skip
     with pytest.raises(ValueError, match="image_shape .* data.resolution=16"):
         validate_inputs(wrong, Path("/"))
-    with pytest.raises(ValueError, match="train.gpus_per_worker: got 1.0 with train.use_gpu"):
-        validate_inputs(_with_train(ok, gpus_per_worker=1.0), Path("/"))
 
 
 def test_run_folder_notes(tmp_path: Path) -> None:

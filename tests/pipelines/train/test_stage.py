@@ -344,7 +344,6 @@ def test_nonfinite_loss_stops_naming_step_and_checkpoint(
         ),
         ({"train.use_gpu": True, "train.gpus_per_worker": 1.0}, ValueError, ["GPUs requested"]),
         ({"train.num_workers": 4, "train.cpus_per_worker": 1.0}, ValueError, ["CPUs requested"]),
-        ({"train.gpus_per_worker": 1.0}, ValueError, ["train.gpus_per_worker", "use_gpu"]),
     ],
 )
 def test_bad_inputs_fail_before_training(
