@@ -39,13 +39,9 @@ from pipelines.artifacts.shards import (
     shard_ranges,
 )
 from pipelines.config import DataConfig, RayConfig, to_dict
-from pipelines.data.sources import (
-    LazySource,
-    LazySplit,
-    first_size,
-    open_source,
-    preprocess_kept,
-)
+from pipelines.data.base import LazySource, LazySplit
+from pipelines.data.preprocess import first_size, preprocess_kept
+from pipelines.data.sources import open_source
 from pipelines.infra.files import (
     TEMP_PREFIX,
     bytes_digest,
