@@ -28,6 +28,7 @@ from pipelines.data.base import (
     LazySplit,
     ZipItems,
     cap_indices,
+    require_root,
     split_indices,
 )
 from pipelines.data.preprocess import center_crop, first_size, preprocess
@@ -68,8 +69,8 @@ def source_of(cfg: DataConfig) -> DatasetSource:
 def check_source(cfg: DataConfig) -> DatasetSource:
     """`data.*` against what `data.source` declares; ConfigError naming the key."""
     source = source_of(cfg)
-    if source.needs_root and cfg.root is None:
-        raise ConfigError(f"data.root: got None, expected a folder for data.source={cfg.source}")
+    if source.needs_root:
+        require_root(cfg)
     if cfg.download and not source.downloads:
         raise ConfigError(
             f"data.download: got True, but data.source={cfg.source} cannot be downloaded; "
