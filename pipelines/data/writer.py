@@ -108,11 +108,11 @@ def staging_dir(out: Path) -> Path:
 
 def prepare_staging(staging: Path, plan: dict[str, Any]) -> dict[str, ShardInfo]:
     """Make `staging` hold `plan`; returns the verified finished shards it keeps, by file name."""
-    if staging.exists() and staged.read_plan(staging) != plan:
-        logger.info("%s: a different plan (or none): discarding its shards", staging)
-    staged.prepare(staging, plan, PARTS, derived=(MANIFEST,))
+    existed = staging.exists()
+    if not staged.prepare(staging, plan, PARTS, derived=(MANIFEST,)) and existed:
+        logger.info("%s: a different plan (or none): its shards were dropped", staging)
     kept: dict[str, ShardInfo] = {}
-    for sidecar in sorted(staging.glob(f"*.tar{SIDECAR_SUFFIX}")):
+    for sidecar in sorted(staging.glob(PARTS[1])):
         try:
             info = ShardInfo.from_json(json.loads(sidecar.read_text()))
         except (OSError, ValueError, KeyError, TypeError):
