@@ -20,7 +20,6 @@ import yaml
 
 from ddpm_core.config import ConfigError, DiffusionConfig, UNetConfig, check
 
-Source = Literal["digits", "mnist", "fashion_mnist", "cifar10", "image_folder", "lsun", "parquet"]
 # pad: centre on a zero canvas; resize: bilinear to R x R; center_crop: the official 256^2
 # preprocessing (centre square of side min(w, h), then a Lanczos/antialiased resize to R x R).
 ResizeMode = Literal["pad", "resize", "center_crop"]
@@ -62,7 +61,9 @@ class PathsConfig:
 class DataConfig:
     """Dataset source and preprocessing for the shard stage and the readers."""
 
-    source: Source
+    # A name in pipelines.data.sources.SOURCES, checked there by the shard stage (check_source):
+    # importing the sources here would make every stage depend on their code in dvc.yaml.
+    source: str
     root: str | None  # local folder of the source (torchvision layout or image folder)
     raw: str  # the raw data DVC tracks as the shard stage's dep: data.root or a folder holding it
     download: bool  # torchvision download when no local files; needs network

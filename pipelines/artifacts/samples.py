@@ -23,23 +23,13 @@ import torch
 from ddpm_core.samplers.registry import is_paper
 from pipelines.artifacts.tars import ShardError, decode_png, encode_png, read_tar, tar_bytes
 from pipelines.config import Params, to_dict
-from pipelines.infra.files import (
-    TEMP_PREFIX,
-    bytes_digest,
-    file_digest,
-    listed_file,
-    recover,
-    remove_temporaries,
-    replace,
-    write_bytes,
-    write_json,
-)
+from pipelines.infra import staging as staged
+from pipelines.infra.files import bytes_digest, file_digest, listed_file, write_bytes, write_json
 from pipelines.infra.sampler_params import sampler_of, sampler_record
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-PLAN = "plan.json"
 SHARD_GLOB = "samples-*.tar"
 OWNER = ""  # the tar member owner (empty, as when the format was fixed)
 
@@ -177,38 +167,27 @@ def work_dir(out_dir: Path, plan: dict[str, Any]) -> Path:
     a failed or killed resample leaves the old samples and manifest as they were; rerunning the
     same plan resumes in the same staging folder.
     """
-    plan_path = out_dir / PLAN
-    old = json.loads(plan_path.read_text()) if plan_path.is_file() else None
-    if old == plan or not (out_dir / MANIFEST).is_file():
+    if staged.read_plan(out_dir) == plan or not (out_dir / MANIFEST).is_file():
         return out_dir
     key = bytes_digest(json.dumps(plan, sort_keys=True).encode())[:12]
-    return out_dir.with_name(f"{TEMP_PREFIX}{out_dir.name}.plan-{key}")
+    return staged.staging_path(out_dir, f"plan-{key}")
 
 
 def publish(work: Path, out_dir: Path) -> None:
     """Move a complete staging folder (`work_dir`) onto `out_dir`; nothing when they are one."""
-    if work != out_dir:
-        recover(out_dir)
-        replace(work, out_dir)
+    staged.publish(work, out_dir)
 
 
 def prepare_dir(out_dir: Path, plan: dict[str, Any], specs: list[ShardSpec]) -> None:
-    """Make `out_dir` ready for (re)sampling under `plan`.
+    """Make `out_dir` ready for (re)sampling under `plan` (`infra.staging.prepare`).
 
     Removes temporaries of dead writers (a live writer's are kept), tars from a different plan
-    (seed, weights, stride, batch size...) and tars outside the current ranges; keeps the rest
-    for verification.
+    (seed, weights, stride, batch size...), tars outside the current ranges and the manifest
+    (rewritten only when every shard is done); keeps the rest for verification (`verify_shard`).
+    Refuses a folder holding other files.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(out_dir, "samples-*")
-    plan_path = out_dir / PLAN
-    old = json.loads(plan_path.read_text()) if plan_path.is_file() else None
     wanted = {s.name for s in specs}
-    for tar in out_dir.glob(SHARD_GLOB):
-        if old != plan or tar.name not in wanted:
-            tar.unlink()
-    (out_dir / MANIFEST).unlink(missing_ok=True)  # rewritten only when every shard is done
-    write_json(plan_path, plan)
+    staged.prepare(out_dir, plan, (SHARD_GLOB,), (MANIFEST,), wanted.__contains__)
 
 
 def write_manifest(
@@ -252,8 +231,7 @@ def check_current(samples_dir: Path, params: Params, weights: Path) -> None:
     they say what the listed pixels were drawn with: seed, stride, batch size, image shape,
     the diffusion (T, betas, variance) and the weights' sha256.
     """
-    manifest, plan_path = read_manifest(samples_dir), samples_dir / PLAN
-    recorded = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
+    manifest, recorded = read_manifest(samples_dir), staged.read_plan(samples_dir) or {}
     recorded |= {k: v for k, v in manifest.items() if k in recorded or k == "weights_sha256"}
     for key, want in sampling_plan(params, weights).items():
         have = recorded.get(key, "<not recorded>")

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -38,11 +38,16 @@ class Split:
     labels: np.ndarray
 
 
-@dataclass(frozen=True)
-class SourceData:
-    """Every split of a source, with class names (label i is `classes[i]`)."""
+S = TypeVar("S")  # a split: decoded (`Split`) or listed, not yet decoded (data's `LazySplit`)
 
-    splits: dict[str, Split]
+
+@dataclass(frozen=True)
+class SourceData(Generic[S]):
+    """Every split of a source, with class names (label i is `classes[i]`): the one record of
+    a source, decoded (`SourceData[Split]`, what `write_shards` takes) or only listed
+    (`SourceData[LazySplit]`, what the shard stage streams)."""
+
+    splits: dict[str, S]
     classes: list[str]
     description: str
 
@@ -227,7 +232,7 @@ def build_manifest(
 
 
 def write_shards(
-    data: SourceData, out_dir: Path, shard_size: int, params: dict[str, Any], source: str
+    data: SourceData[Split], out_dir: Path, shard_size: int, params: dict[str, Any], source: str
 ) -> dict[str, Any]:
     """Write every split (in memory) and `manifest.json` into the new, empty folder `out_dir`.
 

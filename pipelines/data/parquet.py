@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipelines.config import DataConfig
-from pipelines.data.sources import (
-    Loaded,
-    RawSplits,
+from pipelines.data.base import (
+    DatasetSource,
+    LazySource,
+    LazySplit,
     decode_image,
     digest,
     require_root,
@@ -247,14 +248,14 @@ def list_rows(files: list[Path], cfg: DataConfig) -> Listing:
     return Listing(items, np.concatenate(labels), names)
 
 
-def open_parquet(cfg: DataConfig, seed: int) -> Loaded:
+def open_parquet(cfg: DataConfig, seed: int) -> LazySource:
     """The splits of `data.root`: the Hub's train/test files, or one pool split by fraction."""
     root = str(require_root(cfg))
     files = parquet_files(root)
     by_split: dict[str | None, list[Path]] = {}
     for path in files:
         by_split.setdefault(split_of(path), []).append(path)
-    raw: RawSplits = {}
+    splits: dict[str, LazySplit] = {}
     if "train" in by_split and "test" in by_split:
         ignored = sorted(str(p) for s, ps in by_split.items() if s not in ("train", "test")
                          for p in ps)  # fmt: skip
@@ -262,19 +263,29 @@ def open_parquet(cfg: DataConfig, seed: int) -> Loaded:
             logger.warning("parquet %s: not train or test, ignored: %s", root, ignored)
         listings = {s: list_rows(by_split[s], cfg) for s in ("train", "test")}
         for s, lst in listings.items():
-            raw[s] = (lst.items, lst.labels)
+            splits[s] = LazySplit(lst.items, lst.labels)
         how = "train-* and test-* files"
         names = listings["train"].names
     else:
         lst = list_rows(files, cfg)
         train, test = split_indices(len(lst.labels), cfg.test_fraction, seed, f"the files {root}")
-        raw = {
-            "train": (lst.items.take(train), lst.labels[train]),
-            "test": (lst.items.take(test), lst.labels[test]),
+        splits = {
+            "train": LazySplit(lst.items.take(train), lst.labels[train]),
+            "test": LazySplit(lst.items.take(test), lst.labels[test]),
         }
         how = f"{len(files)} files split by data.test_fraction={cfg.test_fraction}"
         names = lst.names
-    top = max((int(labels.max()) for _, labels in raw.values() if labels.size), default=0)
+    top = max((int(sp.labels.max()) for sp in splits.values() if sp.labels.size), default=0)
     classes = names if names is not None and len(names) > top else [str(c) for c in range(top + 1)]
     logger.info("parquet %s: %d files, %s", root, len(files), how)
-    return raw, classes, f"Parquet {root} ({how})"
+    return LazySource(splits, classes, f"Parquet {root} ({how})")
+
+
+PARQUET = DatasetSource(
+    open=open_parquet,
+    root="one `.parquet` file, a folder (every `*.parquet` under it) or a glob, in the Hugging "
+    "Face Hub layout: images in `data.image_column` (a struct `{bytes, path}` or binary)",
+    splits="`train-*` and `test-*` files (or `train/`, `test/` folders) when both exist, else "
+    "`data.test_fraction` over all files",
+    labels="`data.label_column` (ints; class names from the Hub's metadata), or all 0 when null",
+)

@@ -6,13 +6,14 @@ exact integer pixel sums. Jobs run in this process (`data.shard_workers: 1`) or 
 (N > 1, at most N in flight); the driver writes each tar as it arrives, so the output is the same
 bytes for any N and memory holds at most N shards, whatever the dataset size.
 
-Resume: shards are written into `.<name>.staging/` next to the output, with `plan.json` (what
-decides the bytes: the params in the manifest and a digest of every split's item list) and,
-after each tar, a sidecar `<tar>.json` (its sha256, image count and pixel sums). A rerun with the
-same plan keeps every tar whose sha256 matches its sidecar and writes only the rest; a different
-plan discards the folder. Last, `manifest.json` is written, the plan and sidecars removed, and
-the folder renamed into place. A kill (or Ctrl-C) keeps the staging folder; an error (bad data)
-removes it, leaving the previous output as it was.
+Resume (`infra.staging`, the protocol the sample stage shares): shards are written into
+`.<name>.staging/` next to the output, with `plan.json` (what decides the bytes: the params in
+the manifest and a digest of every split's item list) and, after each tar, a sidecar
+`<tar>.json` (its sha256, image count and pixel sums). A rerun with the same plan keeps every tar
+whose sha256 matches its sidecar and writes only the rest; a different plan drops the shards.
+Last, `manifest.json` is written, the plan and sidecars removed, and the folder renamed into
+place. A kill (or Ctrl-C) keeps the staging folder; an error (bad data) removes it, leaving the
+previous output as it was.
 """
 
 from __future__ import annotations
@@ -39,31 +40,18 @@ from pipelines.artifacts.shards import (
     shard_ranges,
 )
 from pipelines.config import DataConfig, RayConfig, to_dict
-from pipelines.data.sources import (
-    LazySource,
-    LazySplit,
-    first_size,
-    open_source,
-    preprocess_kept,
-)
-from pipelines.infra.files import (
-    TEMP_PREFIX,
-    bytes_digest,
-    file_digest,
-    recover,
-    remove_temporaries,
-    replace,
-    write_bytes,
-    write_json,
-)
+from pipelines.data.base import LazySource, LazySplit
+from pipelines.data.preprocess import first_size, preprocess_kept
+from pipelines.data.sources import open_source
+from pipelines.infra import staging as staged
+from pipelines.infra.files import bytes_digest, file_digest, recover, write_bytes, write_json
 from pipelines.infra.progress import format_duration
 from pipelines.infra.ray import init_ray
 
 logger = logging.getLogger(__name__)
 
-PLAN = "plan.json"
-STAGING_SUFFIX = ".staging"
 SIDECAR_SUFFIX = ".json"  # `<split>-<k>.tar.json`, written after the tar
+PARTS = ("*.tar", f"*.tar{SIDECAR_SUFFIX}")  # the staged parts: tars and their sidecars
 
 
 @dataclass(frozen=True)
@@ -115,22 +103,16 @@ def shard_plan(source: LazySource, cfg: DataConfig, seed: int) -> dict[str, Any]
 
 
 def staging_dir(out: Path) -> Path:
-    return out.with_name(f"{TEMP_PREFIX}{out.name}{STAGING_SUFFIX}")
+    return staged.staging_path(out, "staging")
 
 
 def prepare_staging(staging: Path, plan: dict[str, Any]) -> dict[str, ShardInfo]:
     """Make `staging` hold `plan`; returns the verified finished shards it keeps, by file name."""
-    plan_path = staging / PLAN
-    old = json.loads(plan_path.read_text()) if plan_path.is_file() else None
-    if staging.exists() and old != plan:
-        logger.info("%s: a different plan (or none): discarding its shards", staging)
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(staging)
-    if old != plan:
-        write_json(plan_path, plan)
+    existed = staging.exists()
+    if not staged.prepare(staging, plan, PARTS, derived=(MANIFEST,)) and existed:
+        logger.info("%s: a different plan (or none): its shards were dropped", staging)
     kept: dict[str, ShardInfo] = {}
-    for sidecar in sorted(staging.glob(f"*.tar{SIDECAR_SUFFIX}")):
+    for sidecar in sorted(staging.glob(PARTS[1])):
         try:
             info = ShardInfo.from_json(json.loads(sidecar.read_text()))
         except (OSError, ValueError, KeyError, TypeError):
@@ -283,11 +265,8 @@ def write_resumable(cfg: DataConfig, seed: int, out: Path, ray_cfg: RayConfig) -
     kept = prepare_staging(staging, shard_plan(source, cfg, seed))
     try:
         manifest = write_shards_into(source, cfg, seed, staging, kept, sidecars=True)
-        for sidecar in staging.glob(f"*.tar{SIDECAR_SUFFIX}"):
-            sidecar.unlink()
-        (staging / PLAN).unlink()
     except Exception:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    replace(staging, out)
+    staged.publish(staging, out, drop=(staged.PLAN, PARTS[1]))  # the output keeps no bookkeeping
     return manifest
