@@ -35,6 +35,22 @@ def record_outputs(params: Params, params_file: str, ran: list[str], root: Path)
     return write_json(root / params.paths.runs / RECORD, record)
 
 
+def check_registered(params: Params, ran: list[str]) -> None:
+    """The names params give the registries (source, samplers, metrics and `mlflow.promote_on`)
+    are checked first, so a typo fails before shard rather than after hours of training: the
+    loader cannot check them without putting every registry in every stage's dvc.yaml deps."""
+    from pipelines.data.sources import check_source
+    from pipelines.evaluate.metrics.registry import listed
+    from pipelines.infra.sampler_params import check_samplers
+
+    if "shard" in ran:
+        check_source(params.data)
+    if {"train", "sample", "quality"} & set(ran):
+        check_samplers(params)
+    if "evaluate" in ran:
+        listed(params)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser("Run the DDPM pipeline stages in order (shard ... evaluate, quality).")
     p.add_argument(
@@ -54,6 +70,7 @@ def run_stages(args: argparse.Namespace, ran: list[str]) -> int:
     params = load(args, ran)
     if params is None:
         return 0  # --dry-run checked the inputs and printed the resolved config
+    check_registered(params, ran)
     # The working directory and the params file by absolute path, once: under `ray job submit`
     # the cwd is Ray's copy of the working dir, and a second node sharing this node's Ray temp
     # dir re-extracts that copy (rmtree + unzip at the same path) when it first runs a task of

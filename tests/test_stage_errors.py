@@ -274,3 +274,26 @@ def test_gpu_keys_that_disagree_are_refused_when_params_load(
     line = _one_line(capsys)
     assert "train.gpus_per_worker" in line and words in line, line
     assert not (tmp_path / "data").exists()  # shard did not run
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "bad"),
+    [
+        ("sample.sampler", "euler", "euler"),
+        ("evaluate.metrics", ["fid", "fld"], "fld"),
+        ("mlflow.promote_on", "isc", "isc"),  # registered, but not lower-is-better
+        ("data.source", "coco", "coco"),
+    ],
+)
+def test_all_refuses_an_unregistered_extension_before_any_stage_runs(
+    key: str, value: object, bad: str, tmp_path: Path, capsys, monkeypatch, no_ray: object
+) -> None:
+    """A sampler, metric or source name the registries do not hold is a string when params load
+    (config.py imports no registry: each stage's dvc.yaml deps stay its own); `stages.all`, the
+    cluster job, checks every registry first, so a typo fails before shard, not after training."""
+    monkeypatch.chdir(tmp_path)
+    p = _tiny_file(tmp_path, **{key: value})
+    assert _cli("all", ["--params", str(p)], monkeypatch) == 2
+    line = _one_line(capsys)
+    assert key in line and bad in line, line
+    assert not (tmp_path / "data").exists()  # shard did not run
