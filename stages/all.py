@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -46,14 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     if started is None:
         return 0  # --dry-run printed the resolved config
     params, args = started
+    # The working directory and the params file by absolute path, once: under `ray job submit`
+    # the cwd is Ray's copy of the working dir, and a second node sharing this node's Ray temp
+    # dir re-extracts that copy (rmtree + unzip at the same path) when it first runs a task of
+    # the job; this process then sits in a deleted folder where relative paths find nothing.
+    root, params_file = repo_root(), str(Path(args.params).resolve())
     ran = [s for s in STAGES if s in args.stages]
     for name in ran:
+        os.chdir(root)  # by path: the folder now there, should the one we were in be gone
         log.info("stage %s", name)
-        code: int = importlib.import_module(f"stages.{name}").main(["--params", args.params])
+        code: int = importlib.import_module(f"stages.{name}").main(["--params", params_file])
         if code != 0:
             log.error("stage %s failed with exit code %d", name, code)
             return code
-    log.info("outputs recorded in %s", record_outputs(params, args.params, ran, repo_root()))
+    log.info("outputs recorded in %s", record_outputs(params, args.params, ran, root))
     return 0
 
 

@@ -108,6 +108,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def copy_repo(dst: Path) -> None:
+    """This repository's tracked and new (not ignored) files, as they are now, under `dst`."""
+    import shutil
+
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+
+
 def dead_pid() -> str:
     """The pid of a process that has exited (a killed writer's, for leftover temporaries)."""
     run = [sys.executable, "-c", "import os; print(os.getpid())"]
@@ -121,10 +139,11 @@ class RayHead:
     Ray clusters on the machine (`ray stop` would kill them all).
     """
 
-    def __init__(self, num_cpus: int = 2) -> None:
+    def __init__(self, num_cpus: int = 2, temp_dir: str | None = None) -> None:
         import tempfile
 
-        self.temp_dir = tempfile.mkdtemp(prefix="rayh_", dir="/tmp")  # short: socket paths
+        # short (socket paths); `temp_dir` is a folder of its own unless given
+        self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="rayh_", dir="/tmp")
         self.port, self.dashboard_port = free_port(), free_port()
         # Ports of its own also for the agent and the client server: the defaults (52365,
         # 10001) belong to whichever cluster took them first (the session's local one).
@@ -159,6 +178,25 @@ class RayHead:
         ]
         subprocess.run(cmd, env=self.env(), check=True, capture_output=True, timeout=120)
         return self
+
+    def add_node(self, num_cpus: int, temp_dir: str | None = None) -> RayHead:
+        """A second node (`ray start --address=...`) joined to this head; stop it like a head.
+
+        `temp_dir` defaults to a folder of its own; the head's makes both nodes share one (as
+        two nodes started on one machine with Ray's default /tmp/ray do)."""
+        node = RayHead(num_cpus, temp_dir)
+        cmd = [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            f"--address=127.0.0.1:{self.port}",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={num_cpus}",
+            f"--dashboard-agent-listen-port={node.agent_port}",
+            f"--temp-dir={node.temp_dir}",
+            "--disable-usage-stats",
+        ]
+        subprocess.run(cmd, env=self.env(), check=True, capture_output=True, timeout=120)
+        return node
 
     def processes(self) -> list[Any]:
         """The head's processes (those naming its temp dir or its GCS port: the client server)
