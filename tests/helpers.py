@@ -202,32 +202,42 @@ class RayHead:
         """The head's processes (those naming its temp dir or its GCS port: the client server)
         and all their descendants: the agents rename themselves (`ray::DashboardAgent`) and
         would outlive a name match."""
-        import psutil
-
         marks = (self.temp_dir, f"--address=127.0.0.1:{self.port} ", f":{self.port} --host")
-        roots = []
-        for proc in psutil.process_iter(["cmdline"]):
-            cmdline = " ".join(proc.info["cmdline"] or []) + " "
-            if any(m in cmdline for m in marks):
-                roots.append(proc)
-        family = {p.pid: p for r in roots for p in [r, *r.children(recursive=True)]}
-        return list(family.values())
+        return process_family(marks)
 
     def stop(self) -> None:
         import shutil
 
-        import psutil
-
-        family = self.processes()
-        for proc in family:
-            with contextlib.suppress(psutil.Error):
-                proc.terminate()
-        _, alive = psutil.wait_procs(family, timeout=10)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=5)
+        stop_processes(self.processes())
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def process_family(marks: tuple[str, ...]) -> list[Any]:
+    """Processes whose command line holds one of `marks`, and all their descendants."""
+    import psutil
+
+    roots = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or []) + " "
+        if any(m in cmdline for m in marks):
+            roots.append(proc)
+    family = {p.pid: p for r in roots for p in [r, *r.children(recursive=True)]}
+    family.pop(os.getpid(), None)
+    return list(family.values())
+
+
+def stop_processes(family: list[Any]) -> None:
+    """SIGTERM, then SIGKILL after 10 s, to exactly these processes."""
+    import psutil
+
+    for proc in family:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(family, timeout=10)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 class MlflowServer:
