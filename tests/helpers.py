@@ -126,6 +126,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def copy_repo(dst: Path) -> None:
+    """This repository's tracked and new (not ignored) files, as they are now, under `dst`."""
+    import shutil
+
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+
+
 def dead_pid() -> str:
     """The pid of a process that has exited (a killed writer's, for leftover temporaries)."""
     run = [sys.executable, "-c", "import os; print(os.getpid())"]
@@ -139,10 +157,11 @@ class RayHead:
     Ray clusters on the machine (`ray stop` would kill them all).
     """
 
-    def __init__(self, num_cpus: int = 2) -> None:
+    def __init__(self, num_cpus: int = 2, temp_dir: str | None = None) -> None:
         import tempfile
 
-        self.temp_dir = tempfile.mkdtemp(prefix="rayh_", dir="/tmp")  # short: socket paths
+        # short (socket paths); `temp_dir` is a folder of its own unless given
+        self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="rayh_", dir="/tmp")
         self.port, self.dashboard_port = free_port(), free_port()
         # Ports of its own also for the agent and the client server: the defaults (52365,
         # 10001) belong to whichever cluster took them first (the session's local one).
@@ -178,36 +197,65 @@ class RayHead:
         subprocess.run(cmd, env=self.env(), check=True, capture_output=True, timeout=120)
         return self
 
+    def add_node(self, num_cpus: int, temp_dir: str | None = None) -> RayHead:
+        """A second node (`ray start --address=...`) joined to this head; stop it like a head.
+
+        `temp_dir` defaults to a folder of its own; the head's makes both nodes share one (as
+        two nodes started on one machine with Ray's default /tmp/ray do)."""
+        node = RayHead(num_cpus, temp_dir)
+        cmd = [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            f"--address=127.0.0.1:{self.port}",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={num_cpus}",
+            f"--dashboard-agent-listen-port={node.agent_port}",
+            f"--temp-dir={node.temp_dir}",
+            "--disable-usage-stats",
+        ]
+        subprocess.run(cmd, env=self.env(), check=True, capture_output=True, timeout=120)
+        return node
+
     def processes(self) -> list[Any]:
         """The head's processes (those naming its temp dir or its GCS port: the client server)
         and all their descendants: the agents rename themselves (`ray::DashboardAgent`) and
         would outlive a name match."""
-        import psutil
-
         marks = (self.temp_dir, f"--address=127.0.0.1:{self.port} ", f":{self.port} --host")
-        roots = []
-        for proc in psutil.process_iter(["cmdline"]):
-            cmdline = " ".join(proc.info["cmdline"] or []) + " "
-            if any(m in cmdline for m in marks):
-                roots.append(proc)
-        family = {p.pid: p for r in roots for p in [r, *r.children(recursive=True)]}
-        return list(family.values())
+        return process_family(marks)
 
     def stop(self) -> None:
         import shutil
 
-        import psutil
-
-        family = self.processes()
-        for proc in family:
-            with contextlib.suppress(psutil.Error):
-                proc.terminate()
-        _, alive = psutil.wait_procs(family, timeout=10)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=5)
+        stop_processes(self.processes())
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def process_family(marks: tuple[str, ...]) -> list[Any]:
+    """Processes whose command line holds one of `marks`, and all their descendants."""
+    import psutil
+
+    roots = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or []) + " "
+        if any(m in cmdline for m in marks):
+            roots.append(proc)
+    family = {p.pid: p for r in roots for p in [r, *r.children(recursive=True)]}
+    family.pop(os.getpid(), None)
+    return list(family.values())
+
+
+def stop_processes(family: list[Any]) -> None:
+    """SIGTERM, then SIGKILL after 10 s, to exactly these processes."""
+    import psutil
+
+    for proc in family:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(family, timeout=10)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 class MlflowServer:

@@ -84,7 +84,11 @@ def cluster_params() -> Params:
     return load_params(REPO / CLUSTER_PARAMS)
 
 
-@pytest.mark.parametrize("name", ["k8s-cronjob.yaml", "mlflow-server.yaml", "storage.yaml"])
+KUBERNETES = ["k8s-cronjob.yaml", "mlflow-server.yaml", "mlflow-user-job.yaml", "setup-pod.yaml",
+              "storage.yaml"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", KUBERNETES)
 def test_kubernetes_objects_validate_against_the_kubernetes_schema(name: str) -> None:
     for doc in docs(name):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -226,7 +230,8 @@ def _env_entries(doc: object) -> list[dict[str, object]]:
 
 def test_manifests_authenticate_without_credentials_in_uris() -> None:
     """MLflow behind basic auth, credentials only from secrets, no user:token@ in any URI."""
-    for name in ("k8s-cronjob.yaml", "raycronjob.yaml", "raycluster.yaml", "mlflow-server.yaml"):
+    for name in ("k8s-cronjob.yaml", "raycronjob.yaml", "raycluster.yaml", "mlflow-server.yaml",
+                 "mlflow-user-job.yaml"):  # fmt: skip
         text = (DEPLOY / name).read_text()
         assert "@" not in "".join(line.split("#")[0] for line in text.splitlines()), name
         for doc in yaml.safe_load_all(text):
@@ -288,3 +293,82 @@ def test_every_deploy_image_is_the_one_make_image_builds() -> None:
     for path in sorted(DEPLOY.glob("*.yaml")):
         images |= set(re.findall(r"^\s*image: (\S+)", path.read_text(), flags=re.M))
     assert images == {default.group(1)}, f"deploy/ images {images} != make image's {default[1]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# What a pod can write, the MLflow auth config, the nodes' requirements
+
+
+def pod_specs() -> dict[str, dict[str, Any]]:
+    """Every pod spec of deploy/, by where it is."""
+    (cron,) = docs("k8s-cronjob.yaml")
+    server, _ = docs("mlflow-server.yaml")
+    (user_job,) = docs("mlflow-user-job.yaml")
+    (setup,) = docs("setup-pod.yaml")
+    specs = {f"raycluster/{g}": t["spec"] for g, t in pod_templates(raycluster_spec()).items()}
+    job = raycronjob()["spec"]["jobTemplate"]
+    specs |= {f"raycronjob/{g}": t["spec"] for g, t in pod_templates(job["rayClusterSpec"]).items()}
+    return specs | {
+        "raycronjob/submitter": job["submitterPodTemplate"]["spec"],
+        "cronjob": cron["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        "mlflow": server["spec"]["template"]["spec"],
+        "mlflow-user-job": user_job["spec"]["template"]["spec"],
+        "setup-pod": setup["spec"],
+    }
+
+
+def test_every_pod_that_writes_a_volume_has_an_fsgroup_and_workdirs_are_writable() -> None:
+    """A volume mounted read-write (a claim: the shared volume, MLflow's store) needs `fsGroup`
+    for the image's user (uid 1000, group 100) to write it on most storage classes; a
+    container's workingDir must be a writable volume (the kubelet creates others root-owned)."""
+    writers = []
+    for where, spec in pod_specs().items():
+        claims = {v["name"] for v in spec.get("volumes", []) if "persistentVolumeClaim" in v}
+        empty = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+        for c in spec["containers"]:
+            mounts = c.get("volumeMounts", [])
+            if any(m["name"] in claims and not m.get("readOnly") for m in mounts):
+                writers.append(where)
+                assert spec.get("securityContext", {}).get("fsGroup") == 100, where
+            if "workingDir" in c:
+                at = [m for m in mounts if m["mountPath"] == c["workingDir"]]
+                assert at and at[0]["name"] in empty, (where, c["workingDir"])
+    assert {"raycluster/head", "mlflow", "setup-pod"} <= set(writers), writers
+
+
+def test_basic_auth_ini_has_every_key_mlflow_reads_and_its_database_on_the_volume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """deploy/basic_auth.ini through MLflow 3.17's own reader: every key of its AuthConfig is
+    set, except the admin's password (MLFLOW_AUTH_ADMIN_PASSWORD, from a secret) and the
+    optional read replica; the users' database is on the server's /mlflow volume."""
+    import configparser
+
+    from mlflow.server.auth.config import AuthConfig, read_auth_config
+
+    ini = DEPLOY / "basic_auth.ini"
+    parser = configparser.ConfigParser()
+    parser.read(ini)
+    keys = set(AuthConfig._fields) - {"admin_password", "read_database_uri"}
+    assert keys <= set(parser["mlflow"]), keys - set(parser["mlflow"])
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(ini))
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "from-the-secret")
+    config = read_auth_config()
+    assert (config.default_permission, config.admin_password) == ("READ", "from-the-secret")
+    (server, _) = docs("mlflow-server.yaml")
+    container = server["spec"]["template"]["spec"]["containers"][0]
+    store = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "store")
+    assert config.database_uri.startswith(f"sqlite:///{store}/"), store
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "mlflow-server", "key": "admin-password"}
+
+
+def test_the_nodes_requirements_are_the_projects_pins() -> None:
+    """deploy/requirements-cluster.txt (what a node installs) = pyproject.toml's dependencies."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = (DEPLOY / "requirements-cluster.txt").read_text().splitlines()
+    nodes = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert nodes == [d.split(";")[0].strip() for d in project]

@@ -25,26 +25,11 @@ import yaml
 from dvc.utils.hydra import compose_and_dump
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import MATCHING, REPO, MlflowServer, RayHead, save_released
+from tests.helpers import MATCHING, REPO, MlflowServer, RayHead, copy_repo, save_released
 
 pytestmark = pytest.mark.ray
 BIN = Path(sys.executable).parent
 STAGES = ("shard", "fid_stats", "train", "sample", "evaluate", "quality")  # stages.all order
-
-
-def copy_repo(dst: Path) -> None:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-        text=True,
-    ).stdout.split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> str:

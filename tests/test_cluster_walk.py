@@ -1,0 +1,402 @@
+"""Two Ray nodes on this machine, used as docs/cluster.md says: `ray job submit` of stages.all.
+
+A copy of this repository (its tracked and new files) is the checkout the job is submitted from;
+every `paths.*` of the job's params file is on a "shared folder" outside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helpers import (
+    REPO,
+    RayHead,
+    copy_repo,
+    free_port,
+    process_family,
+    stop_processes,
+)
+
+pytestmark = pytest.mark.ray
+BIN = Path(sys.executable).parent
+STAGES = ["shard", "fid_stats", "train", "sample", "evaluate", "quality"]  # stages.all order
+
+
+def shared_params(checkout: Path, shared: Path, **sections: dict[str, object]) -> str:
+    """conf/profile/micro.yaml with every `paths.*` under `shared` (+ `sections` merged in),
+    written into the checkout; returns its path relative to the checkout."""
+    raw = yaml.safe_load((checkout / "conf" / "profile" / "micro.yaml").read_text())
+    raw["paths"] = {k: str(shared / v.lstrip("./")) for k, v in raw["paths"].items()}
+    for section, values in sections.items():
+        raw[section].update(values)
+    (checkout / "cluster-micro.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return "cluster-micro.yaml"
+
+
+def test_a_node_sharing_the_heads_temp_dir_does_not_lose_the_jobs_working_dir(
+    tmp_path: Path, converted_path: Path
+) -> None:
+    """Two nodes with one Ray temp dir (two `ray start` on one machine with the default
+    /tmp/ray, or Ray's own test clusters): when the second node first runs a task of the job
+    (the shard stage's writers: the head has no CPUs), its runtime-env agent re-extracts the
+    job's working dir at the same path (rmtree + unzip) under the running driver. The next
+    stage must still find the relative params file (it found `params file not found`)."""
+    checkout, shared = tmp_path / "checkout", tmp_path / "shared"
+    copy_repo(checkout)
+    weights = {"inception_weights": str(converted_path)}
+    params = shared_params(checkout, shared, data={"shard_workers": 2}, evaluate=weights)
+    head = RayHead(num_cpus=0).start()
+    try:
+        head.add_node(num_cpus=2, temp_dir=head.temp_dir)
+        submit = [str(BIN / "ray"), "job", "submit", "--address", head.address]
+        submit += ["--working-dir", ".", "--entrypoint-num-cpus", "0", "--"]
+        submit += ["python", "-m", "stages.all", "--params", params, "--stages", "shard"]
+        proc = subprocess.run(
+            [*submit, "fid_stats"], cwd=checkout, env=head.env(), capture_output=True, text=True
+        )
+    finally:
+        head.stop()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "params file not found" not in out
+    assert (shared / "data" / "fid_stats" / "inception.json").is_file()
+    assert (shared / "runs" / "all.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# docs/cluster.md, "Two or more machines, without Kubernetes", run as written
+
+DOC = REPO / "docs" / "cluster.md"
+WALK = "tests/test_cluster_walk.py::test_two_nodes_as_the_docs_say"
+SETTINGS, TOKEN, HEAD, WORKER, MLFLOW, JOB, COPY_BACK = range(7)
+# Only the job's sizes differ from the doc's micro profile (the doc's cluster.yaml, made smaller).
+SMALLER = {"train": {"steps": 4}, "evaluate": {"nll_images": 4}}
+
+
+def doc_blocks(mark: str) -> list[str]:
+    """The fenced blocks of docs/cluster.md preceded by `<!-- doc-test: run by <mark> -->`."""
+    lines = DOC.read_text().splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        if line.strip() == f"<!-- doc-test: run by {mark} -->":
+            assert lines[i + 1].startswith("```"), f"{DOC}:{i + 2}: a fence must follow the mark"
+            end = lines.index("```", i + 2)
+            blocks.append("\n".join(lines[i + 2 : end]))
+    return blocks
+
+
+def stock_python(folder: Path) -> Path:
+    """A Python with the dependencies (Ray, torch, ...) and nothing of this project: a venv
+    whose site-packages names the suite's site-packages as a plain path, so the editable
+    install's finder (a .pth there) never runs. The nodes run `ray start` from it."""
+    import site
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    (deps,) = [p for p in site.getsitepackages() if p.endswith("site-packages")]
+    (lib,) = (folder / "lib").glob("python3.*/site-packages")
+    (lib / "deps.pth").write_text(deps + "\n")
+    for tool in ("ray",):  # the CLI run by the nodes' shell, on the nodes' Python
+        script = folder / "bin" / tool
+        script.write_text(f"#!{folder}/bin/python\nfrom ray.scripts.scripts import main\nmain()\n")
+        script.chmod(0o755)
+    return folder / "bin"
+
+
+class Walk:
+    """Two nodes, an MLflow server and a checkout, driven by the doc's own blocks."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.shared, self.checkout = root, root / "shared", root / "checkout"
+        self.head, self.node = RayHead(num_cpus=2), RayHead(num_cpus=2)  # temp dirs, ports
+        self.mlflow_port, self.mlflow_dir = free_port(), root / "mlflow"
+        self.blocks = doc_blocks(WALK)
+        assert len(self.blocks) == 7, f"{DOC}: expected 7 blocks marked for {WALK}"
+        self.node_bin = stock_python(root / "stock")
+
+    def substitute(self, block: str) -> str:
+        """The test's addresses, ports and folders for the doc's placeholders."""
+        for value, ours in (
+            ("10.0.0.1", "127.0.0.1"),
+            ("0.0.0.0", "127.0.0.1"),
+            ("/mnt/ddpm", str(self.shared)),
+            ("~/ddpm-mlflow", str(self.mlflow_dir)),
+        ):
+            block = block.replace(value, ours)
+        for port, ours in (
+            ("6379", self.head.port),
+            ("8265", self.head.dashboard_port),
+            ("5000", self.mlflow_port),
+        ):
+            block = re.sub(rf"\b{port}\b", str(ours), block)
+        return block
+
+    def one_machine(self, block: str, node: RayHead) -> str:
+        """`ray start` with what two nodes on one machine need: a temp dir and ports each."""
+        flags = f"--temp-dir={node.temp_dir} --dashboard-agent-listen-port={node.agent_port}"
+        flags += " --num-cpus=2 --node-ip-address=127.0.0.1 --disable-usage-stats"
+        if node is self.head:
+            flags += f" --ray-client-server-port={node.client_port}"
+        return block.replace("\n", f" {flags}\n", 1) if "\n" in block else f"{block} {flags}"
+
+    def env(self, node_side: bool) -> dict[str, str]:
+        """A clean shell: no PYTHONPATH, no Ray or MLflow settings but the doc's. Nodes run
+        the stock Python; the submitting checkout the suite's (the project installed)."""
+        drop = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "MLFLOW_")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+        paths = env.pop("PYTHONPATH", "").split(os.pathsep)  # never this repository's folder
+        if others := [p for p in paths if p and Path(p).resolve() != REPO]:
+            env["PYTHONPATH"] = os.pathsep.join(others)
+        first = [str(self.node_bin)] if node_side else []
+        env["PATH"] = os.pathsep.join([*first, str(BIN), env.get("PATH", "")])
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # fewer processes on 2 cores
+        env |= {f"GIT_{who}_NAME": "walk" for who in ("AUTHOR", "COMMITTER")}
+        env |= {f"GIT_{who}_EMAIL": "walk@example.invalid" for who in ("AUTHOR", "COMMITTER")}
+        return env
+
+    def run(self, index: int, cwd: Path, node_side: bool, block: str | None = None) -> str:
+        script = self.substitute(self.blocks[SETTINGS] + "\n" + (block or self.blocks[index]))
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=cwd,
+            env=self.env(node_side),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, f"doc block {index} failed:\n{script}\n{out[-6000:]}"
+        return out
+
+    def stop(self) -> None:
+        stop_processes(process_family((str(self.mlflow_dir),)))
+        self.node.stop()
+        self.head.stop()
+
+
+@pytest.fixture(scope="module")
+def walk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Walk, str]]:
+    """Steps 1-6 of the doc: token, head, worker node, MLflow with auth, the job."""
+    walk = Walk(tmp_path_factory.mktemp("walk"))
+    copy_repo(walk.checkout)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "checkout"]):
+        subprocess.run(cmd, cwd=walk.checkout, env=walk.env(False), check=True, capture_output=True)
+    try:
+        walk.run(TOKEN, walk.root, node_side=True)
+        walk.run(HEAD, walk.root, True, walk.one_machine(walk.blocks[HEAD], walk.head))
+        walk.run(WORKER, walk.root, True, walk.one_machine(walk.blocks[WORKER], walk.node))
+        walk.run(MLFLOW, walk.root, node_side=True)
+        make_params, submit = walk.blocks[JOB].split("\nray job submit", 1)
+        walk.run(JOB, walk.checkout, False, make_params)
+        params = walk.checkout / "cluster.yaml"
+        raw = yaml.safe_load(params.read_text())
+        for section, values in SMALLER.items():
+            raw[section].update(values)
+        params.write_text(yaml.safe_dump(raw, sort_keys=False))
+        out = walk.run(JOB, walk.checkout, False, "ray job submit" + submit)
+        yield walk, out
+    finally:
+        walk.stop()
+
+
+def ray_state(walk: Walk, code: str) -> Any:
+    """`code` (printing JSON) run against the head with the doc's auth settings."""
+    script = walk.substitute(walk.blocks[SETTINGS]) + f"\npython -c '{code}'"
+    proc = subprocess.run(
+        ["bash", "-c", script], env=walk.env(False), capture_output=True, text=True, check=True
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_two_nodes_as_the_docs_say(walk: tuple[Walk, str]) -> None:
+    """The job SUCCEEDED on two nodes whose Python has nothing of the project; the training
+    ran on both; every output is on the shared folder, none in Ray's copy of the working dir;
+    the runs are on the auth server, which refuses a client without credentials; after the
+    copy-back DVC has nothing to do."""
+    w, out = walk
+    assert "succeeded" in out, out[-3000:]
+    # the nodes' Python: the project only from the job's working dir
+    probe = subprocess.run([str(w.node_bin / "python"), "-c", "import stages"], cwd=w.root,
+                           capture_output=True, text=True, env=w.env(True))  # fmt: skip
+    assert "No module named 'stages'" in probe.stderr
+    # the two train workers ran on the two nodes (Ray's state API: the finished job's actors)
+    nodes = ray_state(w, (
+        "import json, os; from ray.util.state import list_actors, list_nodes; "
+        "a = os.environ[\"RAY_API_SERVER_ADDRESS\"]; "
+        "w = list_actors(a, filters=[(\"class_name\", \"=\", \"RayTrainWorker\")], detail=True); "
+        "print(json.dumps([sorted({x.node_id for x in w}), [n.node_id for n in list_nodes(a)]]))"
+    ))  # fmt: skip
+    assert len(nodes[0]) == 2 and sorted(nodes[0]) == sorted(nodes[1]), nodes
+    # every output on the shared folder; nothing in Ray's copy of the working dir
+    record = json.loads((w.shared / "runs" / "all.json").read_text())
+    assert record["params"] == "cluster.yaml" and record["stages"] == list(STAGES)
+    for key, path in record["outputs"].items():
+        assert Path(path).is_relative_to(w.shared) and any(Path(path).iterdir()), key
+    files = Path(w.head.temp_dir).glob("session_*/runtime_resources/working_dir_files/*")
+    copies = [p for p in files if (p / "stages" / "all.py").is_file()]  # the job's cwd
+    assert copies, "no copy of the working dir on the head"
+    for pkg in copies:  # every file there is the checkout's, unchanged: the job wrote none
+        files = [f for f in pkg.rglob("*") if f.is_file() and "__pycache__" not in f.parts]
+        changed = [
+            f for f in files if (w.checkout / f.relative_to(pkg)).read_bytes() != f.read_bytes()
+        ]
+        assert not changed, changed
+    # MLflow: the runs are on the auth server as the doc's user; no credentials, 401
+    url = f"http://127.0.0.1:{w.mlflow_port}"
+    runs = ray_state(w, (
+        "import json, mlflow; r = mlflow.search_runs(experiment_names=[\"ddpm\"]); "
+        "print(json.dumps(sorted(r[\"tags.dvc.stage\"])))"
+    ))  # fmt: skip
+    assert runs == ["evaluate", "quality", "sample", "train"], runs
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1")
+    assert refused.value.code == 401
+    # back under DVC, as the doc says: nothing left to do
+    status = w.run(COPY_BACK, w.checkout, node_side=False)
+    assert "Data and pipelines are up to date." in status
+    repro = subprocess.run([str(BIN / "dvc"), "repro"], cwd=w.checkout, env=w.env(False),
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "Running stage" not in repro and "up to date" in repro, repro
+
+
+# ----------------------------------------------------------------------------------------------
+# deploy/: the Kubernetes containers' own command lines, against the same head
+
+DEPLOY = REPO / "deploy"
+
+
+def manifest(name: str) -> dict[str, Any]:
+    (doc,) = [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d]
+    return dict(doc)
+
+
+def secrets(w: Walk) -> dict[str, str]:
+    """What the manifests' secrets hold, as the walk set them up (doc step 1 and 3)."""
+    settings = dict(re.findall(r"(\w+)=(\S+)", w.substitute(w.blocks[SETTINGS])))
+    token = (w.shared / ".secrets" / "ray_token").read_text().strip()
+    return {
+        "ray-auth-token/token": token,
+        "mlflow-auth/username": settings["MLFLOW_TRACKING_USERNAME"],
+        "mlflow-auth/password": settings["MLFLOW_TRACKING_PASSWORD"],
+        "mlflow-server/admin-password": re.search(
+            r"MLFLOW_AUTH_ADMIN_PASSWORD=(\S+)", w.blocks[MLFLOW]
+        )[1],  # type: ignore[index]
+    }
+
+
+def container_env(w: Walk, container: dict[str, Any], services: dict[str, str]) -> dict[str, str]:
+    """The container's env as Kubernetes would set it: values with the walk's service URLs,
+    secrets from the walk's own."""
+    env = w.env(node_side=False)
+    known = secrets(w)
+    for var in container.get("env", []):
+        if "value" in var:
+            value = var["value"]
+            for service, url in services.items():
+                value = value.replace(service, url)
+            env[var["name"]] = value
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            env[var["name"]] = known[f"{ref['name']}/{ref['key']}"]
+    return env
+
+
+def services(w: Walk) -> dict[str, str]:
+    return {
+        "http://mlflow:5000": f"http://127.0.0.1:{w.mlflow_port}",
+        "http://ddpm-raycluster-head-svc:8265": w.head.address,
+    }
+
+
+def test_the_mlflow_user_jobs_command_runs_against_the_auth_server(walk: tuple[Walk, str]) -> None:
+    """deploy/mlflow-user-job.yaml's command as its container runs it: the user exists (the
+    doc's step 5 made it), so the Job says so and succeeds; its admin credentials work."""
+    w, _ = walk
+    job = manifest("mlflow-user-job.yaml")
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    proc = subprocess.run([*c["command"], *c["args"]], env=container_env(w, c, services(w)),
+                          capture_output=True, text=True, cwd=w.root)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "MLflow: user ddpm exists already" in proc.stdout, proc.stdout
+
+
+def test_the_cronjobs_command_clones_into_its_workspace_and_retrains_on_the_head(
+    walk: tuple[Walk, str], tmp_path: Path
+) -> None:
+    """deploy/k8s-cronjob.yaml's container command, as written, against the walk's head: it
+    clones REPO_URL (a local bare repository: the walk's checkout with one evaluate param
+    changed, its cluster profile the walk's cluster.yaml) into the emptyDir at its workingDir,
+    DVC sees the change, and the job it submits (the scheduled route) succeeds."""
+    w, _ = walk
+    cron = manifest("k8s-cronjob.yaml")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == c["workingDir"])
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    # the repository the CronJob clones
+    src, bare, workspace = tmp_path / "src", tmp_path / "repo.git", tmp_path / "workspace"
+    git = ["git", "clone", "-q"]
+    subprocess.run([*git, str(w.checkout), str(src)], check=True, env=w.env(False))
+    params = yaml.safe_load((src / "params.yaml").read_text())
+    params["evaluate"]["nll_images"] = 2  # a change DVC sees: evaluate reruns
+    (src / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    cluster = yaml.safe_load((w.checkout / "cluster.yaml").read_text())
+    cluster["evaluate"]["nll_images"] = 2
+    (src / "conf/profile/cifar10-cluster.yaml").write_text(yaml.safe_dump(cluster))
+    for cmd in (["git", "commit", "-qam", "nll on 2 images"], [*git, "--bare", ".", str(bare)]):
+        subprocess.run(cmd, cwd=src, check=True, env=w.env(False))
+    workspace.mkdir()
+    env = container_env(w, c, services(w)) | {"REPO_URL": f"file://{bare}"}
+    script = c["args"][0].replace(c["workingDir"], str(workspace))
+    proc = subprocess.run([*c["command"], script], cwd=workspace, env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "retrain: changed: evaluate" in out and "ended SUCCEEDED" in out, out[-3000:]
+    metrics = json.loads((w.shared / "metrics" / "eval.json").read_text())
+    assert metrics["nll_images"] == 2, metrics
+
+
+def test_the_raycronjobs_job_runs_from_the_images_own_folder(
+    walk: tuple[Walk, str], tmp_path: Path
+) -> None:
+    """deploy/raycronjob.yaml's RayJob as KubeRay's submitter pod runs it (`ray job submit`
+    with its runtimeEnvYAML and entrypoint), from the image's folder as the Dockerfile lays it
+    out (WORKDIR and COPYs; the cluster profile replaced by the walk's micro cluster.yaml)."""
+    w, _ = walk
+    job = manifest("raycronjob.yaml")["spec"]["jobTemplate"]
+    runtime_env = yaml.safe_load(job["runtimeEnvYAML"])
+    docker = (REPO / "Dockerfile").read_text()
+    workdir = re.search(r"^WORKDIR (\S+)$", docker, flags=re.M)
+    assert workdir and runtime_env["working_dir"] == workdir[1], "the job runs the image's folder"
+    image = tmp_path / workdir[1].lstrip("/")
+    for sources in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", docker, flags=re.M):
+        for name in sources.split():
+            copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+            image.mkdir(parents=True, exist_ok=True)
+            copy(REPO / name, image / name)
+    shutil.copy2(w.checkout / "cluster.yaml", image / "conf/profile/cifar10-cluster.yaml")
+    runtime_env["working_dir"] = str(image)
+    (c,) = job["submitterPodTemplate"]["spec"]["containers"]
+    submit = [str(BIN / "ray"), "job", "submit", "--address", w.head.address]
+    submit += ["--runtime-env-json", json.dumps(runtime_env), "--"]
+    proc = subprocess.run([*submit, *shlex.split(job["entrypoint"])], cwd=tmp_path,
+                          env=container_env(w, c, services(w)), capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "succeeded" in out, out[-6000:]
+    record = json.loads((w.shared / "runs" / "all.json").read_text())
+    assert record["params"] == "conf/profile/cifar10-cluster.yaml", record
