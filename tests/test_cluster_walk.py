@@ -42,7 +42,9 @@ def shared_params(checkout: Path, shared: Path, **sections: dict[str, object]) -
     raw = yaml.safe_load((checkout / "conf" / "profile" / "micro.yaml").read_text())
     raw["paths"] = {k: str(shared / v.lstrip("./")) for k, v in raw["paths"].items()}
     for section, values in sections.items():
-        raw[section].update(values)
+        for key, value in values.items():  # one level down too: `evaluate.fid.*`
+            both = isinstance(value, dict) and isinstance(raw[section].get(key), dict)
+            raw[section][key] = {**raw[section][key], **value} if both else value
     (checkout / "cluster-micro.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return "cluster-micro.yaml"
 
@@ -57,7 +59,7 @@ def test_a_node_sharing_the_heads_temp_dir_does_not_lose_the_jobs_working_dir(
     stage must still find the relative params file (it found `params file not found`)."""
     checkout, shared = tmp_path / "checkout", tmp_path / "shared"
     copy_repo(checkout)
-    weights = {"inception_weights": str(converted_path)}
+    weights = {"fid": {"inception_weights": str(converted_path)}}
     params = shared_params(checkout, shared, data={"shard_workers": 2}, evaluate=weights)
     head = RayHead(num_cpus=0).start()
     try:
