@@ -38,7 +38,6 @@ from pipelines.artifacts.shard_stream import train_batches
 from pipelines.config import Params, from_dict
 from pipelines.data.stage import build_shards
 from pipelines.infra.lifecycle import run_tracked
-from pipelines.infra.tracking import Tracker
 from pipelines.train.run import open_train_run, plan_run
 from pipelines.train.stage import run_train
 from pipelines.train.step import (
@@ -163,9 +162,9 @@ def plain_loop(setup: Setup) -> Measurement:
     return Measurement(PLAIN, 1, setup.threads, steady or session, session, wall, steady is None)
 
 
-def window_rate(tracker: Tracker, batch_size: int, skip: int) -> float | None:
+def window_rate(client: MlflowClient, run_id: str, batch_size: int, skip: int) -> float | None:
     """Images/s over rank 0's logged windows after step `skip` (MLflow `images_per_s`)."""
-    history = tracker.client.get_metric_history(tracker.run_id, "images_per_s")
+    history = client.get_metric_history(run_id, "images_per_s")
     points = sorted((m.step, m.value) for m in history)
     images = seconds = 0.0
     prev = 0
@@ -192,7 +191,7 @@ def ray_train(setup: Setup, workers: int, storage: str) -> Measurement:
     finally:
         ray.shutdown()
     session = result.images_per_s
-    steady = window_rate(tracker, setup.batch_size, setup.log_every)
+    steady = window_rate(tracker.client, tracker.run_id, setup.batch_size, setup.log_every)
     return Measurement(RAY, workers, threads, steady or session, session, wall, steady is None)
 
 
