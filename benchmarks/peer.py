@@ -32,7 +32,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,15 @@ from pipelines.fid.reference import write_reference_stats
 from pipelines.fid.score import score
 from pipelines.infra.ray import init_ray
 from pipelines.sample.stage import sample_to_shards
-from pipelines.train.step import ADAM_BETAS, ADAM_EPS, build_model, warmup_lr
+from pipelines.train.step import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    build_model,
+    draw_t_noise,
+    make_state,
+    prepare_model,
+    warmup_lr,
+)
 from stages.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +84,8 @@ class Budget:
     stride: int  # sample.stride: T / stride reverse steps (1: all T, the paper)
     repeats: int
     fid_reference: int  # reference images (evaluate.fid_reference_images)
+    breakdown: int = 10  # steps of the per-part CPU-time breakdown
+    sample_compile: str = "profile"  # sample.compile for ours: "profile" keeps the profile's
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,8 @@ def bench_params(root: Path, budget: Budget, rep: int = 0) -> Params:
         "evaluate.fid_reference_images": budget.fid_reference,
         "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
     }
+    if budget.sample_compile != "profile":  # a named option: compiled kernels round differently
+        overrides["sample.compile"] = {"false": False}.get(budget.sample_compile, "default")
     for key, value in overrides.items():
         set_dotted(raw, key, value)
     return from_dict(Params, raw)
@@ -268,6 +280,110 @@ def fids(params: Params, root: Path, sets: dict[str, torch.Tensor]) -> dict[str,
 
 
 # ----------------------------------------------------------------------------------------------
+# Where the time goes: CPU seconds per part of one step, 1 thread (less sensitive to load)
+
+
+class PartClock:
+    """CPU time (`time.process_time`) per named part, summed over the timed steps."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.process_time()
+        yield
+        self.parts[name] = self.parts.get(name, 0.0) + time.process_time() - t0
+
+
+def ours_step_parts(params: Params, x0: torch.Tensor, clock: PartClock) -> Callable[[], None]:
+    """`train_step`'s parts (the worker's step) on a fixed batch."""
+    state, cfg = make_state(params, torch.device("cpu"), 0, 1), params.train
+    prepare_model(state, cfg.channels_last)
+
+    def step() -> None:
+        with clock("t, eps draw"):
+            t, noise = draw_t_noise(state.generator, tuple(x0.shape), 1000)
+        state.optimizer.zero_grad(set_to_none=True)
+        with clock("forward + loss"):
+            loss = state.loss_fn(x0, t, noise).mean()
+        with clock("backward"):
+            loss.backward()
+        with clock("clip"):
+            norm = torch.nn.utils.clip_grad_norm_(state.params, cfg.grad_clip, foreach=True)
+        with clock("Adam"):
+            state.optimizer.step()
+        with clock("EMA"):
+            state.ema.update(state.raw)
+        state.stats.add(loss, norm)
+
+    return step
+
+
+def peer_step_parts(params: Params, x0: torch.Tensor, clock: PartClock) -> Callable[[], None]:
+    """The peer loop's parts on the same batch."""
+    from diffusers.training_utils import EMAModel
+
+    cfg, unet, scheduler = params.train, peer_unet(params), peer_scheduler(params)
+    opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, min_decay=cfg.ema_decay, foreach=True)
+
+    def step() -> None:
+        with clock("t, eps draw"):
+            noise, t = torch.randn_like(x0), torch.randint(0, 1000, (len(x0),))
+        opt.zero_grad(set_to_none=True)
+        with clock("forward + loss"):
+            loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
+        with clock("backward"):
+            loss.backward()
+        with clock("clip"):
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+        with clock("Adam"):
+            opt.step()
+        with clock("EMA"):
+            ema.step(unet.parameters())
+
+    return step
+
+
+def breakdown(params: Params, steps: int = 10) -> dict[str, dict[str, float]]:
+    """ms of CPU per part of a training step, ours and the peer's, timed alternately."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    x0 = torch.rand(params.train.batch_size, *params.data.image_shape) * 2 - 1
+    clocks = {OURS: PartClock(), PEER: PartClock()}
+    fns = {OURS: ours_step_parts(params, x0, clocks[OURS])}
+    fns[PEER] = peer_step_parts(params, x0, clocks[PEER])
+    for _ in range(2):  # warm-up
+        for fn in fns.values():
+            fn()
+    for c in clocks.values():
+        c.parts.clear()
+    for _ in range(steps):
+        for fn in fns.values():
+            fn()
+    torch.set_num_threads(threads)
+    return {side: {k: 1000 * v / steps for k, v in c.parts.items()} for side, c in clocks.items()}
+
+
+def breakdown_lines(parts: dict[str, dict[str, float]], steps: int) -> list[str]:
+    names = list(parts[OURS])
+    total = {side: sum(p.values()) for side, p in parts.items()}
+    lines = [
+        "Where a training step's time goes (CPU ms per step at 1 thread, `time.process_time`, "
+        f"{steps} alternating steps on one batch: CPU time is less disturbed by other load "
+        "than wall time):",
+        "",
+        "| part | " + " | ".join(names) + " | total |",
+        "|---|" + "---:|" * (len(names) + 1),
+    ]
+    for side, p in parts.items():
+        cells = " | ".join(f"{p[n]:.1f}" for n in names)
+        lines.append(f"| {side} | {cells} | {total[side]:.1f} |")
+    return [*lines, ""]
+
+
+# ----------------------------------------------------------------------------------------------
 # The run
 
 
@@ -276,6 +392,7 @@ class Outcome:
     train: list[TrainRun]
     sample: list[SampleRun]
     fid: dict[str, float]
+    parts: dict[str, dict[str, float]]
 
 
 def run(root: Path, budget: Budget) -> Outcome:
@@ -295,7 +412,7 @@ def run(root: Path, budget: Budget) -> Outcome:
         ours_s, sets[OURS] = ours_sample(params, root)
         samples += [peer_s, ours_s]
         print(f"sample {rep}: {peer_s}\n          {ours_s}", flush=True)
-    return Outcome(trains, samples, fids(params, root, sets))
+    return Outcome(trains, samples, fids(params, root, sets), breakdown(params, budget.breakdown))
 
 
 def best(runs: list[Any], side: str, key: str) -> Any:
@@ -306,7 +423,8 @@ def command(args: argparse.Namespace) -> str:
     return (
         f"python -m benchmarks.peer --steps {args.steps} --samples {args.samples} "
         f"--sample-stride {args.sample_stride} --repeats {args.repeats} "
-        f"--fid-reference {args.fid_reference}"
+        f"--fid-reference {args.fid_reference} --breakdown-steps {args.breakdown_steps}"
+        + (f" --sample-compile {args.sample_compile}" if args.sample_compile != "profile" else "")
     )
 
 
@@ -350,15 +468,16 @@ def to_markdown(out: Outcome, args: argparse.Namespace, start_load: str) -> str:
         "sample grids, export); its steady rate is rank 0's logged windows after the first, "
         "which include checkpoints and grids; wall includes Ray start-up and export. Sampling = "
         f"`sample_to_shards` ({s.num_workers} actors x {s.cpus_per_worker:g} CPU, batch "
-        f"{s.batch_size}), wall incl. Ray and actor start-up. Peer: `UNet2DModel` + "
-        "`DDPMScheduler` + Adam/warm-up/clipping/`EMAModel(foreach=True)` in a plain loop on "
-        "in-memory tensors (no checkpoints), sampling `DDPMPipeline` in this process. FID of "
-        f"{s.num_images} samples each: differences of a few points are within the noise of "
-        "so few images.",
+        f"{s.batch_size}, `sample.compile: {s.compile}`), wall incl. Ray and actor start-up. "
+        "Peer: `UNet2DModel` + `DDPMScheduler` + Adam/warm-up/clipping/`EMAModel(foreach=True)` "
+        "in a plain loop on in-memory tensors (no checkpoints), sampling `DDPMPipeline` in this "
+        f"process. FID of {s.num_images} samples each: differences of a few points are within "
+        "the noise of so few images.",
         "",
         "Losses at the log points (ours = mean over the window, peer = the last batch): "
         f"ours {fmt_losses(t_ours.losses)}; peer {fmt_losses(t_peer.losses)}.",
         "",
+        *breakdown_lines(out.parts, args.breakdown_steps),
     ]
     return "\n".join(lines)
 
@@ -368,7 +487,15 @@ def fmt_losses(losses: tuple[float, ...]) -> str:
 
 
 def budget_of(args: argparse.Namespace) -> Budget:
-    return Budget(args.steps, args.samples, args.sample_stride, args.repeats, args.fid_reference)
+    return Budget(
+        args.steps,
+        args.samples,
+        args.sample_stride,
+        args.repeats,
+        args.fid_reference,
+        args.breakdown_steps,
+        args.sample_compile,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,10 +505,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-stride", type=int, default=1, help="T / stride reverse steps")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--fid-reference", type=int, default=500, help="reference images for FID")
+    p.add_argument("--breakdown-steps", type=int, default=10, help="steps of the CPU breakdown")
+    p.add_argument(
+        "--sample-compile",
+        choices=("profile", "false", "default"),
+        default="profile",
+        help="sample.compile of our sample stage (profile: the default profile's)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    if min(args.steps, args.samples, args.sample_stride, args.repeats, args.fid_reference) < 1:
-        p.error("--steps, --samples, --sample-stride, --repeats, --fid-reference must be >= 1")
+    if min(vars(args)[k] for k in ("steps", "samples", "sample_stride", "repeats")) < 1:
+        p.error("--steps, --samples, --sample-stride, --repeats must be >= 1")
+    if min(args.fid_reference, args.breakdown_steps) < 1:
+        p.error("--fid-reference, --breakdown-steps must be >= 1")
     start_load = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         out = run(Path(tmp), budget_of(args))
