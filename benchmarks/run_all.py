@@ -26,6 +26,7 @@ BENCHMARKS = (
     "sample_scaling",
     "train_overhead",
     "eval_throughput",
+    "peer",
     "activation_checkpointing",
 )
 

@@ -38,7 +38,7 @@ from pipelines.artifacts.shard_stream import train_batches
 from pipelines.config import Params, from_dict
 from pipelines.data.stage import build_shards
 from pipelines.infra.lifecycle import run_tracked
-from pipelines.infra.tracking import Tracker
+from pipelines.infra.ray import WORKER_NICENESS
 from pipelines.train.run import open_train_run, plan_run
 from pipelines.train.stage import run_train
 from pipelines.train.step import (
@@ -163,9 +163,9 @@ def plain_loop(setup: Setup) -> Measurement:
     return Measurement(PLAIN, 1, setup.threads, steady or session, session, wall, steady is None)
 
 
-def window_rate(tracker: Tracker, batch_size: int, skip: int) -> float | None:
+def window_rate(client: MlflowClient, run_id: str, batch_size: int, skip: int) -> float | None:
     """Images/s over rank 0's logged windows after step `skip` (MLflow `images_per_s`)."""
-    history = tracker.client.get_metric_history(tracker.run_id, "images_per_s")
+    history = client.get_metric_history(run_id, "images_per_s")
     points = sorted((m.step, m.value) for m in history)
     images = seconds = 0.0
     prev = 0
@@ -182,7 +182,12 @@ def ray_train(setup: Setup, workers: int, storage: str) -> Measurement:
     threads = setup.threads if workers == 1 else 1
     params = bench_params(setup, workers, float(threads), storage)
     start = time.perf_counter()
-    ray.init(address="local", num_cpus=max(2, setup.threads), include_dashboard=False)
+    ray.init(
+        address="local",
+        num_cpus=max(2, setup.threads),
+        include_dashboard=False,
+        _system_config={"worker_niceness": WORKER_NICENESS},  # as `init_ray` starts it
+    )
     try:
         plan = plan_run(params, setup.root)
         tracker = open_train_run(params, setup.root, plan)
@@ -192,7 +197,7 @@ def ray_train(setup: Setup, workers: int, storage: str) -> Measurement:
     finally:
         ray.shutdown()
     session = result.images_per_s
-    steady = window_rate(tracker, setup.batch_size, setup.log_every)
+    steady = window_rate(tracker.client, tracker.run_id, setup.batch_size, setup.log_every)
     return Measurement(RAY, workers, threads, steady or session, session, wall, steady is None)
 
 
@@ -271,9 +276,8 @@ def to_markdown(rows: list[Measurement], args: argparse.Namespace, load: str) ->
         "Wall s: plain = state + steps; Ray = `ray.init` + `run_train` (validation, MLflow "
         "run, worker start-up, DDP set-up, the final checkpoint and the end-of-training sample "
         "grid of 16 images). 2 workers: 1 CPU and 1 thread each, global batch split in halves. "
-        "Ray starts its worker processes at nice 15 (`RAY_worker_niceness`), the plain loop runs "
-        "at the caller's priority: on CPUs shared with other jobs this favours the plain loop."
-        + footnote(rows),
+        "Ray's workers run at nice 0 (`pipelines.infra.ray.WORKER_NICENESS`, as the stages start "
+        "Ray; Ray's default is 15), the plain loop at the caller's priority." + footnote(rows),
         "",
     ]
     return "\n".join(lines)

@@ -12,6 +12,12 @@ from pipelines.config import RayConfig
 log = logging.getLogger(__name__)
 
 
+# Ray starts worker processes at nice 15, so any other process on the node -- Ray's own GCS,
+# raylet, dashboard and Train controller included -- preempts a training worker's intra-op
+# threads, and one preempted thread stalls the whole op. The stage's workers are the job.
+WORKER_NICENESS = 0
+
+
 def ray_address(cfg: RayConfig) -> str | None:
     """params `ray.address` > `RAY_ADDRESS` (set by `ray job submit`) > None (start locally)."""
     return cfg.address or os.environ.get("RAY_ADDRESS") or None
@@ -23,7 +29,8 @@ def init_ray(cfg: RayConfig) -> None:
     Locally we pass `address="local"` explicitly: a stale `ray_current_cluster` file left by any
     `ray start` would otherwise make a bare `ray.init()` attach to a dead cluster. The local
     cluster has the dashboard (on loopback): Ray Train's placement-group cleaner queries the
-    state API it serves, and users watch jobs there.
+    state API it serves, and users watch jobs there. Its workers run at nice 0
+    (`WORKER_NICENESS`), not Ray's default 15.
     """
     if ray.is_initialized():
         return
@@ -38,6 +45,7 @@ def init_ray(cfg: RayConfig) -> None:
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         log_to_driver=True,
+        _system_config={"worker_niceness": WORKER_NICENESS},
     )
 
 
