@@ -20,7 +20,7 @@ Images/s of training are "steady" (after the first `train.log_every` steps: the 
 windows, which include its checkpoints and sample grids; the peer's step clock) and "session"
 (all steps). Sampling images/s are images / wall time of the call (ours incl. actor start-up).
 Both sample sets are scored by the project's FID call (`pipelines.fid.score.score`) against the
-same reference statistics (`evaluate.fid_reference`, `evaluate.fid_reference_images` images).
+same reference statistics (`evaluate.fid.reference`, `evaluate.fid.reference_images` images).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Budget:
     samples: int  # images sampled by each side (sample.num_images)
     stride: int  # sample.stride: T / stride reverse steps (1: all T, the paper)
     repeats: int
-    fid_reference: int  # reference images (evaluate.fid_reference_images)
+    fid_reference: int  # reference images (evaluate.fid.reference_images)
     breakdown: int = 10  # steps of the per-part CPU-time breakdown
     sample_compile: str = "profile"  # sample.compile for ours: "profile" keeps the profile's
 
@@ -120,8 +120,10 @@ def bench_params(root: Path, budget: Budget, rep: int = 0) -> Params:
         "train.max_failures": 0,  # a retried attempt would distort the timing: fail instead
         "sample.num_images": budget.samples,
         "sample.stride": budget.stride,
-        "evaluate.fid_images": budget.samples,
-        "evaluate.fid_reference_images": budget.fid_reference,
+        "evaluate.fid.images": budget.samples,
+        "evaluate.fid.reference_images": budget.fid_reference,
+        # KID's subsets are drawn from the samples: no larger than the budget's sample count
+        "evaluate.kid.subset_size": min(raw["evaluate"]["kid"]["subset_size"], budget.samples),
         "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
     }
     if budget.sample_compile != "profile":  # a named option: compiled kernels round differently
@@ -266,13 +268,13 @@ def peer_sample(params: Params, unet: nn.Module) -> tuple[SampleRun, torch.Tenso
 
 def fids(params: Params, root: Path, sets: dict[str, torch.Tensor]) -> dict[str, float]:
     """FID of each image set against the same reference statistics (the project's call)."""
-    ev = params.evaluate
+    ev = params.evaluate.fid
     weights = resolve_weights(ev, default_cache_dir())
     ref = write_reference_stats(
         Path(params.paths.shards),
         root / "fid_ref",
-        ev.fid_reference,
-        ev.fid_reference_images,
+        ev.reference,
+        ev.reference_images,
         weights,
         extract_features,
     )
@@ -450,7 +452,7 @@ def to_markdown(out: Outcome, args: argparse.Namespace, start_load: str) -> str:
         "",
         f"`{command(args)}` ({'the default budget' if full else 'a REDUCED budget'}): "
         f"{cfg.steps} training steps of {cfg.batch_size}, {s.num_images} samples of {steps} "
-        f"reverse steps, FID against {args.fid_reference} `{params.evaluate.fid_reference}` "
+        f"reverse steps, FID against {args.fid_reference} `{params.evaluate.fid.reference}` "
         f"images. Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch "
         f"{torch.__version__}, ray {ray.__version__}. Load average at the start: {start_load}; "
         "each row gives the load after its turn (MEASURED UNDER LOAD when it exceeds the CPU "

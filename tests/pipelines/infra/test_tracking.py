@@ -50,11 +50,13 @@ def _stage(params: Params, root: Path, tracker: Tracker) -> FakeResult:
 
 def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = MlflowConfig(None, "e", model_name=None, system_metrics=False)
+    cfg = MlflowConfig(None, "e", model_name=None, system_metrics=False, promote_on="fid")
     assert tracking_uri(cfg, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking_uri(cfg, tmp_path) == "http://127.0.0.1:5000"
-    cfg = MlflowConfig("sqlite:///rel/x.db", "e", model_name=None, system_metrics=False)
+    cfg = MlflowConfig(
+        "sqlite:///rel/x.db", "e", model_name=None, system_metrics=False, promote_on="fid"
+    )
     assert tracking_uri(cfg, tmp_path) == f"sqlite:///{tmp_path.resolve()}/rel/x.db"
 
 
@@ -66,7 +68,7 @@ def test_local_store_is_shared_by_dvc_temporary_workspaces(
     main, temp = tmp_path / "main", tmp_path / "main" / ".dvc" / "tmp" / "exps" / "tmp1"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(main))
-    cfg = MlflowConfig(None, "e", model_name=None, system_metrics=False)
+    cfg = MlflowConfig(None, "e", model_name=None, system_metrics=False, promote_on="fid")
     assert tracking_uri(cfg, temp) == f"sqlite:///{main.resolve()}/mlflow.db"
     assert _artifact_location(tracking_uri(cfg, temp), temp) == (main / "mlartifacts").as_uri()
 
