@@ -144,8 +144,9 @@ def ordered_hash(shard_hashes: list[str]) -> str:
 
 
 def sampling_plan(params: Params, weights: Path) -> dict[str, Any]:
-    """What the shards depend on: their pixels (seed, stride, shape, diffusion, weights, sampler)
-    and their layout (`batch_size`: one shard a batch). A change invalidates existing shards."""
+    """What the shards depend on: their pixels (seed, stride, shape, diffusion, weights, sampler,
+    the network's execution options) and their layout (`batch_size`: one shard a batch). A change
+    invalidates existing shards."""
     plan: dict[str, Any] = {
         "seed": params.seed,
         "batch_size": params.sample.batch_size,
@@ -156,7 +157,20 @@ def sampling_plan(params: Params, weights: Path) -> dict[str, Any]:
     }
     if not is_paper(sampler_of(params)):  # the paper's sampler keeps the plan it always had
         plan |= sampler_record(params)
+    execution = execution_options(params)
+    if execution != DEFAULT_EXECUTION:  # eager fp32 keeps the plan it always had
+        plan["execution"] = execution
     return plan
+
+
+# How the network runs when sampling: bf16 autocast, channels_last and compiled kernels each round
+# differently from the eager fp32 network, so they change pixels (not the images' distribution).
+DEFAULT_EXECUTION: dict[str, Any] = {"precision": "fp32", "channels_last": False, "compile": False}
+
+
+def execution_options(params: Params) -> dict[str, Any]:
+    """The sample.* options that change how the network computes (keys of DEFAULT_EXECUTION)."""
+    return {key: getattr(params.sample, key) for key in DEFAULT_EXECUTION}
 
 
 def work_dir(out_dir: Path, plan: dict[str, Any]) -> Path:

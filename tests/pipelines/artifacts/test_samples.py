@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,13 @@ from pipelines.artifacts.samples import (
     prepare_dir,
     publish,
     read_manifest,
+    sampling_plan,
     verify_shard,
     work_dir,
     write_manifest,
     write_shard,
 )
+from pipelines.config import Params
 from pipelines.infra.files import file_digest
 from tests.helpers import dead_pid
 
@@ -179,3 +182,23 @@ def test_load_samples_refuses_file_entries_outside_the_folder(tmp_path: Path) ->
     (tmp_path / specs[0].name).write_bytes((tmp_path / "s" / specs[0].name).read_bytes())
     with pytest.raises(ValueError, match=r"file entry '\.\./samples-000000.tar' refused"):
         load_samples(tmp_path / "s")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("sample.precision", "bf16"), ("sample.channels_last", True), ("sample.compile", "default")],
+)
+def test_the_plan_holds_the_execution_options_that_change_pixels(
+    make_params: Callable[..., Params], tmp_path: Path, key: str, value: object
+) -> None:
+    """bf16 autocast, channels_last and compiled kernels round differently from the eager fp32
+    network, so shards sampled under one are not kept when resampling under another (a resume
+    would otherwise publish a mixed set under the new params). The default options add nothing:
+    the default run's plan, and so its resume, is the one it always had."""
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"w")
+    default = sampling_plan(make_params(), weights)
+    assert "execution" not in default
+    changed = sampling_plan(make_params({key: value}), weights)
+    assert changed != default
+    assert changed["execution"][key.removeprefix("sample.")] == value
