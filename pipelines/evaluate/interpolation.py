@@ -24,6 +24,7 @@ from pipelines.artifacts.shards import load_split, read_manifest
 from pipelines.config import Params
 from pipelines.evaluate.report import data_label
 from pipelines.infra.figures import save_image_table
+from pipelines.infra.model_runner import evaluate_runner
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,9 @@ def interpolation_label(params: Params) -> str:
     )
 
 
-def compute_rows(params: Params, model_dir: Path, pairs: Tensor, use_gpu: bool) -> Tensor:
+def compute_rows(params: Params, model_dir: Path, pairs: Tensor) -> Tensor:
     """`interpolation_rows` of the EMA model in `model_dir` (the body of one Ray task)."""
-    torch.set_num_threads(max(1, int(params.evaluate.cpus_per_worker)))
-    device = torch.device("cuda" if use_gpu else "cpu")
-    if use_gpu and not torch.cuda.is_available():
-        raise RuntimeError("evaluate.use_gpu is true but this Ray worker has no CUDA device")
-    model = load_ema_model(params, model_dir).to(device)
+    model, device = evaluate_runner(params).load(load_ema_model, params, model_dir)
     diffusion = GaussianDiffusion.from_config(params.diffusion)
     cfg = params.evaluate
     return interpolation_rows(
@@ -101,9 +98,8 @@ def write_interpolation(params: Params, root: Path, pairs: Tensor) -> Path:
     (a GPU with `evaluate.use_gpu`) and written here."""
     import ray
 
-    cfg = params.evaluate
-    task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0)(compute_rows)
-    rows = ray.get(task.remote(params, root / params.paths.model, pairs, cfg.use_gpu))
+    task = evaluate_runner(params).remote(compute_rows)
+    rows = ray.get(task.remote(params, root / params.paths.model, pairs))
     path = draw_interpolation(params, rows, root / params.paths.plots / INTERP_PNG)
     log.info("interpolation figure %s: %d rows x %d columns", path, *rows.shape[:2])
     return path

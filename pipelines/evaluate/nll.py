@@ -31,7 +31,7 @@ from ddpm_core.sampling import from_uint8
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.config import Params
 from pipelines.infra.accel import InferenceOptions
-from pipelines.infra.device import configure_backends, pick_device
+from pipelines.infra.model_runner import ModelRunner
 
 log = logging.getLogger(__name__)
 
@@ -118,18 +118,8 @@ def bpd_chunk(
 class BpdWorker:
     """Holds one model copy; `run(chunk)` evaluates the bound on a chunk of images."""
 
-    def __init__(
-        self,
-        model_fn: ModelFn,
-        diffusion: DiffusionConfig,
-        threads: int,
-        gpu: bool,
-        options: InferenceOptions,
-    ) -> None:
-        torch.set_num_threads(max(1, threads))
-        self.device = pick_device(gpu, "evaluate.use_gpu")
-        configure_backends(self.device, deterministic=True)
-        self.model = options.wrap(model_fn(), self.device)
+    def __init__(self, model_fn: ModelFn, diffusion: DiffusionConfig, runner: ModelRunner) -> None:
+        self.model, self.device = runner.load(model_fn)
         self.diffusion = GaussianDiffusion.from_config(diffusion)
 
     def run(
@@ -169,16 +159,11 @@ def evaluate_bpd(
         raise ValueError(f"chunk_size={chunk_size}, num_workers={num_workers}: expected >= 1")
     chunks = list(torch.split(images, chunk_size))  # (<=chunk_size, C, H, W) each
     workers = min(num_workers, len(chunks))
-    actor_cls = ray.remote(
-        num_cpus=cpus_per_worker,
-        num_gpus=1 if use_gpu else 0,
-        max_restarts=ACTOR_RESTARTS,
-        max_task_retries=ACTOR_RESTARTS,
-    )(BpdWorker)
-    threads = max(1, int(cpus_per_worker))
-    actors = [
-        actor_cls.remote(model_fn, diffusion, threads, use_gpu, options) for _ in range(workers)
-    ]
+    runner = ModelRunner(cpus_per_worker, use_gpu, "evaluate", options)
+    actor_cls = runner.remote(
+        BpdWorker, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS
+    )
+    actors = [actor_cls.remote(model_fn, diffusion, runner) for _ in range(workers)]
     pool = ActorPool(actors)
     jobs = [(c, k, k * chunk_size) for k, c in enumerate(chunks)]
     parts: dict[int, dict[str, np.ndarray]] = {}

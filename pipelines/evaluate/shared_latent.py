@@ -25,6 +25,7 @@ from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.config import Params
 from pipelines.evaluate.report import data_label
 from pipelines.infra.figures import save_image_table
+from pipelines.infra.model_runner import evaluate_runner
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,9 @@ def row_labels(params: Params) -> list[str]:
     ]
 
 
-def compute_cells(params: Params, model_dir: Path, use_gpu: bool) -> Tensor:
+def compute_cells(params: Params, model_dir: Path) -> Tensor:
     """`shared_latent_cells` of the EMA model in `model_dir` (the body of one Ray task)."""
-    torch.set_num_threads(max(1, int(params.evaluate.cpus_per_worker)))
-    device = torch.device("cuda" if use_gpu else "cpu")
-    if use_gpu and not torch.cuda.is_available():
-        raise RuntimeError("evaluate.use_gpu is true but this Ray worker has no CUDA device")
-    model = load_ema_model(params, model_dir).to(device)
+    model, device = evaluate_runner(params).load(load_ema_model, params, model_dir)
     return shared_latent_cells(model, params, GaussianDiffusion.from_config(params.diffusion),
                                device)  # fmt: skip
 
@@ -94,9 +91,8 @@ def write_shared_latent(params: Params, root: Path) -> Path:
     `evaluate.use_gpu`) and written here."""
     import ray
 
-    cfg = params.evaluate
-    task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0)(compute_cells)
-    cells = ray.get(task.remote(params, root / params.paths.model, cfg.use_gpu))
+    task = evaluate_runner(params).remote(compute_cells)
+    cells = ray.get(task.remote(params, root / params.paths.model))
     path = draw_shared_latent(params, cells, root / params.paths.plots / SHARED_LATENT_PNG)
     log.info("shared-latent figure %s: %d rows x %d columns", path, *cells.shape[:2])
     return path

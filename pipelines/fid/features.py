@@ -17,8 +17,9 @@ from torch_fidelity.metric_isc import isc_features_to_metric
 from ddpm_core.metrics import frechet_distance
 from pipelines.artifacts.fid_stats import FidStats
 from pipelines.fid.inception import POOL3, InceptionWeights, load_extractor
-from pipelines.infra.device import full_fp32, pick_device
+from pipelines.infra.device import full_fp32
 from pipelines.infra.files import file_digest
+from pipelines.infra.model_runner import ModelRunner
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
@@ -131,21 +132,17 @@ def weights_id(weights: InceptionWeights) -> str:
 
 
 def _extract_chunk(
-    images: torch.Tensor,
-    weights: InceptionWeights,
-    features: Sequence[str],
-    threads: int,
-    use_gpu: bool,
+    images: torch.Tensor, weights: InceptionWeights, features: Sequence[str], runner: ModelRunner
 ) -> dict[str, np.ndarray]:
-    torch.set_num_threads(threads)
-    device = pick_device(use_gpu, "evaluate.use_gpu")
-    return extract_features(images, weights, features, GPU_BATCH if use_gpu else 32, device)
+    device = runner.setup()  # threads, device, deterministic backends (full fp32 inside)
+    return extract_features(images, weights, features, GPU_BATCH if runner.use_gpu else 32, device)
 
 
 def ray_extractor(num_workers: int, cpus_per_worker: float, use_gpu: bool = False) -> ExtractFn:
     """An `ExtractFn` that splits the images into `num_workers` contiguous chunks, one Ray task
     each (every task loads the Inception weights once, on a GPU with `use_gpu`); on CPU one
     worker runs in-process."""
+    runner = ModelRunner(cpus_per_worker, use_gpu, "evaluate")
 
     def extract(
         images: torch.Tensor, weights: InceptionWeights, features: Sequence[str]
@@ -155,10 +152,9 @@ def ray_extractor(num_workers: int, cpus_per_worker: float, use_gpu: bool = Fals
         import ray
 
         n = max(1, min(num_workers, len(images) // 2))
-        task = ray.remote(num_cpus=cpus_per_worker, num_gpus=1 if use_gpu else 0)(_extract_chunk)
-        threads = max(1, int(cpus_per_worker))
+        task = runner.remote(_extract_chunk)
         chunks = torch.tensor_split(images, n)  # contiguous, order kept
-        jobs = [task.remote(c, weights, tuple(features), threads, use_gpu) for c in chunks]
+        jobs = [task.remote(c, weights, tuple(features), runner) for c in chunks]
         parts = ray.get(jobs)
         return {f: np.concatenate([p[f] for p in parts]) for f in features}
 

@@ -4,11 +4,12 @@ predicted x0 over the reverse process (Ho et al. 2020, Fig. 10).
 Both curves are off by default (`quality.steps: []`, `quality.reverse_every: 0`); then the stage
 only writes header-only plot files and says so in its metrics. When on, one Ray task (a GPU with
 `quality.use_gpu`) samples `quality.images` images per (sampler, step count), each sampler with
-its `sample.sampler_options`, and
-`quality.reverse_images` images for the progressive pass, with the same per-image noise keys as
-the sample stage, and scores them against the cached reference statistics of the fid_stats
-stage. These FIDs use few samples and only `ancestral` is the paper's sampler (Heun makes two
-network calls a step): every figure carries `label`, which says so.
+its `sample.sampler_options`, and `quality.reverse_images` images for the progressive pass, with
+the same per-image noise keys and the same network set-up as the sample stage
+(`infra.model_runner`: deterministic backends, the sample.* precision, channels_last and
+compile), and scores them against the cached reference statistics of the fid_stats stage. These
+FIDs use few samples and only `ancestral` is the paper's sampler (Heun makes two network calls a
+step): every figure carries `label`, which says so.
 """
 
 from __future__ import annotations
@@ -23,16 +24,16 @@ from typing import Any, ClassVar
 
 import torch
 
-from ddpm_core.diffusion import GaussianDiffusion
+from ddpm_core.diffusion import GaussianDiffusion, Model
 from ddpm_core.sampling import sample_batched, snapshot_timesteps
-from ddpm_core.unet import UNet
 from pipelines.artifacts.fid_stats import FidStats, InceptionWeights, load_inception
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.config import Params
 from pipelines.fid.reference import headline_reference
 from pipelines.fid.score import Score, score
 from pipelines.infra.files import atomic_path
-from pipelines.infra.ray import check_fits, init_ray
+from pipelines.infra.model_runner import quality_runner
+from pipelines.infra.ray import init_ray
 from pipelines.infra.sampler_params import check_samplers, sampler_of
 from pipelines.infra.tracking import Tracker, numeric
 
@@ -53,7 +54,7 @@ def _row(s: Score, suffix: str = "") -> dict[str, float]:
 
 
 def steps_curve(
-    params: Params, model: UNet, device: torch.device, weights: InceptionWeights, ref: FidStats
+    params: Params, model: Model, device: torch.device, weights: InceptionWeights, ref: FidStats
 ) -> list[dict[str, Any]]:
     """One row per step count: FID (and IS) of each `quality.samplers` at stride T / steps."""
     cfg, shape = params.quality, params.data.image_shape
@@ -77,7 +78,7 @@ def steps_curve(
 
 
 def reverse_curve(
-    params: Params, model: UNet, device: torch.device, weights: InceptionWeights, ref: FidStats
+    params: Params, model: Model, device: torch.device, weights: InceptionWeights, ref: FidStats
 ) -> list[dict[str, Any]]:
     """Paper Fig. 10: FID (and IS) of predicted x0 every `reverse_every` steps of Algorithm 2."""
     cfg, shape = params.quality, params.data.image_shape
@@ -100,12 +101,10 @@ def _isc_splits(params: Params) -> int | None:
 def compute_curves(
     params: Params, model_dir: Path, weights: InceptionWeights, ref: FidStats
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Both curves in this process (the body of the stage's one Ray task)."""
-    torch.set_num_threads(max(1, int(params.quality.cpus)))
-    device = torch.device("cuda" if params.quality.use_gpu else "cpu")
-    if params.quality.use_gpu and not torch.cuda.is_available():
-        raise RuntimeError("quality.use_gpu is true but this Ray worker has no CUDA device")
-    model = load_ema_model(params, model_dir).to(device)
+    """Both curves in this process (the body of the stage's one Ray task). The network runs as
+    the sample stage's actors run it (`model_runner.quality_runner`): deterministic backends,
+    the sample.* precision, channels_last and compile."""
+    model, device = quality_runner(params).load(load_ema_model, params, model_dir)
     steps = steps_curve(params, model, device, weights, ref) if params.quality.steps else []
     if not params.quality.reverse_every:
         return steps, []
@@ -186,11 +185,12 @@ def run_quality(params: Params, root: Path, tracker: Tracker) -> QualityResult:
         load_ema_model(params, model_dir)  # fail fast, before Ray starts
         weights = load_inception(root / params.paths.fid_stats)  # what the reference stats used
         init_ray(params.ray)
-        check_fits(1, cfg.cpus, 1.0 if cfg.use_gpu else 0.0, "quality")
+        runner = quality_runner(params)
+        runner.check_fits(1)
         ref = headline_reference(params, root, weights)  # cached by the fid_stats stage
         import ray
 
-        task = ray.remote(num_cpus=cfg.cpus, num_gpus=1 if cfg.use_gpu else 0)(compute_curves)
+        task = runner.remote(compute_curves)
         steps, reverse = ray.get(task.remote(params, model_dir, weights, ref.stats))
         label = curve_label(params, weights, ref.count, ref.split)
     files = [

@@ -14,15 +14,13 @@ from typing import Any
 
 import numpy as np
 import ray
-import torch
 
 from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.sampling import sample_batched
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.artifacts.samples import ShardSpec, verify_shard, write_shard
-from pipelines.config import Params, from_dict
-from pipelines.infra.accel import InferenceModel, InferenceOptions
-from pipelines.infra.device import configure_backends, pick_device
+from pipelines.config import Params
+from pipelines.infra.model_runner import sample_runner
 from pipelines.infra.sampler_params import sampler_of
 from pipelines.sample.progress import Reporter
 
@@ -32,33 +30,28 @@ def build_diffusion(params: Params) -> GaussianDiffusion:
     return GaussianDiffusion.from_config(params.diffusion).respaced(params.sample.stride)
 
 
-def sampler_model(params: Params, model_dir: Path, device: torch.device) -> InferenceModel:
-    """The EMA U-Net with the sample.* execution options (bf16, channels_last, compile)."""
-    cfg = params.sample
-    options = InferenceOptions(cfg.precision, cfg.channels_last, cfg.compile)
-    return options.wrap(load_ema_model(params, model_dir), device)
-
-
 class SamplerActor:
-    """Ray Data callable class: one model copy per actor, one shard per input row."""
+    """Ray Data callable class: one model copy per actor, one shard per input row.
+
+    The EMA U-Net runs as `infra.model_runner.sample_runner` sets it up: threads from
+    `sample.cpus_per_worker`, `sample.use_gpu`'s device with deterministic backends (same images
+    on every rerun) and the sample.* execution options (bf16, channels_last, compile).
+    """
 
     def __init__(
         self,
-        params: dict[str, Any],
-        model_dir: str,
-        out_dir: str,
+        params: Params,
+        model_dir: Path,
+        out_dir: Path,
         board: ray.actor.ActorHandle | None = None,
     ) -> None:
-        self.params = from_dict(Params, params)
+        self.params = params
         self.board = board  # progress.StepBoard: denoising steps done, for the driver's ETA
-        torch.set_num_threads(max(1, int(self.params.sample.cpus_per_worker)))
-        self.device = pick_device(self.params.sample.use_gpu, "sample.use_gpu")
-        configure_backends(self.device, deterministic=True)  # same images on every rerun
-        self.model = sampler_model(self.params, Path(model_dir), self.device)
-        self.diffusion = build_diffusion(self.params)
-        self.sampler = sampler_of(self.params)
-        self.out_dir = Path(out_dir)
-        self.shape = self.params.data.image_shape
+        self.model, self.device = sample_runner(params).load(load_ema_model, params, model_dir)
+        self.diffusion = build_diffusion(params)
+        self.sampler = sampler_of(params)
+        self.out_dir = out_dir
+        self.shape = params.data.image_shape
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """batch: columns index/start/stop (one row per shard) -> one result row per shard."""

@@ -34,10 +34,11 @@ from pipelines.artifacts.samples import (
     work_dir,
     write_manifest,
 )
-from pipelines.config import Params, to_dict
+from pipelines.config import Params
 from pipelines.infra.figures import display_scale, save_grid, save_progressive
+from pipelines.infra.model_runner import sample_runner
 from pipelines.infra.progress import format_duration
-from pipelines.infra.ray import check_fits, init_ray
+from pipelines.infra.ray import init_ray
 from pipelines.infra.sampler_params import sampler_of, sampler_record
 from pipelines.infra.tracking import Tracker, numeric
 from pipelines.sample.actor import SamplerActor, build_diffusion
@@ -89,13 +90,6 @@ class Progress:
         return self.new / max(self.elapsed(), 1e-9)
 
 
-def _actor_resources(params: Params) -> dict[str, float]:
-    cfg = params.sample
-    check_fits(cfg.num_workers, cfg.cpus_per_worker, 1.0 if cfg.use_gpu else 0.0, "sample")
-    res = {"num_cpus": cfg.cpus_per_worker}
-    return {**res, "num_gpus": 1.0} if cfg.use_gpu else res
-
-
 def run_pool(
     params: Params,
     specs: list[ShardSpec],
@@ -112,7 +106,8 @@ def run_pool(
     The input is `from_items` (no read tasks): with `ray.data.range` a read task needs a CPU
     too, and a pool that takes every CPU of the cluster then deadlocks.
     """
-    resources = _actor_resources(params)
+    runner = sample_runner(params)  # what each actor asks Ray for; the actor sets itself up
+    runner.check_fits(params.sample.num_workers)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # `Progress` logs shards, rate and ETA instead
     steps_board = board()
@@ -120,14 +115,14 @@ def run_pool(
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         SamplerActor,
         fn_constructor_kwargs={
-            "params": to_dict(params),
-            "model_dir": str(model_dir),
-            "out_dir": str(out_dir),
+            "params": params,  # the typed frozen record: Ray pickles it as it is
+            "model_dir": model_dir,
+            "out_dir": out_dir,
             "board": steps_board,
         },
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=min(params.sample.num_workers, len(specs))),
-        **resources,
+        **runner.resources(),
     )
     total = sum(s.count for s in specs)
     progress = Progress(total, tracker)

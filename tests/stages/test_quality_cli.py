@@ -11,8 +11,15 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
+from ddpm_core.diffusion import GaussianDiffusion
+from ddpm_core.sampling import sample_batched
+from pipelines.artifacts.fid_stats import load_inception
+from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.config import Params
 from pipelines.data.stage import build_shards
+from pipelines.fid.reference import headline_reference
+from pipelines.fid.score import score
+from pipelines.infra.model_runner import sample_runner
 from pipelines.infra.run_files import read_run_file
 from pipelines.infra.tracking import tracking_uri
 from stages import fid_stats, quality
@@ -55,6 +62,8 @@ def test_both_curves_score_against_the_cached_reference(
         "quality.reverse_images": 4,
         "quality.batch_size": 3,
         "quality.cpus": 0.5,
+        "sample.precision": "bf16",  # quality runs the network as the sample stage does
+        "sample.channels_last": True,
     })  # fmt: skip
     build_shards(params.data, params.seed, Path(params.paths.shards))
     make_model_dir(params)
@@ -73,6 +82,13 @@ def test_both_curves_score_against_the_cached_reference(
     # the 20-step ancestral point, so the same FID
     assert m["x0_fid_t0"] == pytest.approx(m["fid_ancestral_steps20"], rel=1e-9)
     assert m["x0_fid_t10"] != m["x0_fid_t0"]
+    # ... and the images the sample stage's actor network makes (bf16, channels_last), not fp32's
+    weights = load_inception(Path(params.paths.fid_stats))
+    ref = headline_reference(params, tmp_path, weights).stats
+    model, device = sample_runner(params).load(load_ema_model, params, Path(params.paths.model))
+    d = GaussianDiffusion.from_config(params.diffusion)
+    images = sample_batched(model, d, range(4), params.seed, params.data.image_shape, 3, device)
+    assert m["fid_ancestral_steps20"] == pytest.approx(score(images, weights, [ref]).fid[0], 1e-12)
     run_info = json.loads((Path(params.paths.runs) / "quality.json").read_text())
     label = run_info["details"]["label"]
     assert "Heun (Karras et al. 2022, Algorithm 1): not the paper" in label and "4 samples" in label

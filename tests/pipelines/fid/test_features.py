@@ -87,3 +87,14 @@ def test_bad_inputs_are_clear_errors() -> None:
         fid.as_rgb_uint8(torch.zeros(2, 3, 8, 8))
     with pytest.raises(ValueError, match=r"\(1, 8, 8\).*\(3, 32, 32\)"):
         fid.check_compatible(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), (3, 32, 32), "FID")
+
+
+@pytest.mark.ray
+def test_features_over_ray_tasks_equal_the_in_process_ones(
+    weights: InceptionWeights, local_ray: object
+) -> None:
+    """Two Ray tasks set up by the model runner (threads, device, backends) give the features
+    of one process bit for bit, in input order."""
+    images = _digits(4, 0)
+    over_ray = fid.ray_extractor(num_workers=2, cpus_per_worker=0.5)(images, weights, ["2048"])
+    np.testing.assert_array_equal(over_ray["2048"], fid.extract_features(images, weights)["2048"])

@@ -13,8 +13,9 @@ from ddpm_core.samplers.ddim import DDIM
 from ddpm_core.sampling import sample_indices
 from pipelines.artifacts.model_dir import load_ema_model
 from pipelines.artifacts.samples import ShardSpec, read_shard_images
-from pipelines.config import Params, to_dict
-from pipelines.sample.actor import SamplerActor, build_diffusion, sampler_model
+from pipelines.config import Params
+from pipelines.infra.model_runner import sample_runner
+from pipelines.sample.actor import SamplerActor, build_diffusion
 from tests.helpers import make_model_dir
 
 
@@ -23,7 +24,7 @@ def test_actor_writes_its_range_then_skips_it(make_params: Callable[..., Params]
     model_dir = make_model_dir(params)
     out = Path(params.paths.samples)
     out.mkdir(parents=True)
-    actor = SamplerActor(to_dict(params), str(model_dir), str(out))
+    actor = SamplerActor(params, model_dir, out)
     batch = {"index": np.array([1]), "start": np.array([3]), "stop": np.array([6])}
     first = actor(batch)
     assert first["file"].tolist() == ["samples-000001.tar"] and not first["skipped"][0]
@@ -50,7 +51,7 @@ def test_actor_samples_with_ddim_when_selected(make_params: Callable[..., Params
     model_dir = make_model_dir(params)
     out = Path(params.paths.samples)
     out.mkdir(parents=True)
-    actor = SamplerActor(to_dict(params), str(model_dir), str(out))
+    actor = SamplerActor(params, model_dir, out)
     actor({"index": np.array([0]), "start": np.array([0]), "stop": np.array([3])})
     images = torch.from_numpy(
         read_shard_images((out / "samples-000000.tar").read_bytes(), ShardSpec(0, 0, 3), "")
@@ -75,8 +76,8 @@ def test_actor_runs_the_network_with_the_sample_options(make_params: Callable[..
         {"sample.stride": 5, "sample.precision": "bf16", "sample.channels_last": True}
     )
     model_dir = make_model_dir(fast)
-    wrapped = sampler_model(fast, model_dir, torch.device("cpu"))
-    assert wrapped.precision == "bf16" and wrapped.channels_last
+    wrapped, device = sample_runner(fast).load(load_ema_model, fast, model_dir)
+    assert wrapped.precision == "bf16" and wrapped.channels_last and device.type == "cpu"
     plain = load_ema_model(fast, model_dir)
     a = sample_indices(wrapped, build_diffusion(fast), range(4), fast.seed, fast.data.image_shape)
     b = sample_indices(plain, build_diffusion(fast), range(4), fast.seed, fast.data.image_shape)
