@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,9 @@ from ddpm_core.samplers.registry import is_paper
 from pipelines.artifacts.tars import ShardError, decode_png, encode_png, read_tar, tar_bytes
 from pipelines.config import Params, to_dict
 from pipelines.infra import staging as staged
+from pipelines.infra.accel import InferenceOptions
 from pipelines.infra.files import bytes_digest, file_digest, listed_file, write_bytes, write_json
+from pipelines.infra.model_runner import sample_options
 from pipelines.infra.sampler_params import sampler_of, sampler_record
 
 log = logging.getLogger(__name__)
@@ -165,12 +167,12 @@ def sampling_plan(params: Params, weights: Path) -> dict[str, Any]:
 
 # How the network runs when sampling: bf16 autocast, channels_last and compiled kernels each round
 # differently from the eager fp32 network, so they change pixels (not the images' distribution).
-DEFAULT_EXECUTION: dict[str, Any] = {"precision": "fp32", "channels_last": False, "compile": False}
+DEFAULT_EXECUTION: dict[str, Any] = asdict(InferenceOptions())
 
 
 def execution_options(params: Params) -> dict[str, Any]:
-    """The sample.* options that change how the network computes (keys of DEFAULT_EXECUTION)."""
-    return {key: getattr(params.sample, key) for key in DEFAULT_EXECUTION}
+    """The sample.* options that change how the network computes (`InferenceOptions`)."""
+    return asdict(sample_options(params))
 
 
 def work_dir(out_dir: Path, plan: dict[str, Any]) -> Path:
