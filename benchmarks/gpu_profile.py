@@ -180,6 +180,14 @@ def forward_flops(params: Params, device: torch.device) -> float:
 
 def train_rate(params: Params, mode: Mode, batch: int, plan: Plan, device: torch.device) -> float:
     """Steps/s of the Ray worker's loop body (data already on the device)."""
+    step = train_stepper(params, mode, batch, plan, device)
+    return 1.0 / timed(device, step, plan.steps)
+
+
+def train_stepper(
+    params: Params, mode: Mode, batch: int, plan: Plan, device: torch.device
+) -> Callable[[], None]:
+    """One step of the Ray worker's loop body on one batch on the device, warmed up."""
     params = replace(
         params,
         train=replace(params.train, batch_size=batch, num_workers=1, log_every=plan.steps),
@@ -202,7 +210,7 @@ def train_rate(params: Params, mode: Mode, batch: int, plan: Plan, device: torch
     for _ in range(plan.warmup):
         step()
     state.read_stats(1)
-    return 1.0 / timed(device, step, plan.steps)
+    return step
 
 
 def inference_model(params: Params, mode: Mode, device: torch.device) -> InferenceModel:
@@ -214,13 +222,22 @@ def sample_step_s(
     params: Params, mode: Mode, batch: int, plan: Plan, device: torch.device
 ) -> float:
     """Seconds per reverse step of `sample_indices` (network + posterior + counter noise)."""
+    run, steps = sample_chain(params, mode, batch, plan, device)
+    return timed(device, run, 1) / steps
+
+
+def sample_chain(
+    params: Params, mode: Mode, batch: int, plan: Plan, device: torch.device
+) -> tuple[Callable[[], object], int]:
+    """`sample_indices` of `batch` images over a respaced chain of about `plan.chain` steps,
+    compiled / captured by one call; returns it and its number of network calls."""
     model = inference_model(params, mode, device)
     full = GaussianDiffusion.from_config(params.diffusion)
     chain = full.respaced(max(1, full.num_timesteps // plan.chain))
     c, r = params.data.channels, params.data.resolution
     run = lambda: sample_indices(model, chain, range(batch), 0, (c, r, r), device)  # noqa: E731
     run()  # compile / CUDA-graph capture
-    return timed(device, run, 1) / (chain.num_timesteps + 1)
+    return run, chain.num_timesteps + 1
 
 
 def nll_step_s(params: Params, mode: Mode, batch: int, plan: Plan, device: torch.device) -> float:

@@ -48,7 +48,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from benchmarks.report import OTHER_CPUS_LIMIT, OtherCpus, load_average, write_result
+from benchmarks.report import (
+    OTHER_CPUS_LIMIT,
+    OtherCpus,
+    cpu_model,
+    load_average,
+    write_result,
+)
 from benchmarks.train_overhead import set_dotted, window_rate
 from ddpm_core.convert import diffusers_config_from_unet
 from ddpm_core.sampling import from_uint8
@@ -78,6 +84,14 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "peer.md"
 TARGET = 1.2  # ours / peer images/s, training and sampling
 OURS = "this project (default profile)"
+# Named execution options of our sample stage (`--sample-exec`). Each rounds differently from the
+# default eager fp32 network, so its samples (and their hash) differ; bf16 changes them beyond
+# rounding. The peer always runs diffusers' default (eager fp32).
+SAMPLE_EXEC: dict[str, dict[str, Any]] = {
+    "profile": {},
+    "compile": {"sample.compile": "default"},  # Inductor, weights frozen (accel.frozen)
+    "bf16": {"sample.precision": "bf16", "sample.channels_last": True, "sample.compile": "default"},
+}
 PEER = "diffusers recipe"
 
 
@@ -89,7 +103,7 @@ class Budget:
     repeats: int
     fid_reference: int  # reference images (evaluate.fid.reference_images)
     breakdown: int = 10  # steps of the per-part CPU-time breakdown
-    sample_compile: str = "profile"  # sample.compile for ours: "profile" keeps the profile's
+    sample_exec: str = "profile"  # how our sample stage runs the network (SAMPLE_EXEC)
 
 
 @dataclass(frozen=True)
@@ -132,8 +146,7 @@ def bench_params(root: Path, budget: Budget, rep: int = 0) -> Params:
         "evaluate.kid.subset_size": min(raw["evaluate"]["kid"]["subset_size"], budget.samples),
         "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
     }
-    if budget.sample_compile != "profile":  # a named option: compiled kernels round differently
-        overrides["sample.compile"] = {"false": False}.get(budget.sample_compile, "default")
+    overrides |= SAMPLE_EXEC[budget.sample_exec]
     for key, value in overrides.items():
         set_dotted(raw, key, value)
     return from_dict(Params, raw)
@@ -445,7 +458,7 @@ def command(args: argparse.Namespace) -> str:
         f"python -m benchmarks.peer --steps {args.steps} --samples {args.samples} "
         f"--sample-stride {args.sample_stride} --repeats {args.repeats} "
         f"--fid-reference {args.fid_reference} --breakdown-steps {args.breakdown_steps}"
-        + (f" --sample-compile {args.sample_compile}" if args.sample_compile != "profile" else "")
+        + (f" --sample-exec {args.sample_exec}" if args.sample_exec != "profile" else "")
     )
 
 
@@ -463,7 +476,7 @@ def to_markdown(out: Outcome, args: argparse.Namespace, start_load: str) -> str:
         f"`{command(args)}` ({'the default budget' if full else 'a REDUCED budget'}): "
         f"{cfg.steps} training steps of {cfg.batch_size}, {s.num_images} samples of {steps} "
         f"reverse steps, FID against {args.fid_reference} `{params.evaluate.fid.reference}` "
-        f"images. Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch "
+        f"images. Machine: {platform.machine()}, {os.cpu_count()} CPUs ({cpu_model()}), torch "
         f"{torch.__version__}, ray {ray.__version__}. Load average at the start: {start_load}. "
         "'other CPUs' is what processes outside the benchmark's own process tree used during "
         f"the turn (MEASURED UNDER LOAD when any turn exceeds {OTHER_CPUS_LIMIT}: the CPUs were "
@@ -492,7 +505,8 @@ def to_markdown(out: Outcome, args: argparse.Namespace, start_load: str) -> str:
         "sample grids, export); its steady rate is rank 0's logged windows after the first, "
         "which include checkpoints and grids; wall includes Ray start-up and export. Sampling = "
         f"`sample_to_shards` ({s.num_workers} actors x {s.cpus_per_worker:g} CPU, batch "
-        f"{s.batch_size}, `sample.compile: {s.compile}`), wall incl. Ray and actor start-up. "
+        f"{s.batch_size}, `sample.precision: {s.precision}`, `channels_last: "
+        f"{s.channels_last}`, `compile: {s.compile}`), wall incl. Ray and actor start-up. "
         "Peer: `UNet2DModel` + `DDPMScheduler` + Adam/warm-up/clipping/`EMAModel(foreach=True)` "
         "in a plain loop on in-memory tensors (no checkpoints), sampling `DDPMPipeline` in this "
         f"process. FID of {s.num_images} samples each: differences of a few points are within "
@@ -518,7 +532,7 @@ def budget_of(args: argparse.Namespace) -> Budget:
         args.repeats,
         args.fid_reference,
         args.breakdown_steps,
-        args.sample_compile,
+        args.sample_exec,
     )
 
 
@@ -531,10 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fid-reference", type=int, default=500, help="reference images for FID")
     p.add_argument("--breakdown-steps", type=int, default=10, help="steps of the CPU breakdown")
     p.add_argument(
-        "--sample-compile",
-        choices=("profile", "false", "default"),
+        "--sample-exec",
+        choices=tuple(SAMPLE_EXEC),
         default="profile",
-        help="sample.compile of our sample stage (profile: the default profile's)",
+        help="how our sample stage runs the network (profile: the default profile's eager fp32)",
     )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)

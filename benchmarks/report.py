@@ -87,3 +87,14 @@ def busy_seconds() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_model() -> str:
+    """The CPU's model name and whether it has AMX bf16 tiles (what bf16 autocast runs on)."""
+    path = Path("/proc/cpuinfo")
+    fields: dict[str, str] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first CPU's
+    amx = "amx_bf16" in fields.get("flags", "").split()
+    return f"{fields.get('model name', 'unknown CPU')}, {'with' if amx else 'no'} AMX-BF16"

@@ -23,6 +23,7 @@ BENCHMARKS = (
     "shard_memory",
     "stream_input",
     "unet_speed",
+    "cpu_options",
     "sample_scaling",
     "train_overhead",
     "eval_throughput",

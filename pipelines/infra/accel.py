@@ -43,6 +43,19 @@ def compile_fn(fn: F, mode: CompileMode) -> F:
     return torch.compile(fn, mode=mode)  # type: ignore[return-value]
 
 
+def frozen(mode: CompileMode) -> contextlib.AbstractContextManager[Any]:
+    """Inductor freezing around calls of a network compiled for inference (weights fixed after
+    the first call, run under no_grad): the parameters become constants, folded into the graph
+    and prepacked for oneDNN on CPU (1.18x on the default U-Net's sampling step,
+    benchmarks/results/cpu_options.md). A config patch around the calls, because Dynamo reads
+    the setting while tracing: torch.compile(options={"freezing": True}) alone does not freeze."""
+    if mode is False:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)  # type: ignore[no-any-return]
+
+
 def mark_step(mode: CompileMode) -> None:
     """Tell CUDA-graph trees a new iteration starts (outputs of the previous one may be reused)."""
     if mode == "reduce-overhead":
@@ -91,7 +104,7 @@ class InferenceModel(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         mark_step(self.compile_mode)
-        with autocast(self.precision, self.device):
+        with autocast(self.precision, self.device), frozen(self.compile_mode):
             out = self.net(x, t)
         # clone: a CUDA-graph replay reuses its output buffer on the next call
         return out.float().clone() if self.compile_mode == "reduce-overhead" else out.float()

@@ -50,8 +50,17 @@ def test_bf16_and_channels_last_stay_within_two_percent_of_fp32() -> None:
 def test_compiled_inference_matches_eager() -> None:
     model, (x, t) = _model(), _inputs()
     ref = model(x, t).detach()
-    out = InferenceModel(model, CPU, compile="default")(x, t)
+    compiled = InferenceModel(model, CPU, compile="default")
+    out = compiled(x, t)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    # Frozen: Inductor folded the weights in at the first call (and prepacked them for oneDNN),
+    # so a later change of the module's parameters no longer reaches the compiled network.
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    assert _rel(model(x, t).detach(), ref) > 0.1  # eager sees the new weights
+    torch.testing.assert_close(compiled(x, t), out)
 
 
 def test_bad_options_name_the_value() -> None:
