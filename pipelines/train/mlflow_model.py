@@ -3,9 +3,9 @@
 `log_mlflow_model` logs the model folder (EMA weights + config.json) with the sampler's code
 (`infra.pyfunc_model`, "models from code") and `ddpm_core` as its code path, an explicit
 signature, and pinned requirements (no inference, which would load the model again: the logging
-costs a few seconds). MLflow 3 makes it a LoggedModel of the train run: the run's metrics at the
-final step are linked to it; evaluate links FID and NLL too. Then it is registered under
-`mlflow.model_name` (`infra.registry.register`).
+costs a few seconds). MLflow 3 makes it a LoggedModel of the train run, in the run's experiment:
+the run's metrics at the final step are linked to it; evaluate links FID and NLL too. Then it is
+registered under `mlflow.model_name` (`infra.registry.register`).
 """
 
 from __future__ import annotations
@@ -133,34 +133,55 @@ def logged_model_of(tracker: Tracker, weights_sha256: str) -> str | None:
     return None
 
 
+def new_logged_model(tracker: Tracker, weights_sha256: str) -> str:
+    """A PENDING LoggedModel of `tracker`'s run in the run's experiment, carrying the run's
+    params (as `Model.log` copies them). `Model.log` with a run id but no active run would
+    create it in the active experiment: the Default one (id 0), where the run's user may not
+    write on a server with auth."""
+    run = tracker.client.get_run(tracker.run_id)
+    model = mlflow.initialize_logged_model(
+        name=ARTIFACT_NAME,
+        source_run_id=tracker.run_id,
+        tags={WEIGHTS_TAG: weights_sha256},
+        params=run.data.params,
+        experiment_id=run.info.experiment_id,
+    )
+    return str(model.model_id)
+
+
+def log_pyfunc(params: Params, tracker: Tracker, model_dir: Path, step: int, digest: str) -> str:
+    """Log `model_dir` as the sampling pyfunc of `tracker`'s run at `step`; its model id."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model_dir"  # only the two files the sampler reads
+        folder.mkdir()
+        for file in (pyfunc_model.WEIGHTS_FILE, pyfunc_model.CONFIG_FILE):
+            shutil.copy2(model_dir / file, folder / file)
+        with tracking_store(tracker.uri):  # Model.log and mlflow.* resolve the store globally
+            model_id = new_logged_model(tracker, digest)
+            info = Model.log(
+                artifact_path=None,
+                name=ARTIFACT_NAME,
+                flavor=mlflow.pyfunc,
+                run_id=tracker.run_id,
+                model_id=model_id,
+                step=step,
+                python_model=pyfunc_model.__file__,
+                artifacts={pyfunc_model.MODEL_DIR: str(folder)},
+                code_paths=[str(Path(ddpm_core.__file__).parent)],
+                signature=signature(params),
+                input_example=input_example(params),
+                pip_requirements=requirements(),
+                await_registration_for=0,
+            )
+    return str(info.model_id)
+
+
 def log_mlflow_model(params: Params, tracker: Tracker, model_dir: Path, step: int) -> LoggedDdpm:
     """Log `model_dir` as a pyfunc of `tracker`'s run (once per weights) and register it."""
     digest = weights_digest(model_dir / pyfunc_model.WEIGHTS_FILE)
     model_id = logged_model_of(tracker, digest)
     if model_id is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp) / "model_dir"  # only the two files the sampler reads
-            folder.mkdir()
-            for file in (pyfunc_model.WEIGHTS_FILE, pyfunc_model.CONFIG_FILE):
-                shutil.copy2(model_dir / file, folder / file)
-            with tracking_store(tracker.uri):  # Model.log resolves the store globally
-                info = Model.log(
-                    artifact_path=None,
-                    name=ARTIFACT_NAME,
-                    flavor=mlflow.pyfunc,
-                    flavor_name="pyfunc.ModelFromCode",
-                    run_id=tracker.run_id,
-                    step=step,
-                    python_model=pyfunc_model.__file__,
-                    artifacts={pyfunc_model.MODEL_DIR: str(folder)},
-                    code_paths=[str(Path(ddpm_core.__file__).parent)],
-                    signature=signature(params),
-                    input_example=input_example(params),
-                    pip_requirements=requirements(),
-                    tags={WEIGHTS_TAG: digest},
-                    await_registration_for=0,
-                )
-        model_id = str(info.model_id)
+        model_id = log_pyfunc(params, tracker, model_dir, step, digest)
     name, registered = params.mlflow.model_name, None
     if name:
         with tracking_store(tracker.uri):  # a local store resolves models:/ globally too

@@ -1,12 +1,14 @@
 """The lifecycle of a training run: its inputs, its identity, its folder and its MLflow run.
 
-Before Ray starts, the driver checks the inputs (`validate_inputs`) and names the run after
-`run_key`, a hash of everything that determines the weights, so rerunning the same command finds
-the same Ray run folder and resumes. `plan_run` is that check plus the cluster's fit; the run
-folder (`RunFolder`) holds Ray's checkpoints and the two notes the run keeps for its driver: the
-MLflow run to reattach to, and what the latest attempt did (the step it resumed from, a
-non-finite loss). `open_train_run` opens or reattaches the MLflow run; `infra.tracking.
-run_tracked` ends it FINISHED or FAILED, like every stage's run.
+Before Ray starts, the driver makes the run's one record, a `TrainPlan` (`plan_run`): the inputs
+checked (`validate_inputs`) and the run named after `run_key`, a hash of everything that
+determines the weights, so rerunning the same command finds the same Ray run folder and resumes.
+That plan goes to `run_lock`, to `open_train_run` (the tracking server checked, Ray connected
+and the cluster's fit checked by `connect`, then the MLflow run opened or reattached), to
+`train.stage.run_train` and to every Ray Train worker. The run folder (`RunFolder`) holds Ray's
+checkpoints and the two notes the run keeps for its driver: the MLflow run to reattach to, and
+what the latest attempt did (the step it resumed from, a non-finite loss).
+`infra.lifecycle.run_tracked` ends the MLflow run FINISHED or FAILED, like every stage's run.
 """
 
 from __future__ import annotations
@@ -174,7 +176,10 @@ class RunFolder:
 
 @dataclass(frozen=True)
 class TrainPlan:
-    """Where and under which name a training run lives; every path absolute."""
+    """Where and under which name a training run lives; every path absolute (Ray Train workers
+    `chdir` into Ray's per-run folder). The one record of the run's location: the driver makes
+    it (`plan_run`) and passes it as it is to the run lock, the MLflow run, `train.stage` and
+    every worker (in `train_loop_config`: Ray pickles the frozen record)."""
 
     key: str  # run_key(params, manifest hash)
     name: str  # ddpm-train-<key>: the Ray run's name and folder

@@ -37,7 +37,7 @@ from pipelines.train.checkpoint import (
     checkpoint_dir_name,
     resume_candidates,
 )
-from pipelines.train.run import RunFolder
+from pipelines.train.run import TrainPlan
 from pipelines.train.step import (
     NonFiniteLossError,
     TrainState,
@@ -66,15 +66,6 @@ def grid_key(steps: int) -> str:
     return f"ema_samples_{steps}steps"
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """Absolute locations the workers need (they `chdir` into Ray's per-run folder)."""
-
-    run_name: str
-    run_dir: str  # <ray_storage>/<run_name>: checkpoints, MLflow sidecar
-    shards: str
-
-
 # ----------------------------------------------------------------------------------------------
 # Worker side
 
@@ -82,7 +73,7 @@ class RunSpec:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Algorithm 1 on one Ray Train worker; `config` = {"params", "run", "tracker", "fid"}."""
     params: Params = config["params"]  # typed: Ray pickles the frozen dataclasses
-    spec = RunSpec(**config["run"])
+    plan: TrainPlan = config["run"]  # the driver's plan: absolute paths (workers `chdir`)
     tracker: Tracker | None = config["tracker"]
     _worker_logging()
     torch.set_num_threads(max(1, int(params.train.cpus_per_worker)))  # intra-op CPU threads
@@ -98,11 +89,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state = make_state(params, device, rank, world, compile_mode=params.train.compile)
         restored = _restore(state, rank)
         if rank == 0:  # the driver reports where the last attempt started (train.json)
-            RunFolder(Path(spec.run_dir)).begin_attempt(restored.step, sorted(restored.unusable))
+            plan.folder.begin_attempt(restored.step, sorted(restored.unusable))
         _wrap(state, params, device)
         if rank == 0 and tracker is not None and restored.step:
             tracker.log_metrics({"resumed_from": restored.step}, step=restored.step)
-        _Loop(params, spec, state, where, restored, tracker, config.get("fid")).run()
+        _Loop(params, plan, state, where, restored, tracker, config.get("fid")).run()
 
 
 def _worker_logging() -> None:
@@ -228,14 +219,14 @@ class _Loop:
     def __init__(
         self,
         params: Params,
-        spec: RunSpec,
+        plan: TrainPlan,
         state: TrainState,
         where: Placement,
         restored: Restored,
         tracker: Tracker | None = None,
         probe: FidProbe | None = None,
     ) -> None:
-        self.params, self.spec, self.state, self.where = params, spec, state, where
+        self.params, self.plan, self.state, self.where = params, plan, state, where
         self.restored = restored  # its `unusable` folders are never reused
         self.tracker = tracker
         self.due = Cadence.of(params.train)
@@ -254,7 +245,7 @@ class _Loop:
     def batches(self) -> Iterator[torch.Tensor]:
         cfg, where = self.params.train, self.where
         return train_batches(
-            self.spec.shards,
+            self.plan.shards,
             "train",
             cfg.batch_size // where.world,
             where.rank,
@@ -401,12 +392,12 @@ class _Loop:
                 save_checkpoint(tmp, self.state, rngs)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
-        self.last_ckpt = str(Path(self.spec.run_dir) / name)
+        self.last_ckpt = str(self.plan.folder.path / name)
 
     def stop_nonfinite(self, error: NonFiniteLossError) -> None:
         """All ranks stop together; rank 0 leaves a note for the driver (no pointless retries)."""
         if not self.where.lead:
             return
-        folder, last = RunFolder(Path(self.spec.run_dir)), self.last_ckpt
+        folder, last = self.plan.folder, self.last_ckpt
         folder.note_nonfinite(str(error), self.state.step, last)
         log.error("%s; last good checkpoint: %s", error, last)

@@ -1,14 +1,34 @@
-"""The MLflow Model helpers that need no server: the tracking-store switch."""
+"""The MLflow Model of a training run: where it is logged, and the tracking-store switch."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from pipelines.train.mlflow_model import MLFLOW_TRACKING_URI_ENV, tracking_store
+from pipelines.infra.tracking import open_run
+from pipelines.train.mlflow_model import MLFLOW_TRACKING_URI_ENV, log_mlflow_model, tracking_store
+from tests.helpers import build_params, make_model_dir
+
+
+def test_the_model_is_logged_in_the_training_runs_experiment(tmp_path: Path) -> None:
+    """`Model.log` with a run id but no active run put the LoggedModel (and its artifacts) in
+    the Default experiment (id 0), where a basic-auth server's user may not write: it belongs
+    to the training run's experiment, and no run or experiment is left active."""
+    params = build_params(tmp_path)
+    params = dataclasses.replace(params, mlflow=dataclasses.replace(params.mlflow, model_name=None))
+    tracker = open_run(params, "train", tmp_path)
+    logged = log_mlflow_model(params, tracker, make_model_dir(params), params.train.steps)
+    client = tracker.client
+    experiment = client.get_experiment(client.get_run(tracker.run_id).info.experiment_id)
+    model = client.get_logged_model(logged.model_id)
+    assert experiment.experiment_id != "0"
+    assert (model.experiment_id, model.source_run_id) == (experiment.experiment_id, tracker.run_id)
+    assert model.artifact_location.startswith(experiment.artifact_location), model.artifact_location
+    assert mlflow.active_run() is None
 
 
 @pytest.mark.parametrize("before", ["http://mlflow.example.invalid:5000", None])

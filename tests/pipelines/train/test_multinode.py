@@ -58,7 +58,7 @@ class HoldForNodeLoss:
 
     def __call__(self, config: dict[str, Any]) -> None:
         real = ray.train.report
-        snapshot = Path(config["run"]["run_dir"]) / "checkpoint_manager_snapshot.json"
+        snapshot = config["run"].folder.path / "checkpoint_manager_snapshot.json"
         rank = ray.train.get_context().get_world_rank()
         node_id = ray.get_runtime_context().get_node_id()
         with open(self.placements, "a") as f:

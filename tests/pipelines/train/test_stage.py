@@ -206,7 +206,7 @@ class KillAfterReport:
     folder: str = ""  # the checkpoint folder of that step (default `step_<step>`; `-redo`)
 
     def __call__(self, config: dict[str, Any]) -> None:
-        snapshot = Path(config["run"]["run_dir"]) / "checkpoint_manager_snapshot.json"
+        snapshot = config["run"].folder.path / "checkpoint_manager_snapshot.json"
         folder = self.folder or f"step_{self.step:08d}"
 
         def committed() -> bool:
