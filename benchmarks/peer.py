@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 import torch
@@ -81,6 +81,7 @@ from pipelines.train.step import (
 from stages.train import train
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 RESULTS = REPO / "benchmarks" / "results" / "peer.md"
 TARGET = 1.2  # ours / peer images/s, training and sampling
 OURS = "this project (default profile)"
@@ -416,6 +417,13 @@ class Outcome:
     parts: dict[str, dict[str, float]]
 
 
+def turn(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """fn(*args), and the CPUs that processes outside the benchmark used meanwhile."""
+    with OtherCpus() as other:
+        out = fn(*args)
+    return out, other.cpus
+
+
 def run(root: Path, budget: Budget) -> Outcome:
     """ABBA turns per repeat; FID of the last repeat's two sample sets."""
     params = bench_params(root, budget)
@@ -425,19 +433,16 @@ def run(root: Path, budget: Budget) -> Outcome:
     sets: dict[str, torch.Tensor] = {}
     for rep in range(budget.repeats):
         params = bench_params(root, budget, rep)
-        with OtherCpus() as other:
-            ours_t = ours_train(params, root)
-        trains.append(replace(ours_t, other=other.cpus))
-        with OtherCpus() as other:
-            peer_run, peer_net = peer_train(params, root)
-        trains.append(replace(peer_run, other=other.cpus))
+        ours_t, cpus = turn(ours_train, params, root)
+        trains.append(replace(ours_t, other=cpus))
+        (peer_t, peer_net), cpus = turn(peer_train, params, root)
+        trains.append(replace(peer_t, other=cpus))
         print(f"train {rep}: {trains[-2]}\n         {trains[-1]}", flush=True)
-        with OtherCpus() as other:
-            peer_s, sets[PEER] = peer_sample(params, peer_net)
-        with OtherCpus() as other_ours:
-            ours_s, sets[OURS] = ours_sample(params, root)
-        samples += [replace(peer_s, other=other.cpus), replace(ours_s, other=other_ours.cpus)]
-        print(f"sample {rep}: {peer_s}\n          {ours_s}", flush=True)
+        (peer_s, sets[PEER]), cpus = turn(peer_sample, params, peer_net)
+        samples.append(replace(peer_s, other=cpus))
+        (ours_s, sets[OURS]), cpus = turn(ours_sample, params, root)
+        samples.append(replace(ours_s, other=cpus))
+        print(f"sample {rep}: {samples[-2]}\n          {samples[-1]}", flush=True)
     return Outcome(trains, samples, fids(params, root, sets), breakdown(params, budget.breakdown))
 
 
