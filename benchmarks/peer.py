@@ -1,6 +1,7 @@
 """The default run against diffusers' own DDPM recipe: training and sampling images/s, and FID.
 
     python -m benchmarks.peer [--steps 1500] [--samples 256] [--sample-stride 1] [--repeats 1]
+                              [--ours profile bf16]
 
 Both sides get the default profile (params.yaml) on its own digits shards, the same network
 shape, budget and machine, in one invocation:
@@ -14,10 +15,16 @@ shape, budget and machine, in one invocation:
   float tensors, with the worker's thread count; sampling is `DDPMPipeline` in this process at
   the sample stage's batch size, as many threads as the stage's actors have CPUs.
 
-The turns alternate train (ours, peer), then sample (peer, ours) -- ABBA -- and repeat, so a load
-change on the shared machine hits both sides. Each turn records the CPUs that processes outside
-the benchmark's own process tree used meanwhile (`benchmarks.report.OtherCpus`; the load average
-counts the benchmark's own Ray processes, so it cannot tell): above
+Our side runs once per execution named in `--ours` (`EXECUTIONS`): `profile` is the default
+profile as it is (eager fp32, the default run's numbers); `compile` and `bf16` are named options
+that change the numbers (rounding; bf16 beyond rounding), each in its own folders from the same
+shards. The table gives each one's ratio to the peer, its loss curve's largest relative
+difference from `profile`'s at the log points, and its FID.
+
+The turns alternate train (ours..., peer), then sample (peer, ...ours) -- ABBA -- and repeat, so
+a load change on the shared machine hits both sides. Each turn records the CPUs that processes
+outside the benchmark's own process tree used meanwhile (`benchmarks.report.OtherCpus`; the load
+average counts the benchmark's own Ray processes, so it cannot tell): above
 `report.OTHER_CPUS_LIMIT` the table is marked as measured under load, not a verdict.
 Images/s of training are "steady" (after the first `train.log_every` steps: the worker's logged
 windows, which include its checkpoints and sample grids; the peer's step clock) and "session"
@@ -85,14 +92,28 @@ T = TypeVar("T")
 RESULTS = REPO / "benchmarks" / "results" / "peer.md"
 TARGET = 1.2  # ours / peer images/s, training and sampling
 OURS = "this project (default profile)"
-# Named execution options of our sample stage (`--sample-exec`). Each rounds differently from the
-# default eager fp32 network, so its samples (and their hash) differ; bf16 changes them beyond
-# rounding. The peer always runs diffusers' default (eager fp32).
-SAMPLE_EXEC: dict[str, dict[str, Any]] = {
+# How our stages run the network (`--ours`): the profile as it is, or a named option. Each named
+# option rounds differently from the default eager fp32 network, so its losses and samples (and
+# their hash) differ; bf16 changes them beyond rounding. The peer always runs diffusers' default
+# (eager fp32).
+EXECUTIONS: dict[str, dict[str, Any]] = {
     "profile": {},
-    "compile": {"sample.compile": "default"},  # Inductor, weights frozen (accel.frozen)
-    "bf16": {"sample.precision": "bf16", "sample.channels_last": True, "sample.compile": "default"},
+    "compile": {"train.compile": "default", "sample.compile": "default"},  # Inductor
+    "bf16": {  # bf16 autocast (AMX on this CPU), channels_last, compiled sampling
+        "train.precision": "bf16",
+        "train.channels_last": True,
+        "sample.precision": "bf16",
+        "sample.channels_last": True,
+        "sample.compile": "default",  # weights frozen (accel.frozen)
+    },
 }
+
+
+def side_name(execution: str) -> str:
+    """The table's name of our side under `execution`."""
+    return OURS if execution == "profile" else f"this project, named option `{execution}`"
+
+
 PEER = "diffusers recipe"
 
 
@@ -104,7 +125,7 @@ class Budget:
     repeats: int
     fid_reference: int  # reference images (evaluate.fid.reference_images)
     breakdown: int = 10  # steps of the per-part CPU-time breakdown
-    sample_exec: str = "profile"  # how our sample stage runs the network (SAMPLE_EXEC)
+    ours: tuple[str, ...] = ("profile",)  # how our stages run the network (EXECUTIONS)
 
 
 @dataclass(frozen=True)
@@ -131,11 +152,18 @@ class SampleRun:
 # Set-up
 
 
-def bench_params(root: Path, budget: Budget, rep: int = 0) -> Params:
-    """The default profile (params.yaml) with its paths under `root` and the budget applied."""
+SHARED_PATHS = ("shards", "fid_stats")  # inputs every execution reads; the rest are its own
+
+
+def bench_params(root: Path, budget: Budget, rep: int = 0, execution: str = "profile") -> Params:
+    """The default profile (params.yaml) with its paths under `root` (outputs under
+    `root/<execution>`), the budget and `EXECUTIONS[execution]` applied."""
     raw: dict[str, Any] = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
-    raw["paths"] = {k: str(root / v) for k, v in raw["paths"].items()}
-    raw["paths"]["ray_storage"] = str(root / f"ray-{rep}")  # a fresh run per repeat
+    own = root / execution
+    raw["paths"] = {
+        k: str((root if k in SHARED_PATHS else own) / v) for k, v in raw["paths"].items()
+    }
+    raw["paths"]["ray_storage"] = str(own / f"ray-{rep}")  # a fresh run per repeat
     overrides = {
         "train.steps": budget.steps,
         "train.max_failures": 0,  # a retried attempt would distort the timing: fail instead
@@ -147,7 +175,7 @@ def bench_params(root: Path, budget: Budget, rep: int = 0) -> Params:
         "evaluate.kid.subset_size": min(raw["evaluate"]["kid"]["subset_size"], budget.samples),
         "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
     }
-    overrides |= SAMPLE_EXEC[budget.sample_exec]
+    overrides |= EXECUTIONS[execution]
     for key, value in overrides.items():
         set_dotted(raw, key, value)
     return from_dict(Params, raw)
@@ -190,7 +218,7 @@ def peer_scheduler(params: Params) -> Any:
 # Training
 
 
-def ours_train(params: Params, root: Path) -> TrainRun:
+def ours_train(params: Params, root: Path, side: str = OURS) -> TrainRun:
     """`stages.train.train` on a fresh cluster; steady rate from rank 0's MLflow windows."""
     start = time.perf_counter()
     with ray_turn(params):
@@ -202,7 +230,7 @@ def ours_train(params: Params, root: Path) -> TrainRun:
     losses = sorted((m.step, m.value) for m in client.get_metric_history(result.run_id, "loss"))
     session = result.images_per_s
     return TrainRun(
-        OURS, steady or session, session, wall, tuple(v for _, v in losses), load_average()
+        side, steady or session, session, wall, tuple(v for _, v in losses), load_average()
     )
 
 
@@ -255,14 +283,14 @@ def peer_train(params: Params, root: Path) -> tuple[TrainRun, nn.Module]:
 # Sampling
 
 
-def ours_sample(params: Params, root: Path) -> tuple[SampleRun, torch.Tensor]:
+def ours_sample(params: Params, root: Path, side: str = OURS) -> tuple[SampleRun, torch.Tensor]:
     """The sample stage's shards from the exported EMA model; images (N, C, H, W) uint8."""
     start = time.perf_counter()
     with ray_turn(params):
         sample_to_shards(params, root)
     wall = time.perf_counter() - start
     images = load_samples(params.paths.samples)
-    return SampleRun(OURS, len(images) / wall, wall, load_average()), images
+    return SampleRun(side, len(images) / wall, wall, load_average()), images
 
 
 def peer_sample(params: Params, unet: nn.Module) -> tuple[SampleRun, torch.Tensor]:
@@ -425,24 +453,28 @@ def turn(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
 
 
 def run(root: Path, budget: Budget) -> Outcome:
-    """ABBA turns per repeat; FID of the last repeat's two sample sets."""
+    """ABBA turns per repeat (train: ours..., peer; sample: peer, ...ours); FID of the last
+    repeat's sample sets."""
     params = bench_params(root, budget)
     build_shards(params.data, params.seed, Path(params.paths.shards))
     trains: list[TrainRun] = []
     samples: list[SampleRun] = []
     sets: dict[str, torch.Tensor] = {}
     for rep in range(budget.repeats):
-        params = bench_params(root, budget, rep)
-        ours_t, cpus = turn(ours_train, params, root)
-        trains.append(replace(ours_t, other=cpus))
+        ours = {e: bench_params(root, budget, rep, e) for e in budget.ours}
+        for e, p in ours.items():
+            ours_t, cpus = turn(ours_train, p, root, side_name(e))
+            trains.append(replace(ours_t, other=cpus))
+        params = ours[budget.ours[0]]  # the peer reads the same shards and budget
         (peer_t, peer_net), cpus = turn(peer_train, params, root)
         trains.append(replace(peer_t, other=cpus))
-        print(f"train {rep}: {trains[-2]}\n         {trains[-1]}", flush=True)
+        print(f"train {rep}: " + "\n         ".join(map(str, trains[-len(ours) - 1 :])))
         (peer_s, sets[PEER]), cpus = turn(peer_sample, params, peer_net)
         samples.append(replace(peer_s, other=cpus))
-        (ours_s, sets[OURS]), cpus = turn(ours_sample, params, root)
-        samples.append(replace(ours_s, other=cpus))
-        print(f"sample {rep}: {samples[-2]}\n          {samples[-1]}", flush=True)
+        for e, p in reversed(ours.items()):
+            (ours_s, sets[side_name(e)]), cpus = turn(ours_sample, p, root, side_name(e))
+            samples.append(replace(ours_s, other=cpus))
+        print(f"sample {rep}: " + "\n          ".join(map(str, samples[-len(ours) - 1 :])))
     return Outcome(trains, samples, fids(params, root, sets), breakdown(params, budget.breakdown))
 
 
@@ -463,16 +495,25 @@ def command(args: argparse.Namespace) -> str:
         f"python -m benchmarks.peer --steps {args.steps} --samples {args.samples} "
         f"--sample-stride {args.sample_stride} --repeats {args.repeats} "
         f"--fid-reference {args.fid_reference} --breakdown-steps {args.breakdown_steps}"
-        + (f" --sample-exec {args.sample_exec}" if args.sample_exec != "profile" else "")
+        + f" --ours {' '.join(args.ours)}"
     )
 
 
+def curve_gap(losses: tuple[float, ...], reference: tuple[float, ...]) -> float:
+    """The largest |loss - reference loss| / reference loss over the log points (the same
+    points: one budget)."""
+    pairs = zip(losses, reference, strict=True)
+    return max((abs(a - b) / abs(b) for a, b in pairs), default=math.nan)
+
+
 def to_markdown(out: Outcome, args: argparse.Namespace, start_load: str) -> str:
-    params = bench_params(Path("."), budget_of(args))
+    budget = budget_of(args)
+    params = bench_params(Path("."), budget)
     cfg, s = params.train, params.sample
-    t_ours, t_peer = best(out.train, OURS, "steady"), best(out.train, PEER, "steady")
-    s_ours, s_peer = best(out.sample, OURS, "rate"), best(out.sample, PEER, "rate")
-    r_train, r_sample = t_ours.steady / t_peer.steady, s_ours.rate / s_peer.rate
+    sides = [side_name(e) for e in budget.ours]
+    t_best = {side: best(out.train, side, "steady") for side in [*sides, PEER]}
+    s_best = {side: best(out.sample, side, "rate") for side in [*sides, PEER]}
+    t_peer, s_peer = t_best[PEER], s_best[PEER]
     steps = params.diffusion.T // s.stride
     full = args.steps == 1500 and args.samples == 256 and args.sample_stride == 1
     lines = [
@@ -492,37 +533,66 @@ def to_markdown(out: Outcome, args: argparse.Namespace, start_load: str) -> str:
         "| load | sample images/s | sample wall s | other CPUs | load | FID |",
         "|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|",
     ]
-    for side, t, sm in ((OURS, t_ours, s_ours), (PEER, t_peer, s_peer)):
+    for side in [*sides, PEER]:
+        t, sm = t_best[side], s_best[side]
         lines.append(
             f"| {side} | {t.steady:.1f} | {t.session:.1f} | {t.wall:.1f} | {t.other:.2f} | "
             f"{t.load} | {sm.rate:.3f} | {sm.wall:.1f} | {sm.other:.2f} | {sm.load} | "
             f"{out.fid[side]:.2f} |"
         )
-    lines += [
-        "",
-        f"Ratio ours / peer: training {r_train:.2f}x (steady; session "
-        f"{t_ours.session / t_peer.session:.2f}x), sampling {r_sample:.2f}x. Target >= "
-        f"{TARGET}x each: training {'met' if r_train >= TARGET else 'NOT met'}, sampling "
-        f"{'met' if r_sample >= TARGET else 'NOT met'}." + (UNDER_LOAD if under_load(out) else ""),
-        "",
+    lines.append("")
+    for e, side in zip(budget.ours, sides, strict=True):
+        r_train, r_sample = t_best[side].steady / t_peer.steady, s_best[side].rate / s_peer.rate
+        lines.append(
+            f"Ratio ours (`{e}`) / peer: training {r_train:.2f}x (steady; session "
+            f"{t_best[side].session / t_peer.session:.2f}x), sampling {r_sample:.2f}x. Target "
+            f">= {TARGET}x each: training {'met' if r_train >= TARGET else 'NOT met'}, "
+            f"sampling {'met' if r_sample >= TARGET else 'NOT met'}."
+            + (UNDER_LOAD if under_load(out) else "")
+        )
+    lines += ["", *execution_lines(budget, params), ""]
+    lines.append(
+        "Losses at the log points (ours = mean over the window, peer = the last batch): "
+        + "; ".join(f"{side}: {fmt_losses(t_best[side].losses)}" for side in [*sides, PEER])
+        + "."
+    )
+    if "profile" in budget.ours:
+        ref = t_best[OURS].losses
+        for e, side in zip(budget.ours, sides, strict=True):
+            if e != "profile":
+                lines.append(
+                    f"The loss curve of `{e}` differs from the profile's by at most "
+                    f"{100 * curve_gap(t_best[side].losses, ref):.2f}% at a log point (same "
+                    "data order, t and eps; other rounding)."
+                )
+    return "\n".join([*lines, "", *breakdown_lines(out.parts, args.breakdown_steps)])
+
+
+def execution_lines(budget: Budget, params: Params) -> list[str]:
+    """What each side ran."""
+    cfg, s = params.train, params.sample
+    lines = [
         f"Ours: training = `stages.train.train` ({cfg.num_workers} Ray Train worker x "
         f"{cfg.cpus_per_worker:g} CPUs, MLflow, checkpoints every {cfg.checkpoint_every}, "
         "sample grids, export); its steady rate is rank 0's logged windows after the first, "
         "which include checkpoints and grids; wall includes Ray start-up and export. Sampling = "
         f"`sample_to_shards` ({s.num_workers} actors x {s.cpus_per_worker:g} CPU, batch "
-        f"{s.batch_size}, `sample.precision: {s.precision}`, `channels_last: "
-        f"{s.channels_last}`, `compile: {s.compile}`), wall incl. Ray and actor start-up. "
+        f"{s.batch_size}), wall incl. Ray and actor start-up. Executions: "
+        + "; ".join(
+            f"`{e}` = "
+            + (
+                ", ".join(f"`{k}: {v}`" for k, v in EXECUTIONS[e].items())
+                or "the profile as it is (eager fp32: the default run's numbers)"
+            )
+            for e in budget.ours
+        )
+        + ".",
         "Peer: `UNet2DModel` + `DDPMScheduler` + Adam/warm-up/clipping/`EMAModel(foreach=True)` "
         "in a plain loop on in-memory tensors (no checkpoints), sampling `DDPMPipeline` in this "
         f"process. FID of {s.num_images} samples each: differences of a few points are within "
         "the noise of so few images.",
-        "",
-        "Losses at the log points (ours = mean over the window, peer = the last batch): "
-        f"ours {fmt_losses(t_ours.losses)}; peer {fmt_losses(t_peer.losses)}.",
-        "",
-        *breakdown_lines(out.parts, args.breakdown_steps),
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def fmt_losses(losses: tuple[float, ...]) -> str:
@@ -537,7 +607,7 @@ def budget_of(args: argparse.Namespace) -> Budget:
         args.repeats,
         args.fid_reference,
         args.breakdown_steps,
-        args.sample_exec,
+        tuple(args.ours),
     )
 
 
@@ -550,10 +620,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fid-reference", type=int, default=500, help="reference images for FID")
     p.add_argument("--breakdown-steps", type=int, default=10, help="steps of the CPU breakdown")
     p.add_argument(
-        "--sample-exec",
-        choices=tuple(SAMPLE_EXEC),
-        default="profile",
-        help="how our sample stage runs the network (profile: the default profile's eager fp32)",
+        "--ours",
+        nargs="+",
+        choices=tuple(EXECUTIONS),
+        default=["profile", "bf16"],
+        help="how our stages run the network, one run each (profile: the default eager fp32)",
     )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -561,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--steps, --samples, --sample-stride, --repeats must be >= 1")
     if min(args.fid_reference, args.breakdown_steps) < 1:
         p.error("--fid-reference, --breakdown-steps must be >= 1")
+    if len(set(args.ours)) != len(args.ours):
+        p.error(f"--ours: each execution once, got {args.ours}")
     start_load = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         out = run(Path(tmp), budget_of(args))
