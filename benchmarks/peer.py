@@ -99,9 +99,11 @@ OURS = "this project (default profile)"
 EXECUTIONS: dict[str, dict[str, Any]] = {
     "profile": {},
     "compile": {"train.compile": "default", "sample.compile": "default"},  # Inductor
-    "bf16": {  # bf16 autocast (AMX on this CPU), channels_last, compiled sampling
+    # bf16 autocast (AMX on this CPU); in training eager and channels-first, its fastest form
+    # here (CPU ms per step at 1 thread: 210 eager, 211 compiled, 429 with channels_last, vs
+    # 293-302 in fp32); in sampling channels_last and compiled with frozen weights (3.3x fp32)
+    "bf16": {
         "train.precision": "bf16",
-        "train.channels_last": True,
         "sample.precision": "bf16",
         "sample.channels_last": True,
         "sample.compile": "default",  # weights frozen (accel.frozen)
