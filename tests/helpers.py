@@ -224,9 +224,22 @@ class RayHead:
         return process_family(marks)
 
     def stop(self) -> None:
+        """In `ray stop`'s order: the raylets (each ends its workers and agents), the rest, the
+        GCS last. All at once, the raylets, agents, GCS and the autoscaler's monitor outlive
+        SIGTERM (the monitor waits on the GCS) and meet SIGKILL after 10 s: a head and a node
+        after one job took 12-14 s to stop that way, 5 s in this order."""
         import shutil
 
-        stop_processes(self.processes())
+        import psutil
+
+        def name(proc: Any) -> str:
+            with contextlib.suppress(psutil.Error):
+                return str(proc.name())
+            return ""
+
+        stop_processes([p for p in self.processes() if name(p) == "raylet"])
+        stop_processes([p for p in self.processes() if name(p) != "gcs_server"])
+        stop_processes(self.processes())  # the GCS
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
