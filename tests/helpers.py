@@ -197,25 +197,6 @@ class RayHead:
         subprocess.run(cmd, env=self.env(), check=True, capture_output=True, timeout=120)
         return self
 
-    def add_node(self, num_cpus: int, temp_dir: str | None = None) -> RayHead:
-        """A second node (`ray start --address=...`) joined to this head; stop it like a head.
-
-        `temp_dir` defaults to a folder of its own; the head's makes both nodes share one (as
-        two nodes started on one machine with Ray's default /tmp/ray do)."""
-        node = RayHead(num_cpus, temp_dir)
-        cmd = [
-            str(Path(sys.executable).parent / "ray"),
-            "start",
-            f"--address=127.0.0.1:{self.port}",
-            "--node-ip-address=127.0.0.1",
-            f"--num-cpus={num_cpus}",
-            f"--dashboard-agent-listen-port={node.agent_port}",
-            f"--temp-dir={node.temp_dir}",
-            "--disable-usage-stats",
-        ]
-        subprocess.run(cmd, env=self.env(), check=True, capture_output=True, timeout=120)
-        return node
-
     def processes(self) -> list[Any]:
         """The head's processes (those naming its temp dir or its GCS port: the client server)
         and all their descendants: the agents rename themselves (`ray::DashboardAgent`) and
