@@ -279,6 +279,9 @@ def status(key):
                 if v.startswith(key))
 
 torch.set_num_threads(1)
+if sys.argv[3] == "workers":  # the training and inference workers' heap thresholds
+    from pipelines.infra.device import configure_backends
+    configure_backends(torch.device("cpu"))
 torch.zeros(1) + 1  # torch's lazy start-up, outside the measurement
 base = status("VmRSS:")
 Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS: the peak from here on
@@ -291,9 +294,10 @@ print(status("VmHWM:") - base)
 RSS_SIZES = (300, 3000)  # images of 3 x 32 x 32 in shards of 100
 
 
-def rss_growth(tmp_path: Path, cache_bytes: int) -> float:
+def rss_growth(tmp_path: Path, cache_bytes: int, allocator: str = "defaults") -> float:
     """Peak RSS (KiB) over the streaming of a fresh process at the large split minus at the
-    small one, as a fraction of the decoded bytes the large split adds."""
+    small one, as a fraction of the decoded bytes the large split adds; `allocator`: glibc's
+    "defaults" or the "workers"' thresholds (`configure_backends`)."""
     probe = tmp_path / "probe.py"
     probe.write_text(RSS_PROBE)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc defaults
@@ -307,7 +311,7 @@ def rss_growth(tmp_path: Path, cache_bytes: int) -> float:
             split = Split(images, np.zeros(n, dtype=np.int64))
             write_shards(SourceData({"train": split}, ["x"], "random"), root, 100, {}, "random")
         out = subprocess.run(
-            [sys.executable, str(probe), str(root), str(cache_bytes)],
+            [sys.executable, str(probe), str(root), str(cache_bytes), allocator],
             env=env, capture_output=True, text=True, check=True,
         )  # fmt: skip
         peaks.append(int(out.stdout.split()[-1]))
@@ -316,14 +320,17 @@ def rss_growth(tmp_path: Path, cache_bytes: int) -> float:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+@pytest.mark.parametrize("allocator", ["defaults", "workers"])
 def test_a_rank_streaming_in_process_keeps_its_memory_flat_in_the_split_size(
-    tmp_path: Path,
+    tmp_path: Path, allocator: str
 ) -> None:
-    """Under glibc's default settings (no MALLOC_* tuning, loader_workers 0), a rank's peak RSS
-    drawing the same 5,120 images does not grow with the split (300 vs 3,000 images): batches
-    are decoded into one reused buffer and each float batch lives in its own mapping. (With the
-    split held in memory, `cache_bytes` >= split, the same measurement gives ~1.5: it fails.)"""
-    assert rss_growth(tmp_path, 0) < 0.25  # measured: ~0.02 (the old input: 0.4 to 4)
+    """Under glibc's default settings (no MALLOC_* tuning, loader_workers 0), and under the
+    heap thresholds the training workers set (`infra.device.keep_freed_memory`), a rank's peak
+    RSS drawing the same 5,120 images does not grow with the split (300 vs 3,000 images):
+    batches are decoded into one reused buffer and each float batch lives in its own mapping.
+    (With the split held in memory, `cache_bytes` >= split, the same measurement gives ~1.5:
+    it fails.)"""
+    assert rss_growth(tmp_path, 0, allocator) < 0.25  # measured: ~0.02 (the old input: 0.4 to 4)
 
 
 def test_the_order_costs_the_buffer_not_the_split() -> None:
