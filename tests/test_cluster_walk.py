@@ -306,12 +306,16 @@ def test_the_mlflow_user_jobs_command_runs_against_the_auth_server(walk: tuple[W
 
 
 def test_the_cronjobs_command_clones_into_its_workspace_and_retrains_on_the_head(
-    walk: tuple[Walk, str], tmp_path: Path
+    walk: tuple[Walk, str], tmp_path: Path, converted_path: Path
 ) -> None:
     """deploy/k8s-cronjob.yaml's container command, as written, against the walk's head: it
-    clones REPO_URL (a local bare repository: the walk's checkout with one evaluate param
-    changed, its cluster profile the walk's cluster.yaml) into the emptyDir at its workingDir,
-    DVC sees the change, and the job it submits (the scheduled route) succeeds."""
+    clones REPO_URL (a local bare repository: the walk's checkout with micro-256 as params.yaml
+    and as its cluster profile, every path of the latter on a shared folder of its own) into the
+    emptyDir at its workingDir; DVC sees the change and the job it submits runs every stage with
+    outputs on the shared folder, its runs tagged `trigger: schedule`; a second tick submits
+    nothing. micro-256 is the 256x256 profiles' shape (six U-Net levels at 64x64, centre crop,
+    RGB, the posterior variance): the suite's one run of that shape through the whole DAG, on
+    the route the cluster profiles take."""
     w, _ = walk
     cron = manifest("k8s-cronjob.yaml")
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -319,27 +323,48 @@ def test_the_cronjobs_command_clones_into_its_workspace_and_retrains_on_the_head
     mount = next(m for m in c["volumeMounts"] if m["mountPath"] == c["workingDir"])
     assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == mount["name"])
     # the repository the CronJob clones
-    src, bare, workspace = tmp_path / "src", tmp_path / "repo.git", tmp_path / "workspace"
+    src, bare, shared = tmp_path / "src", tmp_path / "repo.git", tmp_path / "shared"
     git = ["git", "clone", "-q"]
     subprocess.run([*git, str(w.checkout), str(src)], check=True, env=w.env(False))
-    params = yaml.safe_load((src / "params.yaml").read_text())
-    params["evaluate"]["nll_images"] = 2  # a change DVC sees: evaluate reruns
-    (src / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    cluster = yaml.safe_load((w.checkout / "cluster.yaml").read_text())
-    cluster["evaluate"]["nll_images"] = 2
-    (src / "conf/profile/cifar10-cluster.yaml").write_text(yaml.safe_dump(cluster))
-    for cmd in (["git", "commit", "-qam", "nll on 2 images"], [*git, "--bare", ".", str(bare)]):
+    raw = yaml.safe_load((src / "conf" / "profile" / "micro-256.yaml").read_text())
+    raw["evaluate"]["fid"]["inception_weights"] = str(converted_path)
+    (src / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # what DVC checks
+    raw["paths"] = {k: str(shared / v) for k, v in raw["paths"].items()}
+    (src / "conf/profile/cifar10-cluster.yaml").write_text(yaml.safe_dump(raw))  # the job's
+    for cmd in (["git", "commit", "-qam", "micro-256"], [*git, "--bare", ".", str(bare)]):
         subprocess.run(cmd, cwd=src, check=True, env=w.env(False))
-    workspace.mkdir()
-    env = container_env(w, c, services(w)) | {"REPO_URL": f"file://{bare}"}
-    script = c["args"][0].replace(c["workingDir"], str(workspace))
-    proc = subprocess.run([*c["command"], script], cwd=workspace, env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    assert "retrain: changed: evaluate" in out and "ended SUCCEEDED" in out, out[-3000:]
-    metrics = json.loads((w.shared / "metrics" / "eval.json").read_text())
-    assert metrics["nll_images"] == 2, metrics
+
+    def tick(workspace: Path) -> str:
+        """One run of the CronJob's container in a fresh emptyDir."""
+        workspace.mkdir()
+        env = container_env(w, c, services(w)) | {"REPO_URL": f"file://{bare}"}
+        script = c["args"][0].replace(c["workingDir"], str(workspace))
+        proc = subprocess.run([*c["command"], script], cwd=workspace, env=env,
+                              capture_output=True, text=True, timeout=900)  # fmt: skip
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-6000:]
+        return out
+
+    out = tick(tmp_path / "workspace")
+    assert "retrain: changed: " in out and "ended SUCCEEDED" in out, out[-3000:]
+    job_id = out.split("retrain: submitted ")[1].split()[0]
+    assert job_id.startswith("retrain-")
+    metrics = json.loads((shared / "metrics" / "eval.json").read_text())
+    assert float(metrics["nll_bpd"]) > 0 and (shared / "plots" / "rate_distortion.png").is_file()
+    record = json.loads((shared / "runs" / "all.json").read_text())
+    assert record["params"] == "conf/profile/cifar10-cluster.yaml"
+    assert record["stages"] == list(STAGES)
+    assert all(Path(p).is_relative_to(shared) for p in record["outputs"].values()), record
+    assert raw["mlflow"]["experiment"] == "ddpm-micro-256"
+    stages = ray_state(w, (
+        "import json, mlflow; q = chr(39); r = mlflow.search_runs(experiment_names="
+        "[\"ddpm-micro-256\"], filter_string=f\"tags.trigger = {q}schedule{q}\"); "
+        "print(json.dumps(sorted(r[\"tags.dvc.stage\"])))"
+    ))  # fmt: skip
+    assert stages == ["evaluate", "quality", "sample", "train"], stages
+    # the next tick: the same commit and params, the job of that id already succeeded
+    again = tick(tmp_path / "workspace-2")
+    assert f"retrain: already submitted {job_id}" in again, again[-3000:]
 
 
 def test_the_raycronjobs_job_runs_from_the_images_own_folder(

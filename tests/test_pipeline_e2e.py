@@ -368,58 +368,6 @@ def test_the_released_weights_recipe_evaluates_without_training(
     assert float(json.loads((clone / "metrics" / "eval.json").read_text())["fid"]) > 0
 
 
-def test_scheduled_retrain_runs_the_pipeline_as_a_ray_job(
-    tmp_path: Path, ray_head: RayHead, converted_path: Path
-) -> None:
-    """`stages.retrain` on a real `ray start --head`: DVC says changed, the job runs every stage
-    with outputs on "shared storage" (absolute paths), and a second tick submits nothing. The
-    profile is micro-256, the 256x256 profiles' shape (six U-Net levels at 64x64, centre crop,
-    RGB, the posterior variance): the suite's one run of that shape through the whole DAG, on
-    the route the cluster profiles take."""
-    root, shared = tmp_path / "checkout", tmp_path / "shared"
-    copy_repo(root)
-    raw = yaml.safe_load((root / "conf" / "profile" / "micro-256.yaml").read_text())
-    raw["evaluate"]["fid"]["inception_weights"] = str(converted_path)
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # what DVC checks
-    raw_paths = dict(raw["paths"])
-    raw["paths"] = {k: str(shared / v) for k, v in raw_paths.items()}
-    (root / "cluster.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # what the job uses
-    env = ray_head.env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    env |= {k: "e2e" for k in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME")}
-    env |= {k: "e2e@example.invalid" for k in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL")}
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "micro"]):
-        run(cmd, root, env)
-    retrain = [str(BIN / "python"), "-m", "stages.retrain", "--params", "cluster.yaml"]
-    retrain += ["--address", ray_head.address, "--wait", "--timeout", "900"]
-
-    out = run(retrain, root, env)
-    assert "retrain: changed: " in out and "ended SUCCEEDED" in out
-    job_id = out.split("retrain: submitted ")[1].split()[0]
-    assert job_id.startswith("retrain-")
-    metrics = json.loads((shared / "metrics" / "eval.json").read_text())
-    assert float(metrics["nll_bpd"]) > 0 and (shared / "plots" / "rate_distortion.png").is_file()
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    exp = client.get_experiment_by_name(raw["mlflow"]["experiment"])
-    assert exp is not None and raw["mlflow"]["experiment"] == "ddpm-micro-256"
-    runs = client.search_runs([exp.experiment_id], "tags.trigger = 'schedule'")
-    stages = sorted(r.data.tags["dvc.stage"] for r in runs)
-    assert stages == ["evaluate", "quality", "sample", "train"]
-
-    # Back under DVC: copy each recorded output to its params.yaml path, `dvc commit -f`.
-    record = json.loads((shared / "runs" / "all.json").read_text())
-    assert record["params"] == "cluster.yaml" and record["stages"] == list(STAGES)
-    for key, src in record["outputs"].items():
-        shutil.copytree(src, root / raw_paths[key], dirs_exist_ok=True)
-    (root / "dvc.lock").unlink(missing_ok=True)
-    run([str(BIN / "dvc"), "commit", "-f"], root, env)
-    assert "up to date" in run([str(BIN / "dvc"), "status"], root, env)
-
-    # Same inputs, results now committed under DVC: nothing is resubmitted (up to date with
-    # the new dvc.lock, or the same job id already succeeded).
-    again = run(retrain, root, env)
-    assert "retrain: up to date" in again or f"retrain: already submitted {job_id}" in again
-
-
 def test_a_sample_stage_killed_mid_repro_resumes_its_verified_shards(pipeline: Pipeline) -> None:
     """`dvc repro sample` (1 actor, 2 shards of 8, on a local Ray cluster of its own) whose
     stage is SIGKILLed, with its Ray processes, once the first shard is on disk (the tree is
