@@ -591,8 +591,10 @@ def execution_lines(budget: Budget, params: Params) -> list[str]:
         + ".",
         "Peer: `UNet2DModel` + `DDPMScheduler` + Adam/warm-up/clipping/`EMAModel(foreach=True)` "
         "in a plain loop on in-memory tensors (no checkpoints), sampling `DDPMPipeline` in this "
-        f"process. FID of {s.num_images} samples each: differences of a few points are within "
-        "the noise of so few images.",
+        "process, under glibc's default heap thresholds (our Ray workers set theirs: "
+        "`pipelines.infra.device.keep_freed_memory`). FID of "
+        f"{s.num_images} samples each: differences of a few points are within the noise of so "
+        "few images.",
     ]
     return lines
 

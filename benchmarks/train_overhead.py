@@ -37,6 +37,7 @@ from ddpm_core.rng import SeedPurpose, mix_seed
 from pipelines.artifacts.shard_stream import train_batches
 from pipelines.config import Params, from_dict
 from pipelines.data.stage import build_shards
+from pipelines.infra.device import configure_backends
 from pipelines.infra.lifecycle import run_tracked
 from pipelines.infra.ray import WORKER_NICENESS
 from pipelines.train.run import open_train_run, plan_run
@@ -134,10 +135,12 @@ def step_clock(params: Params, state: TrainState, batches: Iterator[torch.Tensor
 
 
 def plain_loop(setup: Setup) -> Measurement:
-    """`_Loop.run`'s per-step work in this process: batch, t/eps draw, train_step (incl. EMA)."""
+    """`_Loop.run`'s per-step work in this process: batch, t/eps draw, train_step (incl. EMA),
+    with the worker's threads and process switches (`configure_backends`: heap thresholds)."""
     params = bench_params(setup, 1, float(setup.threads), "ray-unused")
     cfg = params.train
     torch.set_num_threads(setup.threads)
+    configure_backends(torch.device("cpu"))
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # dropout seeded per rank, as in the worker
         torch.manual_seed(mix_seed(params.seed, 1, 0, SeedPurpose.DROPOUT))
