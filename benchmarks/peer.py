@@ -467,7 +467,7 @@ def run(root: Path, budget: Budget) -> Outcome:
         for e, p in ours.items():
             ours_t, cpus = turn(ours_train, p, root, side_name(e))
             trains.append(replace(ours_t, other=cpus))
-        params = ours[budget.ours[0]]  # the peer reads the same shards and budget
+        params = bench_params(root, budget, rep)  # the peer: the profile's shards and budget
         (peer_t, peer_net), cpus = turn(peer_train, params, root)
         trains.append(replace(peer_t, other=cpus))
         print(f"train {rep}: " + "\n         ".join(map(str, trains[-len(ours) - 1 :])))
@@ -573,7 +573,7 @@ def to_markdown(out: Outcome, args: argparse.Namespace, start_load: str) -> str:
 def execution_lines(budget: Budget, params: Params) -> list[str]:
     """What each side ran."""
     cfg, s = params.train, params.sample
-    lines = [
+    return [
         f"Ours: training = `stages.train.train` ({cfg.num_workers} Ray Train worker x "
         f"{cfg.cpus_per_worker:g} CPUs, MLflow, checkpoints every {cfg.checkpoint_every}, "
         "sample grids, export); its steady rate is rank 0's logged windows after the first, "
@@ -596,7 +596,6 @@ def execution_lines(budget: Budget, params: Params) -> list[str]:
         f"{s.num_images} samples each: differences of a few points are within the noise of so "
         "few images.",
     ]
-    return lines
 
 
 def fmt_losses(losses: tuple[float, ...]) -> str:
