@@ -1,29 +1,42 @@
-"""Training throughput (images/s): the real Ray Train path at 1 and 2 workers vs a plain loop.
+"""Training throughput (images/s): the real Ray Train path at 1 and 2 workers vs a plain loop,
+and where the difference goes.
 
     python -m benchmarks.train_overhead [--steps 200] [--batch-size 64] [--threads 2] [--repeats 2]
 
 Digits shards (params.yaml's data section: 16x16x1) and the default-profile U-Net (ch 32). The
-plain loop runs in this process, without Ray: `make_state`, `train_batches`, `draw_t_noise` and
-`train_step` (Adam, clipping, EMA) exactly as a worker's `_Loop.run`, with `--threads` torch
-threads. The Ray rows call `pipelines.train.stage.run_train` (TorchTrainer, MLflow logging, a
-checkpoint at the last step) on a fresh local Ray cluster per run: 1 worker with `--threads` CPUs,
-or 2 workers with 1 CPU each (DDP over gloo), same global batch. "Steady" images/s leave out the
-first `--log-every` steps (start-up, shard read, allocator warm-up): for Ray from rank 0's logged
-window rates, for the plain loop from its own step clock. "Session" images/s are what a worker
-reports at its checkpoint (all steps of the session); the plain loop is measured the same way.
+plain loop is `make_state`, `train_batches`, `draw_t_noise` and `train_step` (Adam, clipping,
+EMA) exactly as a worker's `_Loop.run`, with `--threads` torch threads and the worker's process
+switches, but no logging, checkpoints or MLflow. It runs in four hosts, each a fresh process:
+its main thread; a second thread of it (Ray Train runs the training function in one); that
+thread again while a local Ray cluster runs a Train run that does nothing (what Ray's own
+processes cost a loop on the same CPUs); and a Ray Train worker (a TorchTrainer whose function
+is the plain loop). The stage rows call `pipelines.train.stage.run_train` (TorchTrainer, MLflow
+logging, a checkpoint at the last step) on a fresh local Ray cluster per run: 1 worker with
+`--threads` CPUs, or 2 workers with 1 CPU each (DDP over gloo), same global batch. Consecutive
+rows of the 1-worker path split the stage's overhead into the thread, Ray's processes beside
+the loop, hosting it in the worker, and the stage's own loop. "Steady" images/s leave out
+the first `--log-every` steps (start-up, shard read, allocator warm-up): for the stage from rank
+0's logged window rates, for the plain loop from its own step clock. "Session" images/s are what
+a worker reports at its checkpoint (all steps of the session); the plain loop is measured the
+same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
+import json
+import multiprocessing
 import os
 import platform
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +44,8 @@ import ray
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
 from benchmarks.report import load_average, write_result
 from ddpm_core.rng import SeedPurpose, mix_seed
@@ -39,7 +54,7 @@ from pipelines.config import Params, from_dict
 from pipelines.data.stage import build_shards
 from pipelines.infra.device import configure_backends
 from pipelines.infra.lifecycle import run_tracked
-from pipelines.infra.ray import WORKER_NICENESS
+from pipelines.infra.ray import init_ray
 from pipelines.train.run import open_train_run, plan_run
 from pipelines.train.stage import run_train
 from pipelines.train.step import (
@@ -52,8 +67,13 @@ from pipelines.train.step import (
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train_overhead.md"
 TARGET_OVERHEAD = 0.10  # Ray Train at 1 worker should cost < 10% of the plain loop's throughput
-PLAIN = "plain loop (no Ray)"
-RAY = "Ray Train (TorchTrainer)"
+PLAIN = "plain loop, main thread (no Ray)"
+PLAIN_THREAD = "plain loop, second thread (no Ray)"
+PLAIN_BESIDE = "plain loop, second thread, beside an idle Ray Train run"
+PLAIN_RAY = "plain loop in a Ray Train worker"
+RAY = "train stage (`run_train`)"
+# the 1-worker path: each host adds one thing to the one before it
+ONE_WORKER_PATH = (PLAIN, PLAIN_THREAD, PLAIN_BESIDE, PLAIN_RAY, RAY)
 
 
 @dataclass(frozen=True)
@@ -95,7 +115,7 @@ def bench_params(setup: Setup, workers: int, cpus_per_worker: float, storage: st
         "train.num_workers": workers,
         "train.cpus_per_worker": cpus_per_worker,
         "train.max_failures": 0,  # a retried attempt would distort the timing: fail instead
-        "ray.num_cpus": 2,
+        "ray.num_cpus": max(2, setup.threads),
     }
     for key, value in overrides.items():
         set_dotted(raw, key, value)
@@ -134,9 +154,9 @@ def step_clock(params: Params, state: TrainState, batches: Iterator[torch.Tensor
     return marks
 
 
-def plain_loop(setup: Setup) -> Measurement:
-    """`_Loop.run`'s per-step work in this process: batch, t/eps draw, train_step (incl. EMA),
-    with the worker's threads and process switches (`configure_backends`: heap thresholds)."""
+def plain_loop(setup: Setup, path: str = PLAIN) -> Measurement:
+    """`_Loop.run`'s per-step work in the calling thread: batch, t/eps draw, train_step (incl.
+    EMA), with the worker's threads and process switches (`configure_backends`: heap thresholds)."""
     params = bench_params(setup, 1, float(setup.threads), "ray-unused")
     cfg = params.train
     torch.set_num_threads(setup.threads)
@@ -163,7 +183,109 @@ def plain_loop(setup: Setup) -> Measurement:
     session = cfg.steps * cfg.batch_size / (marks[-1] - session_start)
     steady = steady_rate(marks, setup.log_every, cfg.batch_size)
     wall = time.perf_counter() - start
-    return Measurement(PLAIN, 1, setup.threads, steady or session, session, wall, steady is None)
+    return Measurement(path, 1, setup.threads, steady or session, session, wall, steady is None)
+
+
+def in_second_thread(fn: Callable[[], Measurement]) -> Measurement:
+    """`fn()` in a new thread of this process (its main thread runs no torch meanwhile); an
+    error in it is raised here."""
+    out: list[Measurement | BaseException] = []
+
+    def body() -> None:
+        try:
+            out.append(fn())
+        except BaseException as e:  # noqa: BLE001 -- handed to the caller below
+            out.append(e)
+
+    worker = threading.Thread(target=body, name="plain-loop")
+    worker.start()
+    worker.join()
+    if isinstance(out[0], BaseException):
+        raise RuntimeError("the plain loop's thread failed") from out[0]
+    return out[0]
+
+
+def plain_host(setup: Setup, path: str) -> Measurement:
+    """The plain loop in a fresh process (no OpenMP pool or heap from earlier runs), in its
+    main thread (PLAIN) or a second one (PLAIN_THREAD)."""
+    if path == PLAIN:
+        return plain_loop(setup)
+    return in_second_thread(functools.partial(plain_loop, setup, PLAIN_THREAD))
+
+
+def in_fresh_process(setup: Setup, path: str) -> Measurement:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        return pool.submit(plain_host, setup, path).result()
+
+
+def plain_train_fn(config: dict[str, Any]) -> None:
+    """A Ray Train worker's training function that is only the plain loop (Ray Train runs it in
+    a thread of the worker actor, as it runs the stage's); its Measurement goes to a file."""
+    measured = plain_loop(config["setup"], PLAIN_RAY)
+    Path(config["out"]).write_text(json.dumps(measured.__dict__))
+
+
+@contextlib.contextmanager
+def local_cluster(params: Params) -> Iterator[None]:
+    """A fresh local Ray cluster as the stages start it (`init_ray`), shut down after; a cluster
+    the caller already connected (tests) is left as it was."""
+    owned = not ray.is_initialized()
+    init_ray(params.ray)
+    try:
+        yield
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+def idle_train_fn(config: dict[str, Any]) -> None:
+    """A Ray Train worker's training function that does no work: it marks that it started,
+    then waits (polling twice a second) until the file `config["stop"]` exists."""
+    Path(config["started"]).touch()
+    while not Path(config["stop"]).exists():
+        time.sleep(0.5)
+
+
+def plain_beside_ray(setup: Setup, storage: str, timeout: float = 120.0) -> Measurement:
+    """The second-thread plain loop in a fresh process, while a local cluster runs a 1-worker
+    TorchTrainer that does nothing (0.1 CPU): what Ray's own processes (GCS, raylet, dashboard,
+    the Train controller and its helper actors) cost a loop they do not host."""
+    started, stop = setup.root / f"{storage}.started", setup.root / f"{storage}.stop"
+    trainer = TorchTrainer(
+        idle_train_fn,
+        train_loop_config={"started": str(started), "stop": str(stop)},
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.1}),
+        run_config=RunConfig(storage_path=str(setup.root / storage), name="idle"),
+    )
+    with local_cluster(bench_params(setup, 1, float(setup.threads), storage)):
+        run = threading.Thread(target=trainer.fit, name="idle-train-run")
+        run.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while not started.exists():
+                if time.monotonic() > deadline or not run.is_alive():
+                    raise RuntimeError(f"the idle Ray Train run did not start in {timeout:.0f} s")
+                time.sleep(0.5)
+            measured = in_fresh_process(setup, PLAIN_THREAD)
+        finally:
+            stop.touch()
+            run.join()
+    return replace(measured, path=PLAIN_BESIDE)
+
+
+def plain_in_ray_worker(setup: Setup, storage: str) -> Measurement:
+    """The plain loop as the training function of a 1-worker TorchTrainer on a fresh cluster."""
+    out = setup.root / f"{storage}.json"
+    trainer = TorchTrainer(
+        plain_train_fn,
+        train_loop_config={"setup": setup, "out": str(out)},
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": setup.threads}),
+        run_config=RunConfig(storage_path=str(setup.root / storage), name="plain"),
+    )
+    with local_cluster(bench_params(setup, 1, float(setup.threads), storage)):
+        trainer.fit()
+    return Measurement(**json.loads(out.read_text()))
 
 
 def window_rate(client: MlflowClient, run_id: str, batch_size: int, skip: int) -> float | None:
@@ -185,20 +307,12 @@ def ray_train(setup: Setup, workers: int, storage: str) -> Measurement:
     threads = setup.threads if workers == 1 else 1
     params = bench_params(setup, workers, float(threads), storage)
     start = time.perf_counter()
-    ray.init(
-        address="local",
-        num_cpus=max(2, setup.threads),
-        include_dashboard=False,
-        _system_config={"worker_niceness": WORKER_NICENESS},  # as `init_ray` starts it
-    )
-    try:
+    with local_cluster(params):
         plan = plan_run(params, setup.root)
         tracker = open_train_run(params, setup.root, plan)
         body = functools.partial(run_train, plan=plan)
         result = run_tracked(params, setup.root, "train", tracker, body)
         wall = time.perf_counter() - start
-    finally:
-        ray.shutdown()
     session = result.images_per_s
     steady = window_rate(tracker.client, tracker.run_id, setup.batch_size, setup.log_every)
     return Measurement(RAY, workers, threads, steady or session, session, wall, steady is None)
@@ -215,10 +329,14 @@ def run(setup: Setup, repeats: int) -> list[Measurement]:
 
     prepare(bench_params(setup, 1, float(setup.threads), "ray-unused"))
     for rep in range(repeats):
-        keep(plain_loop(setup))
+        keep(in_fresh_process(setup, PLAIN))
+        keep(in_fresh_process(setup, PLAIN_THREAD))
+        keep(plain_beside_ray(setup, f"idle-ray-r{rep}"))
+        keep(plain_in_ray_worker(setup, f"plain-ray-r{rep}"))
         for workers in (1, 2):
             keep(ray_train(setup, workers, f"ray-{workers}w-r{rep}"))
-    return list(best.values())
+    order = {path: i for i, path in enumerate(ONE_WORKER_PATH)}
+    return sorted(best.values(), key=lambda m: (order[m.path], m.workers))
 
 
 def command(args: argparse.Namespace) -> str:
@@ -233,11 +351,30 @@ def overhead(m: Measurement, plain: Measurement) -> float:
 
 
 def verdict(rows: list[Measurement], plain: Measurement) -> str:
-    one = next((m for m in rows if m.path == RAY and m.workers == 1), None)
+    one = next((m for m in rows if m.path == RAY and m.workers == 1), None)  # the stage
     if one is None:
         return ""
     ok = overhead(one, plain) < TARGET_OVERHEAD
     return f" Measured: {100 * overhead(one, plain):.1f}% ({'met' if ok else 'NOT met'})."
+
+
+STEP_NAMES = {  # what each host of the 1-worker path adds to the one before it
+    PLAIN_THREAD: "running in a second thread",
+    PLAIN_BESIDE: "Ray's processes and an idle Train run beside it",
+    PLAIN_RAY: "running inside the Ray Train worker instead",
+    RAY: "the stage's loop around the step (`_Loop`: cadence, loss windows, MLflow)",
+}
+
+
+def breakdown(rows: list[Measurement]) -> str:
+    """The 1-worker path host by host: the change in steady images/s each one makes."""
+    one = {m.path: m for m in rows if m.workers == 1}
+    hosts = [path for path in ONE_WORKER_PATH if path in one]
+    parts = [
+        f"{STEP_NAMES[path]} {100 * (one[path].steady / one[prev].steady - 1):+.1f}%"
+        for prev, path in zip(hosts, hosts[1:], strict=False)
+    ]
+    return "Host by host (1 worker, steady images/s vs the row before): " + "; ".join(parts) + "."
 
 
 def footnote(rows: list[Measurement]) -> str:
@@ -249,7 +386,7 @@ def footnote(rows: list[Measurement]) -> str:
 def to_markdown(rows: list[Measurement], args: argparse.Namespace, load: str) -> str:
     plain = next(m for m in rows if m.path == PLAIN)
     lines = [
-        "# Training throughput: Ray Train vs a plain loop",
+        "# Training throughput: the Ray Train stage vs a plain loop",
         "",
         f"`{command(args)}` (best of the repeats by steady images/s, interleaved): digits shards "
         f"(16x16x1), default-profile U-Net (ch 32, (1,2,2), dropout 0.1), global batch "
@@ -269,18 +406,22 @@ def to_markdown(rows: list[Measurement], args: argparse.Namespace, load: str) ->
         )
     lines += [
         "",
-        f"Target: Ray overhead < {100 * TARGET_OVERHEAD:.0f}% at 1 worker (overhead = 1 - Ray "
-        f"steady images/s / plain steady images/s; negative = faster than the plain loop)."
+        f"Target: Ray overhead < {100 * TARGET_OVERHEAD:.0f}% at 1 worker (overhead = 1 - the "
+        "stage's steady images/s / the main-thread plain loop's; negative = faster)."
         + verdict(rows, plain),
         "",
-        f"Steady = steps {args.log_every + 1}..{args.steps} (Ray: rank 0's logged window rates, "
-        "which include its MLflow metric writes; plain: the loop's step clock). Session = all "
-        "steps incl. the shard read and warm-up (Ray: `TrainResult.images_per_s`). "
-        "Wall s: plain = state + steps; Ray = `ray.init` + `run_train` (validation, MLflow "
-        "run, worker start-up, DDP set-up, the final checkpoint and the end-of-training sample "
-        "grid of 16 images). 2 workers: 1 CPU and 1 thread each, global batch split in halves. "
-        "Ray's workers run at nice 0 (`pipelines.infra.ray.WORKER_NICENESS`, as the stages start "
-        "Ray; Ray's default is 15), the plain loop at the caller's priority." + footnote(rows),
+        breakdown(rows),
+        "",
+        f"Steady = steps {args.log_every + 1}..{args.steps} (stage: rank 0's logged window "
+        "rates, which include its MLflow metric writes; plain loop: its step clock). Session = "
+        "all steps incl. the shard read and warm-up (stage: `TrainResult.images_per_s`). Wall s: "
+        "plain loop = state + steps; stage = `ray.init` + `run_train` (validation, MLflow run, "
+        "worker start-up, DDP set-up, the final checkpoint and the end-of-training sample grid "
+        "of 16 images). Each plain-loop row runs in a fresh process (the Ray Train row in a "
+        "fresh cluster's worker). 2 workers: 1 CPU and 1 thread each, global batch split in "
+        "halves. Ray's workers run at nice 0 (`pipelines.infra.ray.WORKER_NICENESS`, as the "
+        "stages start Ray; Ray's default is 15), the plain loop at the caller's priority."
+        + footnote(rows),
         "",
     ]
     return "\n".join(lines)
