@@ -14,7 +14,9 @@ is the plain loop). The stage rows call `pipelines.train.stage.run_train` (Torch
 logging, a checkpoint at the last step) on a fresh local Ray cluster per run: 1 worker with
 `--threads` CPUs, or 2 workers with 1 CPU each (DDP over gloo), same global batch. Consecutive
 rows of the 1-worker path split the stage's overhead into the thread, Ray's processes beside
-the loop, hosting it in the worker, and the stage's own loop. "Steady" images/s leave out
+the loop, hosting it in the worker, and the stage's own loop. Two more main-thread rows each
+leave out one of the workers' switches (glibc's heap thresholds, `keep_freed_memory`; for-each
+Adam), so the speed each one gives is measured too. "Steady" images/s leave out
 the first `--log-every` steps (start-up, shard read, allocator warm-up): for the stage from rank
 0's logged window rates, for the plain loop from its own step clock. "Session" images/s are what
 a worker reports at its checkpoint (all steps of the session); the plain loop is measured the
@@ -58,6 +60,8 @@ from pipelines.infra.ray import init_ray
 from pipelines.train.run import open_train_run, plan_run
 from pipelines.train.stage import run_train
 from pipelines.train.step import (
+    ADAM_BETAS,
+    ADAM_EPS,
     TrainState,
     draw_t_noise,
     make_state,
@@ -72,6 +76,13 @@ PLAIN_THREAD = "plain loop, second thread (no Ray)"
 PLAIN_BESIDE = "plain loop, second thread, beside an idle Ray Train run"
 PLAIN_RAY = "plain loop in a Ray Train worker"
 RAY = "train stage (`run_train`)"
+# the main-thread loop without one of the workers' process switches (`plain_loop`'s keywords)
+PLAIN_GLIBC_HEAP = "plain loop, main thread, glibc's default heap thresholds"
+PLAIN_PER_PARAMETER_ADAM = "plain loop, main thread, per-parameter Adam (torch's CPU default)"
+WITHOUT_SWITCH = {
+    PLAIN_GLIBC_HEAP: {"keep_freed_memory": False},
+    PLAIN_PER_PARAMETER_ADAM: {"foreach_adam": False},
+}
 # the 1-worker path: each host adds one thing to the one before it
 ONE_WORKER_PATH = (PLAIN, PLAIN_THREAD, PLAIN_BESIDE, PLAIN_RAY, RAY)
 
@@ -154,17 +165,26 @@ def step_clock(params: Params, state: TrainState, batches: Iterator[torch.Tensor
     return marks
 
 
-def plain_loop(setup: Setup, path: str = PLAIN) -> Measurement:
+def plain_loop(
+    setup: Setup, path: str = PLAIN, keep_freed_memory: bool = True, foreach_adam: bool = True
+) -> Measurement:
     """`_Loop.run`'s per-step work in the calling thread: batch, t/eps draw, train_step (incl.
-    EMA), with the worker's threads and process switches (`configure_backends`: heap thresholds)."""
+    EMA), with the worker's threads and process switches (`configure_backends`: glibc's heap
+    thresholds, unless `keep_freed_memory` is False) and its for-each Adam (unless
+    `foreach_adam` is False: torch's CPU default, a loop over parameters)."""
     params = bench_params(setup, 1, float(setup.threads), "ray-unused")
     cfg = params.train
     torch.set_num_threads(setup.threads)
-    configure_backends(torch.device("cpu"))
+    if keep_freed_memory:  # process-wide and irreversible: only in a fresh process without it
+        configure_backends(torch.device("cpu"))
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # dropout seeded per rank, as in the worker
         torch.manual_seed(mix_seed(params.seed, 1, 0, SeedPurpose.DROPOUT))
         state = make_state(params, torch.device("cpu"), 0, 1)
+        if not foreach_adam:
+            state.optimizer = torch.optim.Adam(
+                state.params, lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS, foreach=False
+            )
         session_start = time.perf_counter()
         batches = train_batches(
             params.paths.shards,
@@ -207,10 +227,10 @@ def in_second_thread(fn: Callable[[], Measurement]) -> Measurement:
 
 def plain_host(setup: Setup, path: str) -> Measurement:
     """The plain loop in a fresh process (no OpenMP pool or heap from earlier runs), in its
-    main thread (PLAIN) or a second one (PLAIN_THREAD)."""
-    if path == PLAIN:
-        return plain_loop(setup)
-    return in_second_thread(functools.partial(plain_loop, setup, PLAIN_THREAD))
+    main thread (PLAIN, or without a switch: WITHOUT_SWITCH) or a second one (PLAIN_THREAD)."""
+    if path == PLAIN_THREAD:
+        return in_second_thread(functools.partial(plain_loop, setup, PLAIN_THREAD))
+    return plain_loop(setup, path, **WITHOUT_SWITCH.get(path, {}))
 
 
 def in_fresh_process(setup: Setup, path: str) -> Measurement:
@@ -329,13 +349,13 @@ def run(setup: Setup, repeats: int) -> list[Measurement]:
 
     prepare(bench_params(setup, 1, float(setup.threads), "ray-unused"))
     for rep in range(repeats):
-        keep(in_fresh_process(setup, PLAIN))
-        keep(in_fresh_process(setup, PLAIN_THREAD))
+        for path in (PLAIN, *WITHOUT_SWITCH, PLAIN_THREAD):
+            keep(in_fresh_process(setup, path))
         keep(plain_beside_ray(setup, f"idle-ray-r{rep}"))
         keep(plain_in_ray_worker(setup, f"plain-ray-r{rep}"))
         for workers in (1, 2):
             keep(ray_train(setup, workers, f"ray-{workers}w-r{rep}"))
-    order = {path: i for i, path in enumerate(ONE_WORKER_PATH)}
+    order = {path: i for i, path in enumerate((*ONE_WORKER_PATH, *WITHOUT_SWITCH))}
     return sorted(best.values(), key=lambda m: (order[m.path], m.workers))
 
 
@@ -374,7 +394,19 @@ def breakdown(rows: list[Measurement]) -> str:
         f"{STEP_NAMES[path]} {100 * (one[path].steady / one[prev].steady - 1):+.1f}%"
         for prev, path in zip(hosts, hosts[1:], strict=False)
     ]
-    return "Host by host (1 worker, steady images/s vs the row before): " + "; ".join(parts) + "."
+    text = "Host by host (1 worker, steady images/s vs the row before): " + "; ".join(parts) + "."
+    switches = [
+        f"{path.split(', ')[-1]} {100 * (one[path].steady / one[PLAIN].steady - 1):+.1f}%"
+        for path in WITHOUT_SWITCH
+        if path in one and PLAIN in one
+    ]
+    if switches:
+        text += (
+            " The main-thread loop without one of the workers' switches: "
+            + "; ".join(switches)
+            + "."
+        )
+    return text
 
 
 def footnote(rows: list[Measurement]) -> str:

@@ -10,6 +10,8 @@ import pytest
 from benchmarks.train_overhead import (
     PLAIN,
     PLAIN_BESIDE,
+    PLAIN_GLIBC_HEAP,
+    PLAIN_PER_PARAMETER_ADAM,
     PLAIN_RAY,
     PLAIN_THREAD,
     RAY,
@@ -38,6 +40,18 @@ def test_breakdown_gives_each_host_its_change_against_the_one_before_in_path_ord
     assert beside == "Ray's processes and an idle Train run beside it -10.0%"
     assert inside == "running inside the Ray Train worker instead -3.5%"
     assert stage.endswith("-9.1%")  # 300 / 330: the 2-worker row is not on the 1-worker path
+    assert "switches" not in text
+
+
+def test_breakdown_gives_each_missing_switch_its_change_against_the_workers_loop() -> None:
+    rows = [measured(PLAIN, 400.0), measured(PLAIN_GLIBC_HEAP, 350.0)]
+    rows += [measured(PLAIN_PER_PARAMETER_ADAM, 380.0), measured(PLAIN_THREAD, 390.0)]
+    text = breakdown(rows)
+    assert text.startswith("Host by host (1 worker, steady images/s vs the row before): ")
+    assert text.endswith(
+        "without one of the workers' switches: glibc's default heap thresholds -12.5%; "
+        "per-parameter Adam (torch's CPU default) -5.0%."
+    )
 
 
 def test_the_second_thread_host_runs_off_the_main_thread_and_surfaces_failure() -> None:
@@ -53,6 +67,7 @@ def test_the_second_thread_host_runs_off_the_main_thread_and_surfaces_failure() 
         in_second_thread(fails)
 
 
+@pytest.mark.slow  # 16 s; the beside-an-idle-run test covers its cluster, trainer and loop
 def test_plain_loop_runs_as_a_ray_train_workers_function(tmp_path: Path, local_ray: object) -> None:
     setup = Setup(tmp_path, steps=3, batch_size=8, log_every=1, threads=1)
     prepare(bench_params(setup, 1, 1.0, "ray-unused"))
