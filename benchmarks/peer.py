@@ -62,7 +62,7 @@ from benchmarks.report import (
     load_average,
     write_result,
 )
-from benchmarks.train_overhead import set_dotted, window_rate
+from benchmarks.train_overhead import local_cluster, set_dotted, window_rate
 from ddpm_core.convert import diffusers_config_from_unet
 from ddpm_core.sampling import from_uint8
 from pipelines.artifacts.diffusers_dir import scheduler_config, unet_kwargs
@@ -74,7 +74,6 @@ from pipelines.fid.features import extract_features
 from pipelines.fid.inception import default_cache_dir, resolve_weights
 from pipelines.fid.reference import write_reference_stats
 from pipelines.fid.score import score
-from pipelines.infra.ray import init_ray
 from pipelines.sample.stage import sample_to_shards
 from pipelines.train.step import (
     ADAM_BETAS,
@@ -183,19 +182,6 @@ def bench_params(root: Path, budget: Budget, rep: int = 0, execution: str = "pro
     return from_dict(Params, raw)
 
 
-@contextlib.contextmanager
-def ray_turn(params: Params) -> Iterator[None]:
-    """Ray as the stage starts it, shut down after the turn (the peer runs without Ray); a
-    cluster the caller already connected (tests) is left as it was."""
-    owned = not ray.is_initialized()
-    init_ray(params.ray)
-    try:
-        yield
-    finally:
-        if owned:
-            ray.shutdown()
-
-
 def peer_unet(params: Params) -> nn.Module:
     """diffusers `UNet2DModel` of the default U-Net's shape; ValueError if the counts differ."""
     from diffusers import UNet2DModel
@@ -223,7 +209,7 @@ def peer_scheduler(params: Params) -> Any:
 def ours_train(params: Params, root: Path, side: str = OURS) -> TrainRun:
     """`stages.train.train` on a fresh cluster; steady rate from rank 0's MLflow windows."""
     start = time.perf_counter()
-    with ray_turn(params):
+    with local_cluster(params):
         result = train(params, root)
     wall = time.perf_counter() - start
     assert params.mlflow.tracking_uri is not None
@@ -288,7 +274,7 @@ def peer_train(params: Params, root: Path) -> tuple[TrainRun, nn.Module]:
 def ours_sample(params: Params, root: Path, side: str = OURS) -> tuple[SampleRun, torch.Tensor]:
     """The sample stage's shards from the exported EMA model; images (N, C, H, W) uint8."""
     start = time.perf_counter()
-    with ray_turn(params):
+    with local_cluster(params):
         sample_to_shards(params, root)
     wall = time.perf_counter() - start
     images = load_samples(params.paths.samples)
