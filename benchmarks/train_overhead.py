@@ -259,6 +259,23 @@ def local_cluster(params: Params) -> Iterator[None]:
             ray.shutdown()
 
 
+def one_worker_trainer(
+    setup: Setup,
+    storage: str,
+    fn: Callable[[dict[str, Any]], None],
+    config: dict[str, Any],
+    cpus: float,
+) -> TorchTrainer:
+    """A 1-worker TorchTrainer of `fn(config)` with `cpus` CPUs, its run under
+    `setup.root / storage`."""
+    return TorchTrainer(
+        fn,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": cpus}),
+        run_config=RunConfig(storage_path=str(setup.root / storage), name=fn.__name__),
+    )
+
+
 def idle_train_fn(config: dict[str, Any]) -> None:
     """A Ray Train worker's training function that does no work: it marks that it started,
     then waits (polling twice a second) until the file `config["stop"]` exists."""
@@ -272,12 +289,8 @@ def plain_beside_ray(setup: Setup, storage: str, timeout: float = 120.0) -> Meas
     TorchTrainer that does nothing (0.1 CPU): what Ray's own processes (GCS, raylet, dashboard,
     the Train controller and its helper actors) cost a loop they do not host."""
     started, stop = setup.root / f"{storage}.started", setup.root / f"{storage}.stop"
-    trainer = TorchTrainer(
-        idle_train_fn,
-        train_loop_config={"started": str(started), "stop": str(stop)},
-        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.1}),
-        run_config=RunConfig(storage_path=str(setup.root / storage), name="idle"),
-    )
+    config = {"started": str(started), "stop": str(stop)}
+    trainer = one_worker_trainer(setup, storage, idle_train_fn, config, cpus=0.1)
     with local_cluster(bench_params(setup, 1, float(setup.threads), storage)):
         run = threading.Thread(target=trainer.fit, name="idle-train-run")
         run.start()
@@ -297,12 +310,8 @@ def plain_beside_ray(setup: Setup, storage: str, timeout: float = 120.0) -> Meas
 def plain_in_ray_worker(setup: Setup, storage: str) -> Measurement:
     """The plain loop as the training function of a 1-worker TorchTrainer on a fresh cluster."""
     out = setup.root / f"{storage}.json"
-    trainer = TorchTrainer(
-        plain_train_fn,
-        train_loop_config={"setup": setup, "out": str(out)},
-        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": setup.threads}),
-        run_config=RunConfig(storage_path=str(setup.root / storage), name="plain"),
-    )
+    config = {"setup": setup, "out": str(out)}
+    trainer = one_worker_trainer(setup, storage, plain_train_fn, config, cpus=setup.threads)
     with local_cluster(bench_params(setup, 1, float(setup.threads), storage)):
         trainer.fit()
     return Measurement(**json.loads(out.read_text()))
