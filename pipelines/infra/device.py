@@ -37,9 +37,10 @@ def keep_freed_memory() -> bool:
     A training or sampling step frees its activations and allocates them again the next step.
     Under glibc's defaults (a dynamic mmap threshold, and a trim threshold of twice it) much of
     that memory went back to the kernel and came back as fresh zeroed pages every step: 17,127
-    page faults per default-profile training step (67 MiB zeroed), 614 with these thresholds,
-    and 306 -> 350 images/s in a plain loop at 2 threads. Peak RSS is the same (929 MiB): what
-    is kept is what the next step reuses. Arithmetic is untouched, so outputs are bit-identical.
+    page faults per default-profile training step (67 MiB zeroed), 614 with these thresholds;
+    a plain loop at 2 threads runs 4.0% faster with them (`benchmarks.train_overhead`; a
+    one-process A/B gave 306 -> 350 images/s). Peak RSS is the same (929 MiB): what is kept is
+    what the next step reuses. Arithmetic is untouched, so outputs are bit-identical.
     """
     libc = ctypes.CDLL(None)  # this process's own symbols: its C library's among them
     if not hasattr(libc, "gnu_get_libc_version"):  # glibc only (not musl, not macOS)
