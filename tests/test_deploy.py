@@ -362,6 +362,24 @@ def test_basic_auth_ini_has_every_key_mlflow_reads_and_its_database_on_the_volum
     env = {e["name"]: e for e in container["env"]}
     ref = env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "mlflow-server", "key": "admin-password"}
+    # credentials cached: without it every request runs a scrypt check (tens of ms of CPU)
+    assert config.auth_cache_ttl_seconds > 0 and config.auth_cache_max_size > 0
+
+
+def test_the_docs_basic_auth_ini_sets_what_the_deployed_one_does() -> None:
+    """docs/cluster.md's step 5 writes the same keys and values as deploy/basic_auth.ini, bar
+    the users' database (the head machine's folder there, the pod's volume here)."""
+    import configparser
+
+    doc = (REPO / "docs" / "cluster.md").read_text()
+    heredoc = doc.split("cat > basic_auth.ini <<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
+    written, deployed = configparser.ConfigParser(), configparser.ConfigParser()
+    written.read_string(heredoc)
+    deployed.read(DEPLOY / "basic_auth.ini")
+    drop = {"database_uri"}
+    assert {k: v for k, v in written["mlflow"].items() if k not in drop} == {
+        k: v for k, v in deployed["mlflow"].items() if k not in drop
+    }
 
 
 def test_the_nodes_requirements_are_the_projects_pins() -> None:
