@@ -16,7 +16,9 @@ logging, a checkpoint at the last step) on a fresh local Ray cluster per run: 1 
 rows of the 1-worker path split the stage's overhead into the thread, Ray's processes beside
 the loop, hosting it in the worker, and the stage's own loop. Two more main-thread rows each
 leave out one of the workers' switches (glibc's heap thresholds, `keep_freed_memory`; for-each
-Adam), so the speed each one gives is measured too. "Steady" images/s leave out
+Adam), so the speed each one gives is measured too. The last plain row is the loop as two
+processes of one thread each (DDP over gloo, half the batch each, no Ray): the fastest layout
+of this per-step work on the machine's CPUs, the ceiling for any host. "Steady" images/s leave out
 the first `--log-every` steps (start-up, shard read, allocator warm-up): for the stage from rank
 0's logged window rates, for the plain loop from its own step clock. "Session" images/s are what
 a worker reports at its checkpoint (all steps of the session); the plain loop is measured the
@@ -33,6 +35,7 @@ import json
 import multiprocessing
 import os
 import platform
+import socket
 import tempfile
 import threading
 import time
@@ -44,10 +47,12 @@ from typing import Any
 
 import ray
 import torch
+import torch.distributed as dist
 import yaml
 from mlflow.tracking import MlflowClient
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from torch.nn.parallel import DistributedDataParallel
 
 from benchmarks.report import load_average, write_result
 from ddpm_core.rng import SeedPurpose, mix_seed
@@ -65,6 +70,7 @@ from pipelines.train.step import (
     TrainState,
     draw_t_noise,
     make_state,
+    prepare_model,
     train_step,
 )
 
@@ -79,6 +85,7 @@ RAY = "train stage (`run_train`)"
 # the main-thread loop without one of the workers' process switches (`plain_loop`'s keywords)
 PLAIN_GLIBC_HEAP = "plain loop, main thread, glibc's default heap thresholds"
 PLAIN_PER_PARAMETER_ADAM = "plain loop, main thread, per-parameter Adam (torch's CPU default)"
+PLAIN_DDP = "plain loop, 2 processes x 1 thread (DDP over gloo, no Ray)"
 WITHOUT_SWITCH = {
     PLAIN_GLIBC_HEAP: {"keep_freed_memory": False},
     PLAIN_PER_PARAMETER_ADAM: {"foreach_adam": False},
@@ -166,21 +173,30 @@ def step_clock(params: Params, state: TrainState, batches: Iterator[torch.Tensor
 
 
 def plain_loop(
-    setup: Setup, path: str = PLAIN, keep_freed_memory: bool = True, foreach_adam: bool = True
+    setup: Setup,
+    path: str = PLAIN,
+    keep_freed_memory: bool = True,
+    foreach_adam: bool = True,
+    rank: int = 0,
+    world: int = 1,
 ) -> Measurement:
     """`_Loop.run`'s per-step work in the calling thread: batch, t/eps draw, train_step (incl.
     EMA), with the worker's threads and process switches (`configure_backends`: glibc's heap
     thresholds, unless `keep_freed_memory` is False) and its for-each Adam (unless
-    `foreach_adam` is False: torch's CPU default, a loop over parameters)."""
-    params = bench_params(setup, 1, float(setup.threads), "ray-unused")
+    `foreach_adam` is False: torch's CPU default, a loop over parameters). With `world` > 1 it
+    is rank `rank` of a DDP group this process has joined: 1 thread, its share of the batch."""
+    threads = setup.threads if world == 1 else 1
+    params = bench_params(setup, world, float(threads), "ray-unused")
     cfg = params.train
-    torch.set_num_threads(setup.threads)
+    torch.set_num_threads(threads)
     if keep_freed_memory:  # process-wide and irreversible: only in a fresh process without it
         configure_backends(torch.device("cpu"))
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # dropout seeded per rank, as in the worker
-        torch.manual_seed(mix_seed(params.seed, 1, 0, SeedPurpose.DROPOUT))
-        state = make_state(params, torch.device("cpu"), 0, 1)
+        torch.manual_seed(mix_seed(params.seed, world, rank, SeedPurpose.DROPOUT))
+        state = make_state(params, torch.device("cpu"), rank, world)
+        if world > 1:
+            prepare_model(state, False, DistributedDataParallel)
         if not foreach_adam:
             state.optimizer = torch.optim.Adam(
                 state.params, lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS, foreach=False
@@ -189,9 +205,9 @@ def plain_loop(
         batches = train_batches(
             params.paths.shards,
             "train",
-            cfg.batch_size,
-            0,
-            1,
+            cfg.batch_size // world,
+            rank,
+            world,
             params.seed,
             params.data.random_flip,
             shuffle_buffer=cfg.shuffle_buffer,
@@ -200,10 +216,21 @@ def plain_loop(
             cache_bytes=cfg.cache_bytes,
         )
         marks = step_clock(params, state, batches)
+    if world > 1 and not ranks_agree(state.raw):
+        raise RuntimeError(f"rank {rank}: the DDP ranks' weights differ after {cfg.steps} steps")
     session = cfg.steps * cfg.batch_size / (marks[-1] - session_start)
     steady = steady_rate(marks, setup.log_every, cfg.batch_size)
     wall = time.perf_counter() - start
-    return Measurement(path, 1, setup.threads, steady or session, session, wall, steady is None)
+    return Measurement(path, world, threads, steady or session, session, wall, steady is None)
+
+
+def ranks_agree(model: torch.nn.Module) -> bool:
+    """Every rank of the process group holds the same weights (DDP kept them in step)."""
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    low, high = flat.clone(), flat.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return torch.equal(low, high)
 
 
 def in_second_thread(fn: Callable[[], Measurement]) -> Measurement:
@@ -231,6 +258,28 @@ def plain_host(setup: Setup, path: str) -> Measurement:
     if path == PLAIN_THREAD:
         return in_second_thread(functools.partial(plain_loop, setup, PLAIN_THREAD))
     return plain_loop(setup, path, **WITHOUT_SWITCH.get(path, {}))
+
+
+def ddp_rank(setup: Setup, rank: int, port: int) -> Measurement:
+    """Rank `rank` of PLAIN_DDP's 2-process gloo group on this machine."""
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        return plain_loop(setup, PLAIN_DDP, rank=rank, world=2)
+    finally:
+        dist.destroy_process_group()
+
+
+def plain_ddp(setup: Setup) -> Measurement:
+    """PLAIN_DDP: the plain loop in two fresh processes of one thread each; rank 0's figures
+    (the ranks step together: DDP's all-reduce is a barrier every step)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=spawn) as pool:
+        ranks = [pool.submit(ddp_rank, setup, rank, port) for rank in (0, 1)]
+        return [r.result() for r in ranks][0]
 
 
 def in_fresh_process(setup: Setup, path: str) -> Measurement:
@@ -360,11 +409,12 @@ def run(setup: Setup, repeats: int) -> list[Measurement]:
     for rep in range(repeats):
         for path in (PLAIN, *WITHOUT_SWITCH, PLAIN_THREAD):
             keep(in_fresh_process(setup, path))
+        keep(plain_ddp(setup))
         keep(plain_beside_ray(setup, f"idle-ray-r{rep}"))
         keep(plain_in_ray_worker(setup, f"plain-ray-r{rep}"))
         for workers in (1, 2):
             keep(ray_train(setup, workers, f"ray-{workers}w-r{rep}"))
-    order = {path: i for i, path in enumerate((*ONE_WORKER_PATH, *WITHOUT_SWITCH))}
+    order = {path: i for i, path in enumerate((*ONE_WORKER_PATH, *WITHOUT_SWITCH, PLAIN_DDP))}
     return sorted(best.values(), key=lambda m: (order[m.path], m.workers))
 
 
@@ -415,7 +465,24 @@ def breakdown(rows: list[Measurement]) -> str:
             + "; ".join(switches)
             + "."
         )
-    return text
+    return text + ceiling(rows)
+
+
+def ceiling(rows: list[Measurement]) -> str:
+    """PLAIN_DDP against the main-thread loop, and the 2-worker stage against PLAIN_DDP."""
+    ddp = next((m for m in rows if m.path == PLAIN_DDP), None)
+    plain = next((m for m in rows if m.path == PLAIN), None)
+    if ddp is None or plain is None:
+        return ""
+    text = (
+        f" The loop as 2 processes x 1 thread without Ray (the fastest layout here): "
+        f"{ddp.steady:.1f} images/s, {100 * (ddp.steady / plain.steady - 1):+.1f}% vs the "
+        "main-thread loop"
+    )
+    two = next((m for m in rows if m.path == RAY and m.workers == 2), None)
+    if two is not None:
+        text += f"; the stage at 2 workers x 1 thread {100 * (two.steady / ddp.steady - 1):+.1f}%"
+    return text + "."
 
 
 def footnote(rows: list[Measurement]) -> str:

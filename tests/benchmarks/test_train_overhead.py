@@ -10,6 +10,7 @@ import pytest
 from benchmarks.train_overhead import (
     PLAIN,
     PLAIN_BESIDE,
+    PLAIN_DDP,
     PLAIN_GLIBC_HEAP,
     PLAIN_PER_PARAMETER_ADAM,
     PLAIN_RAY,
@@ -21,6 +22,7 @@ from benchmarks.train_overhead import (
     breakdown,
     in_second_thread,
     plain_beside_ray,
+    plain_ddp,
     plain_in_ray_worker,
     prepare,
 )
@@ -52,6 +54,25 @@ def test_breakdown_gives_each_missing_switch_its_change_against_the_workers_loop
         "without one of the workers' switches: glibc's default heap thresholds -12.5%; "
         "per-parameter Adam (torch's CPU default) -5.0%."
     )
+
+
+def test_breakdown_ends_with_the_two_process_ceiling_and_the_2_worker_stage_against_it() -> None:
+    rows = [measured(PLAIN, 400.0), measured(PLAIN_THREAD, 390.0)]
+    assert "2 processes" not in breakdown(rows)
+    rows += [measured(PLAIN_DDP, 420.0, workers=2), measured(RAY, 378.0, workers=2)]
+    assert breakdown(rows).endswith(
+        "The loop as 2 processes x 1 thread without Ray (the fastest layout here): 420.0 "
+        "images/s, +5.0% vs the main-thread loop; the stage at 2 workers x 1 thread -10.0%."
+    )
+
+
+def test_the_two_process_plain_loop_runs_as_a_ddp_group(tmp_path: Path) -> None:
+    """Two fresh processes of one thread each, half the batch each, DDP over gloo, no Ray."""
+    setup = Setup(tmp_path, steps=3, batch_size=8, log_every=1, threads=2)
+    prepare(bench_params(setup, 1, 1.0, "ray-unused"))
+    m = plain_ddp(setup)
+    assert (m.path, m.workers, m.threads) == (PLAIN_DDP, 2, 1)
+    assert m.steady > 0 and m.session > 0 and not m.steady_is_session
 
 
 def test_the_second_thread_host_runs_off_the_main_thread_and_surfaces_failure() -> None:
