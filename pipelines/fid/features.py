@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch_fidelity.metric_isc import isc_features_to_metric
 
 from ddpm_core.metrics import frechet_distance
 from pipelines.artifacts.fid_stats import FidStats
@@ -118,6 +117,8 @@ def inception_score(logits: np.ndarray, splits: int) -> tuple[float, float]:
             f"evaluate.isc_splits: {splits} splits need >= {splits} images, got {len(logits)} "
             "(raise evaluate.fid.images or lower evaluate.isc_splits)"
         )
+    from torch_fidelity.metric_isc import isc_features_to_metric  # with the extractor's import
+
     out = isc_features_to_metric(torch.from_numpy(logits), splits=splits, shuffle=False)
     return float(out["inception_score_mean"]), float(out["inception_score_std"])
 

@@ -11,6 +11,10 @@ Resolution order (first hit wins):
 
 The converted weights have no logits layer (`fc` is zero), so the Inception Score is unavailable
 with them; `InceptionWeights.has_logits` says so.
+
+torch-fidelity (with torchvision and torch._dynamo behind it: 1.4 s here) is imported where an
+extractor is built, not with this module: the train stage reads weights and statistics through it
+and starts without it unless `train.fid_every` scores samples.
 """
 
 from __future__ import annotations
@@ -22,16 +26,16 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch_fidelity.feature_extractor_inceptionv3 import (
-    URL_INCEPTION_V3,
-    FeatureExtractorInceptionV3,
-)
 
 from pipelines.artifacts.fid_stats import InceptionWeights
 from pipelines.config import FidConfig
 from pipelines.infra.files import atomic_path, file_digest
+
+if TYPE_CHECKING:
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +69,16 @@ def fid_helper_source() -> Path | None:
     return path if path.is_file() else None
 
 
-class _Skeleton(FeatureExtractorInceptionV3):  # type: ignore[misc]
-    """torch-fidelity's Inception-v3 built without weights (only its layout is used)."""
-
-    def load_state_dict(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
-        return None
-
-
 def _fidelity_layout() -> dict[str, torch.Tensor]:
     """torch-fidelity's state-dict keys and shapes (random values), in registration order."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class _Skeleton(FeatureExtractorInceptionV3):  # type: ignore[misc]
+        """torch-fidelity's Inception-v3 built without weights (only its layout is used)."""
+
+        def load_state_dict(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+            return None
+
     empty = io.BytesIO()
     torch.save({}, empty)
     empty.seek(0)
@@ -167,6 +172,8 @@ def resolve_weights(cfg: FidConfig, cache_dir: Path | None = None) -> InceptionW
         path = converted_weights(cache_dir or default_cache_dir())
         return InceptionWeights(path, LABEL_CONVERTED, False)
     if cfg.allow_download:
+        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
         hub.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(URL_INCEPTION_V3, str(hub))
         return InceptionWeights(hub, LABEL_FULL, True)
@@ -186,6 +193,8 @@ def load_extractor(
         raise ValueError(
             f"{weights.label}: pool3-only weights have no logits (features={features})"
         )
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
     return FeatureExtractorInceptionV3(
         "inception-v3-compat", list(features), feature_extractor_weights_path=str(weights.path)
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ from pipelines.config import Params
 from pipelines.fid import inception
 from pipelines.fid.inception import InceptionWeights
 from pipelines.infra.files import file_digest
+from tests.helpers import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +113,16 @@ def test_pool3_weights_have_no_logits(tmp_path: Path) -> None:
     weights = InceptionWeights(tmp_path / "w.pth", inception.LABEL_CONVERTED, has_logits=False)
     with pytest.raises(ValueError, match="no logits"):
         inception.load_extractor(weights, ("2048", "logits_unbiased"))
+
+
+def test_the_train_stage_starts_without_torch_fidelity() -> None:
+    """torch-fidelity (1.4 s with torchvision and torch._dynamo) is imported where an
+    extractor is built: the train stage, which reads weights and statistics through this
+    package, imports none of it."""
+    probe = (
+        "import sys, pipelines.train.stage; "
+        "print(sorted({'torch_fidelity', 'torchvision'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
