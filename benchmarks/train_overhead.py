@@ -143,6 +143,11 @@ def bench_params(setup: Setup, workers: int, cpus_per_worker: float, storage: st
     return from_dict(Params, raw)
 
 
+def threads_per_worker(setup: Setup, workers: int) -> int:
+    """Torch threads of each of `workers` processes: `--threads` for one, one each for more."""
+    return setup.threads if workers == 1 else 1
+
+
 def prepare(params: Params) -> None:
     """Digits shards once, and the MLflow schema, so no timed run pays for creating them."""
     build_shards(params.data, params.seed, Path(params.paths.shards))
@@ -185,7 +190,7 @@ def plain_loop(
     thresholds, unless `keep_freed_memory` is False) and its for-each Adam (unless
     `foreach_adam` is False: torch's CPU default, a loop over parameters). With `world` > 1 it
     is rank `rank` of a DDP group this process has joined: 1 thread, its share of the batch."""
-    threads = setup.threads if world == 1 else 1
+    threads = threads_per_worker(setup, world)
     params = bench_params(setup, world, float(threads), "ray-unused")
     cfg = params.train
     torch.set_num_threads(threads)
@@ -216,11 +221,11 @@ def plain_loop(
             cache_bytes=cfg.cache_bytes,
         )
         marks = step_clock(params, state, batches)
-    if world > 1 and not ranks_agree(state.raw):
+    wall = time.perf_counter() - start
+    if world > 1 and not ranks_agree(state.raw):  # after the clock: not part of the loop's time
         raise RuntimeError(f"rank {rank}: the DDP ranks' weights differ after {cfg.steps} steps")
     session = cfg.steps * cfg.batch_size / (marks[-1] - session_start)
     steady = steady_rate(marks, setup.log_every, cfg.batch_size)
-    wall = time.perf_counter() - start
     return Measurement(path, world, threads, steady or session, session, wall, steady is None)
 
 
@@ -382,7 +387,7 @@ def window_rate(client: MlflowClient, run_id: str, batch_size: int, skip: int) -
 
 def ray_train(setup: Setup, workers: int, storage: str) -> Measurement:
     """The train stage (`run_train`) on a fresh local cluster; wall time includes `ray.init`."""
-    threads = setup.threads if workers == 1 else 1
+    threads = threads_per_worker(setup, workers)
     params = bench_params(setup, workers, float(threads), storage)
     start = time.perf_counter()
     with local_cluster(params):

@@ -117,7 +117,8 @@ def inception_score(logits: np.ndarray, splits: int) -> tuple[float, float]:
             f"evaluate.isc_splits: {splits} splits need >= {splits} images, got {len(logits)} "
             "(raise evaluate.fid.images or lower evaluate.isc_splits)"
         )
-    from torch_fidelity.metric_isc import isc_features_to_metric  # with the extractor's import
+    # imported here, not with the module: see pipelines.fid.inception's docstring
+    from torch_fidelity.metric_isc import isc_features_to_metric
 
     out = isc_features_to_metric(torch.from_numpy(logits), splits=splits, shuffle=False)
     return float(out["inception_score_mean"]), float(out["inception_score_std"])

@@ -14,7 +14,7 @@ with them; `InceptionWeights.has_logits` says so.
 
 torch-fidelity (with torchvision and torch._dynamo behind it: 1.4 s here) is imported where an
 extractor is built, not with this module: the train stage reads weights and statistics through it
-and starts without it unless `train.fid_every` scores samples.
+and starts without it (with `train.fid_every`, rank 0 imports it when it first scores samples).
 """
 
 from __future__ import annotations
